@@ -1,0 +1,1 @@
+"""The nine baking agents and the contract they share (`bakeline-agent <name> ...`)."""

@@ -1,0 +1,1 @@
+"""Pydantic models of the four custom resources (spec + status) and CRD generation."""

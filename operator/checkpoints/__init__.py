@@ -1,0 +1,1 @@
+"""Checkpoints: the manifest format and the stores that hold artifacts between stages."""

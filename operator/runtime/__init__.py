@@ -1,0 +1,1 @@
+"""Running a stage: the Kubernetes pod builder and the local subprocess runner."""
