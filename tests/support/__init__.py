@@ -1,0 +1,1 @@
+"""Test support: helpers for the real control plane and the node harness (test code only)."""

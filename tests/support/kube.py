@@ -1,0 +1,86 @@
+"""Helpers for tests that talk to the real API server through the pinned kubectl."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import yaml
+from controlplane import ControlPlane
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float = 60,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def to_yaml(manifests: Iterable[dict[str, Any]] | dict[str, Any]) -> str:
+    docs = [manifests] if isinstance(manifests, dict) else list(manifests)
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def apply(
+    cluster: ControlPlane,
+    manifests: Iterable[dict[str, Any]] | dict[str, Any] | str,
+    namespace: str | None = None,
+    server_side: bool = False,
+) -> str:
+    """`kubectl apply` one or more manifests (dicts or YAML text); returns kubectl's output."""
+    text = manifests if isinstance(manifests, str) else to_yaml(manifests)
+    args = ["apply", "-f", "-"]
+    if server_side:
+        args.append("--server-side")
+    if namespace:
+        args += ["-n", namespace]
+    return cluster.kubectl(*args, input=text).stdout
+
+
+def get(cluster: ControlPlane, resource: str, name: str, namespace: str | None = None) -> Any:
+    """The object as JSON, or None if it does not exist."""
+    args = ["get", resource, name, "-o", "json", "--ignore-not-found"]
+    if namespace:
+        args += ["-n", namespace]
+    out = cluster.kubectl(*args).stdout
+    return json.loads(out) if out.strip() else None
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return None
+
+
+def wait_for_condition(
+    cluster: ControlPlane,
+    resource: str,
+    name: str,
+    namespace: str,
+    kind: str,
+    status: str = "True",
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Wait until the object's status.conditions has `kind` with `status`; return the object."""
+
+    def probe() -> dict[str, Any] | None:
+        obj = get(cluster, resource, name, namespace)
+        cond = condition(obj, kind)
+        return obj if cond and cond.get("status") == status else None
+
+    return wait_for(probe, timeout, what=f"{resource}/{name} condition {kind}={status}")
