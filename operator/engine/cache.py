@@ -1,0 +1,42 @@
+"""Content-addressed cache keys: the same input, agent, version and params give the same key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+# Bump when the key's composition changes, so old cache entries stop matching.
+_KEY_SCHEMA = 1
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal values always give equal text."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def cache_key(
+    input_sha256: str | None,
+    agent: str,
+    agent_version: str,
+    params: Mapping[str, Any],
+    job: Mapping[str, Any] | None = None,
+) -> str:
+    """The sha256 naming a stage's output before it runs.
+
+    `input_sha256` is the input checkpoint's artifact digest (the model file's for the first
+    stage). `job` holds the job-level settings the agent also reads (target, quality): two jobs
+    with the same model but different latency budgets must not share a HardwareAdapter result.
+    """
+    record = {
+        "v": _KEY_SCHEMA,
+        "input": input_sha256,
+        "agent": agent,
+        "agentVersion": agent_version,
+        "params": dict(params),
+        "job": dict(job or {}),
+    }
+    return hashlib.sha256(canonical_json(record).encode()).hexdigest()

@@ -1,0 +1,309 @@
+"""Run one stage on this machine: the agent contract as a subprocess (DESIGN §3.3).
+
+`bakeline-agent <Agent> --input DIR --output DIR --params JSON --job JSON --stage NAME
+--termination-log PATH`; the exit code says what happened and the termination log holds a short
+JSON result. The pod the operator creates runs the same command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from bakeline.checkpoints.manifest import sha256_file
+
+TERMINATION_LOG_LIMIT = 4096  # bytes, as Kubernetes keeps for a termination message
+_KILL_GRACE_SECONDS = 5.0
+_LOG_TAIL_LINES = 20
+
+
+class ModelSourceError(ValueError):
+    """The job's model source cannot be used on this machine."""
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """The JSON an agent leaves in its termination log."""
+
+    agent: str = ""
+    stage: str = ""
+    status: str = ""
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifact_sha256: str | None = None
+    format: str | None = None
+    size_bytes: int | None = None
+    duration_seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AgentResult | None:
+        """The result in `text`, or None when it is not the contract's JSON object."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        metrics = data.get("metrics") or {}
+        return cls(
+            agent=str(data.get("agent", "")),
+            stage=str(data.get("stage", "")),
+            status=str(data.get("status", "")),
+            message=str(data.get("message", "")),
+            metrics={
+                str(k): float(v)
+                for k, v in (metrics.items() if isinstance(metrics, dict) else ())
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            },
+            artifact_sha256=_opt_str(data.get("artifactSha256")),
+            format=_opt_str(data.get("format")),
+            size_bytes=_opt_int(data.get("sizeBytes")),
+            duration_seconds=_opt_float(data.get("durationSeconds")),
+        )
+
+
+@dataclass(frozen=True)
+class StageInvocation:
+    agent: str  # CamelCase, e.g. ModelOptimizer
+    stage: str
+    params: Mapping[str, Any]
+    job: Mapping[str, Any]  # the job-level spec parts, camelCase (see job_document)
+    input_dir: Path | None  # None for the first stage (BakingCoordinator)
+    output_dir: Path
+    termination_log: Path
+    log_path: Path  # the agent's stdout and stderr
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class StageRun:
+    exit_code: int | None  # None when killed by a signal we did not send
+    timed_out: bool
+    seconds: float
+    result: AgentResult | None
+    log_tail: str
+
+    @property
+    def message(self) -> str:
+        """The agent's own words when it left any, else the end of its log."""
+        if self.timed_out:
+            return f"timed out after {self.seconds:.0f}s"
+        if self.result is not None and self.result.message:
+            return self.result.message
+        return self.log_tail.strip().splitlines()[-1] if self.log_tail.strip() else ""
+
+
+class LocalRunner:
+    """Runs agents as child processes in their own process group, so a timeout or Ctrl-C
+    stops the agent and everything it started."""
+
+    def __init__(
+        self,
+        command: Sequence[str] = ("bakeline-agent",),
+        env: Mapping[str, str] | None = None,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self.command = tuple(command)
+        self._env = dict(env) if env is not None else None
+        self._poll_seconds = poll_seconds
+        self._version: str | None = None
+
+    def agent_version(self) -> str:
+        """The agents' version, part of every cache key: `<command> --version`, else the
+        installed bakeline distribution's version."""
+        if self._version is None:
+            self._version = _installed_version()
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                done = subprocess.run(
+                    [*self.command, "--version"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env=self._environment(),
+                    check=False,
+                )
+                words = done.stdout.strip().split()
+                if done.returncode == 0 and words:
+                    self._version = words[-1]
+        return self._version
+
+    def argv(self, invocation: StageInvocation) -> list[str]:
+        args = [
+            *self.command,
+            invocation.agent,
+            "--output",
+            str(invocation.output_dir),
+            "--params",
+            json.dumps(dict(invocation.params), sort_keys=True),
+            "--job",
+            json.dumps(dict(invocation.job), sort_keys=True),
+            "--stage",
+            invocation.stage,
+            "--termination-log",
+            str(invocation.termination_log),
+        ]
+        if invocation.input_dir is not None:
+            args[len(self.command) + 1 : len(self.command) + 1] = [
+                "--input",
+                str(invocation.input_dir),
+            ]
+        return args
+
+    def run(
+        self,
+        invocation: StageInvocation,
+        on_tick: Callable[[float], None] | None = None,
+    ) -> StageRun:
+        """Run the stage to its end, its timeout, or a KeyboardInterrupt (which stops the
+        agent and propagates). `on_tick(elapsed)` is called while it runs, for progress."""
+        invocation.output_dir.mkdir(parents=True, exist_ok=True)
+        invocation.termination_log.parent.mkdir(parents=True, exist_ok=True)
+        invocation.termination_log.unlink(missing_ok=True)
+        invocation.log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        timed_out = False
+        with invocation.log_path.open("wb") as log:
+            process = subprocess.Popen(
+                self.argv(invocation),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(),
+                start_new_session=True,
+            )
+            try:
+                while process.poll() is None:
+                    elapsed = time.monotonic() - started
+                    if (
+                        invocation.timeout_seconds is not None
+                        and elapsed > invocation.timeout_seconds
+                    ):
+                        timed_out = True
+                        _stop(process)
+                        break
+                    if on_tick is not None:
+                        on_tick(elapsed)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(self._poll_seconds)
+            except BaseException:
+                _stop(process)
+                raise
+        seconds = time.monotonic() - started
+        code = process.returncode
+        return StageRun(
+            exit_code=None if timed_out or code is None or code < 0 else code,
+            timed_out=timed_out,
+            seconds=seconds,
+            result=_read_result(invocation.termination_log),
+            log_tail=_tail(invocation.log_path),
+        )
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ) if self._env is None else dict(self._env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+
+def job_document(
+    name: str,
+    model: Mapping[str, Any],
+    target: Mapping[str, Any],
+    quality: Mapping[str, Any],
+    base_dir: Path,
+) -> dict[str, Any]:
+    """The `--job` JSON: the job-level spec parts, with the model resolved to a local file.
+
+    `builtin` models pass through (the agents know them); a `url` must be `file://` here (a path
+    relative to `base_dir`, the manifest's folder, is accepted too) and must match its sha256.
+    """
+    resolved = dict(model)
+    source = dict(model.get("source") or {})
+    expected = model.get("sha256") or source.get("sha256")
+    if source.get("url"):
+        path = _local_path(str(source["url"]), base_dir)
+        if not path.is_file():
+            raise ModelSourceError(f"model file {path} does not exist")
+        actual = sha256_file(path)
+        if not expected:
+            raise ModelSourceError("a url model source needs its sha256")
+        if actual != expected:
+            raise ModelSourceError(f"model file {path} has sha256 {actual}, expected {expected}")
+        resolved["localPath"] = str(path)
+        resolved["sha256"] = actual
+    elif not source.get("builtin"):
+        kinds = ", ".join(sorted(source)) or "none"
+        raise ModelSourceError(
+            f"model source {kinds} is not available to `bakeline run` on one machine: "
+            "use `builtin` or a file:// `url` with its sha256"
+        )
+    return {"name": name, "model": resolved, "target": dict(target), "quality": dict(quality)}
+
+
+def _local_path(url: str, base_dir: Path) -> Path:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.netloc + parsed.path))
+    if parsed.scheme == "":
+        path = Path(url)
+        return path if path.is_absolute() else (base_dir / path)
+    raise ModelSourceError(
+        f"{parsed.scheme}:// model sources need the operator; `bakeline run` reads file:// only"
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the agent's process group, then SIGKILL what is left after a grace period."""
+    for sig, grace in ((signal.SIGTERM, _KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _read_result(path: Path) -> AgentResult | None:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(TERMINATION_LOG_LIMIT)
+    except OSError:
+        return None
+    return AgentResult.parse(data.decode("utf-8", errors="replace"))
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("bakeline")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _opt_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
