@@ -39,9 +39,7 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def node(
-    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[NodeHarness]:
+def node(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeHarness]:
     """One harness node for the session: it runs every pod the tests (or the operator) create."""
     with NodeHarness(cluster.api_client(), tmp_path_factory.mktemp("node")) as harness:
         yield harness

@@ -53,9 +53,15 @@ def test_successful_pod_reports_exit_code_and_termination_message(
 def test_failing_pod_reports_failed_with_exit_code(
     cluster: ControlPlane, namespace: str, node: NodeHarness
 ) -> None:
-    apply(cluster, _pod("bad", "import sys; print('boom'); sys.exit(3)",
-                        container={"terminationMessagePolicy": "FallbackToLogsOnError"}),
-          namespace)
+    apply(
+        cluster,
+        _pod(
+            "bad",
+            "import sys; print('boom'); sys.exit(3)",
+            container={"terminationMessagePolicy": "FallbackToLogsOnError"},
+        ),
+        namespace,
+    )
     pod = wait_for(lambda: _finished(cluster, "bad", namespace), 60, what="pod bad to finish")
     assert pod["status"]["phase"] == "Failed"
     terminated = _terminated(pod)
@@ -68,8 +74,16 @@ def test_failing_pod_reports_failed_with_exit_code(
 def test_configmap_volume_and_env_reach_the_process(
     cluster: ControlPlane, namespace: str, node: NodeHarness
 ) -> None:
-    apply(cluster, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
-                    "data": {"model.txt": "weights-v1", "mode": "fast"}}, namespace)
+    apply(
+        cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "cfg"},
+            "data": {"model.txt": "weights-v1", "mode": "fast"},
+        },
+        namespace,
+    )
     code = (
         "import os; data = open('/etc/cfg/model.txt').read();"
         "open('/dev/termination-log','w').write(data + ' ' + os.environ['MODE'] + ' '"
@@ -96,14 +110,31 @@ def test_configmap_volume_and_env_reach_the_process(
 def test_two_pods_on_one_claim_share_files(
     cluster: ControlPlane, namespace: str, node: NodeHarness
 ) -> None:
-    apply(cluster, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": "shared"},
-                    "spec": {"accessModes": ["ReadWriteOnce"],
-                             "resources": {"requests": {"storage": "1Gi"}}}}, namespace)
+    apply(
+        cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "shared"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+        namespace,
+    )
     volume = [{"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}]
     mount = {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}
-    apply(cluster, _pod("writer", "open('/data/artifact.bin','wb').write(b'baked')",
-                        container=mount, volumes=volume), namespace)
+    apply(
+        cluster,
+        _pod(
+            "writer",
+            "open('/data/artifact.bin','wb').write(b'baked')",
+            container=mount,
+            volumes=volume,
+        ),
+        namespace,
+    )
     wait_for(lambda: _finished(cluster, "writer", namespace), 60, what="writer to finish")
     reader = "open('/dev/termination-log','w').write(open('/data/artifact.bin').read())"
     apply(cluster, _pod("reader", reader, container=mount, volumes=volume), namespace)
@@ -118,8 +149,10 @@ def test_deleting_a_running_pod_kills_its_process(
     apply(cluster, _pod("sleeper", "import time; time.sleep(600)"), namespace)
     pid = wait_for(lambda: node.pid_of(namespace, "sleeper"), 60, what="sleeper to start")
     wait_for(
-        lambda: (get(cluster, "pod", "sleeper", namespace) or {}).get("status", {}).get("phase")
-        == "Running",
+        lambda: (
+            (get(cluster, "pod", "sleeper", namespace) or {}).get("status", {}).get("phase")
+            == "Running"
+        ),
         30,
         what="sleeper to be Running",
     )
@@ -131,8 +164,7 @@ def test_deleting_a_running_pod_kills_its_process(
 def test_active_deadline_kills_the_process_and_fails_the_pod(
     cluster: ControlPlane, namespace: str, node: NodeHarness
 ) -> None:
-    apply(cluster, _pod("slow", "import time; time.sleep(600)", activeDeadlineSeconds=2),
-          namespace)
+    apply(cluster, _pod("slow", "import time; time.sleep(600)", activeDeadlineSeconds=2), namespace)
     pod = wait_for(lambda: _finished(cluster, "slow", namespace), 60, what="slow to be killed")
     assert pod["status"]["phase"] == "Failed"
     assert pod["status"]["reason"] == "DeadlineExceeded"

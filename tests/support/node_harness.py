@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("node-harness")
 
@@ -130,7 +130,7 @@ class NodeHarness:
 
     # ------------------------------------------------------------------ node
     def _register_node(self) -> None:
-        node = {
+        node: Any = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
@@ -169,7 +169,9 @@ class NodeHarness:
                     self._on_pod(pod)
                 stream = watch.Watch().stream(
                     self.core.list_pod_for_all_namespaces,
-                    resource_version=listing.metadata.resource_version,
+                    resource_version=listing.metadata.resource_version
+                    if listing.metadata
+                    else None,
                     timeout_seconds=5,  # short: stop() is noticed quickly
                 )
                 for event in stream:
@@ -200,7 +202,7 @@ class NodeHarness:
         threading.Thread(target=self._run_pod, args=(pod,), daemon=True).start()
 
     def _bind(self, namespace: str, name: str) -> None:
-        body = {
+        body: Any = {
             "apiVersion": "v1",
             "kind": "Binding",
             "metadata": {"name": name},
@@ -208,9 +210,7 @@ class NodeHarness:
         }
         try:
             # The client cannot deserialize the Status a binding returns: skip decoding.
-            self.core.create_namespaced_pod_binding(
-                name, namespace, body, _preload_content=False
-            )
+            self.core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -297,7 +297,11 @@ class NodeHarness:
             message = "\n".join(tail.splitlines()[-80:])
         if running.killed_for == "deadline":
             self._write_terminated(
-                pod, code, "DeadlineExceeded", message, running.started_at,
+                pod,
+                code,
+                "DeadlineExceeded",
+                message,
+                running.started_at,
                 failed_reason="DeadlineExceeded",
                 failed_message="Pod was active on the node longer than the specified deadline",
             )
@@ -327,9 +331,7 @@ class NodeHarness:
                 os.killpg(pod.process.pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ pod spec -> process
-    def _prepare(
-        self, pod: Any, pod_dir: Path
-    ) -> tuple[Any, list[str], dict[str, str], str, Path]:
+    def _prepare(self, pod: Any, pod_dir: Path) -> tuple[Any, list[str], dict[str, str], str, Path]:
         spec = pod.spec
         if spec.init_containers:
             raise UnsupportedPodError("node harness: init containers are not supported")
@@ -488,10 +490,18 @@ class NodeHarness:
         status: dict[str, Any] = {
             "phase": phase,
             "conditions": [
-                {"type": "Ready", "status": "False", "reason": "PodCompleted",
-                 "lastTransitionTime": finished},
-                {"type": "ContainersReady", "status": "False", "reason": "PodCompleted",
-                 "lastTransitionTime": finished},
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "PodCompleted",
+                    "lastTransitionTime": finished,
+                },
+                {
+                    "type": "ContainersReady",
+                    "status": "False",
+                    "reason": "PodCompleted",
+                    "lastTransitionTime": finished,
+                },
             ],
             "containerStatuses": [
                 {
