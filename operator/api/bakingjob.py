@@ -1,0 +1,455 @@
+"""BakingJob (`bj`): one model to bake."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from bakeline.api.common import (
+    AGE_COLUMN,
+    Condition,
+    LabelName,
+    ObjectName,
+    PrinterColumn,
+    Resource,
+    ResourceInfo,
+    Rule,
+    StatusModel,
+    WireModel,
+    conditions_field,
+    observed_generation_field,
+)
+from bakeline.api.lane import StoreType
+from bakeline.api.names import AgentName
+from bakeline.api.workflow import MAX_STAGES
+from pydantic import AwareDatetime, Field, StringConstraints
+
+BUILTIN_MODELS = ("minilm-l6", "digits-cnn")
+BuiltinModel = Literal["minilm-l6", "digits-cnn"]
+ModelFormat = Literal["auto", "safetensors", "exported-program", "onnx"]
+Device = Literal["cpu", "cuda"]
+QualityMetric = Literal["cosine", "accuracy", "max-abs-error"]
+JobPhase = Literal[
+    "Pending", "Queued", "Running", "RollingBack", "Succeeded", "Failed", "Suspended"
+]
+StagePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Cached", "RolledBack", "Skipped"]
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+RelativePath = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+def _relative_path_ok(path: str) -> bool:
+    return not path.startswith("/") and ".." not in path.split("/")
+
+
+class ConfigMapModel(WireModel):
+    """A model stored in a ConfigMap key (binaryData), for small models."""
+
+    name: ObjectName = Field(description="Name of the ConfigMap, in the job's namespace.")
+    key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the ConfigMap holding the model file.",
+    )
+
+
+class PvcModel(WireModel):
+    """A model file on a PersistentVolumeClaim."""
+
+    claim_name: ObjectName = Field(description="Name of the claim, in the job's namespace.")
+    path: RelativePath = Field(description="Path of the model file inside the volume, relative.")
+
+    cel_rules = (
+        Rule(
+            "!self.path.startsWith('/') && !self.path.split('/').exists(p, p == '..')",
+            "path is relative to the volume's root and has no '..' segments",
+            lambda p: _relative_path_ok(p.path),
+            field_path=".path",
+        ),
+    )
+
+
+class UrlModel(WireModel):
+    """A model downloaded over HTTPS; its bytes must match sha256."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="https:// (or http://) address of the model file.",
+    )
+    # Required, but checked by a rule so the API server's message says why (see cel_rules).
+    sha256: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Lowercase hex sha256 of the file (64 characters); a download that does "
+        "not match is refused.",
+    )
+
+    cel_rules = (
+        Rule(
+            "self.url.startsWith('https://') || self.url.startsWith('http://')",
+            "url must start with https:// or http://",
+            lambda u: u.url.startswith(("https://", "http://")),
+            field_path=".url",
+        ),
+        Rule(
+            "has(self.sha256)",
+            "a url source needs sha256: Bakeline never loads model bytes it cannot verify",
+            lambda u: u.sha256 is not None,
+            field_path=".sha256",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            f"!has(self.sha256) || self.sha256.matches('{SHA256_PATTERN}')",
+            "sha256 must be 64 lowercase hex characters",
+            lambda u: (
+                u.sha256 is None
+                or (len(u.sha256) == 64 and all(c in "0123456789abcdef" for c in u.sha256))
+            ),
+            field_path=".sha256",
+        ),
+    )
+
+
+class ModelSource(WireModel):
+    """Where the model comes from: exactly one of builtin, configMap, pvc or url."""
+
+    builtin: BuiltinModel | None = Field(
+        default=None,
+        description="A model shipped with the agents: minilm-l6 (all-MiniLM-L6-v2 sentence "
+        "embeddings) or digits-cnn (a small CNN on scikit-learn's digits).",
+    )
+    config_map: ConfigMapModel | None = Field(
+        default=None, description="A model in a ConfigMap key (small models only: 1 MiB)."
+    )
+    pvc: PvcModel | None = Field(default=None, description="A model file on a volume.")
+    url: UrlModel | None = Field(default=None, description="A model downloaded and verified.")
+
+    cel_rules = (
+        Rule(
+            "[has(self.builtin), has(self.configMap), has(self.pvc), has(self.url)]"
+            ".filter(x, x).size() == 1",
+            "set exactly one of builtin, configMap, pvc or url",
+            lambda m: sum(x is not None for x in (m.builtin, m.config_map, m.pvc, m.url)) == 1,
+        ),
+    )
+
+
+class ModelSpec(WireModel):
+    """The model to bake."""
+
+    source: ModelSource = Field(description="Where the model comes from.")
+    format: ModelFormat = Field(
+        default="auto",
+        description="Format of the model file: safetensors, exported-program (torch.export) or "
+        "onnx; auto detects it. Pickled files are never loaded.",
+    )
+
+
+class Target(WireModel):
+    """What the baked model must run on and how fast."""
+
+    device: Device = Field(default="cpu", description="Where the model will run: cpu or cuda.")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default=[1, 32],
+        min_length=1,
+        max_length=8,
+        description="Batch sizes to optimize and profile for; the first is the headline speedup.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    latency_budget_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=600000,
+        description="Latency at the first batch size the result must meet, in milliseconds.",
+    )
+    size_budget_mb: float | None = Field(
+        default=None,
+        alias="sizeBudgetMB",
+        gt=0,
+        le=1048576,
+        description="Largest acceptable artifact, in megabytes (10^6 bytes).",
+    )
+
+
+class Quality(WireModel):
+    """How close the baked model's outputs must stay to the original's."""
+
+    dataset: str = Field(
+        default="builtin",
+        min_length=1,
+        max_length=253,
+        pattern=r"^(builtin|configmap/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$",
+        description="Evaluation inputs: builtin (the set that comes with a builtin model), or "
+        "configmap/<name> (a ConfigMap in the job's namespace with JSON lines under "
+        "samples.jsonl).",
+    )
+    metric: QualityMetric = Field(
+        default="cosine",
+        description="cosine: mean cosine similarity of outputs; accuracy: agreement of predicted "
+        "classes; max-abs-error: largest absolute output difference.",
+    )
+    threshold: float = Field(
+        default=0.98,
+        ge=0,
+        description="Bound the metric must meet: at least this for cosine and accuracy (a "
+        "fraction in (0, 1]), at most this for max-abs-error.",
+    )
+
+    cel_rules = (
+        Rule(
+            "self.metric == 'max-abs-error' || (self.threshold > 0.0 && self.threshold <= 1.0)",
+            "threshold for cosine and accuracy is a fraction in (0, 1], e.g. 0.98",
+            lambda q: q.metric == "max-abs-error" or 0.0 < q.threshold <= 1.0,
+            field_path=".threshold",
+        ),
+    )
+
+
+class Checkpoints(WireModel):
+    """Checkpoint storage of this job."""
+
+    store: StoreType | None = Field(
+        default=None,
+        description="ConfigMap or Volume; empty uses the lane's storage.type.",
+    )
+    retain: int = Field(
+        default=3,
+        ge=0,
+        le=MAX_STAGES,
+        description="Checkpoints kept after the job finishes, newest first; all are kept while "
+        "it runs, since a rollback may need any of them.",
+    )
+
+
+class PvcOutput(WireModel):
+    """A place on a PersistentVolumeClaim."""
+
+    claim_name: ObjectName = Field(description="Name of the claim, in the job's namespace.")
+    path: RelativePath = Field(description="Directory inside the volume, relative.")
+
+    cel_rules = (
+        Rule(
+            "!self.path.startsWith('/') && !self.path.split('/').exists(p, p == '..')",
+            "path is relative to the volume's root and has no '..' segments",
+            lambda p: _relative_path_ok(p.path),
+            field_path=".path",
+        ),
+    )
+
+
+class Output(WireModel):
+    """Where the packaged artifact goes besides the final checkpoint."""
+
+    config_map: ObjectName | None = Field(
+        default=None,
+        description="Name of a ConfigMap to write the artifact into (artifacts up to 1 MiB).",
+    )
+    pvc: PvcOutput | None = Field(default=None, description="A directory on a volume.")
+
+    cel_rules = (
+        Rule(
+            "!(has(self.configMap) && has(self.pvc))",
+            "output takes configMap or pvc, not both",
+            lambda o: o.config_map is None or o.pvc is None,
+        ),
+    )
+
+
+class BakingJobSpec(WireModel):
+    """The model, the workflow and lane to bake it with, and what the result must meet."""
+
+    model: ModelSpec = Field(description="The model to bake.")
+    workflow_ref: LabelName | None = Field(
+        default=None,
+        description="Name of a Workflow in this namespace; empty uses the built-in default "
+        "(import, graph, quantize, memory, hardware, accelerate, validate, profile, package).",
+    )
+    lane_ref: LabelName = Field(
+        default="standard", description="Name of the Lane (same namespace) that queues the job."
+    )
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Order within a lane with queueing Priority: higher first, then oldest.",
+    )
+    target: Target = Field(default_factory=Target, description="Device and budgets.")
+    quality: Quality = Field(default_factory=Quality, description="The quality gate.")
+    checkpoints: Checkpoints = Field(
+        default_factory=Checkpoints, description="Checkpoint storage and retention."
+    )
+    deadline_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=604800,
+        description="Seconds from creation after which an unfinished job fails (reason "
+        "DeadlineExceeded); empty: no deadline.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="True stops the job at the next stage boundary (phase Suspended); false "
+        "resumes it from its last checkpoint.",
+    )
+    output: Output | None = Field(
+        default=None,
+        description="Where the artifact goes besides the final checkpoint; empty: only there.",
+    )
+
+
+class StageStatus(StatusModel):
+    """What happened to one stage."""
+
+    name: str = Field(max_length=32, description="The stage's name in the workflow.")
+    agent: AgentName | None = Field(default=None, description="The stage's agent.")
+    phase: StagePhase = Field(
+        description="Pending, Running, Succeeded, Failed, Cached (reused an earlier checkpoint), "
+        "RolledBack (its output was discarded by a rollback) or Skipped."
+    )
+    attempt: int = Field(default=0, ge=0, description="Attempts so far (1 for the first).")
+    fallback: int = Field(
+        default=0,
+        ge=0,
+        description="Which params ran: 0 the stage's params, n its fallbacks[n-1].",
+    )
+    pod: str | None = Field(default=None, max_length=253, description="Pod of the latest attempt.")
+    started_at: AwareDatetime | None = Field(
+        default=None, description="Start of the latest attempt."
+    )
+    finished_at: AwareDatetime | None = Field(
+        default=None, description="End of the latest attempt."
+    )
+    duration_seconds: float | None = Field(
+        default=None, ge=0, description="Run time of the latest attempt, in seconds."
+    )
+    checkpoint: str | None = Field(
+        default=None, max_length=253, description="Checkpoint the stage produced (or reused)."
+    )
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Small numeric results, e.g. speedup, sizeBytes, cosine.",
+    )
+    message: str | None = Field(
+        default=None, max_length=4096, description="Why the stage is in its phase, in words."
+    )
+
+
+class QualityResult(StatusModel):
+    """The quality gate's outcome."""
+
+    metric: QualityMetric = Field(description="The metric measured.")
+    value: float = Field(description="Its value on the evaluation set.")
+    threshold: float = Field(description="The bound it had to meet.")
+    passed: bool = Field(description="Whether it met the bound.")
+
+
+class BakeResult(StatusModel):
+    """The baked artifact and what baking bought."""
+
+    artifact: str = Field(
+        max_length=1024, description="Where the artifact is: checkpoint, ConfigMap or path."
+    )
+    format: str = Field(max_length=64, description="Artifact format, e.g. onnx.")
+    sha256: str | None = Field(default=None, max_length=64, description="sha256 of the artifact.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Size of the artifact.")
+    original_size_bytes: int | None = Field(
+        default=None, ge=0, description="Size of the original model."
+    )
+    speedup: float | None = Field(
+        default=None,
+        ge=0,
+        description="Median latency of the original over the baked model at the first batch "
+        "size (2.0 = twice as fast).",
+    )
+    speedups: dict[str, float] = Field(
+        default_factory=dict, max_length=8, description="Speedup per batch size, e.g. {'32': 2.8}."
+    )
+    runtime: str | None = Field(
+        default=None, max_length=64, description="Runtime chosen, e.g. onnxruntime."
+    )
+    precision: str | None = Field(
+        default=None, max_length=64, description="Numeric precision, e.g. int8-per-channel."
+    )
+    quality: QualityResult | None = Field(default=None, description="The quality gate's outcome.")
+
+
+class BakingJobStatus(StatusModel):
+    """Where the job is and what it produced."""
+
+    observed_generation: int | None = observed_generation_field()
+    phase: JobPhase = Field(
+        default="Pending",
+        description="Pending (not yet in a lane), Queued, Running, RollingBack, Succeeded, "
+        "Failed or Suspended.",
+    )
+    lane: str | None = Field(
+        default=None, max_length=63, description="The lane that admitted the job."
+    )
+    workflow: str | None = Field(
+        default=None, max_length=63, description="The workflow the job runs (default: built-in)."
+    )
+    queue_position: int | None = Field(
+        default=None, ge=0, description="Jobs ahead in the lane's queue while Queued (0: next)."
+    )
+    progress: str | None = Field(
+        default=None,
+        max_length=16,
+        pattern=r"^[0-9]+/[0-9]+$",
+        description="Finished stages over all stages, e.g. 4/9.",
+    )
+    stages: list[StageStatus] = Field(
+        default_factory=list,
+        max_length=MAX_STAGES,
+        description="Each stage's phase, attempt, pod, timing, checkpoint and metrics.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    current_checkpoint: str | None = Field(
+        default=None, max_length=253, description="The last good checkpoint."
+    )
+    rollback_count: int = Field(default=0, ge=0, description="Rollbacks so far.")
+    last_rollback_reason: str | None = Field(
+        default=None, max_length=1024, description="Why the last rollback happened."
+    )
+    queued_at: AwareDatetime | None = Field(
+        default=None, description="When the job entered a lane."
+    )
+    admitted_at: AwareDatetime | None = Field(
+        default=None, description="When the lane admitted the job to run."
+    )
+    started_at: AwareDatetime | None = Field(
+        default=None, description="When its first stage started."
+    )
+    finished_at: AwareDatetime | None = Field(
+        default=None, description="When the job succeeded or failed."
+    )
+    estimated_completion: AwareDatetime | None = Field(
+        default=None, description="Predicted end, from the duration predictor."
+    )
+    result: BakeResult | None = Field(default=None, description="The artifact, once Succeeded.")
+    conditions: list[Condition] = conditions_field("Admitted, Progressing, Succeeded, Failed")
+
+
+class BakingJob(Resource):
+    """One model to bake through a workflow in a lane."""
+
+    info = ResourceInfo(
+        plural="bakingjobs",
+        singular="bakingjob",
+        short_names=("bj",),
+        printer_columns=(
+            PrinterColumn("Phase", "string", ".status.phase", "Where the job is."),
+            PrinterColumn("Lane", "string", ".status.lane", "The lane that admitted it."),
+            PrinterColumn("Progress", "string", ".status.progress", "Finished stages / stages."),
+            PrinterColumn(
+                "Speedup", "number", ".status.result.speedup", "Speedup at the first batch size."
+            ),
+            AGE_COLUMN,
+        ),
+    )
+
+    kind: Literal["BakingJob"] = Field(default="BakingJob", description="Always BakingJob.")
+    spec: BakingJobSpec = Field(description="What to bake and how.")
+    status: BakingJobStatus | None = Field(
+        default=None, description="Progress and result; operator-owned."
+    )

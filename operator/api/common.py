@@ -1,0 +1,297 @@
+"""Building blocks shared by the four custom resources.
+
+Everything here is pure pydantic: the models are the single source of truth for the wire format,
+the generated CRDs (`bakeline.api.crdgen`) and every layer that reads or writes the objects.
+Python attributes are snake_case; the wire format is camelCase (`model_dump(by_alias=True)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "bakeline.io"
+VERSION = "v1alpha1"
+API_VERSION: Final = "bakeline.io/v1alpha1"  # f"{GROUP}/{VERSION}", literal for typing
+CATEGORY = "bakeline"
+
+# RFC 1123 label: names of lanes, stages and objectives end up in pod names and label values.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# RFC 1123 subdomain: names of ConfigMaps, PVCs and other Kubernetes objects.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# The pattern kube-openapi gives resource.Quantity.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# A positive span with one unit: 30s, 5m, 6h, 30d. Kubernetes' CEL cannot parse days, so the CRD
+# checks windows with the same pattern and compares them through `window_seconds_cel`.
+WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[smhd]$"
+
+LabelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
+ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+Quantity = Annotated[
+    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    # resource.Quantity's own schema: int-or-string is the one anyOf a structural schema allows.
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+def window_cel(path: str) -> str:
+    """CEL: the seconds in a `WINDOW_PATTERN` string at `path` (e.g. `self.longWindow`)."""
+    number = f"int({path}.substring(0, size({path}) - 1))"
+    unit = (
+        f"({path}.endsWith('d') ? 86400 : {path}.endsWith('h') ? 3600 : "
+        f"{path}.endsWith('m') ? 60 : 1)"
+    )
+    return f"{number} * {unit}"
+
+
+def window_seconds(window: str) -> int:
+    """The seconds in a window such as `30d`, `6h`, `5m` or `30s`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(window) < 2 or window[-1] not in units or not window[:-1].isdigit():
+        raise ValueError(f"not a window: {window!r} (expected e.g. 30d, 6h, 5m, 30s)")
+    return int(window[:-1]) * units[window[-1]]
+
+
+Window = Annotated[
+    str,
+    StringConstraints(pattern=WINDOW_PATTERN, max_length=6),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 6,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.matches('{WINDOW_PATTERN}')",
+                    "message": "must be a positive whole number with one unit s, m, h or d, "
+                    "such as 30d, 6h or 5m",
+                }
+            ],
+        }
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule, checked twice from one definition: by the API server as CEL
+    (`x-kubernetes-validations` in the CRD) and by pydantic in Python, so `bakeline run` and the
+    API server reject the same objects with the same message."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    # Which field the API server names in the error, relative to the object the rule is on.
+    field_path: str | None = None
+    reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueDuplicate"] | None = None
+
+    def entry(self) -> dict[str, str]:
+        entry = {"rule": self.cel, "message": self.message}
+        if self.field_path is not None:
+            entry["fieldPath"] = self.field_path
+        if self.reason is not None:
+            entry["reason"] = self.reason
+        return entry
+
+
+def _rules_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    rules: tuple[Rule, ...] = cls.__dict__.get("cel_rules", ())
+    if rules:
+        schema.setdefault("x-kubernetes-validations", []).extend(r.entry() for r in rules)
+
+
+class WireModel(BaseModel):
+    """Base of every model: camelCase on the wire, snake_case in Python, typos rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=_rules_schema,
+    )
+    # Rules of this class only (not inherited): see `Rule`.
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self, info: ValidationInfo) -> Self:
+        # validate_workflow reports the graph rules itself, with a path per offending stage.
+        skip = (info.context or {}).get("skip_rules", ())
+        rules = type(self).__dict__.get("cel_rules", ())
+        broken = [rule.message for rule in rules if rule not in skip and not rule.check(self)]
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
+
+    def to_wire(self, *, exclude_unset: bool = False) -> dict[str, Any]:
+        """The JSON-compatible wire form: camelCase keys, no nulls."""
+        return self.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude_unset=exclude_unset
+        )
+
+
+class StatusModel(WireModel):
+    """Base of status models: a newer operator may write fields an older reader does not know,
+    and a reader must not fail on them during a rolling upgrade."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(StatusModel):
+    """One aspect of the object's state, shaped like metav1.Condition."""
+
+    type: str = Field(
+        description="What this condition is about, in CamelCase, e.g. Ready or Admitted.",
+        min_length=1,
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
+    status: ConditionStatus = Field(
+        description="Whether the condition holds: True, False or Unknown."
+    )
+    reason: str = Field(
+        description="Why, as one CamelCase word a program can match on, e.g. LaneFull.",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+    )
+    message: str = Field(
+        default="", description="Why, in words for a person; may be empty.", max_length=32768
+    )
+    last_transition_time: AwareDatetime = Field(
+        description="When status last changed (not when the condition was last checked)."
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation the condition was computed from; older than the "
+        "object's generation means the condition may be stale.",
+    )
+
+
+def conditions_field(kinds: str) -> Any:
+    """The `conditions` field of a status: a list-map keyed by `type`, as Kubernetes expects."""
+    return Field(
+        default_factory=list,
+        max_length=16,
+        description=f"Current state as conditions ({kinds}), one per type.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+
+
+def observed_generation_field() -> Any:
+    return Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation this status reflects; lower than the object's "
+        "generation means the operator has not yet acted on the latest spec.",
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metav1.ObjectMeta Bakeline reads; everything else is kept as it came."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str | None = Field(
+        default=None, description="The object's name, unique in its namespace."
+    )
+    namespace: str | None = Field(default=None, description="The namespace the object lives in.")
+    labels: dict[str, str] | None = Field(
+        default=None, description="Labels to select the object by."
+    )
+    annotations: dict[str, str] | None = Field(
+        default=None, description="Non-identifying metadata for tools."
+    )
+    generation: int | None = Field(
+        default=None, description="Set by the API server; increases on every spec change."
+    )
+    uid: str | None = Field(
+        default=None, description="Set by the API server; unique in time and space."
+    )
+    resource_version: str | None = Field(
+        default=None, description="Set by the API server; for optimistic concurrency."
+    )
+    creation_timestamp: str | None = Field(
+        default=None, description="Set by the API server: when the object was created (RFC 3339)."
+    )
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    """One `additionalPrinterColumns` entry: what `kubectl get` shows."""
+
+    name: str
+    type: Literal["string", "integer", "number", "boolean", "date"]
+    json_path: str
+    description: str
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """What the CRD says about a kind beyond its schema."""
+
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    printer_columns: tuple[PrinterColumn, ...]
+
+
+AGE_COLUMN = PrinterColumn(
+    name="Age",
+    type="date",
+    json_path=".metadata.creationTimestamp",
+    description="How long ago the object was created.",
+)
+
+
+class Resource(WireModel):
+    """Fields every Bakeline object has: apiVersion, kind, metadata.
+
+    The CRD takes its spec and status schemas from the `spec` and `status` fields; `cel_rules`
+    of a resource go to the root of the schema, the only place a rule may read metadata.name.
+    """
+
+    info: ClassVar[ResourceInfo]
+
+    api_version: Literal["bakeline.io/v1alpha1"] = Field(
+        default=API_VERSION, alias="apiVersion", description="Always bakeline.io/v1alpha1."
+    )
+    metadata: ObjectMeta = Field(
+        default_factory=ObjectMeta, description="Standard object metadata."
+    )
+
+    def to_manifest(self, *, exclude_unset: bool = False) -> dict[str, Any]:
+        """The object as `kubectl apply` takes it: apiVersion and kind first, no nulls."""
+        body = self.to_wire(exclude_unset=exclude_unset)
+        head = {"apiVersion": self.api_version, "kind": body.pop("kind", type(self).__name__)}
+        body.pop("apiVersion", None)
+        return head | body

@@ -1,0 +1,110 @@
+"""The built-in default workflow: what a BakingJob without workflowRef runs.
+
+`examples/workflow-default.yaml` is generated from it (`python -m bakeline.api.crdgen`), so a
+platform team can apply it, copy it and change it.
+"""
+
+from __future__ import annotations
+
+from bakeline.api.common import ObjectMeta
+from bakeline.api.workflow import QUALITY_METRIC, Gate, RetryPolicy, Stage, Workflow, WorkflowSpec
+
+DEFAULT_WORKFLOW_NAME = "default"
+
+
+def default_workflow() -> Workflow:
+    """The nine agents in a chain. Optional optimizations skip on failure; quantization falls back
+    to gentler settings; a failed quality gate rolls back to the nearest stage with a fallback left
+    (memory first, then quantize), so the job ends with the fastest model that holds quality."""
+    stages = [
+        Stage(
+            name="import",
+            agent="BakingCoordinator",
+            params={"calibrationSamples": 64},
+            timeout_seconds=600,
+            on_failure="Retry",
+        ),
+        # torch.export cannot capture every model; the rest of the chain works on eager models.
+        Stage(
+            name="graph",
+            agent="GraphOptimizer",
+            params={"foldConstants": True, "fuse": True},
+            depends_on=["import"],
+            timeout_seconds=900,
+            on_failure="Skip",
+        ),
+        # Per-channel scales are what hold quality for int8 (baking notes: ~0.99 cosine vs
+        # ~0.965 per tensor); keeping sensitive layers in float is the next best, then no int8.
+        Stage(
+            name="quantize",
+            agent="ModelOptimizer",
+            params={"scheme": "int8-per-channel"},
+            depends_on=["graph"],
+            timeout_seconds=1800,
+            on_failure="Fallback",
+            fallbacks=[
+                {"scheme": "int8-per-channel", "keepSensitiveLayersFloat": True},
+                {"scheme": "none"},
+            ],
+        ),
+        Stage(
+            name="memory",
+            agent="MemoryOptimizer",
+            params={"embeddings": "int8"},
+            depends_on=["quantize"],
+            timeout_seconds=900,
+            on_failure="Fallback",
+            fallbacks=[{"embeddings": "float"}],
+        ),
+        # Hardware-dependent stages are not cached: the key knows the input, not the node the
+        # result was measured on.
+        Stage(
+            name="hardware",
+            agent="HardwareAdapter",
+            depends_on=["memory"],
+            timeout_seconds=300,
+            on_failure="Retry",
+            cache=False,
+        ),
+        Stage(
+            name="accelerate",
+            agent="InferenceAccelerator",
+            params={"candidates": ["eager", "torch.compile", "onnxruntime"]},
+            depends_on=["hardware"],
+            timeout_seconds=1800,
+            on_failure="Skip",
+            cache=False,
+        ),
+        # One retry covers a lost pod; a failed gate rolls back. Not cached: the gate's threshold
+        # comes from the job, which the cache key does not know.
+        Stage(
+            name="validate",
+            agent="QualityValidator",
+            depends_on=["accelerate"],
+            timeout_seconds=900,
+            retry=RetryPolicy(limit=1),
+            on_failure="Rollback",
+            gate=Gate(metric=QUALITY_METRIC),
+            cache=False,
+        ),
+        Stage(
+            name="profile",
+            agent="PerformanceProfiler",
+            params={"warmup": 5, "iterations": 30},
+            depends_on=["validate"],
+            timeout_seconds=1200,
+            on_failure="Retry",
+            cache=False,
+        ),
+        Stage(
+            name="package",
+            agent="DeploymentPreparer",
+            depends_on=["profile"],
+            timeout_seconds=600,
+            on_failure="Retry",
+        ),
+    ]
+    return Workflow(
+        metadata=ObjectMeta(name=DEFAULT_WORKFLOW_NAME),
+        spec=WorkflowSpec(stages=stages, max_parallel_stages=1, fail_fast=True),
+    )
