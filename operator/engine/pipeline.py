@@ -22,13 +22,17 @@ Every rollback consumes a fallback and every retry an attempt, so any sequence o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from bakeline.api.bakingjob import Quality
+from bakeline.api.validation import topological_order
+from bakeline.api.workflow import QUALITY_METRIC, GateOperator, WorkflowSpec
+from bakeline.api.workflow import Gate as GateSpec
 from bakeline.engine.cache import cache_key, canonical_json
-from bakeline.engine.dag import WorkflowError, ancestors, descendants, topological_order
+from bakeline.engine.dag import ancestors, descendants
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds
 
 
@@ -78,23 +82,29 @@ class RetryPolicy:
         return backoff_seconds(attempt, self.duration, self.factor, self.maximum)
 
 
+_COMPARE: Mapping[str, Callable[[float, float], bool]] = {
+    ">=": lambda value, bound: value >= bound,
+    ">": lambda value, bound: value > bound,
+    "<=": lambda value, bound: value <= bound,
+    "<": lambda value, bound: value < bound,
+}
+
+
 @dataclass(frozen=True)
 class Gate:
-    """A bound on one metric of the stage's result; both bounds inclusive."""
+    """A bound on one metric of the stage's result, e.g. cosine >= 0.98."""
 
     metric: str
-    minimum: float | None = None
-    maximum: float | None = None
+    operator: GateOperator
+    bound: float
 
     def violation(self, metrics: Mapping[str, float]) -> str | None:
         """Why the gate fails on `metrics`, or None when it passes."""
         value = metrics.get(self.metric)
         if value is None:
-            return f"gate metric {self.metric!r} missing from the result"
-        if self.minimum is not None and value < self.minimum:
-            return f"gate {self.metric} = {value:.6g} is below the minimum {self.minimum:g}"
-        if self.maximum is not None and value > self.maximum:
-            return f"gate {self.metric} = {value:.6g} is above the maximum {self.maximum:g}"
+            return f"gate metric {self.metric!r} is missing from the stage's result"
+        if not _COMPARE[self.operator](value, self.bound):
+            return f"gate failed: {self.metric} = {value:.6g}, needs {self.operator} {self.bound:g}"
         return None
 
 
@@ -106,7 +116,7 @@ class StagePlan:
     depends_on: tuple[str, ...] = ()
     timeout_seconds: float | None = None
     retry: RetryPolicy = RetryPolicy()
-    on_failure: FailureStrategy = FailureStrategy.FAIL
+    on_failure: FailureStrategy = FailureStrategy.RETRY
     fallbacks: tuple[Mapping[str, Any], ...] = ()
     gate: Gate | None = None
     cache: bool = True
@@ -131,12 +141,41 @@ class Plan:
     def build(
         cls, stages: Sequence[StagePlan], max_parallel: int = 1, fail_fast: bool = True
     ) -> Plan:
-        """Order `stages` topologically; WorkflowError on a cycle or unknown dependency."""
+        """Order `stages` topologically, with the API's validation: WorkflowInvalidError names
+        every cycle, unknown dependency or duplicate."""
+        graph = {
+            "stages": [
+                {"name": s.name, "agent": s.agent, "dependsOn": list(s.depends_on)} for s in stages
+            ]
+        }
+        order = topological_order(graph)
         by_name = {s.name: s for s in stages}
-        if len(by_name) != len(stages):
-            raise WorkflowError("stage names must be unique")
-        order = topological_order({s.name: s.depends_on for s in stages})
         return cls(tuple(by_name[n] for n in order), max(max_parallel, 1), fail_fast)
+
+    @classmethod
+    def from_workflow(cls, spec: WorkflowSpec, quality: Quality | None = None) -> Plan:
+        """The plan of a Workflow spec; `quality` resolves gates on the `quality` metric."""
+        stages = [
+            StagePlan(
+                name=stage.name,
+                agent=stage.agent,
+                params=dict(stage.params),
+                depends_on=tuple(stage.depends_on),
+                timeout_seconds=float(stage.timeout_seconds),
+                retry=RetryPolicy(
+                    limit=stage.retry.limit,
+                    duration=float(stage.retry.backoff.duration_seconds),
+                    factor=stage.retry.backoff.factor,
+                    maximum=float(stage.retry.backoff.max_seconds),
+                ),
+                on_failure=FailureStrategy(stage.on_failure),
+                fallbacks=tuple(dict(f) for f in stage.fallbacks),
+                gate=_gate(stage.gate, quality or Quality()) if stage.gate else None,
+                cache=stage.cache,
+            )
+            for stage in spec.stages
+        ]
+        return cls.build(stages, spec.max_parallel_stages, spec.fail_fast)
 
     @property
     def graph(self) -> dict[str, tuple[str, ...]]:
@@ -281,7 +320,8 @@ def next_actions(
     failed = [n for n in plan.order if stages[n].phase is StagePhase.FAILED]
     running = [n for n in plan.order if stages[n].phase is StagePhase.RUNNING]
     if failed and plan.fail_fast:
-        return [_job_failed(plan, state, failed)]
+        # Start nothing more; running stages finish (their results still count) first.
+        return [] if running else [_job_failed(plan, state, failed)]
     if all(s.phase in DONE_PHASES for s in stages.values()):
         return [FinishJob(JobPhase.SUCCEEDED, "all stages done", state.current_checkpoint(plan))]
     if state.deadline is not None and now >= state.deadline:
@@ -368,11 +408,13 @@ def stage_finished(
     finished = replace(current, finished_at=now, metrics=metrics, message=message)
     if outcome is AttemptOutcome.SUCCEEDED:
         done = replace(finished, phase=StagePhase.SUCCEEDED, checkpoint=checkpoint)
-        event = Event(now, stage, "Succeeded", message or "ok", checkpoint.id if checkpoint else None)
+        event = Event(
+            now, stage, "Succeeded", message or "ok", checkpoint.id if checkpoint else None
+        )
         return _with(state, stage, done), [event]
-    retryable = outcome is AttemptOutcome.TRANSIENT or (
-        outcome is AttemptOutcome.GATE_FAILED and spec.on_failure is FailureStrategy.RETRY
-    )
+    # Only transient failures are retried: invalid input and a failed gate would fail the same
+    # way again, and onFailure Fail means at once.
+    retryable = outcome is AttemptOutcome.TRANSIENT and spec.on_failure is not FailureStrategy.FAIL
     if retryable and current.attempt <= spec.retry.limit:
         delay = spec.retry.delay(current.attempt)
         waiting = replace(finished, phase=StagePhase.PENDING, not_before=now + delay)
@@ -550,3 +592,13 @@ def _with(
     stages = dict(state.stages)
     stages[stage] = stage_state
     return replace(state, stages=stages, phase=phase or state.phase)
+
+
+def _gate(spec: GateSpec, quality: Quality) -> Gate:
+    """The engine's gate; `quality` stands for the job's own gate (higher is better for cosine
+    and accuracy, lower for max-abs-error)."""
+    if spec.metric == QUALITY_METRIC:
+        op: GateOperator = "<=" if quality.metric == "max-abs-error" else ">="
+        return Gate(quality.metric, op, quality.threshold)
+    assert spec.operator is not None and spec.bound is not None  # the API's rule
+    return Gate(spec.metric, spec.operator, spec.bound)
