@@ -228,20 +228,25 @@ def job_document(
     """
     resolved = dict(model)
     source = dict(model.get("source") or {})
-    expected = model.get("sha256") or source.get("sha256")
-    if source.get("url"):
-        path = _local_path(str(source["url"]), base_dir)
+    url = source.get("url")
+    if isinstance(url, Mapping):  # the API's UrlModel: {url, sha256}
+        address, expected = str(url.get("url", "")), url.get("sha256")
+    else:
+        address, expected = str(url or ""), source.get("sha256")
+    expected = expected or model.get("sha256")
+    if address:
+        path = _local_path(address, base_dir)
+        if not expected:
+            raise ModelSourceError("a url model source needs its sha256")
         if not path.is_file():
             raise ModelSourceError(f"model file {path} does not exist")
         actual = sha256_file(path)
-        if not expected:
-            raise ModelSourceError("a url model source needs its sha256")
         if actual != expected:
             raise ModelSourceError(f"model file {path} has sha256 {actual}, expected {expected}")
         resolved["localPath"] = str(path)
         resolved["sha256"] = actual
     elif not source.get("builtin"):
-        kinds = ", ".join(sorted(source)) or "none"
+        kinds = ", ".join(sorted(k for k, v in source.items() if v)) or "none"
         raise ModelSourceError(
             f"model source {kinds} is not available to `bakeline run` on one machine: "
             "use `builtin` or a file:// `url` with its sha256"

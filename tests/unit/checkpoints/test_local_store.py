@@ -1,0 +1,100 @@
+"""The local-directory checkpoint store: put, get, verify, cache lookup and restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bakeline.checkpoints.manifest import (
+    ChecksumMismatchError,
+    Manifest,
+    file_entry,
+    write_manifest,
+)
+from bakeline.checkpoints.store import CheckpointNotFoundError, CheckpointStore, LocalStore
+
+KEY = "c" * 64
+
+
+def _checkpoint(directory: Path, payload: bytes = b"weights", extra: bool = False) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(payload)
+    (directory / "sub").mkdir()
+    (directory / "sub" / "ref.npy").write_bytes(b"reference")
+    files = [file_entry(directory, "model.onnx", "model"), file_entry(directory, "sub/ref.npy")]
+    if extra:
+        (directory / "scratch.tmp").write_bytes(b"not listed")
+    manifest = Manifest.model_validate(
+        {"modelName": "m", "artifact": "model.onnx", "format": "onnx", "files": files}
+    )
+    write_manifest(directory, manifest)
+    return directory
+
+
+def test_put_get_and_restore_round_trip(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    assert isinstance(store, CheckpointStore)
+    ref = store.put(_checkpoint(tmp_path / "out", extra=True), stage="quantize", cache_key=KEY)
+    assert ref.id.startswith("quantize-") and ref.stage == "quantize" and ref.format == "onnx"
+    assert ref.size_bytes == len(b"weights") and ref.cache_key == KEY
+    assert store.get(ref.id) == ref
+    assert [r.id for r in store.list()] == [ref.id]
+    # Only what the manifest lists is kept.
+    assert not (store.path(ref.id) / "scratch.tmp").exists()
+    manifest = store.restore(ref.id, tmp_path / "restored")
+    assert manifest.artifact_sha256 == ref.artifact_sha256
+    assert (tmp_path / "restored" / "sub" / "ref.npy").read_bytes() == b"reference"
+    with pytest.raises(FileExistsError):
+        store.restore(ref.id, tmp_path / "restored")
+
+
+def test_the_same_checkpoint_stored_twice_is_kept_once(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    source = _checkpoint(tmp_path / "out")
+    assert store.put(source, stage="a").id == store.put(source, stage="a").id
+    assert len(store.list()) == 1
+
+
+def test_a_source_that_does_not_match_its_manifest_is_refused(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    source = _checkpoint(tmp_path / "out")
+    (source / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatchError):
+        store.put(source, stage="a")
+    assert store.list() == []
+
+
+def test_a_corrupted_checkpoint_is_never_restored_nor_served_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    ref = store.put(_checkpoint(tmp_path / "out"), stage="a", cache_key=KEY)
+    assert store.lookup(KEY) == ref
+    (store.path(ref.id) / "model.onnx").write_bytes(b"bit rot")
+    with pytest.raises(ChecksumMismatchError, match="does not match"):
+        store.verify(ref.id)
+    with pytest.raises(ChecksumMismatchError):
+        store.restore(ref.id, tmp_path / "restored")
+    assert not (tmp_path / "restored").exists()
+    assert store.lookup(KEY) is None
+    assert store.lookup(KEY) is None  # the damaged entry was dropped
+
+
+def test_lookup_misses_and_unknown_ids(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    assert store.lookup(KEY) is None
+    with pytest.raises(CheckpointNotFoundError):
+        store.get("nope-0123")
+    with pytest.raises(ValueError, match="invalid checkpoint id"):
+        store.get("../escape")
+    with pytest.raises(ValueError, match="sha256"):
+        store.lookup("not-a-key")
+
+
+def test_delete_removes_the_checkpoint_and_its_cache_entries(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    ref = store.put(_checkpoint(tmp_path / "out"), stage="a", cache_key=KEY)
+    store.delete(ref.id)
+    assert store.list() == [] and store.lookup(KEY) is None
+    with pytest.raises(CheckpointNotFoundError):
+        store.get(ref.id)

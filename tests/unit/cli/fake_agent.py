@@ -1,0 +1,122 @@
+"""A stand-in for `bakeline-agent` that follows the agent contract in milliseconds.
+
+Unit tests of the store, the runner and the CLI use it where the real agents would take minutes.
+What it does is steered by the `fake` entry of its params, per stage:
+
+    {"fake": {"exit": 3, "message": "...", "sleep": 5, "failTimes": 2, "metrics": {...}}}
+
+`failTimes: n` fails the first n calls of that stage with exit 1 (counted in $FAKE_AGENT_STATE),
+then succeeds. Every call is appended to $FAKE_AGENT_STATE/calls.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bakeline.checkpoints.manifest import (
+    LineageEntry,
+    Manifest,
+    file_entry,
+    read_manifest,
+    utc_now,
+    write_manifest,
+)
+
+
+def main() -> int:
+    if sys.argv[1:] == ["--version"]:
+        print("fake-agent 1.0")
+        return 0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("agent")
+    parser.add_argument("--input", type=Path)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--params", default="{}")
+    parser.add_argument("--job", default="{}")
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("--termination-log", type=Path, required=True)
+    args = parser.parse_args()
+    params = json.loads(args.params)
+    job = json.loads(args.job)
+    fake = params.get("fake", {})
+    state = Path(os.environ.get("FAKE_AGENT_STATE", args.output.parent))
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "calls.log").open("a") as log:
+        log.write(f"{args.stage} {args.agent} {json.dumps(params, sort_keys=True)}\n")
+    counter = state / f"{args.stage}.count"
+    calls = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    started = time.time()
+    time.sleep(float(fake.get("sleep", 0)))
+
+    def finish(code: int, message: str, **extra: object) -> int:
+        result = {
+            "agent": args.agent,
+            "stage": args.stage,
+            "status": "ok" if code == 0 else "failed",
+            "message": message,
+            "durationSeconds": time.time() - started,
+            **extra,
+        }
+        args.termination_log.write_text(json.dumps(result))
+        print(message, file=sys.stderr)
+        return code
+
+    if calls <= int(fake.get("failTimes", 0)):
+        return finish(1, f"flaky failure {calls}")
+    code = int(fake.get("exit", 0))
+    if code != 0:
+        return finish(code, str(fake.get("message", f"fake exit {code}")))
+    if args.agent != "BakingCoordinator" and args.input is None:
+        return finish(2, "no --input")
+    upstream = read_manifest(args.input) if args.input is not None else None
+    source = upstream.artifact_sha256 if upstream else job.get("model", {}).get("sha256", "")
+    body = hashlib.sha256(f"{source}|{args.agent}|{json.dumps(params, sort_keys=True)}".encode())
+    args.output.mkdir(parents=True, exist_ok=True)
+    size = int(fake.get("size", 1000))
+    (args.output / "model.bin").write_bytes(body.digest() * (size // 32 + 1))
+    entry = file_entry(args.output, "model.bin", role="model")
+    metrics = {"sizeBytes": float(entry.size_bytes), **fake.get("metrics", {})}
+    lineage = list(upstream.lineage) if upstream else []
+    lineage.append(
+        LineageEntry(
+            stage=args.stage,
+            agent=args.agent,
+            agentVersion="1.0",
+            params=params,
+            inputSha256=source or None,
+            outputSha256=entry.sha256,
+            startedAt=utc_now(),
+            finishedAt=utc_now(),
+            metrics=metrics,
+        )
+    )
+    write_manifest(
+        args.output,
+        Manifest(
+            modelName="fake",
+            artifact="model.bin",
+            format="safetensors",
+            files=[entry],
+            lineage=lineage,
+            metrics=metrics,
+        ),
+    )
+    return finish(
+        0,
+        "done",
+        metrics=metrics,
+        artifactSha256=entry.sha256,
+        format="safetensors",
+        sizeBytes=entry.size_bytes,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
