@@ -306,7 +306,18 @@ class StageStatus(StatusModel):
         description="Pending, Running, Succeeded, Failed, Cached (reused an earlier checkpoint), "
         "RolledBack (its output was discarded by a rollback) or Skipped."
     )
-    attempt: int = Field(default=0, ge=0, description="Attempts so far (1 for the first).")
+    attempt: int = Field(
+        default=0,
+        ge=0,
+        description="Attempts so far, across fallbacks and rollbacks (1 for the first); the "
+        "latest attempt's pod is <job>-<stage>-<attempt>.",
+    )
+    attempts_with_params: int = Field(
+        default=0,
+        ge=0,
+        description="Attempts with the current params (fallback); retries of transient failures "
+        "count against retry.limit from here.",
+    )
     fallback: int = Field(
         default=0,
         ge=0,

@@ -76,11 +76,11 @@ def window_seconds(window: str) -> int:
 
 Window = Annotated[
     str,
-    StringConstraints(pattern=WINDOW_PATTERN, max_length=6),
+    StringConstraints(pattern=WINDOW_PATTERN, max_length=16),
     WithJsonSchema(
         {
             "type": "string",
-            "maxLength": 6,
+            "maxLength": 16,
             "x-kubernetes-validations": [
                 {
                     "rule": f"self.matches('{WINDOW_PATTERN}')",
@@ -104,7 +104,7 @@ class Rule:
     check: Callable[[Any], bool]
     # Which field the API server names in the error, relative to the object the rule is on.
     field_path: str | None = None
-    reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueDuplicate"] | None = None
+    reason: Literal["FieldValueInvalid", "FieldValueRequired"] | None = None
 
     def entry(self) -> dict[str, str]:
         entry = {"rule": self.cel, "message": self.message}
@@ -139,9 +139,31 @@ class WireModel(BaseModel):
         skip = (info.context or {}).get("skip_rules", ())
         rules = type(self).__dict__.get("cel_rules", ())
         broken = [rule.message for rule in rules if rule not in skip and not rule.check(self)]
+        broken += self._list_duplicates()
         if broken:
             raise ValueError("; ".join(broken))
         return self
+
+    def _list_duplicates(self) -> list[str]:
+        """What the API server enforces for x-kubernetes-list-type set and map: no repeats."""
+        problems = []
+        for name, field_info in type(self).model_fields.items():
+            extra = field_info.json_schema_extra
+            items = getattr(self, name)
+            if not isinstance(extra, dict) or not isinstance(items, list):
+                continue
+            list_type = extra.get("x-kubernetes-list-type")
+            keys = extra.get("x-kubernetes-list-map-keys")
+            if list_type == "set":
+                seen = [repr(item) for item in items]
+            elif list_type == "map" and isinstance(keys, list):
+                seen = [repr(tuple(getattr(item, str(k)) for k in keys)) for item in items]
+            else:
+                continue
+            repeats = sorted({value for value in seen if seen.count(value) > 1})
+            if repeats:
+                problems.append(f"{field_info.alias or name} repeats {', '.join(repeats)}")
+        return problems
 
     def to_wire(self, *, exclude_unset: bool = False) -> dict[str, Any]:
         """The JSON-compatible wire form: camelCase keys, no nulls."""

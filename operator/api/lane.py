@@ -279,10 +279,11 @@ class Lane(Resource):
     cel_rules = (
         Rule(
             "!has(self.spec.fallbackLane) || self.spec.fallbackLane != self.metadata.name",
-            "spec.fallbackLane must name another lane, not this one",
+            "fallbackLane must name another lane, not this one",
             lambda lane: (
                 lane.spec.fallback_lane is None or lane.spec.fallback_lane != lane.metadata.name
             ),
+            field_path=".spec.fallbackLane",
         ),
     )
 

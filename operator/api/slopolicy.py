@@ -225,8 +225,6 @@ class SLOPolicySpec(WireModel):
         max_length=MAX_ALERTS,
         description="Multiwindow burn-rate alerts; default the SRE workbook's 1h/5m x14.4 "
         "(Freeze), 6h/30m x6 and 3d/6h x1 (Notify).",
-        # default_factory does not reach the JSON schema; the CRD should show the default.
-        json_schema_extra={"default": [a.to_wire() for a in default_burn_rate_alerts()]},
     )
     budget_policy: BudgetPolicy = Field(
         default_factory=BudgetPolicy, description="What to do when a budget is spent."
@@ -238,7 +236,6 @@ class SLOPolicySpec(WireModel):
             "objective names must be unique within a policy",
             lambda s: len({o.name for o in s.objectives}) == len(s.objectives),
             field_path=".objectives",
-            reason="FieldValueDuplicate",
         ),
     )
 

@@ -195,7 +195,6 @@ class WorkflowSpec(WireModel):
             "stage names must be unique within a workflow",
             lambda w: len({s.name for s in w.stages}) == len(w.stages),
             field_path=".stages",
-            reason="FieldValueDuplicate",
         ),
         Rule(
             "self.stages.all(s, !has(s.dependsOn) || "
