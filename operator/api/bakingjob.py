@@ -138,7 +138,9 @@ class ModelSource(WireModel):
 class ModelSpec(WireModel):
     """The model to bake."""
 
-    source: ModelSource = Field(description="Where the model comes from.")
+    source: ModelSource = Field(
+        description="Where the model comes from: exactly one of builtin, configMap, pvc or url."
+    )
     format: ModelFormat = Field(
         default="auto",
         description="Format of the model file: safetensors, exported-program (torch.export) or "
