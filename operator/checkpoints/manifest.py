@@ -117,7 +117,7 @@ def file_entry(directory: Path, relative: str, role: str = "data") -> FileEntry:
     """Describe `directory/relative` with its current sha256 and size."""
     path = directory / relative
     return FileEntry(
-        path=relative, sha256=sha256_file(path), sizeBytes=path.stat().st_size, role=role
+        path=relative, sha256=sha256_file(path), size_bytes=path.stat().st_size, role=role
     )
 
 

@@ -61,6 +61,10 @@ class CheckpointStore(Protocol):
         """A verified checkpoint stored under this cache key, or None."""
         ...
 
+    def remember(self, cache_key: str, checkpoint_id: str) -> None:
+        """Index a stored checkpoint under a cache key (once the engine has accepted it)."""
+        ...
+
     def restore(self, checkpoint_id: str, destination: Path) -> Manifest:
         """Copy a verified checkpoint into `destination` (which must not exist yet)."""
         ...
@@ -150,6 +154,10 @@ class LocalStore:
             entry.unlink(missing_ok=True)
             return None
         return ref
+
+    def remember(self, cache_key: str, checkpoint_id: str) -> None:
+        self.get(checkpoint_id)
+        _write_atomic(self._cache / _check_key(cache_key), checkpoint_id)
 
     def restore(self, checkpoint_id: str, destination: Path) -> Manifest:
         if destination.exists():

@@ -10,6 +10,12 @@ from typing import Any
 # Bump when the key's composition changes, so old cache entries stop matching.
 _KEY_SCHEMA = 1
 
+# Agents whose output depends on the machine they ran on (what it supports, how fast it is):
+# their keys also name the host, so a result measured on one machine is never reused on another.
+HARDWARE_DEPENDENT_AGENTS = frozenset(
+    {"HardwareAdapter", "InferenceAccelerator", "PerformanceProfiler"}
+)
+
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: equal values always give equal text."""

@@ -31,7 +31,7 @@ from bakeline.api.bakingjob import Quality
 from bakeline.api.validation import topological_order
 from bakeline.api.workflow import QUALITY_METRIC, GateOperator, WorkflowSpec
 from bakeline.api.workflow import Gate as GateSpec
-from bakeline.engine.cache import cache_key, canonical_json
+from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS, cache_key, canonical_json
 from bakeline.engine.dag import ancestors, descendants
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds
 
@@ -259,6 +259,7 @@ class CacheContext:
     agent_version: str
     job: Mapping[str, Any] = field(default_factory=dict)
     bypass: frozenset[str] = frozenset()  # stages that must run even on a hit (--from)
+    host: str | None = None  # the machine's fingerprint, for hardware-dependent agents
 
 
 # ---- actions: what the driver is asked to do ------------------------------------------------
@@ -478,7 +479,10 @@ def _start(plan: Plan, state: RunState, stage: StagePlan, cache: CacheContext | 
     key = None
     if cache is not None and stage.cache and stage.name not in cache.bypass:
         input_sha = source.artifact_sha256 if source is not None else cache.model_sha256
-        key = cache_key(input_sha, stage.agent, cache.agent_version, params, cache.job)
+        job = dict(cache.job)
+        if stage.agent in HARDWARE_DEPENDENT_AGENTS:
+            job["host"] = cache.host
+        key = cache_key(input_sha, stage.agent, cache.agent_version, params, job)
     return StartStage(
         stage=stage.name,
         agent=stage.agent,

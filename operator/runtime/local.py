@@ -8,8 +8,10 @@ JSON result. The pod the operator creates runs the same command line.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import time
@@ -212,6 +214,21 @@ class LocalRunner:
         env = dict(os.environ) if self._env is None else dict(self._env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
+
+
+def host_fingerprint() -> str:
+    """What makes this machine's measurements its own: architecture, CPU model and flags."""
+    model, flags = "", ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = " ".join(sorted(value.split()))
+    text = f"{platform.system()}|{platform.machine()}|{model}|{flags}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def job_document(

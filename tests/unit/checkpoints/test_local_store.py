@@ -91,6 +91,16 @@ def test_lookup_misses_and_unknown_ids(tmp_path: Path) -> None:
         store.lookup("not-a-key")
 
 
+def test_remember_indexes_an_accepted_checkpoint(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    ref = store.put(_checkpoint(tmp_path / "out"), stage="a")
+    assert store.lookup(KEY) is None
+    store.remember(KEY, ref.id)
+    assert store.lookup(KEY) == ref
+    with pytest.raises(CheckpointNotFoundError):
+        store.remember(KEY, "a-0000")
+
+
 def test_delete_removes_the_checkpoint_and_its_cache_entries(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     ref = store.put(_checkpoint(tmp_path / "out"), stage="a", cache_key=KEY)

@@ -3,7 +3,8 @@
 Unit tests of the store, the runner and the CLI use it where the real agents would take minutes.
 What it does is steered by the `fake` entry of its params, per stage:
 
-    {"fake": {"exit": 3, "message": "...", "sleep": 5, "failTimes": 2, "metrics": {...}}}
+    {"fake": {"exit": 3, "message": "...", "sleep": 5, "sleepFirst": 30, "failTimes": 2,
+              "metrics": {...}, "accuracyFromLineage": true, "minAccuracy": 0.97}}
 
 `failTimes: n` fails the first n calls of that stage with exit 1 (counted in $FAKE_AGENT_STATE),
 then succeeds. Every call is appended to $FAKE_AGENT_STATE/calls.log.
@@ -52,8 +53,11 @@ def main() -> int:
     counter = state / f"{args.stage}.count"
     calls = int(counter.read_text()) + 1 if counter.exists() else 1
     counter.write_text(str(calls))
+    (state / f"{args.stage}.pid").write_text(str(os.getpid()))
     started = time.time()
     time.sleep(float(fake.get("sleep", 0)))
+    if calls == 1:
+        time.sleep(float(fake.get("sleepFirst", 0)))
 
     def finish(code: int, message: str, **extra: object) -> int:
         result = {
@@ -82,25 +86,40 @@ def main() -> int:
     size = int(fake.get("size", 1000))
     (args.output / "model.bin").write_bytes(body.digest() * (size // 32 + 1))
     entry = file_entry(args.output, "model.bin", role="model")
-    metrics = {"sizeBytes": float(entry.size_bytes), **fake.get("metrics", {})}
+    # Quality good enough for the default gates unless the test says otherwise.
+    metrics = {
+        "sizeBytes": float(entry.size_bytes),
+        "accuracy": 0.99,
+        "cosine": 0.995,
+        **fake.get("metrics", {}),
+    }
+    if fake.get("accuracyFromLineage") and upstream:
+        # A validator stand-in: the quality depends on what an upstream stage was asked to do.
+        for step in reversed(upstream.lineage):
+            if "accuracy" in step.params:
+                metrics["accuracy"] = float(step.params["accuracy"])
+                break
+    gate = fake.get("minAccuracy")
+    if gate is not None and metrics["accuracy"] < gate:
+        return finish(3, f"accuracy {metrics['accuracy']} < {gate}", metrics=metrics)
     lineage = list(upstream.lineage) if upstream else []
     lineage.append(
         LineageEntry(
             stage=args.stage,
             agent=args.agent,
-            agentVersion="1.0",
+            agent_version="1.0",
             params=params,
-            inputSha256=source or None,
-            outputSha256=entry.sha256,
-            startedAt=utc_now(),
-            finishedAt=utc_now(),
+            input_sha256=source or None,
+            output_sha256=entry.sha256,
+            started_at=utc_now(),
+            finished_at=utc_now(),
             metrics=metrics,
         )
     )
     write_manifest(
         args.output,
         Manifest(
-            modelName="fake",
+            model_name="fake",
             artifact="model.bin",
             format="safetensors",
             files=[entry],

@@ -238,6 +238,17 @@ def test_start_actions_carry_the_cache_key_and_a_hit_marks_the_stage_cached() ->
     (second,) = next_actions(plan, state, 0.0, context)
     assert isinstance(second, StartStage) and second.cache_key is None  # cache: false
     bypassed = CacheContext("m" * 64, "1.0", bypass=frozenset({"a"}))
+    # Results measured on a machine are keyed by the machine.
+    profile = _chain(StagePlan("p", "PerformanceProfiler"))
+    keys = {
+        action.cache_key
+        for host in ("host-a", "host-b")
+        for action in next_actions(
+            profile, RunState.initial(profile), 0.0, CacheContext("m" * 64, "1.0", host=host)
+        )
+        if isinstance(action, StartStage)
+    }
+    assert len(keys) == 2
     (again,) = next_actions(plan, RunState.initial(plan), 0.0, bypassed)
     assert isinstance(again, StartStage) and again.cache_key is None
 

@@ -1,0 +1,72 @@
+"""The `bakeline` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import bakeline
+from bakeline.cli.manifests import InputError, load_job_file
+from bakeline.cli.run import EXIT_INVALID, RunOptions, run_job
+
+# Lets tests and agent developers swap the agents (e.g. a checkout's `python -m ...`).
+_AGENT_COMMAND_ENV = "BAKELINE_AGENT_COMMAND"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bakeline", description="Bake trained PyTorch models for deployment."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("version", help="print the version")
+    run = commands.add_parser(
+        "run",
+        help="bake one BakingJob on this machine, without a cluster",
+        description="Run a BakingJob's workflow stage by stage on this machine. Checkpoints, "
+        "the cache and the run's state live in --workdir: run the same command again to "
+        "resume an interrupted run, or to re-run a finished one from the cache.",
+        epilog=f"Agents run as `bakeline-agent`; set {_AGENT_COMMAND_ENV} to use another "
+        "command. Exit codes: 0 baked, 1 failed, 2 invalid input, 3 quality gate failed, "
+        "130 interrupted.",
+    )
+    run.add_argument("file", type=Path, help="YAML with one BakingJob (and its Workflow, Lanes)")
+    run.add_argument(
+        "--workdir", type=Path, required=True, help="directory for checkpoints, state and report"
+    )
+    run.add_argument(
+        "--from",
+        dest="from_stage",
+        metavar="STAGE",
+        help="run this stage and every stage after it again, bypassing the cache for them",
+    )
+    run.add_argument(
+        "--no-cache", action="store_true", help="run every stage, even when a result is cached"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"bakeline {bakeline.__version__}")
+        return 0
+    command = tuple(shlex.split(os.environ.get(_AGENT_COMMAND_ENV, "bakeline-agent")))
+    options = RunOptions(
+        workdir=args.workdir.resolve(),
+        from_stage=args.from_stage,
+        use_cache=not args.no_cache,
+        agent_command=command,
+    )
+    try:
+        return run_job(load_job_file(args.file), options, sys.stderr, sys.stdout)
+    except InputError as exc:
+        print(f"bakeline run: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

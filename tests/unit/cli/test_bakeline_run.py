@@ -1,0 +1,301 @@
+"""`bakeline run` end to end on the unit layer: the real engine, store and runner, a fake agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bakeline.cli.main import main
+
+FAKE_AGENT = Path(__file__).resolve().parent / "fake_agent.py"
+
+JOB = """\
+apiVersion: bakeline.io/v1alpha1
+kind: BakingJob
+metadata:
+  name: digits
+spec:
+  model:
+    source:
+      builtin: digits-cnn
+  workflowRef: {workflow}
+  quality:
+    metric: accuracy
+    threshold: 0.97
+"""
+
+
+def _workflow(stages: str, name: str = "fake") -> str:
+    return (
+        "---\napiVersion: bakeline.io/v1alpha1\nkind: Workflow\n"
+        f"metadata:\n  name: {name}\nspec:\n  maxParallelStages: 1\n  stages:\n"
+        + textwrap.indent(textwrap.dedent(stages), "    ")
+    )
+
+
+CHAIN = """\
+- name: import
+  agent: BakingCoordinator
+- name: quantize
+  agent: ModelOptimizer
+  dependsOn: [import]
+  params: {accuracy: 0.5}
+  fallbacks: [{accuracy: 0.8}, {accuracy: 0.99}]
+- name: validate
+  agent: QualityValidator
+  dependsOn: [quantize]
+  params: {fake: {accuracyFromLineage: true}}
+  gate: {metric: quality}
+  onFailure: Rollback
+- name: package
+  agent: DeploymentPreparer
+  dependsOn: [validate]
+"""
+
+
+@pytest.fixture
+def agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    state = tmp_path / "agent-state"
+    monkeypatch.setenv("BAKELINE_AGENT_COMMAND", f"{sys.executable} {FAKE_AGENT}")
+    monkeypatch.setenv("FAKE_AGENT_STATE", str(state))
+    return state
+
+
+def _job_file(tmp_path: Path, workflow: str | None = None, stages: str = CHAIN) -> Path:
+    path = tmp_path / "job.yaml"
+    text = JOB.format(workflow=workflow or "default")
+    if workflow:
+        text += _workflow(stages, workflow)
+    path.write_text(text)
+    return path
+
+
+def _run(*args: str | Path) -> int:
+    return main(["run", *(str(a) for a in args)])
+
+
+def _report(workdir: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads((workdir / "report.json").read_text())
+    return report
+
+
+def _phases(report: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s["phase"] for s in report["stages"]}
+
+
+def _calls(state: Path) -> list[str]:
+    log = state / "calls.log"
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.startswith("bakeline 0.")
+
+
+def test_the_default_workflow_runs_then_reruns_from_the_cache(
+    tmp_path: Path, agent_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job, workdir = _job_file(tmp_path), tmp_path / "wd"
+    assert _run(job, "--workdir", workdir) == 0
+    out, err = capsys.readouterr()
+    report = _report(workdir)
+    assert report["phase"] == "Succeeded" and report["progress"] == "9/9"
+    assert set(_phases(report).values()) == {"Succeeded"}
+    assert [s["name"] for s in report["stages"]][:3] == ["import", "graph", "quantize"]
+    result = report["result"]
+    assert Path(result["artifact"]).is_file() and Path(result["manifest"]).is_file()
+    assert result["quality"] == {
+        "metric": "accuracy",
+        "value": 0.99,
+        "threshold": 0.97,
+        "passed": True,
+    }
+    assert "digits: Succeeded" in out and "STAGE" in out
+    assert "[9/9]" in err and "Succeeded" in err
+    assert (workdir / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert len(_calls(agent_env)) == 9
+
+    assert _run(job, "--workdir", workdir) == 0
+    rerun = _report(workdir)
+    cached = {s["name"] for s in rerun["stages"] if s["phase"] == "Cached"}
+    # The default workflow does not cache what depends on the machine or the gate.
+    uncached = {"hardware", "accelerate", "validate", "profile"}
+    assert cached == set(_phases(rerun)) - uncached
+    assert all(s["cacheKey"] for s in rerun["stages"] if s["name"] in cached)
+    assert len(_calls(agent_env)) == 9 + len(uncached)
+
+    assert _run(job, "--workdir", workdir, "--no-cache") == 0
+    assert "Cached" not in _phases(_report(workdir)).values()
+
+
+def test_a_failed_gate_rolls_back_and_falls_back_until_quality_holds(
+    tmp_path: Path, agent_env: Path
+) -> None:
+    workdir = tmp_path / "wd"
+    assert _run(_job_file(tmp_path, "fake"), "--workdir", workdir) == 0
+    report = _report(workdir)
+    assert report["phase"] == "Succeeded" and report["rollbacks"] == 2
+    quantize = next(s for s in report["stages"] if s["name"] == "quantize")
+    assert quantize["fallback"] == 2
+    assert [a["params"]["accuracy"] for a in quantize["attemptLog"]] == [0.5, 0.8, 0.99]
+    rollbacks = [e for e in report["events"] if e["kind"] == "RolledBack"]
+    assert len(rollbacks) == 2 and all(e["stage"] == "quantize" for e in rollbacks)
+    import_checkpoint = next(s for s in report["stages"] if s["name"] == "import")["checkpoint"]
+    assert all(e["checkpoint"] == import_checkpoint["id"] for e in rollbacks)
+    assert "accuracy = 0.5, needs >= 0.97" in rollbacks[0]["message"]
+    assert report["result"]["quality"]["value"] == 0.99
+
+
+def test_an_unreachable_threshold_fails_with_exit_3_and_a_clear_reason(
+    tmp_path: Path, agent_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stages = CHAIN.replace(
+        "{fake: {accuracyFromLineage: true}}",
+        "{fake: {accuracyFromLineage: true, minAccuracy: 1.5}}",
+    )
+    workdir = tmp_path / "wd"
+    assert _run(_job_file(tmp_path, "fake", stages), "--workdir", workdir) == 3
+    report = _report(workdir)
+    assert report["phase"] == "Failed" and report["rollbacks"] == 2
+    assert _phases(report)["validate"] == "Failed"
+    assert "accuracy 0.99 < 1.5" in report["reason"] and "no fallback left" in report["reason"]
+    assert report["result"] is None
+    assert report["lastGoodCheckpoint"]["id"].startswith("quantize-")
+    assert "FAILED" in capsys.readouterr().err
+
+
+def test_transient_failures_are_retried_with_backoff(tmp_path: Path, agent_env: Path) -> None:
+    stages = """\
+    - name: import
+      agent: BakingCoordinator
+      params: {fake: {failTimes: 2}}
+      retry: {limit: 2, backoff: {durationSeconds: 1, factor: 1.5, maxSeconds: 2}}
+    """
+    workdir = tmp_path / "wd"
+    started = time.monotonic()
+    assert _run(_job_file(tmp_path, "fake", stages), "--workdir", workdir) == 0
+    assert time.monotonic() - started >= 2.5  # waited 1 s, then 1.5 s
+    stage = _report(workdir)["stages"][0]
+    assert stage["attempts"] == 3
+    assert [a["outcome"] for a in stage["attemptLog"]] == ["Transient", "Transient", "Succeeded"]
+    assert [e["kind"] for e in stage["events"]].count("Retrying") == 2
+
+
+def test_a_stage_past_its_timeout_is_killed_and_the_job_fails(
+    tmp_path: Path, agent_env: Path
+) -> None:
+    stages = """\
+    - name: import
+      agent: BakingCoordinator
+      params: {fake: {sleep: 30}}
+      timeoutSeconds: 1
+      retry: {limit: 0}
+    """
+    workdir = tmp_path / "wd"
+    assert _run(_job_file(tmp_path, "fake", stages), "--workdir", workdir) == 1
+    report = _report(workdir)
+    assert "timed out" in report["reason"]
+    assert report["stages"][0]["attemptLog"][0]["timedOut"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kind: BakingJob\nmetadata: {name: x}\nspec: {}\n", "model"),
+        ("a: [unclosed\n", "not valid YAML"),
+        (JOB.format(workflow="missing"), "names no Workflow"),
+        (
+            JOB.format(workflow="loop")
+            + _workflow(
+                "- {name: a, agent: BakingCoordinator, dependsOn: [b]}\n"
+                "- {name: b, agent: GraphOptimiser, dependsOn: [a]}\n",
+                "loop",
+            ),
+            "cycle",
+        ),
+    ],
+)
+def test_invalid_input_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    assert _run(path, "--workdir", tmp_path / "wd") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bakeline run: ") and message in err
+
+
+def test_a_cycle_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        JOB.format(workflow="loop")
+        + _workflow(
+            "- {name: a, agent: BakingCoordinator, dependsOn: [b]}\n"
+            "- {name: b, agent: GraphOptimiser, dependsOn: [a]}\n",
+            "loop",
+        )
+    )
+    assert _run(path, "--workdir", tmp_path / "wd") == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'GraphOptimizer'" in err and "a -> b -> a" in err
+
+
+def test_an_unknown_from_stage_is_invalid(
+    tmp_path: Path, agent_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(_job_file(tmp_path), "--workdir", tmp_path / "wd", "--from", "nope") == 2
+    assert "no such stage; the workflow's stages are import, graph" in capsys.readouterr().err
+
+
+def test_from_reruns_a_stage_and_what_follows(tmp_path: Path, agent_env: Path) -> None:
+    job, workdir = _job_file(tmp_path, "fake"), tmp_path / "wd"
+    assert _run(job, "--workdir", workdir) == 0
+    before = len(_calls(agent_env))
+    assert _run(job, "--workdir", workdir, "--from", "validate") == 0
+    assert _calls(agent_env)[before:] == ["validate", "package"]
+    phases = _phases(_report(workdir))
+    assert phases == {n: "Succeeded" for n in ("import", "quantize", "validate", "package")}
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(
+    tmp_path: Path, agent_env: Path
+) -> None:
+    stages = CHAIN.replace(
+        "params: {accuracy: 0.5}", "params: {accuracy: 0.99, fake: {sleepFirst: 60}}"
+    )
+    job, workdir = _job_file(tmp_path, "fake", stages), tmp_path / "wd"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bakeline.cli.main", "run", str(job), "--workdir", str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while _calls(agent_env) != ["import", "quantize"]:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "resume from checkpoint import-" in err
+    state = json.loads((workdir / "run.json").read_text())["state"]
+    assert state["stages"]["import"]["phase"] == "Succeeded"
+    assert state["stages"]["quantize"]["phase"] == "Pending"
+    assert state["stages"]["quantize"]["attempts_total"] == 0  # the cut attempt does not count
+    with pytest.raises(ProcessLookupError):  # the agent was stopped with the run
+        os.kill(int((agent_env / "quantize.pid").read_text()), 0)
+
+    assert _run(job, "--workdir", workdir) == 0
+    assert _calls(agent_env) == ["import", "quantize", "quantize", "validate", "package"]
+    report = _report(workdir)
+    assert report["phase"] == "Succeeded"
+    assert next(s for s in report["stages"] if s["name"] == "quantize")["attempts"] == 1
