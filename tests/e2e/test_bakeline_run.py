@@ -1,0 +1,119 @@
+"""`bakeline run` with the real agents on the digits CNN: bake, re-run from the cache, and a
+quality gate no model can meet.
+
+No cluster is involved: this is the one-machine path of the same engine the operator drives.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from bakeline.api import Gate, ObjectMeta, Stage, Workflow, WorkflowSpec, default_workflow
+from bakeline.checkpoints.manifest import sha256_file, verify_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def _bakeline(*args: str | Path, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    command = shutil.which("bakeline") or pytest.fail("the bakeline command is not installed")
+    return subprocess.run(
+        [command, *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _report(workdir: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads((workdir / "report.json").read_text())
+    return report
+
+
+@pytest.fixture(scope="module")
+def baked(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The example job baked once; the tests below read it and build on it."""
+    workdir = tmp_path_factory.mktemp("digits")
+    example = repo_root / "examples" / "bakingjob-digits.yaml"
+    done = _bakeline("run", example, "--workdir", workdir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return example, workdir
+
+
+def test_the_digits_example_bakes_end_to_end(baked: tuple[Path, Path]) -> None:
+    _, workdir = baked
+    report = _report(workdir)
+    assert report["phase"] == "Succeeded" and report["progress"] == "9/9"
+    assert {s["phase"] for s in report["stages"]} == {"Succeeded"}
+    for stage in report["stages"]:
+        assert stage["attempts"] >= 1 and stage["durationSeconds"] > 0
+        assert stage["checkpoint"] and Path(stage["checkpoint"]["path"]).is_dir()
+    result = report["result"]
+    artifact = Path(result["artifact"])
+    assert artifact.is_file() and sha256_file(artifact) == result["sha256"]
+    assert result["sizeBytes"] == artifact.stat().st_size
+    verify_checkpoint(Path(result["manifest"]).parent)
+    quality = result["quality"]
+    assert quality["metric"] == "accuracy" and quality["passed"] and quality["value"] >= 0.97
+    assert (workdir / "report.html").is_file()
+
+
+def test_a_rerun_serves_every_cacheable_stage_from_the_cache(baked: tuple[Path, Path]) -> None:
+    example, workdir = baked
+    first = _report(workdir)
+    done = _bakeline("run", example, "--workdir", workdir)
+    assert done.returncode == 0, done.stderr[-6000:]
+    report = _report(workdir)
+    workflow = {s.name: s for s in _default_stages()}
+    for stage in report["stages"]:
+        expected = "Cached" if workflow[stage["name"]].cache else "Succeeded"
+        assert stage["phase"] == expected, stage
+    cached = [s for s in report["stages"] if s["phase"] == "Cached"]
+    assert cached and "Cached" in done.stderr
+    assert report["durationSeconds"] < first["durationSeconds"]
+
+
+def test_an_unreachable_gate_rolls_back_then_fails_with_a_clear_reason(
+    baked: tuple[Path, Path], tmp_path: Path
+) -> None:
+    example, _ = baked
+    job = yaml.safe_load(example.read_text())
+    job["spec"]["workflowRef"] = "strict"
+    # Accuracy is a fraction: `> 1` can never hold, whatever the fallbacks do.
+    stages = [
+        s.model_copy(update={"gate": Gate(metric="accuracy", operator=">", bound=1.0)})
+        if s.agent == "QualityValidator"
+        else s
+        for s in _default_stages()
+        if s.agent in ("BakingCoordinator", "ModelOptimizer", "QualityValidator")
+    ]
+    chain = [
+        s.model_copy(update={"depends_on": [stages[i - 1].name] if i else []})
+        for i, s in enumerate(stages)
+    ]
+    strict = Workflow(
+        metadata=ObjectMeta(name="strict"), spec=WorkflowSpec(stages=chain, max_parallel_stages=1)
+    )
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump_all([job, strict.to_manifest()]))
+    workdir = tmp_path / "wd"
+    done = _bakeline("run", path, "--workdir", workdir)
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-6000:]
+    report = _report(workdir)
+    quantize = next(s for s in chain if s.agent == "ModelOptimizer")
+    assert report["phase"] == "Failed"
+    assert report["rollbacks"] == len(quantize.fallbacks)
+    assert "accuracy" in report["reason"] and "needs > 1" in report["reason"]
+    assert "no fallback left" in report["reason"]
+    assert report["result"] is None and report["lastGoodCheckpoint"]["id"]
+    assert "FAILED" in done.stderr
+
+
+def _default_stages() -> list[Stage]:
+    return list(default_workflow().spec.stages)
