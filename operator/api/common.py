@@ -38,7 +38,7 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 # A positive span with one unit: 30s, 5m, 6h, 30d. Kubernetes' CEL cannot parse days, so the CRD
-# checks windows with the same pattern and compares them through `window_seconds_cel`.
+# checks windows with the same pattern and compares them through `window_cel`.
 WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[smhd]$"
 
 LabelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
