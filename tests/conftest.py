@@ -33,7 +33,7 @@ def namespace(cluster: ControlPlane) -> Iterator[str]:
     cluster.assert_alive()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 

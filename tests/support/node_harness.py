@@ -78,6 +78,8 @@ class NodeHarness:
     workdir: Path
     node_name: str = "bakeline-node"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Per-namespace environment on top, e.g. a PATH whose `bakeline-agent` is scripted.
+    namespace_env: dict[str, dict[str, str]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _threads: list[threading.Thread] = field(default_factory=list, repr=False)
     _pods: dict[str, RunningPod] = field(default_factory=dict, repr=False)
@@ -332,7 +334,7 @@ class NodeHarness:
 
     # ------------------------------------------------------------------ pod spec -> process
     def _prepare(self, pod: Any, pod_dir: Path) -> tuple[Any, list[str], dict[str, str], str, Path]:
-        spec = pod.spec
+        spec, meta = pod.spec, pod.metadata
         if spec.init_containers:
             raise UnsupportedPodError("node harness: init containers are not supported")
         if len(spec.containers) != 1:
@@ -348,10 +350,13 @@ class NodeHarness:
         mounts[termination_path] = termination_file
         rewrite = _path_rewriter(mounts)
         argv = [rewrite(part) for part in [*container.command, *(container.args or [])]]
-        env = {**os.environ, **self.extra_env}
+        # The harness's own environment stands for the image's; only what the pod spec says is
+        # rewritten (a mount at /tmp must not redirect this machine's /tmp paths in PATH).
+        env = {**os.environ, **self.extra_env, **self.namespace_env.get(meta.namespace, {})}
         env.pop("KUBECONFIG", None)  # the "container" has no admin credentials
-        env.update(self._container_env(pod, container))
-        env = {key: rewrite(value) for key, value in env.items()}
+        env.update(
+            {key: rewrite(value) for key, value in self._container_env(pod, container).items()}
+        )
         cwd = rewrite(container.working_dir) if container.working_dir else str(pod_dir)
         return container, argv, env, cwd, termination_file
 

@@ -1,0 +1,141 @@
+"""The kopf registrations: thin handlers that hand each change to a plain reconcile function.
+
+Only `on.event` handlers are used: they keep no progress annotations and add no finalizers, so
+the operator writes status only (GitOps sees no drift) and a job can be deleted while the
+operator is down. Backoff and deadlines are served by a scheduler thread that re-runs a job's
+reconcile when the engine asked to look again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from bakeline.handlers.jobs import OperatorConfig, reconcile_job
+from bakeline.handlers.kube import Kube
+from bakeline.runtime.pods import LABEL_JOB
+from kubernetes import client, config
+
+log = logging.getLogger("bakeline.operator")
+
+
+@dataclass
+class Runtime:
+    """What the handlers share: the API wrapper, the settings and the wake-up schedule."""
+
+    kube: Kube | None = None
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    schedule: list[tuple[float, str, str]] = field(default_factory=list)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def lock_for(self, namespace: str, name: str) -> threading.Lock:
+        with self.guard:
+            return self.locks.setdefault((namespace, name), threading.Lock())
+
+    def wake_later(self, namespace: str, name: str, delay: float) -> None:
+        with self.guard:
+            heapq.heappush(self.schedule, (time.time() + delay, namespace, name))
+
+    def due(self) -> list[tuple[str, str]]:
+        now, ready = time.time(), set()
+        with self.guard:
+            while self.schedule and self.schedule[0][0] <= now:
+                _, namespace, name = heapq.heappop(self.schedule)
+                ready.add((namespace, name))
+        return sorted(ready)
+
+
+RUNTIME = Runtime()
+
+
+def configure(
+    settings: kopf.OperatorSettings, operator_config: OperatorConfig, api_client: Any
+) -> None:
+    """kopf's settings per its own advice (shared notes/kopf.md)."""
+    RUNTIME.config = operator_config
+    RUNTIME.kube = Kube(api_client)
+    settings.persistence.finalizer = "bakeline.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="bakeline.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="bakeline.io", key="last-handled-configuration"
+    )
+    # Against silent watch stalls: server- and client-side timeouts, and inactivity restarts.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 310
+    settings.watching.connect_timeout = 30
+    settings.watching.inactivity_timeout = 600
+    settings.posting.level = logging.WARNING  # our own Events tell the story; not kopf's
+    settings.execution.max_workers = 8
+
+
+def reconcile(namespace: str, name: str) -> None:
+    """Reconcile one job under its lock, then schedule the next look the engine asked for."""
+    kube = RUNTIME.kube
+    assert kube is not None, "configure() runs at start-up"
+    with RUNTIME.lock_for(namespace, name):
+        obj = kube.get("BakingJob", namespace, name)
+        if obj is None:
+            return
+        try:
+            wake = reconcile_job(kube, RUNTIME.config, obj, time.time())
+        except client.exceptions.ApiException as exc:
+            if exc.status == 409:  # a concurrent write: look again shortly
+                wake = 0.5
+            else:
+                log.exception("reconcile of %s/%s failed", namespace, name)
+                wake = 5.0
+        except Exception:  # one bad job must not take the operator down
+            log.exception("reconcile of %s/%s failed", namespace, name)
+            wake = 10.0
+    if wake is not None:
+        RUNTIME.wake_later(namespace, name, wake)
+
+
+def scheduler_loop() -> None:
+    while not RUNTIME.stop.wait(0.25):
+        for namespace, name in RUNTIME.due():
+            reconcile(namespace, name)
+
+
+# ---------------------------------------------------------------------------- kopf handlers
+
+
+@kopf.on.startup()
+def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    if RUNTIME.kube is None:  # `bakeline operator` configures first; this is the fallback
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        configure(settings, RUNTIME.config, client.ApiClient())
+    else:
+        configure(settings, RUNTIME.config, RUNTIME.kube.api_client)
+    RUNTIME.stop.clear()
+    threading.Thread(target=scheduler_loop, name="bakeline-scheduler", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def _cleanup(**_: Any) -> None:
+    RUNTIME.stop.set()
+
+
+@kopf.on.event("bakeline.io", "v1alpha1", "bakingjobs")
+def _job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if type != "DELETED" and namespace:
+        reconcile(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
+def _pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    if not namespace:
+        return
+    for owner in body.metadata.get("ownerReferences") or []:
+        if owner.get("kind") == "BakingJob":
+            reconcile(namespace, owner["name"])

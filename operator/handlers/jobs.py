@@ -1,0 +1,403 @@
+"""Reconcile one BakingJob: admit it, observe its pods, ask the engine, apply, write status.
+
+A plain function over `Kube`, called by the thin kopf handlers in `bakeline.handlers.app` on
+every change of the job or of its pods, and by a ticker for backoff and deadlines. Every step is
+idempotent: pods and checkpoint records have deterministic names, and the run state is rebuilt
+each time from the job's status and its checkpoint records, so a pass can be interrupted (an
+operator restart) anywhere and simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bakeline import __version__
+from bakeline.api import bakingjob as bj
+from bakeline.api.defaults import default_workflow
+from bakeline.api.lane import Lane
+from bakeline.api.validation import validate_workflow
+from bakeline.api.workflow import Workflow, WorkflowSpec
+from bakeline.engine import lanes as admission
+from bakeline.engine import pipeline as engine
+from bakeline.engine.retry import AttemptOutcome, classify_exit
+from bakeline.handlers.conditions import set_condition
+from bakeline.handlers.jobstate import run_state_from_status, status_from_run_state
+from bakeline.handlers.kube import Kube
+from bakeline.runtime import pods as manifests
+from pydantic import ValidationError
+
+log = logging.getLogger("bakeline.jobs")
+
+POLL_RUNNING_S = 5.0  # a safety net: pod events normally wake the job sooner
+POLL_QUEUED_S = 3.0
+TERMINAL = {"Succeeded", "Failed"}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    image: str = f"bakeline:{__version__}"
+    agent_version: str = __version__
+    service_account: str | None = None  # for stage pods; None: the namespace default
+
+
+def _ts(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(value: datetime | str | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.timestamp()
+
+
+def reconcile_job(
+    kube: Kube, config: OperatorConfig, obj: dict[str, Any], now: float
+) -> float | None:
+    """One pass over the job; returns seconds until it wants another look (None: never)."""
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    status = dict(obj.get("status") or {})
+    if status.get("phase") in TERMINAL:
+        return None
+    try:
+        job = bj.BakingJob.model_validate(obj)
+    except ValidationError as exc:
+        # The CRD schema refuses most of this; what slips through fails the job with the reason.
+        _fail_now(kube, obj, status, "InvalidSpec", f"the job does not parse: {exc}")
+        return None
+    spec = job.spec
+    if spec.suspend:
+        if status.get("phase") != "Suspended":
+            status["phase"] = "Suspended"
+            set_condition(status, "Progressing", "False", "Suspended", "spec.suspend is true", meta)
+            kube.patch_status("BakingJob", namespace, name, status)
+            kube.post_event(obj, "Normal", "Suspended", "job suspended; running pods finish")
+        return None
+
+    workflow = _workflow(kube, namespace, spec.workflow_ref)
+    if workflow is None:
+        return _wait(
+            kube,
+            obj,
+            status,
+            "Pending",
+            "WorkflowNotFound",
+            f"workflow {spec.workflow_ref!r} does not exist in {namespace}",
+        )
+    problems = [f"{p.path}: {p.message}" for p in validate_workflow(workflow)]
+    if problems:
+        _fail_now(
+            kube,
+            obj,
+            status,
+            "WorkflowInvalid",
+            f"workflow {spec.workflow_ref or 'default'} is invalid: " + "; ".join(problems),
+        )
+        return None
+    plan = engine.Plan.from_workflow(workflow, spec.quality)
+
+    if not status.get("lane"):
+        wait = _admit(kube, obj, status, now)
+        if wait is not None:
+            return wait
+
+    records = {r.data["checkpoint"]: r for r in kube.job_records(namespace, name)}
+    state = run_state_from_status(plan, status, records, spec.deadline_seconds)
+    pods = kube.job_pods(namespace, name)
+    events: list[engine.Event] = []
+    for stage_name, stage_state in state.stages.items():
+        if stage_state.phase is engine.StagePhase.RUNNING:
+            state, happened = _observe(kube, obj, plan, state, stage_name, pods, now)
+            events += happened
+
+    cache = engine.CacheContext(
+        model_sha256=(spec.model.source.url.sha256 if spec.model.source.url else None),
+        agent_version=config.agent_version,
+        job=_job_document(job),
+    )
+    wake: float | None = None
+    for action in engine.next_actions(plan, state, now, cache):
+        if isinstance(action, engine.StartStage):
+            state, happened = _start(kube, config, obj, job, plan, state, action, records, now)
+            events += happened
+        elif isinstance(action, engine.WaitUntil):
+            wake = max(0.5, action.at - now)
+        elif isinstance(action, engine.FinishJob):
+            state = engine.finish(state, action)
+            events.append(engine.Event(now, "", action.phase.value, action.reason))
+
+    new_status = status_from_run_state(
+        obj, plan, state, status, lambda cid: _record(kube, obj, cid)
+    )
+    if new_status != status:
+        kube.patch_status("BakingJob", namespace, name, new_status)
+    for event in events:
+        _post(kube, obj, event)
+    if new_status.get("phase") in TERMINAL:
+        return None
+    return wake if wake is not None else POLL_RUNNING_S
+
+
+# ---------------------------------------------------------------------------- admission
+
+
+def _admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) -> float | None:
+    """Admit the job to its lane, or record why it waits. None: admitted, go on."""
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    lanes: list[admission.LaneView] = []
+    jobs = kube.list_objects("BakingJob", namespace)
+    running: dict[str, list[str]] = {}
+    queued: list[admission.QueuedJob] = []
+    for other in jobs:
+        other_status = other.get("status") or {}
+        if other_status.get("phase") in TERMINAL or other["spec"].get("suspend"):
+            continue
+        if other_status.get("lane"):
+            running.setdefault(other_status["lane"], []).append(other["metadata"]["name"])
+        else:
+            queued.append(
+                admission.QueuedJob(
+                    name=other["metadata"]["name"],
+                    lane=other["spec"].get("laneRef", "standard"),
+                    priority=int(other["spec"].get("priority", 0)),
+                    created_at=_epoch(other["metadata"].get("creationTimestamp")) or now,
+                )
+            )
+    for lane_obj in kube.list_objects("Lane", namespace):
+        try:
+            lane = Lane.model_validate(lane_obj)
+        except ValidationError:
+            continue
+        lane_name = lane_obj["metadata"]["name"]
+        frozen = bool((lane_obj.get("status") or {}).get("frozenBy"))
+        lanes.append(
+            admission.LaneView(lane_name, lane.spec, tuple(running.get(lane_name, ())), frozen)
+        )
+    decision = admission.admit(lanes, queued)
+    if name in decision.admit:
+        admitted = decision.admit[name]
+        status.update(
+            {"phase": "Running", "lane": admitted, "admittedAt": _ts(now), "queuePosition": None}
+        )
+        status.setdefault("queuedAt", _ts(now))
+        routed = f" (routed from {obj['spec'].get('laneRef')})" if name in decision.route else ""
+        set_condition(
+            status, "Admitted", "True", "Admitted", f"admitted to lane {admitted}{routed}", meta
+        )
+        kube.post_event(obj, "Normal", "Admitted", f"admitted to lane {admitted}{routed}")
+        return None
+    reason = decision.waiting.get(name, admission.LANE_FULL)
+    position = decision.positions.get(name)
+    message = {
+        admission.UNKNOWN_LANE: f"lane {obj['spec'].get('laneRef')!r} does not exist",
+        admission.LANE_HELD: "the lane holds admission (stopPolicy)",
+        admission.LANE_FROZEN: "the lane is frozen by an SLOPolicy and has no fallback lane",
+    }.get(reason, f"waiting in lane {obj['spec'].get('laneRef')}: {reason}")
+    return _wait(kube, obj, status, "Queued", reason, message, position)
+
+
+def _wait(
+    kube: Kube,
+    obj: dict[str, Any],
+    status: dict[str, Any],
+    phase: str,
+    reason: str,
+    message: str,
+    position: int | None = None,
+) -> float:
+    meta = obj["metadata"]
+    before = json.dumps(status, sort_keys=True, default=str)
+    status["phase"] = phase
+    status["queuePosition"] = position
+    status.setdefault("queuedAt", _ts(time.time()))
+    set_condition(status, "Admitted", "False", reason, message, meta)
+    status["observedGeneration"] = meta.get("generation")
+    if json.dumps(status, sort_keys=True, default=str) != before:
+        kube.patch_status("BakingJob", meta["namespace"], meta["name"], status)
+        kube.post_event(obj, "Normal", reason, message)
+    return POLL_QUEUED_S
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def _observe(
+    kube: Kube,
+    obj: dict[str, Any],
+    plan: engine.Plan,
+    state: engine.RunState,
+    stage: str,
+    pods: Mapping[str, Any],
+    now: float,
+) -> tuple[engine.RunState, list[engine.Event]]:
+    """Turn a running attempt's pod into the stage's outcome, recording its checkpoint."""
+    meta = obj["metadata"]
+    stage_state = state.stages[stage]
+    pod_name = manifests.stage_pod_name(meta["name"], stage, stage_state.attempts_total)
+    pod = pods.get(pod_name)
+    if pod is None:
+        return engine.stage_finished(
+            plan,
+            state,
+            stage,
+            AttemptOutcome.TRANSIENT,
+            now,
+            message=f"pod {pod_name} disappeared (deleted or evicted) before it finished",
+        )
+    if pod.metadata.deletion_timestamp is not None:
+        return state, []  # being deleted: the next pass sees it gone
+    phase = pod.status.phase if pod.status else None
+    if phase not in ("Succeeded", "Failed"):
+        return state, []
+    terminated = _terminated(pod)
+    code = terminated.exit_code if terminated is not None else None
+    text = (terminated.message if terminated is not None else None) or ""
+    result = _parse_result(text)
+    reason = (pod.status.reason or "") or (terminated.reason if terminated is not None else "")
+    outcome = classify_exit(code, timed_out=reason == "DeadlineExceeded")
+    message = str(result.get("message") or "") if result else text[-512:]
+    if reason in ("DeadlineExceeded", "Evicted", "OOMKilled") or (
+        terminated is not None and terminated.reason == "OOMKilled"
+    ):
+        outcome = AttemptOutcome.TRANSIENT
+        message = f"{reason}: {pod.status.message or message}".strip(": ")
+    metrics = {
+        k: float(v)
+        for k, v in (result.get("metrics") or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    checkpoint = None
+    if outcome is AttemptOutcome.SUCCEEDED and result.get("artifactSha256"):
+        attempt = stage_state.attempts_total
+        key = (pod.metadata.annotations or {}).get(manifests.ANNOTATION_CACHE_KEY)
+        kube.create_record(
+            manifests.build_checkpoint_record(
+                obj, stage=stage, attempt=attempt, result=result, cache_key=key
+            )
+        )
+        checkpoint = engine.CheckpointInfo(
+            manifests.checkpoint_id(stage, attempt),
+            str(result["artifactSha256"]),
+            int(result.get("sizeBytes") or 0),
+        )
+    finished_at = _epoch(terminated.finished_at) if terminated is not None else None
+    return engine.stage_finished(
+        plan, state, stage, outcome, finished_at or now, checkpoint, metrics, message
+    )
+
+
+def _start(
+    kube: Kube,
+    config: OperatorConfig,
+    obj: dict[str, Any],
+    job: bj.BakingJob,
+    plan: engine.Plan,
+    state: engine.RunState,
+    action: engine.StartStage,
+    records: Mapping[str, Any],
+    now: float,
+) -> tuple[engine.RunState, list[engine.Event]]:
+    meta = obj["metadata"]
+    if action.cache_key:
+        for record in records.values():
+            if (record.data or {}).get("cacheKey") == action.cache_key:
+                info = engine.CheckpointInfo(
+                    record.data["checkpoint"], record.data.get("artifactSha256", ""), 0
+                )
+                return engine.stage_cached(state, action.stage, info, now)
+    lane = kube.get("Lane", meta["namespace"], str((obj.get("status") or {}).get("lane")))
+    lane_spec = (lane or {}).get("spec") or {}
+    kube.ensure_claim(manifests.build_checkpoint_claim(obj, lane_spec.get("storage")))
+    attempt = state.stages[action.stage].attempts_total + 1
+    pod = manifests.build_stage_pod(
+        obj,
+        stage=action.stage,
+        agent=action.agent,
+        attempt=attempt,
+        params=action.params,
+        job_document=_job_document(job),
+        input_checkpoint=action.input.id if action.input else None,
+        image=config.image,
+        stage_defaults=lane_spec.get("stageDefaults"),
+        timeout_seconds=action.timeout_seconds,
+        service_account=config.service_account,
+    )
+    annotations = pod["metadata"]["annotations"]
+    annotations[manifests.ANNOTATION_FALLBACK] = str(action.fallback)
+    if action.cache_key:
+        annotations[manifests.ANNOTATION_CACHE_KEY] = action.cache_key
+    kube.create_pod(pod)
+    return engine.stage_started(state, action.stage, now)
+
+
+def _record(kube: Kube, obj: dict[str, Any], checkpoint: str) -> dict[str, Any] | None:
+    meta = obj["metadata"]
+    name = manifests.checkpoint_record_name(meta["name"], checkpoint)
+    try:
+        record = kube.core.read_namespaced_config_map(name, meta["namespace"])
+    except Exception:  # a missing record leaves the result without details, nothing worse
+        return None
+    return {"data": dict(record.data or {})}
+
+
+def _terminated(pod: Any) -> Any:
+    for container in (pod.status.container_statuses or []) if pod.status else []:
+        if container.state and container.state.terminated:
+            return container.state.terminated
+    return None
+
+
+def _parse_result(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _job_document(job: bj.BakingJob) -> dict[str, Any]:
+    """The agent contract's `--job`: the job-level parts of the spec, in wire form."""
+    spec = job.spec.to_wire()
+    return {
+        "name": job.metadata.name,
+        "model": spec["model"],
+        "target": spec.get("target", {}),
+        "quality": spec.get("quality", {}),
+    }
+
+
+def _workflow(kube: Kube, namespace: str, ref: str | None) -> WorkflowSpec | None:
+    if not ref:
+        return default_workflow().spec
+    obj = kube.get("Workflow", namespace, ref)
+    return Workflow.model_validate(obj).spec if obj else None
+
+
+def _fail_now(
+    kube: Kube, obj: dict[str, Any], status: dict[str, Any], reason: str, message: str
+) -> None:
+    meta = obj["metadata"]
+    status["phase"] = "Failed"
+    status["finishedAt"] = _ts(time.time())
+    status["observedGeneration"] = meta.get("generation")
+    set_condition(status, "Failed", "True", reason, message, meta)
+    set_condition(status, "Progressing", "False", reason, message, meta)
+    kube.patch_status("BakingJob", meta["namespace"], meta["name"], status)
+    kube.post_event(obj, "Warning", reason, message)
+
+
+def _post(kube: Kube, obj: dict[str, Any], event: engine.Event) -> None:
+    warning = event.kind in ("Failed", "Retrying", "RolledBack", "Fallback")
+    prefix = f"stage {event.stage}: " if event.stage else ""
+    kube.post_event(obj, "Warning" if warning else "Normal", event.kind, prefix + event.message)

@@ -1,0 +1,184 @@
+"""BakingJob status <-> the engine's RunState.
+
+The status is what a person reads with kubectl and what the next reconcile pass starts from;
+the checkpoint records (ConfigMaps) supply each checkpoint's sha256, so a checkpoint id in
+status that has no record is not trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from bakeline.engine import pipeline as engine
+from bakeline.handlers.conditions import set_condition
+from bakeline.runtime import pods as manifests
+
+RecordLoader = Callable[[str], Mapping[str, Any] | None]
+
+
+def _ts(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(value: Any) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def run_state_from_status(
+    plan: engine.Plan,
+    status: Mapping[str, Any],
+    records: Mapping[str, Any],
+    deadline_seconds: int | None,
+) -> engine.RunState:
+    """Rebuild the run state from the job's status and its checkpoint records."""
+    by_name = {s.get("name"): s for s in status.get("stages") or []}
+    stages: dict[str, engine.StageState] = {}
+    for stage in plan.stages:
+        entry = by_name.get(stage.name) or {}
+        phase = engine.StagePhase(entry.get("phase", "Pending"))
+        checkpoint = None
+        record = records.get(entry.get("checkpoint") or "")
+        if record is not None:
+            data = record.data or {}
+            result = data.get("result.json")
+            size = 0
+            if result:
+                size = int(json.loads(result).get("sizeBytes") or 0)
+            checkpoint = engine.CheckpointInfo(
+                data["checkpoint"], data.get("artifactSha256", ""), size
+            )
+        elif phase in (engine.StagePhase.SUCCEEDED, engine.StagePhase.CACHED):
+            phase = engine.StagePhase.PENDING  # claimed done, but its checkpoint is gone: redo
+        params_attempt = int(entry.get("attemptsWithParams") or 0)
+        finished = _epoch(entry.get("finishedAt"))
+        not_before = 0.0
+        if phase is engine.StagePhase.PENDING and params_attempt and finished:
+            not_before = finished + stage.retry.delay(params_attempt)
+        stages[stage.name] = engine.StageState(
+            phase=phase,
+            attempt=params_attempt,
+            attempts_total=int(entry.get("attempt") or 0),
+            fallback=int(entry.get("fallback") or 0),
+            checkpoint=checkpoint,
+            not_before=not_before,
+            started_at=_epoch(entry.get("startedAt")),
+            finished_at=finished,
+            message=str(entry.get("message") or ""),
+            metrics=dict(entry.get("metrics") or {}),
+        )
+    phase_text = status.get("phase") or "Pending"
+    known = {p.value for p in engine.JobPhase}
+    job_phase = engine.JobPhase(phase_text) if phase_text in known else engine.JobPhase.PENDING
+    admitted = _epoch(status.get("admittedAt"))
+    deadline = admitted + deadline_seconds if admitted and deadline_seconds else None
+    return engine.RunState(
+        stages=stages,
+        phase=job_phase,
+        rollbacks=int(status.get("rollbackCount") or 0),
+        last_rollback_reason=str(status.get("lastRollbackReason") or ""),
+        message="",
+        deadline=deadline,
+    )
+
+
+def status_from_run_state(
+    obj: Mapping[str, Any],
+    plan: engine.Plan,
+    state: engine.RunState,
+    previous: Mapping[str, Any],
+    load_record: RecordLoader,
+) -> dict[str, Any]:
+    """The job's new status: stages, progress, phase, conditions and, at the end, the result."""
+    meta = obj["metadata"]
+    status = dict(previous)
+    stages = []
+    for stage in plan.stages:
+        s = state.stages[stage.name]
+        entry: dict[str, Any] = {
+            "name": stage.name,
+            "agent": stage.agent,
+            "phase": s.phase.value,
+            "attempt": s.attempts_total,
+            "attemptsWithParams": s.attempt,
+            "fallback": s.fallback,
+        }
+        if s.attempts_total:
+            entry["pod"] = manifests.stage_pod_name(meta["name"], stage.name, s.attempts_total)
+        if s.started_at is not None:
+            entry["startedAt"] = _ts(s.started_at)
+        if s.finished_at is not None:
+            entry["finishedAt"] = _ts(s.finished_at)
+            if s.started_at is not None and s.phase is not engine.StagePhase.RUNNING:
+                entry["durationSeconds"] = round(max(0.0, s.finished_at - s.started_at), 3)
+        if s.checkpoint is not None:
+            entry["checkpoint"] = s.checkpoint.id
+        if s.metrics:
+            entry["metrics"] = dict(list(s.metrics.items())[:32])
+        if s.message:
+            entry["message"] = s.message[:4096]
+        stages.append(entry)
+    status["stages"] = stages
+    status["progress"] = state.progress
+    status["observedGeneration"] = meta.get("generation")
+    status["rollbackCount"] = state.rollbacks
+    if state.last_rollback_reason:
+        status["lastRollbackReason"] = state.last_rollback_reason[:1024]
+    current = state.current_checkpoint(plan)
+    status["currentCheckpoint"] = current.id if current else None
+    started = [s.started_at for s in state.stages.values() if s.started_at]
+    if started and not status.get("startedAt"):
+        status["startedAt"] = _ts(min(started))
+    phase = state.phase
+    if phase in (engine.JobPhase.PENDING, engine.JobPhase.QUEUED):
+        phase = engine.JobPhase.RUNNING
+    status["phase"] = phase.value
+    if phase is engine.JobPhase.SUCCEEDED:
+        status["finishedAt"] = status.get("finishedAt") or _ts(datetime.now(UTC).timestamp())
+        record = load_record(current.id) if current else None
+        status["result"] = _result(record, current)
+        set_condition(
+            status, "Succeeded", "True", "Baked", f"artifact {current.id if current else ''}", meta
+        )
+        set_condition(status, "Progressing", "False", "Succeeded", "all stages done", meta)
+    elif phase is engine.JobPhase.FAILED:
+        status["finishedAt"] = status.get("finishedAt") or _ts(datetime.now(UTC).timestamp())
+        set_condition(
+            status, "Failed", "True", "StageFailed", state.message or "a stage failed", meta
+        )
+        set_condition(
+            status, "Progressing", "False", "Failed", state.message or "a stage failed", meta
+        )
+    else:
+        running = [n for n, s in state.stages.items() if s.phase is engine.StagePhase.RUNNING]
+        reason = "RollingBack" if phase is engine.JobPhase.ROLLING_BACK else "StagesRunning"
+        what = f"running {', '.join(running)}" if running else "between stages"
+        set_condition(status, "Progressing", "True", reason, f"{state.progress} done; {what}", meta)
+    return status
+
+
+def _result(
+    record: Mapping[str, Any] | None, current: engine.CheckpointInfo | None
+) -> dict[str, Any]:
+    data = (record or {}).get("data") or {}
+    result = json.loads(data.get("result.json") or "{}")
+    metrics = result.get("metrics") or {}
+    out: dict[str, Any] = {
+        "artifact": data.get("path") or (current.id if current else ""),
+        "format": str(result.get("format") or "unknown")[:64],
+    }
+    if result.get("sizeBytes") is not None:
+        out["sizeBytes"] = int(result["sizeBytes"])
+    speedups = {k: float(v) for k, v in metrics.items() if k.startswith("speedup")}
+    if speedups:
+        out["speedups"] = dict(list(speedups.items())[:16])
+        out["speedup"] = max(speedups.values())
+    return out

@@ -1,0 +1,121 @@
+"""The API calls the operator makes, in one place: the verbs here are the verbs its RBAC needs.
+
+Creation is idempotent (409 means an earlier pass, maybe before a restart, already did it), and
+a missing object reads as None, so reconcilers can be re-run at any point.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from bakeline.api.common import GROUP, VERSION
+from bakeline.runtime.pods import LABEL_COMPONENT, LABEL_JOB, label_value
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("bakeline.kube")
+
+PLURALS = {
+    "BakingJob": "bakingjobs",
+    "Workflow": "workflows",
+    "Lane": "lanes",
+    "SLOPolicy": "slopolicies",
+}
+COMPONENT = "bakeline-operator"
+
+
+class Kube:
+    """A thin, typed-enough wrapper over the kubernetes client for the operator's calls."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # ---- Bakeline objects
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: Any = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURALS[kind], name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(obj)
+
+    def list_objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        listing: Any = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURALS[kind]
+        )
+        return [dict(item) for item in listing.get("items", [])]
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource; the operator never writes spec."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status}
+        )
+
+    # ---- pods, claims and checkpoint records
+    def job_pods(self, namespace: str, job: str) -> dict[str, Any]:
+        pods: Any = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{LABEL_JOB}={label_value(job)}"
+        )
+        return {pod.metadata.name: pod for pod in pods.items}
+
+    def create_pod(self, body: dict[str, Any]) -> bool:
+        """Create the pod; False if it already existed (an earlier pass created it)."""
+        return self._create(self.core.create_namespaced_pod, body)
+
+    def ensure_claim(self, body: dict[str, Any]) -> None:
+        self._create(self.core.create_namespaced_persistent_volume_claim, body)
+
+    def job_records(self, namespace: str, job: str) -> list[Any]:
+        selector = f"{LABEL_JOB}={label_value(job)},{LABEL_COMPONENT}=checkpoint"
+        return list(self.core.list_namespaced_config_map(namespace, label_selector=selector).items)
+
+    def create_record(self, body: dict[str, Any]) -> None:
+        self._create(self.core.create_namespaced_config_map, body)
+
+    # ---- events
+    def post_event(self, obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on `obj`, shown by `kubectl describe`; failures are only logged."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC)
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
+
+    @staticmethod
+    def _create(method: Any, body: dict[str, Any]) -> bool:
+        try:
+            method(body["metadata"]["namespace"], body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True

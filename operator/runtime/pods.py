@@ -1,0 +1,277 @@
+"""Manifests the operator creates for a BakingJob: stage pods, the checkpoint volume and the
+checkpoint records. Pure `build_*` functions: objects in, dicts out, tested directly.
+
+Where bytes live. Each job has one PersistentVolumeClaim; stage attempt `<stage>-<n>` writes its
+checkpoint (manifest.json + files, every file with its sha256) to `/checkpoints/<stage>-<n>` on
+it and reads its input from the directory of the checkpoint it was given. The operator records
+each checkpoint in a ConfigMap (`<job>-ckpt-<stage>-<n>`): the agent's result, the artifact's
+sha256, the cache key and where the bytes are. The records are the source of truth that status
+repair rebuilds from; the agents verify every sha256 before they read an input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from bakeline.api.common import API_VERSION, GROUP
+
+LABEL_JOB = f"{GROUP}/job"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_COMPONENT = f"{GROUP}/component"
+LABEL_CACHE_KEY = f"{GROUP}/cache-key"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_CHECKPOINT = f"{GROUP}/checkpoint"
+ANNOTATION_CACHE_KEY = f"{GROUP}/cache-key"
+ANNOTATION_FALLBACK = f"{GROUP}/fallback"
+MANAGER = "bakeline"
+
+CHECKPOINT_MOUNT = "/checkpoints"
+TMP_MOUNT = "/tmp"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+AGENT_CONTAINER = "agent"
+# The image's non-root user (Dockerfile); pods run as it under PodSecurity `restricted`.
+AGENT_UID = 65532
+DEFAULT_VOLUME_SIZE = "1Gi"
+_MAX_NAME = 253
+_MAX_LABEL = 63
+
+
+def _bounded(name: str, limit: int) -> str:
+    """`name` if it fits, else a prefix plus a short digest, so distinct names stay distinct."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: limit - 11].rstrip('-.')}-{digest}"
+
+
+def label_value(value: str) -> str:
+    """A label value: at most 63 characters of [-_.A-Za-z0-9], alphanumeric at both ends."""
+    cleaned = re.sub(r"[^-_.A-Za-z0-9]", "-", value).strip("-_.")
+    return _bounded(cleaned, _MAX_LABEL).strip("-_.")
+
+
+def checkpoint_id(stage: str, attempt: int) -> str:
+    """The checkpoint an attempt writes; `attempt` counts every attempt of the stage in the job,
+    across fallbacks and rollbacks, so no two attempts share a directory or a record."""
+    return f"{stage}-{attempt}"
+
+
+def stage_pod_name(job: str, stage: str, attempt: int) -> str:
+    """Deterministic: re-creating an attempt's pod after an operator restart hits 409."""
+    return _bounded(f"{job}-{stage}-{attempt}", _MAX_NAME)
+
+
+def checkpoint_record_name(job: str, checkpoint: str) -> str:
+    return _bounded(f"{job}-ckpt-{checkpoint}", _MAX_NAME)
+
+
+def checkpoint_claim_name(job: str) -> str:
+    return _bounded(f"{job}-checkpoints", _MAX_NAME)
+
+
+def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
+    meta = job["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "BakingJob",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def job_labels(job_name: str) -> dict[str, str]:
+    return {LABEL_JOB: label_value(job_name), LABEL_MANAGED_BY: MANAGER}
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    """Pod-level settings PodSecurity `restricted` demands."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": AGENT_UID,
+        "runAsGroup": AGENT_UID,
+        "fsGroup": AGENT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_stage_pod(
+    job: Mapping[str, Any],
+    *,
+    stage: str,
+    agent: str,
+    attempt: int,
+    params: Mapping[str, Any],
+    job_document: Mapping[str, Any],
+    input_checkpoint: str | None,
+    image: str,
+    stage_defaults: Mapping[str, Any] | None = None,
+    timeout_seconds: float | None = None,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """The pod for one attempt of one stage.
+
+    `job_document` is the agent contract's `--job` JSON; `stage_defaults` is the lane's
+    `stageDefaults` in wire form (resources, nodeSelector, tolerations, image).
+    """
+    meta = job["metadata"]
+    job_name = meta["name"]
+    defaults = dict(stage_defaults or {})
+    output = checkpoint_id(stage, attempt)
+    env = [
+        {"name": "BAKELINE_AGENT", "value": agent},
+        {"name": "BAKELINE_STAGE", "value": stage},
+        {"name": "BAKELINE_OUTPUT", "value": f"{CHECKPOINT_MOUNT}/{output}"},
+        {"name": "BAKELINE_PARAMS", "value": json.dumps(dict(params), sort_keys=True)},
+        {"name": "BAKELINE_JOB", "value": json.dumps(dict(job_document), sort_keys=True)},
+        {"name": "BAKELINE_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+        # Read-only root: everything that writes scratch files must write under /tmp.
+        {"name": "HOME", "value": TMP_MOUNT},
+        {"name": "TMPDIR", "value": TMP_MOUNT},
+    ]
+    if input_checkpoint is not None:
+        env.insert(2, {"name": "BAKELINE_INPUT", "value": f"{CHECKPOINT_MOUNT}/{input_checkpoint}"})
+    container: dict[str, Any] = {
+        "name": AGENT_CONTAINER,
+        "image": defaults.get("image") or image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["bakeline-agent", agent],
+        "env": env,
+        "volumeMounts": [
+            {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+        ],
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container_security(),
+    }
+    if defaults.get("resources"):
+        container["resources"] = defaults["resources"]
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # agents never talk to the API server
+        "enableServiceLinks": False,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "checkpoints",
+                "persistentVolumeClaim": {"claimName": checkpoint_claim_name(job_name)},
+            },
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    if timeout_seconds:
+        spec["activeDeadlineSeconds"] = int(max(1, timeout_seconds))
+    if defaults.get("nodeSelector"):
+        spec["nodeSelector"] = dict(defaults["nodeSelector"])
+    if defaults.get("tolerations"):
+        spec["tolerations"] = list(defaults["tolerations"])
+    labels = {
+        **job_labels(job_name),
+        LABEL_STAGE: label_value(stage),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_COMPONENT: "stage",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": stage_pod_name(job_name, stage, attempt),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {ANNOTATION_CHECKPOINT: output},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }
+
+
+def build_checkpoint_claim(
+    job: Mapping[str, Any], storage: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The job's checkpoint volume; `storage` is the lane's `storage` in wire form."""
+    storage = dict(storage or {})
+    meta = job["metadata"]
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(storage.get("size") or DEFAULT_VOLUME_SIZE)}},
+    }
+    if storage.get("storageClassName"):
+        spec["storageClassName"] = storage["storageClassName"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": checkpoint_claim_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {**job_labels(meta["name"]), LABEL_COMPONENT: "checkpoints"},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }
+
+
+def build_checkpoint_record(
+    job: Mapping[str, Any],
+    *,
+    stage: str,
+    attempt: int,
+    result: Mapping[str, Any],
+    cache_key: str | None,
+) -> dict[str, Any]:
+    """The ConfigMap that records a succeeded attempt's checkpoint.
+
+    `result` is the agent's termination message (artifactSha256, format, sizeBytes, metrics).
+    """
+    meta = job["metadata"]
+    checkpoint = checkpoint_id(stage, attempt)
+    labels = {
+        **job_labels(meta["name"]),
+        LABEL_STAGE: label_value(stage),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_COMPONENT: "checkpoint",
+    }
+    if cache_key:
+        labels[LABEL_CACHE_KEY] = cache_key[:_MAX_LABEL]
+    data = {
+        "checkpoint": checkpoint,
+        "stage": stage,
+        "attempt": str(attempt),
+        "path": f"{CHECKPOINT_MOUNT}/{checkpoint}",
+        "claim": checkpoint_claim_name(meta["name"]),
+        "artifactSha256": str(result.get("artifactSha256") or ""),
+        "result.json": json.dumps(dict(result), sort_keys=True),
+    }
+    if cache_key:
+        data["cacheKey"] = cache_key
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": checkpoint_record_name(meta["name"], checkpoint),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "data": data,
+        "immutable": True,  # a checkpoint never changes once recorded
+    }

@@ -1,0 +1,63 @@
+"""A scripted stand-in for `bakeline-agent`, for e2e tests of orchestration and faults.
+
+It keeps the agent contract (env in, checkpoint dir + termination message out, exit codes) but
+does no ML work, and fails on demand: a test writes a script file naming, per stage, the exit
+codes of successive attempts (e.g. {"quantize": [1, 0]}: fail once, then succeed) and an
+optional sleep. The real agents are exercised by the digits end-to-end test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    stage = os.environ["BAKELINE_STAGE"]
+    output = Path(os.environ["BAKELINE_OUTPUT"])
+    script_path = Path(os.environ["SCRIPTED_AGENT_SCRIPT"])
+    script = json.loads(script_path.read_text()) if script_path.is_file() else {}
+    counter = script_path.with_name(f"{script_path.name}.{stage}.count")
+    attempt = int(counter.read_text()) + 1 if counter.is_file() else 1
+    counter.write_text(str(attempt))
+    codes = script.get(stage, [0])
+    code = int(codes[min(attempt, len(codes)) - 1])
+    time.sleep(float(script.get("sleep", {}).get(stage, 0)))
+    params = json.loads(os.environ.get("BAKELINE_PARAMS") or "{}")
+    payload = f"{stage}:{json.dumps(params, sort_keys=True)}:{os.environ.get('BAKELINE_INPUT')}"
+    metrics = {
+        "attempt": attempt,
+        "fallback": 1.0 if params else 0.0,
+        "cosine": 1.0,
+        "accuracy": 1.0,
+    }
+    if code == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        artifact = output / "model.bin"
+        artifact.write_bytes(payload.encode())
+        digest = hashlib.sha256(payload.encode()).hexdigest()
+        result = {
+            "status": "succeeded",
+            "artifactSha256": digest,
+            "format": "onnx",
+            "sizeBytes": len(payload),
+            "metrics": {**metrics, "speedupBatch1": 2.0},
+        }
+    else:
+        status = {2: "invalid-input", 3: "gate-failed"}.get(code, "error")
+        result = {
+            "status": status,
+            "message": f"scripted {status} (exit {code})",
+            "metrics": metrics,
+        }
+    result.update({"agent": sys.argv[1] if len(sys.argv) > 1 else "", "stage": stage})
+    Path(os.environ["BAKELINE_TERMINATION_MESSAGE_PATH"]).write_text(json.dumps(result))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
