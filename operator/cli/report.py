@@ -13,7 +13,7 @@ from typing import Any
 from bakeline.api import BakeResult, BakingJob, QualityResult
 from bakeline.checkpoints.manifest import Manifest
 from bakeline.cli.progress import format_seconds
-from bakeline.engine.pipeline import Plan, RunState
+from bakeline.engine.pipeline import QUALITY_RESULT_METRIC, Plan, RunState
 
 _SPEEDUP_PER_BATCH = re.compile(r"^speedup\D*?(\d+)$", re.IGNORECASE)
 _LATENCY_P50 = re.compile(r"p50", re.IGNORECASE)
@@ -139,8 +139,7 @@ def _result(
 
 def _quality(job: BakingJob, metrics: Mapping[str, float]) -> QualityResult | None:
     wanted = job.spec.quality
-    camel = re.sub(r"-(\w)", lambda m: m.group(1).upper(), wanted.metric)
-    value = next((metrics[k] for k in (wanted.metric, camel, "quality") if k in metrics), None)
+    value = metrics.get(QUALITY_RESULT_METRIC[wanted.metric])
     if value is None:
         return None
     passed = (

@@ -64,6 +64,13 @@ class FailureStrategy(StrEnum):
     FAIL = "Fail"
 
 
+# The result metric that carries each quality metric of a job (the agents' camelCase names).
+QUALITY_RESULT_METRIC: Mapping[str, str] = {
+    "cosine": "cosineMean",
+    "accuracy": "accuracy",
+    "max-abs-error": "maxAbsError",
+}
+
 DONE_PHASES = frozenset({StagePhase.SUCCEEDED, StagePhase.CACHED, StagePhase.SKIPPED})
 _GOOD_PHASES = frozenset({StagePhase.SUCCEEDED, StagePhase.CACHED})
 _RUNNABLE_PHASES = frozenset({StagePhase.PENDING, StagePhase.ROLLED_BACK})
@@ -600,9 +607,9 @@ def _with(
 
 def _gate(spec: GateSpec, quality: Quality) -> Gate:
     """The engine's gate; `quality` stands for the job's own gate (higher is better for cosine
-    and accuracy, lower for max-abs-error)."""
+    and accuracy, lower for max-abs-error), read from the metric the validator reports."""
     if spec.metric == QUALITY_METRIC:
         op: GateOperator = "<=" if quality.metric == "max-abs-error" else ">="
-        return Gate(quality.metric, op, quality.threshold)
+        return Gate(QUALITY_RESULT_METRIC[quality.metric], op, quality.threshold)
     assert spec.operator is not None and spec.bound is not None  # the API's rule
     return Gate(spec.metric, spec.operator, spec.bound)

@@ -87,3 +87,21 @@ def estimate_remaining(
         # A stage past its prediction is assumed nearly done rather than at zero.
         total += max(model.predict(agent, size_bytes) - elapsed, _MIN_SECONDS)
     return total
+
+
+def critical_path_seconds(
+    depends_on: Mapping[str, Iterable[str]], seconds: Mapping[str, float]
+) -> float:
+    """Predicted wall time of a workflow with unlimited parallelism: its longest path.
+
+    `depends_on` must be acyclic (the API's validation guarantees it for a Ready workflow).
+    """
+    finish: dict[str, float] = {}
+
+    def end(stage: str) -> float:
+        if stage not in finish:
+            start = max((end(dep) for dep in depends_on[stage]), default=0.0)
+            finish[stage] = start + seconds.get(stage, 0.0)
+        return finish[stage]
+
+    return max((end(stage) for stage in depends_on), default=0.0)

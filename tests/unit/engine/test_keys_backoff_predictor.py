@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bakeline.engine.cache import cache_key, canonical_json
-from bakeline.engine.predict import DurationSample, estimate_remaining, fit_durations
+from bakeline.engine.predict import (
+    DurationSample,
+    critical_path_seconds,
+    estimate_remaining,
+    fit_durations,
+)
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds, classify_exit
 from hypothesis import given
 from hypothesis import strategies as st
@@ -86,3 +91,9 @@ def test_the_predictor_uses_its_prior_without_history_and_learns_a_line() -> Non
         model, ["ModelOptimizer"], 60 * mb, running=("ModelOptimizer", 40.0)
     )
     assert remaining == pytest.approx(32.0 + 0.1, rel=0.05)
+
+
+def test_the_critical_path_is_the_longest_chain() -> None:
+    graph = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    assert critical_path_seconds(graph, {"a": 1, "b": 5, "c": 2, "d": 1}) == 7
+    assert critical_path_seconds({}, {}) == 0

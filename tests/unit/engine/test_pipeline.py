@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from bakeline.api import Quality, default_workflow
 from bakeline.api.validation import WorkflowInvalidError
 from bakeline.engine.cache import cache_key
 from bakeline.engine.pipeline import (
@@ -317,3 +318,17 @@ def test_a_result_for_a_stage_no_longer_running_is_ignored() -> None:
     state = RunState.initial(plan)
     after, events = stage_finished(plan, state, "a", OK, 0.0, _ckpt("a"))
     assert after is state and events == []
+
+
+def test_plans_come_from_api_workflows_with_the_jobs_quality_gate() -> None:
+    plan = Plan.from_workflow(
+        default_workflow().spec, Quality(metric="max-abs-error", threshold=0.01)
+    )
+    assert plan.order[0] == "import" and plan.order[-1] == "package"
+    validate = plan.stage("validate")
+    assert validate.gate == Gate("maxAbsError", "<=", 0.01)
+    assert validate.on_failure is FailureStrategy.ROLLBACK
+    assert plan.stage("quantize").fallbacks[-1] == {"scheme": "none"}
+    assert plan.stage("import").retry.limit == 2 and plan.stage("import").retry.duration == 10
+    cosine = Plan.from_workflow(default_workflow().spec, Quality(metric="cosine", threshold=0.99))
+    assert cosine.stage("validate").gate == Gate("cosineMean", ">=", 0.99)
