@@ -87,7 +87,7 @@ def build_report(
         "stages": stages,
         "events": list(events),
         "result": None,
-        "lastGoodCheckpoint": dict(stage_checkpoints_by_id(stage_checkpoints, good.id))
+        "lastGoodCheckpoint": dict(_facts_of(stage_checkpoints, good.id))
         if good is not None
         else None,
     }
@@ -96,9 +96,10 @@ def build_report(
     return report
 
 
-def stage_checkpoints_by_id(
+def _facts_of(
     stage_checkpoints: Mapping[str, Mapping[str, Any]], checkpoint_id: str
 ) -> Mapping[str, Any]:
+    """What is known about a checkpoint, found by id among the stages' checkpoints."""
     for facts in stage_checkpoints.values():
         if facts.get("id") == checkpoint_id:
             return facts
