@@ -47,7 +47,7 @@ from bakeline.engine.pipeline import (
     StageState,
     StartStage,
     WaitUntil,
-    finish_job,
+    finish,
     next_actions,
     reset_from,
     stage_cached,
@@ -186,7 +186,7 @@ class _LocalRun:
                 raise RuntimeError("the engine has nothing to do but no stage is running")
             action = actions[0]
             if isinstance(action, FinishJob):
-                self.state = finish_job(self.state, action)
+                self.state = finish(self.state, action)
                 self.finished_at = time.time()
                 self._persist()
                 return self._conclude(action)

@@ -443,7 +443,7 @@ def reset_from(plan: Plan, state: RunState, stage: str) -> RunState:
     return replace(state, stages=stages, phase=JobPhase.RUNNING, message="")
 
 
-def finish_job(state: RunState, action: FinishJob) -> RunState:
+def finish(state: RunState, action: FinishJob) -> RunState:
     """The state once the driver has carried out a FinishJob."""
     return replace(state, phase=action.phase, message=action.reason)
 

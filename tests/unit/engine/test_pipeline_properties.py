@@ -21,7 +21,7 @@ from bakeline.engine.pipeline import (
     StagePlan,
     StartStage,
     WaitUntil,
-    finish_job,
+    finish,
     next_actions,
     stage_finished,
     stage_started,
@@ -84,7 +84,7 @@ def _simulate(plan: Plan, draw: Callable[[st.SearchStrategy[Any]], Any]) -> tupl
         for action in actions:
             if isinstance(action, FinishJob):
                 trace.finished = action
-                return finish_job(state, action), trace
+                return finish(state, action), trace
             if isinstance(action, WaitUntil):
                 assert action.at > now
                 now = action.at
