@@ -12,12 +12,15 @@ import heapq
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from bakeline.handlers.jobs import OperatorConfig, reconcile_job
 from bakeline.handlers.kube import Kube
+from bakeline.handlers.lanes import reconcile_lane
+from bakeline.handlers.workflows import reconcile_workflow
 from bakeline.runtime.pods import LABEL_JOB
 from kubernetes import client, config
 
@@ -31,7 +34,7 @@ class Runtime:
     kube: Kube | None = None
     config: OperatorConfig = field(default_factory=OperatorConfig)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    schedule: list[tuple[float, str, str]] = field(default_factory=list)
+    schedule: list[tuple[float, str, str, str]] = field(default_factory=list)
     guard: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -39,16 +42,17 @@ class Runtime:
         with self.guard:
             return self.locks.setdefault((namespace, name), threading.Lock())
 
-    def wake_later(self, namespace: str, name: str, delay: float) -> None:
+    def wake_later(self, kind: str, namespace: str, name: str, delay: float) -> None:
         with self.guard:
-            heapq.heappush(self.schedule, (time.time() + delay, namespace, name))
+            heapq.heappush(self.schedule, (time.time() + delay, kind, namespace, name))
 
-    def due(self) -> list[tuple[str, str]]:
+    def due(self) -> list[tuple[str, str, str]]:
+        """What is due now, each object once however often it was asked for."""
         now, ready = time.time(), set()
         with self.guard:
             while self.schedule and self.schedule[0][0] <= now:
-                _, namespace, name = heapq.heappop(self.schedule)
-                ready.add((namespace, name))
+                _, kind, namespace, name = heapq.heappop(self.schedule)
+                ready.add((kind, namespace, name))
         return sorted(ready)
 
 
@@ -75,33 +79,45 @@ def configure(
     settings.execution.max_workers = 8
 
 
-def reconcile(namespace: str, name: str) -> None:
-    """Reconcile one job under its lock, then schedule the next look the engine asked for."""
+RECONCILERS: dict[str, Callable[[Kube, dict[str, Any]], float | None]] = {
+    "BakingJob": lambda kube, obj: reconcile_job(kube, RUNTIME.config, obj, time.time()),
+    "Workflow": lambda kube, obj: reconcile_workflow(kube, obj),
+    "Lane": lambda kube, obj: reconcile_lane(kube, obj),
+}
+LANE_REFRESH_S = 2.0  # lane counts lag job changes by at most this, at one list per lane
+
+
+def reconcile(kind: str, namespace: str, name: str) -> None:
+    """Reconcile one object under its lock, then schedule the next look it asked for."""
     kube = RUNTIME.kube
     assert kube is not None, "configure() runs at start-up"
-    with RUNTIME.lock_for(namespace, name):
-        obj = kube.get("BakingJob", namespace, name)
+    with RUNTIME.lock_for(namespace, f"{kind}/{name}"):
+        obj = kube.get(kind, namespace, name)
         if obj is None:
             return
         try:
-            wake = reconcile_job(kube, RUNTIME.config, obj, time.time())
+            wake = RECONCILERS[kind](kube, obj)
         except client.exceptions.ApiException as exc:
             if exc.status == 409:  # a concurrent write: look again shortly
                 wake = 0.5
             else:
-                log.exception("reconcile of %s/%s failed", namespace, name)
+                log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
                 wake = 5.0
-        except Exception:  # one bad job must not take the operator down
-            log.exception("reconcile of %s/%s failed", namespace, name)
+        except Exception:  # one bad object must not take the operator down
+            log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
             wake = 10.0
     if wake is not None:
-        RUNTIME.wake_later(namespace, name, wake)
+        RUNTIME.wake_later(kind, namespace, name, wake)
+    if kind == "BakingJob":
+        lane = (obj.get("status") or {}).get("lane") or (obj.get("spec") or {}).get("laneRef")
+        if lane:
+            RUNTIME.wake_later("Lane", namespace, lane, LANE_REFRESH_S)
 
 
 def scheduler_loop() -> None:
     while not RUNTIME.stop.wait(0.25):
-        for namespace, name in RUNTIME.due():
-            reconcile(namespace, name)
+        for kind, namespace, name in RUNTIME.due():
+            reconcile(kind, namespace, name)
 
 
 # ---------------------------------------------------------------------------- kopf handlers
@@ -129,7 +145,7 @@ def _cleanup(**_: Any) -> None:
 @kopf.on.event("bakeline.io", "v1alpha1", "bakingjobs")
 def _job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
     if type != "DELETED" and namespace:
-        reconcile(namespace, name)
+        reconcile("BakingJob", namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
@@ -138,4 +154,16 @@ def _pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         return
     for owner in body.metadata.get("ownerReferences") or []:
         if owner.get("kind") == "BakingJob":
-            reconcile(namespace, owner["name"])
+            reconcile("BakingJob", namespace, owner["name"])
+
+
+@kopf.on.event("bakeline.io", "v1alpha1", "workflows")
+def _workflow_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if type != "DELETED" and namespace:
+        reconcile("Workflow", namespace, name)
+
+
+@kopf.on.event("bakeline.io", "v1alpha1", "lanes")
+def _lane_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if type != "DELETED" and namespace:
+        reconcile("Lane", namespace, name)

@@ -32,8 +32,10 @@ def main() -> int:
     metrics = {
         "attempt": attempt,
         "fallback": 1.0 if params else 0.0,
-        "cosine": 1.0,
+        # What a passing QualityValidator reports, whatever the job's quality metric.
+        "cosineMean": 1.0,
         "accuracy": 1.0,
+        "maxAbsError": 0.0,
     }
     if code == 0:
         output.mkdir(parents=True, exist_ok=True)
