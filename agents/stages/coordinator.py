@@ -1,0 +1,360 @@
+"""BakingCoordinator: import, validate and fingerprint the model; record reference outputs.
+
+Sources: `builtin` (minilm-l6, digits-cnn: they bring their own calibration and held-out evaluation
+data) or a local file resolved by the runner (`model.localPath`, checked against `model.sha256`):
+an ExportedProgram (.pt2), a TorchScript archive or an ONNX model. Nothing is ever unpickled: a
+pickle, or a `torch.save` archive of a whole module, is refused (exit 2).
+
+Params:
+  calibrationSamples / evaluationSamples (int): sizes of synthetic data for user models.
+  inputShapes ({input: [dims without batch]}): for user models whose shapes are not recorded.
+  dataset (path): a safetensors file with the model's named inputs (and `__labels__`) to use
+    instead of synthetic data; every third sample goes to calibration, the rest to evaluation.
+  seed (int): synthetic data seed.
+
+Writes checkpoint 0: the model (`original.pt2|.ts|.onnx`), calibration.safetensors,
+evaluation.safetensors, reference.safetensors (outputs of the imported model on both) and the
+tokenizer where the model has one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from pydantic import Field
+
+from bakeline.agents.builtins import BUILTINS, BuiltinModel
+from bakeline.agents.checkpoint_io import (
+    CALIBRATION,
+    EVALUATION,
+    REFERENCE,
+    artifact_name,
+)
+from bakeline.agents.contract import InvalidInput, Outcome, StageParams
+from bakeline.agents.data import Dataset, save_arrays
+from bakeline.agents.logs import log
+from bakeline.agents.onnx_tools import _dynamic_shapes
+from bakeline.agents.runtimes import (
+    load_exported_program,
+    open_runner,
+    run_dataset,
+    torch_runner,
+)
+from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
+from bakeline.agents.timing import Stopwatch
+from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
+
+
+class CoordinatorParams(StageParams):
+    calibration_samples: int = Field(default=128, alias="calibrationSamples", ge=1, le=100_000)
+    evaluation_samples: int = Field(default=256, alias="evaluationSamples", ge=1, le=100_000)
+    input_shapes: dict[str, list[int]] | None = Field(default=None, alias="inputShapes")
+    dataset: str | None = None
+    seed: int = 0
+
+
+def sniff_format(path: Path) -> ArtifactFormat:
+    """Tell the format from the bytes (never from the name); refuse anything pickled."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head[:1] == b"\x80":
+        raise InvalidInput(f"{path.name} is a Python pickle: refused (pickles can run code)")
+    if head == b"PK\x03\x04":
+        names = zipfile.ZipFile(path).namelist()
+        if any(n.endswith("/archive_format") for n in names) and any(
+            "/models/" in n and n.endswith(".json") for n in names
+        ):
+            return "exported-program"
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "torchscript"
+        raise InvalidInput(
+            f"{path.name} is a zip archive that is neither an ExportedProgram nor TorchScript "
+            "(a torch.save pickle of a module?): refused; export it with torch.export.save"
+        )
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise InvalidInput(
+            f"{path.name} is not an ExportedProgram, TorchScript or ONNX model: {exc}"
+        ) from exc
+    return "onnx"
+
+
+def weights_fingerprint(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the weights: stable across file formats."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _torch_weights(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def _check_outputs(outputs: np.ndarray, what: str) -> None:
+    if not np.isfinite(outputs).all():
+        raise InvalidInput(f"the model produces non-finite outputs on {what}")
+
+
+@register
+class BakingCoordinator(Agent[CoordinatorParams]):
+    name = "BakingCoordinator"
+    params_model = CoordinatorParams
+    writes = ("original.*", CALIBRATION, EVALUATION, REFERENCE)
+    metrics = ("parameters", "sizeBytes", "calibrationSamples", "evaluationSamples")
+    needs_input = False
+
+    def run(self, ctx: StageContext, params: CoordinatorParams) -> StageResult:
+        spec = ctx.job.model
+        if spec is None:
+            raise InvalidInput("the BakingCoordinator needs job.model (a builtin or a local file)")
+        out = ctx.output(None)
+        if spec.builtin:
+            if spec.builtin not in BUILTINS:
+                raise InvalidInput(f"unknown builtin {spec.builtin!r}; known: {sorted(BUILTINS)}")
+            with Stopwatch() as build:
+                model = BUILTINS[spec.builtin]()
+            imported = self._import_builtin(model, out.directory, build.seconds)
+        elif spec.local_path:
+            imported = self._import_file(Path(spec.local_path), spec.sha256, params, out.directory)
+        else:
+            raise InvalidInput(
+                "job.model.source must be a builtin, or the runner must resolve it to "
+                "job.model.localPath"
+            )
+        artifact, fmt, calibration, evaluation, metrics, extra = imported
+
+        runner = extra.pop("runner")
+        with Stopwatch() as ref_time:
+            ref_cal = run_dataset(runner, calibration)
+            ref_eval = run_dataset(runner, evaluation)
+        _check_outputs(ref_cal, "calibration data")
+        _check_outputs(ref_eval, "evaluation data")
+        calibration.save(out.path(CALIBRATION))
+        evaluation.save(out.path(EVALUATION))
+        save_arrays(out.path(REFERENCE), {"calibration": ref_cal, "evaluation": ref_eval})
+        out.add(CALIBRATION, "calibration")
+        out.add(EVALUATION, "evaluation")
+        out.add(REFERENCE, "reference")
+        for relative, source in extra.pop("files").items():
+            out.add_copy(source, relative, "tokenizer" if "tokenizer" in relative else "data")
+
+        metrics.update(
+            {
+                "sizeBytes": float((out.directory / artifact).stat().st_size),
+                "calibrationSamples": float(len(calibration)),
+                "evaluationSamples": float(len(evaluation)),
+                "referenceSeconds": ref_time.seconds,
+            }
+        )
+        if evaluation.labels is not None and ref_eval.ndim == 2:
+            metrics["referenceAccuracy"] = float((ref_eval.argmax(1) == evaluation.labels).mean())
+        out.add(artifact, "model")
+        fingerprint = {
+            "artifactSha256": sha256_file(out.directory / artifact),
+            "weightsSha256": extra.pop("weightsSha256"),
+            "parameters": int(metrics["parameters"]),
+        }
+        attributes: dict[str, Any] = {
+            "original": {"path": artifact, "format": fmt},
+            "fingerprint": fingerprint,
+            "dynamicAxes": extra.pop("dynamic"),
+            "facts": extra.pop("facts"),
+            "defaultMetric": extra.pop("metric"),
+        }
+        manifest = out.finish(
+            agent=self.name,
+            stage=ctx.stage,
+            artifact=artifact,
+            format=fmt,
+            params=params.model_dump(by_alias=True, exclude_none=True),
+            metrics=metrics,
+            started_at=ctx.started_at,
+            attributes=attributes,
+            inputs=extra.pop("inputs"),
+            outputs=extra.pop("outputs"),
+            model_name=extra.pop("name"),
+            task=extra.pop("task"),
+        )
+        message = (
+            f"imported {manifest.model_name} as {fmt} ({int(metrics['parameters'])} parameters); "
+            f"reference outputs on {len(calibration)} calibration + {len(evaluation)} evaluation "
+            "samples"
+        )
+        return StageResult(Outcome(message, metrics), manifest)
+
+    # -- builtins: export with torch.export, check the saved program reproduces eager -------------
+
+    def _import_builtin(
+        self, model: BuiltinModel, directory: Path, build_seconds: float
+    ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
+        names = [spec.name for spec in model.inputs]
+        example = model.calibration.batch(0, 2)
+        args = tuple(torch.from_numpy(example[n]) for n in names)
+        with Stopwatch() as export_time:
+            program = torch.export.export(
+                model.module, args, dynamic_shapes=_dynamic_shapes(names, model.dynamic)
+            )
+        artifact = artifact_name("exported-program", "original")
+        torch.export.save(program, str(directory / artifact))
+        # Round trip: what later stages load must compute what the module computes.
+        reloaded = load_exported_program(directory / artifact).module()
+        probe = model.evaluation.batch(0, 8)
+        eager = torch_runner(model.module, names)(probe)
+        loaded = torch_runner(reloaded, names)(probe)
+        error = float(np.abs(eager - loaded).max())
+        if error > 1e-4:
+            raise InvalidInput(f"the exported program differs from the module by {error}")
+        log("imported builtin", model=model.name, exportSeconds=export_time.seconds)
+        metrics = {
+            "parameters": float(sum(p.numel() for p in model.module.parameters())),
+            "buildSeconds": build_seconds,
+            "exportSeconds": export_time.seconds,
+            "roundTripMaxAbsError": error,
+        }
+        extra: dict[str, Any] = {
+            "runner": torch_runner(model.module, names),
+            "files": model.files,
+            "weightsSha256": weights_fingerprint(_torch_weights(model.module)),
+            "dynamic": {k: {str(a): d for a, d in v.items()} for k, v in model.dynamic.items()},
+            "facts": model.facts,
+            "metric": model.metric,
+            "inputs": model.inputs,
+            "outputs": model.outputs,
+            "name": model.name,
+            "task": model.task,
+        }
+        return artifact, "exported-program", model.calibration, model.evaluation, metrics, extra
+
+    # -- user files ---------------------------------------------------------------------------------
+
+    def _import_file(
+        self, path: Path, sha256: str | None, params: CoordinatorParams, directory: Path
+    ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
+        if not path.is_file():
+            raise InvalidInput(f"model file {path} does not exist")
+        actual = sha256_file(path)
+        if sha256 and actual != sha256.lower():
+            raise InvalidInput(f"model file sha256 {actual} does not match job.model.sha256 {sha256}")
+        fmt = sniff_format(path)
+        artifact = artifact_name(fmt, "original")
+        target = directory / artifact
+        target.write_bytes(path.read_bytes())
+        inputs, outputs, weights = _signature(target, fmt, params)
+        names = [spec.name for spec in inputs]
+        try:
+            runner = open_runner(target, fmt, names)
+        except Exception as exc:
+            raise InvalidInput(f"the {fmt} model does not load: {exc}") from exc
+        calibration, evaluation = _user_data(inputs, params)
+        try:
+            probe = runner(calibration.batch(0, 2))
+        except Exception as exc:
+            raise InvalidInput(f"the {fmt} model does not run on its declared inputs: {exc}") from exc
+        _check_outputs(probe, "a probe batch")
+        if probe.shape[0] != 2:
+            raise InvalidInput(f"the model's first output {probe.shape} has no batch dimension")
+        outputs = outputs or [TensorSpec(name="output", dtype=str(probe.dtype), shape=["batch"])]
+        metrics = {"parameters": float(sum(w.size for w in weights.values()))}
+        extra: dict[str, Any] = {
+            "runner": runner,
+            "files": {},
+            "weightsSha256": weights_fingerprint(weights),
+            "dynamic": {spec.name: {"0": "batch"} for spec in inputs},
+            "facts": {"source": f"user file {path.name} (sha256 {actual})"},
+            "metric": "cosine",
+            "inputs": inputs,
+            "outputs": outputs[:1],
+            "name": path.stem,
+            "task": "",
+        }
+        return artifact, fmt, calibration, evaluation, metrics, extra
+
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}
+
+
+def _signature(
+    path: Path, fmt: ArtifactFormat, params: CoordinatorParams
+) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, np.ndarray]]:
+    """Input/output specs and the weights of a user model."""
+    shapes = params.input_shapes or {}
+    if fmt == "onnx":
+        model = onnx.load(str(path))
+        inits = {i.name for i in model.graph.initializer}
+        inputs = [
+            TensorSpec(
+                name=i.name,
+                dtype=_ONNX_DTYPES.get(i.type.tensor_type.elem_type, "float32"),
+                shape=["batch", *shapes.get(i.name, [
+                    d.dim_value or 1 for d in i.type.tensor_type.shape.dim[1:]
+                ])],
+            )
+            for i in model.graph.input
+            if i.name not in inits
+        ]
+        outputs = [TensorSpec(name=o.name, dtype="float32", shape=["batch"]) for o in model.graph.output]
+        weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        return inputs, outputs, weights
+    if fmt == "exported-program":
+        program = load_exported_program(path)
+        inputs = []
+        for spec in program.graph_signature.input_specs:
+            if spec.kind.name != "USER_INPUT":
+                continue
+            name = getattr(spec.arg, "name", "input")
+            node = next(n for n in program.graph.nodes if n.name == name)
+            val = node.meta.get("val")
+            dims = [int(d) if isinstance(d, int) else 1 for d in getattr(val, "shape", [])[1:]]
+            dtype = str(getattr(val, "dtype", torch.float32)).replace("torch.", "")
+            inputs.append(TensorSpec(name=name, dtype=dtype, shape=["batch", *shapes.get(name, dims)]))
+        weights = {k: v.detach().numpy() for k, v in program.state_dict.items()}
+        return inputs, [], weights
+    module = torch.jit.load(str(path), map_location="cpu")
+    if not shapes:
+        raise InvalidInput("TorchScript records no input shapes: pass params.inputShapes")
+    inputs = [TensorSpec(name=n, dtype="float32", shape=["batch", *s]) for n, s in shapes.items()]
+    return inputs, [], _torch_weights(module)
+
+
+def _user_data(inputs: list[TensorSpec], params: CoordinatorParams) -> tuple[Dataset, Dataset]:
+    names = [spec.name for spec in inputs]
+    if params.dataset:
+        data = Dataset.load(Path(params.dataset))
+        missing = set(names) - set(data.inputs)
+        if missing:
+            raise InvalidInput(f"dataset {params.dataset} lacks inputs {sorted(missing)}")
+        index = np.arange(len(data))
+        cal, ev = index[index % 3 == 0], index[index % 3 != 0]
+        labels = data.labels
+        return (
+            Dataset({n: data.inputs[n][cal] for n in names}),
+            Dataset({n: data.inputs[n][ev] for n in names}, None if labels is None else labels[ev]),
+        )
+    # Synthetic data from the signature: enough to calibrate ranges and compare outputs; a job
+    # that cares about quality on real data names a dataset.
+    rng = np.random.default_rng(params.seed)
+
+    def sample(count: int) -> Dataset:
+        arrays = {}
+        for spec in inputs:
+            dims = [int(d) for d in spec.shape[1:]]
+            dtype = _NP_DTYPES.get(spec.dtype, np.float32)
+            if np.issubdtype(dtype, np.integer):
+                arrays[spec.name] = rng.integers(0, 2, size=(count, *dims)).astype(dtype)
+            else:
+                arrays[spec.name] = rng.standard_normal((count, *dims)).astype(dtype)
+        return Dataset(arrays)
+
+    return sample(params.calibration_samples), sample(params.evaluation_samples)

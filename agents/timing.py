@@ -1,0 +1,97 @@
+"""Latency measurement shared by every agent and benchmark.
+
+This machine is small and shared: compare candidates only when measured in one process, with
+fixed thread counts, interleaved, by medians. Candidates run in short blocks whose first call is
+not timed, because thread pools that spin after a call (ONNX Runtime's, OpenMP's) would otherwise
+steal the cores from whichever candidate runs next.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100]."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class LatencyStats:
+    """Latencies of one candidate, in milliseconds."""
+
+    samples_ms: list[float] = field(default_factory=list)
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples_ms, 50)
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.samples_ms, 95)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.samples_ms, 99)
+
+    def throughput(self, batch_size: int) -> float:
+        """Samples per second at the median latency."""
+        return batch_size * 1000.0 / self.p50 if self.p50 > 0 else math.nan
+
+    def summary(self, batch_size: int) -> dict[str, float]:
+        return {
+            "p50Ms": round(self.p50, 4),
+            "p95Ms": round(self.p95, 4),
+            "p99Ms": round(self.p99, 4),
+            "throughput": round(self.throughput(batch_size), 2),
+            "runs": float(len(self.samples_ms)),
+        }
+
+
+def interleaved(
+    candidates: Mapping[str, Callable[[], object]],
+    runs: int,
+    block: int = 3,
+    warmup: int = 2,
+) -> dict[str, LatencyStats]:
+    """Time each candidate `runs` times, in interleaved blocks of `block` calls.
+
+    The first call of each block settles the cores after the previous candidate and is not timed.
+    """
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    stats = {name: LatencyStats() for name in candidates}
+    timed_per_block = max(1, block - 1)
+    rounds = math.ceil(runs / timed_per_block)
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            fn()  # settle
+            for _ in range(timed_per_block):
+                start = time.perf_counter()
+                fn()
+                stats[name].samples_ms.append((time.perf_counter() - start) * 1000.0)
+    return stats
+
+
+class Stopwatch:
+    """`with Stopwatch() as sw: ...; sw.seconds`."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.seconds = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
