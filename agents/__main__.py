@@ -24,7 +24,7 @@ from bakeline.agents.contract import (
     parse_params,
     write_termination,
 )
-from bakeline.agents.logs import bind, log
+from bakeline.agents.logs import bind, capture_library_logs, log
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    capture_library_logs()
     started = time.monotonic()
     agent_name = args.agent or ""
     stage = args.stage or (kebab(agent_name) if agent_name else "")

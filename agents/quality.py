@@ -33,11 +33,12 @@ def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | Non
         "maxAbsError": float(np.abs(outputs.astype(np.float64) - reference).max()),
         "samples": float(outputs.shape[0]),
     }
-    if labels is not None and outputs.ndim == 2:
+    if outputs.ndim == 2:  # class scores: does the argmax agree (and match the labels)?
         predicted, expected = outputs.argmax(axis=1), reference.argmax(axis=1)
-        metrics["accuracy"] = float((predicted == labels).mean())
-        metrics["referenceAccuracy"] = float((expected == labels).mean())
         metrics["agreement"] = float((predicted == expected).mean())
+        if labels is not None:
+            metrics["accuracy"] = float((predicted == labels).mean())
+            metrics["referenceAccuracy"] = float((expected == labels).mean())
     return metrics
 
 

@@ -67,7 +67,8 @@ def ort_session(
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     available = ort.get_available_providers()
-    providers = [p for p in (config.execution_provider, "CPUExecutionProvider") if p in available]
+    wanted = dict.fromkeys((config.execution_provider, "CPUExecutionProvider"))  # ordered, unique
+    providers = [p for p in wanted if p in available]
     return ort.InferenceSession(str(path), options, providers=providers)
 
 

@@ -1,0 +1,124 @@
+"""Int8 quantization with ONNX Runtime, and the sensitivity analysis that keeps layers in float.
+
+Dynamic quantization (weights int8 offline, activations per call) suits transformer MatMuls;
+static QDQ quantization with calibration data suits convolutions (ONNX Runtime's dynamic
+ConvInteger is slower than float Conv). Per-channel weight scales are the key quality setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+
+from bakeline.agents.data import Dataset
+
+Mode = Literal["dynamic", "static"]
+DYNAMIC_OPS = ("MatMul", "Gemm")
+STATIC_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Quantizable:
+    """A node whose weight would become int8."""
+
+    node: str
+    op: str
+    weight: str
+    shape: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.node}[{'x'.join(map(str, self.shape))}]"
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique name: exclusions and reports refer to nodes by name."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}"
+        seen.add(node.name)
+    return model
+
+
+def choose_mode(model: onnx.ModelProto, requested: Literal["auto", "dynamic", "static"]) -> Mode:
+    if requested != "auto":
+        return requested
+    return "static" if any(n.op_type == "Conv" for n in model.graph.node) else "dynamic"
+
+
+def quantizable(model: onnx.ModelProto, mode: Mode) -> list[Quantizable]:
+    inits = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    ops = STATIC_OPS if mode == "static" else DYNAMIC_OPS
+    found = []
+    for node in model.graph.node:
+        if node.op_type in ops and len(node.input) > 1 and node.input[1] in inits:
+            found.append(Quantizable(node.name, node.op_type, node.input[1], inits[node.input[1]]))
+    return found
+
+
+class _Reader(CalibrationDataReader):  # type: ignore[misc]
+    def __init__(self, data: Dataset, names: set[str]) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            {k: v for k, v in feeds.items() if k in names} for feeds in data.batches(16)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize(
+    source: Path,
+    target: Path,
+    *,
+    mode: Mode,
+    per_channel: bool,
+    exclude: list[str],
+    calibration: Dataset | None = None,
+) -> Path:
+    """Write the int8 model of `source` to `target`, keeping the `exclude` nodes in float."""
+    if mode == "dynamic":
+        extra: dict[str, Any] = {"MatMulConstBOnly": True}  # weight MatMuls only, not attention
+        quantize_dynamic(
+            str(source),
+            str(target),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(DYNAMIC_OPS),
+            nodes_to_exclude=exclude,
+            extra_options=extra,
+        )
+        return target
+    if calibration is None:
+        raise ValueError("static quantization needs calibration data")
+    names = {i.name for i in onnx.load(str(source), load_external_data=False).graph.input}
+    quantize_static(
+        str(source),
+        str(target),
+        _Reader(calibration, names),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=list(STATIC_OPS),
+        nodes_to_exclude=exclude,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return target

@@ -1,0 +1,103 @@
+"""MemoryOptimizer: shrink what quantization left, embeddings included; measure peak memory.
+
+Params:
+  embeddings: "int8" (default: per-row int8 embedding tables) | "none"
+  floatWeights: "fp16" (default: store float MatMul weights as fp16, cast back at load) | "keep"
+  minElements (65536): smaller tensors are not worth touching
+Measures: size and weight bytes before/after, peak RSS of a fresh process loading and running the
+model before/after, and the calibration quality against the reference. Exits 3 when the shrunk
+model misses the job's quality gate on calibration data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import onnx
+from pydantic import Field
+
+from bakeline.agents.checkpoint_io import CALIBRATION, artifact_name
+from bakeline.agents.contract import GateFailed, Outcome, StageParams
+from bakeline.agents.memprobe import measure
+from bakeline.agents.onnx_tools import save, scratch_dir
+from bakeline.agents.shrink import shrink
+from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
+from bakeline.agents.stages.common import (
+    calibration_holds,
+    export_to_onnx,
+    quality_gate,
+    score_file,
+    size_of,
+)
+
+
+class MemoryParams(StageParams):
+    embeddings: Literal["int8", "none"] = "int8"
+    float_weights: Literal["fp16", "keep"] = Field(default="fp16", alias="floatWeights")
+    min_elements: int = Field(default=65536, alias="minElements", ge=1)
+
+
+@register
+class MemoryOptimizer(Agent[MemoryParams]):
+    name = "MemoryOptimizer"
+    params_model = MemoryParams
+    reads = (CALIBRATION,)
+    writes = ("model.onnx",)
+    metrics = ("sizeBytes", "peakMemoryMB", "peakMemoryMBBefore", "cosineMean")
+
+    def run(self, ctx: StageContext, params: MemoryParams) -> StageResult:
+        source = ctx.open_input()
+        out = ctx.output(source)
+        artifact = artifact_name("onnx")
+        calibration_file = source.directory / CALIBRATION
+        with scratch_dir() as tmp:
+            before_path = export_to_onnx(source, Path(tmp) / "exported.onnx")
+            memory_before = measure(before_path, calibration_file)
+            model, report = shrink(
+                onnx.load(str(before_path)),
+                embeddings=params.embeddings == "int8",
+                fp16_weights=params.float_weights == "fp16",
+                min_elements=params.min_elements,
+            )
+            onnx.checker.check_model(model)
+            save(model, out.path(artifact))
+            out.add(artifact, "model")
+            size_before = size_of(before_path)
+        memory_after = measure(out.directory / artifact, calibration_file)
+        quality = score_file(out.directory / artifact, "onnx", source, "calibration")
+        metrics = {
+            "sizeBytes": size_of(out.directory / artifact),
+            "sizeBytesBefore": size_before,
+            "weightBytes": float(report.bytes_after),
+            "weightBytesBefore": float(report.bytes_before),
+            "peakMemoryMB": memory_after["modelMB"],
+            "peakMemoryMBBefore": memory_before["modelMB"],
+            "embeddingsQuantized": float(len(report.embeddings)),
+            "fp16Weights": float(len(report.fp16_weights)),
+            "cosineMean": quality["cosineMean"],
+            "cosineMin": quality["cosineMin"],
+        }
+        ok, why = calibration_holds(quality_gate(source, ctx.job), quality)
+        if not ok:
+            raise GateFailed(f"the shrunk model misses the quality gate on calibration: {why}",
+                             metrics)
+        out.carry_forward()
+        manifest = out.finish(
+            agent=self.name,
+            stage=ctx.stage,
+            artifact=artifact,
+            format="onnx",
+            params=params.model_dump(by_alias=True),
+            metrics=metrics,
+            started_at=ctx.started_at,
+            attributes={"memory": {"int8Embeddings": report.embeddings,
+                                   "fp16Weights": report.fp16_weights}},
+        )
+        message = (
+            f"{size_before / 1e6:.2f} -> {metrics['sizeBytes'] / 1e6:.2f} MB "
+            f"({len(report.embeddings)} embedding tables int8, {len(report.fp16_weights)} float "
+            f"weights fp16); peak memory {memory_before['modelMB']:.1f} -> "
+            f"{memory_after['modelMB']:.1f} MB; calibration cosine {quality['cosineMean']:.4f}"
+        )
+        return StageResult(Outcome(message, metrics), manifest)

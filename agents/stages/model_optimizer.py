@@ -1,0 +1,197 @@
+"""ModelOptimizer: int8 quantization, per channel where quality holds, sensitive layers in float.
+
+Params (the fallback ladder a Workflow can walk after a rollback):
+  scheme: "int8-per-channel" (default) | "int8-per-tensor" | "none" (pass the model through)
+  keepFloat: "none" (default: quantize every eligible layer) | "auto" (sensitivity analysis on
+    calibration data: layers whose quantization costs the most cosine stay float, greedily, until
+    targetCosineMean / targetCosineMin hold or maxFloatLayers are kept) | [node names]
+  mode: "auto" (static QDQ with calibration for convolutional models, dynamic otherwise) |
+    "dynamic" | "static"
+  targetCosineMean (0.996), targetCosineMin (0.99), maxFloatLayers (6), sensitivitySamples (64)
+
+e.g. {"scheme": "int8-per-channel"}, {"scheme": "int8-per-channel", "keepFloat": "auto"},
+{"scheme": "none"}.
+
+Gate: the quantized model is scored against the reference outputs on calibration data (never on
+evaluation data); if the job's quality gate does not hold there (for accuracy: argmax agreement
+with the reference >= 0.99), the stage exits 3 so that the operator can fall back.
+Measures: size before/after, quantized and float layer counts, calibration cosine / agreement.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import onnx
+from pydantic import Field
+
+from bakeline.agents.checkpoint_io import artifact_name
+from bakeline.agents.contract import GateFailed, Outcome, StageParams
+from bakeline.agents.logs import log
+from bakeline.agents.onnx_tools import save, scratch_dir
+from bakeline.agents.quantize import Mode, choose_mode, name_nodes, quantizable, quantize
+from bakeline.agents.runtimes import RuntimeConfig
+from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
+from bakeline.agents.stages.common import (
+    calibration_holds,
+    data_split,
+    export_to_onnx,
+    quality_gate,
+    score_file,
+    size_of,
+)
+from bakeline.agents.timing import Stopwatch
+
+Scheme = Literal["int8-per-channel", "int8-per-tensor", "none"]
+# Scoring candidates: basic graph level keeps session creation cheap, results are identical.
+PROBE_CONFIG = RuntimeConfig(graph_optimization_level="basic")
+
+
+class ModelParams(StageParams):
+    scheme: Scheme = "int8-per-channel"
+    keep_float: Literal["auto", "none"] | list[str] = Field(default="none", alias="keepFloat")
+    mode: Literal["auto", "dynamic", "static"] = "auto"
+    target_cosine_mean: float = Field(default=0.996, alias="targetCosineMean", gt=0, le=1)
+    target_cosine_min: float = Field(default=0.99, alias="targetCosineMin", gt=0, le=1)
+    max_float_layers: int = Field(default=6, alias="maxFloatLayers", ge=0)
+    sensitivity_samples: int = Field(default=64, alias="sensitivitySamples", ge=4)
+
+
+@register
+class ModelOptimizer(Agent[ModelParams]):
+    name = "ModelOptimizer"
+    params_model = ModelParams
+    writes = ("model.onnx",)
+    metrics = ("sizeBytes", "sizeRatio", "quantizedLayers", "floatLayers", "cosineMean")
+
+    def run(self, ctx: StageContext, params: ModelParams) -> StageResult:
+        source = ctx.open_input()
+        out = ctx.output(source)
+        artifact = artifact_name("onnx")
+        gate = quality_gate(source, ctx.job)
+        with scratch_dir() as tmp_name:
+            tmp = Path(tmp_name)
+            onnx_path = export_to_onnx(source, tmp / "exported.onnx")
+            model = name_nodes(onnx.load(str(onnx_path)))
+            named = save(model, tmp / "named.onnx")
+            size_before = size_of(onnx_path)
+            if params.scheme == "none":
+                out.add_copy(named, artifact, "model")
+                layers, kept, mode, sensitivity = 0, [], "none", {}
+            else:
+                mode = choose_mode(model, params.mode)
+                candidates = quantizable(model, mode)
+                per_channel = params.scheme == "int8-per-channel"
+                calibration = data_split(source, "calibration")
+                probe = calibration.head(params.sensitivity_samples)
+
+                def build(exclude: list[str], target: Path) -> dict[str, float]:
+                    quantize(named, target, mode=mode, per_channel=per_channel,
+                             exclude=exclude, calibration=calibration)
+                    return score_file(target, "onnx", source, "calibration", PROBE_CONFIG,
+                                      limit=len(probe))
+
+                with Stopwatch() as search:
+                    if params.keep_float == "auto":
+                        kept, sensitivity = self._auto(build, candidates, params, tmp)
+                    else:
+                        kept = [] if params.keep_float == "none" else list(params.keep_float)
+                        unknown = set(kept) - {c.node for c in candidates}
+                        if unknown:
+                            from bakeline.agents.contract import InvalidInput
+
+                            raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
+                        sensitivity = {}
+                    quantize(named, out.path(artifact), mode=mode, per_channel=per_channel,
+                             exclude=kept, calibration=calibration)
+                out.add(artifact, "model")
+                layers = len(candidates) - len(kept)
+                log("quantized", mode=mode, layers=layers, keptFloat=kept,
+                    searchSeconds=search.seconds)
+        quality = score_file(out.directory / artifact, "onnx", source, "calibration", PROBE_CONFIG)
+        size_after = size_of(out.directory / artifact)
+        metrics = {
+            "sizeBytes": size_after,
+            "sizeBytesBefore": size_before,
+            "sizeRatio": size_after / size_before,
+            "quantizedLayers": float(layers),
+            "floatLayers": float(len(kept)),
+            "cosineMean": quality["cosineMean"],
+            "cosineMin": quality["cosineMin"],
+            "maxAbsError": quality["maxAbsError"],
+        }
+        if "agreement" in quality:
+            metrics["agreement"] = quality["agreement"]
+        ok, why = calibration_holds(gate, quality)
+        if not ok:
+            raise GateFailed(
+                f"{params.scheme} quantization misses the quality gate on calibration data: {why}",
+                metrics,
+            )
+        out.carry_forward()
+        manifest = out.finish(
+            agent=self.name,
+            stage=ctx.stage,
+            artifact=artifact,
+            format="onnx",
+            params=params.model_dump(by_alias=True),
+            metrics=metrics,
+            started_at=ctx.started_at,
+            attributes={
+                "quantization": {
+                    "scheme": params.scheme,
+                    "mode": mode,
+                    "keptFloat": kept,
+                    "sensitivity": sensitivity,
+                },
+                "dtype": "fp32" if params.scheme == "none" else "int8",
+            },
+        )
+        message = (
+            f"{params.scheme} ({mode}): {layers} layers int8, {len(kept)} kept float; "
+            f"{size_before / 1e6:.1f} -> {size_after / 1e6:.1f} MB; calibration cosine mean "
+            f"{quality['cosineMean']:.4f} min {quality['cosineMin']:.4f}"
+        )
+        return StageResult(Outcome(message, metrics), manifest)
+
+    @staticmethod
+    def _auto(
+        build: object,
+        candidates: list[object],
+        params: ModelParams,
+        tmp: Path,
+    ) -> tuple[list[str], dict[str, float]]:
+        """Greedy: rank layers by the cosine they cost, keep the worst float until targets hold."""
+        from collections.abc import Callable
+
+        from bakeline.agents.quantize import Quantizable
+
+        assert callable(build)
+        run: Callable[[list[str], Path], dict[str, float]] = build  # type: ignore[assignment]
+        layers = [c for c in candidates if isinstance(c, Quantizable)]
+
+        def meets(m: dict[str, float]) -> bool:
+            return (m["cosineMean"] >= params.target_cosine_mean
+                    and m["cosineMin"] >= params.target_cosine_min)
+
+        base = run([], tmp / "all.onnx")
+        if meets(base) or params.max_float_layers == 0:
+            return [], {}
+        # Sensitivity of a layer: how much mean and worst-case error fall when it alone stays float.
+        gains: dict[str, float] = {}
+        for layer in layers:
+            probe = run([layer.node], tmp / "probe.onnx")
+            gains[layer.node] = (probe["cosineMean"] - base["cosineMean"]) + 0.25 * (
+                probe["cosineMin"] - base["cosineMin"]
+            )
+        ranked = sorted(layers, key=lambda c: gains[c.node], reverse=True)
+        sensitivity = {c.label: round(gains[c.node], 6) for c in ranked[:10]}
+        kept: list[str] = []
+        for layer in ranked[: params.max_float_layers]:
+            if gains[layer.node] <= 0:
+                break
+            kept.append(layer.node)
+            if meets(run(kept, tmp / "greedy.onnx")):
+                break
+        return kept, sensitivity
