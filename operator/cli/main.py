@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import bakeline
 from bakeline.cli.manifests import InputError, load_job_file
@@ -46,7 +47,47 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-cache", action="store_true", help="run every stage, even when a result is cached"
     )
+    _add_cluster_commands(commands)
     return parser
+
+
+def _add_cluster_commands(commands: Any) -> None:
+    operator = commands.add_parser(
+        "operator",
+        help="run the operator against the cluster in KUBECONFIG or in-cluster credentials",
+        description="Reconcile Lanes, Workflows, BakingJobs and SLOPolicies. One replica "
+        "(no peering); stop with SIGTERM.",
+    )
+    scope = operator.add_mutually_exclusive_group(required=True)
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="a namespace to watch (repeat)"
+    )
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
+    operator.add_argument(
+        "--image",
+        default=os.environ.get("BAKELINE_AGENT_IMAGE", f"bakeline:{bakeline.__version__}"),
+        help="image of the stage pods (a lane's stageDefaults.image overrides it)",
+    )
+    operator.add_argument("--metrics-port", type=int, default=8080, help="0 turns /metrics off")
+    operator.add_argument("--health-port", type=int, default=8081, help="0 turns /healthz off")
+    operator.add_argument("--verbose", action="store_true", help="log every handler run")
+    rerun = commands.add_parser(
+        "rerun",
+        help="run a BakingJob again from a stage (in the cluster)",
+        description="Annotate the job so the operator runs STAGE and every stage after it "
+        "again, bypassing their cache; earlier stages keep their checkpoints.",
+    )
+    rerun.add_argument("job", help="the BakingJob's name")
+    rerun.add_argument("--from", dest="from_stage", required=True, metavar="STAGE")
+    rerun.add_argument("--namespace", "-n", default=None, help="default: the context's")
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    from bakeline.cli.cluster import rerun_job, run_operator_command
+
+    if args.command == "operator":
+        return run_operator_command(args)
+    return rerun_job(args.job, args.from_stage, args.namespace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"bakeline {bakeline.__version__}")
         return 0
+    if args.command in ("operator", "rerun"):
+        return _cluster_command(args)
     command = tuple(shlex.split(os.environ.get(_AGENT_COMMAND_ENV, "bakeline-agent")))
     options = RunOptions(
         workdir=args.workdir.resolve(),

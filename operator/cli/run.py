@@ -100,6 +100,9 @@ def run_job(job_file: JobFile, options: RunOptions, stderr: TextIO, stdout: Text
                 f"\ninterrupted; run the same command again to resume from {run.resume_point()}\n"
             )
             return EXIT_INTERRUPTED
+        except BaseException:
+            run.interrupted()  # whatever broke, the next run resumes from the last checkpoint
+            raise
         stdout.write(summary_table(run.report) + "\n")
         return code
 
@@ -412,6 +415,7 @@ class _LocalRun:
                 if state.checkpoint is not None
             },
         )
+        shutil.rmtree(self.workdir / "work", ignore_errors=True)
         paths = write_report(self.report, self.workdir)
         self.progress.event(f"report: {paths[0]}  chart: {paths[1]}")
         if action.phase is JobPhase.SUCCEEDED:

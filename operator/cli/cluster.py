@@ -1,0 +1,49 @@
+"""The cluster-facing commands: `bakeline operator` and `bakeline rerun`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+from bakeline.api.common import GROUP, VERSION
+from bakeline.handlers.jobs import OperatorConfig
+from bakeline.handlers.run import run_operator
+from bakeline.runtime.pods import ANNOTATION_RERUN
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+
+def run_operator_command(args: argparse.Namespace) -> int:
+    run_operator(
+        namespaces=args.namespace,
+        all_namespaces=args.all_namespaces,
+        operator_config=OperatorConfig(image=args.image),
+        metrics_port=args.metrics_port or None,
+        health_port=args.health_port or None,
+        verbose=args.verbose,
+    )
+    return 0
+
+
+def rerun_job(job: str, stage: str, namespace: str | None) -> int:
+    """Ask the operator to re-run `job` from `stage`: an annotation it acts on once."""
+    try:
+        config.load_kube_config()
+        _, context = config.list_kube_config_contexts()
+        namespace = namespace or context.get("context", {}).get("namespace") or "default"
+    except config.ConfigException:
+        config.load_incluster_config()
+        namespace = namespace or "default"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    body = {"metadata": {"annotations": {ANNOTATION_RERUN: f"{stage}@{stamp}"}}}
+    try:
+        client.CustomObjectsApi().patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "bakingjobs", job, body
+        )
+    except ApiException as exc:
+        reason = "no such BakingJob" if exc.status == 404 else exc.reason
+        print(f"bakeline rerun: {namespace}/{job}: {reason}", file=sys.stderr)
+        return 1
+    print(f"bakingjob {namespace}/{job}: rerun from {stage} requested")
+    return 0
