@@ -12,7 +12,7 @@ import torch
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 FP16_FLAGS = ("avx512_fp16", "amx_fp16")
-REPORTED_FLAGS = ("avx2", "avx512f", *INT8_FLAGS, *BF16_FLAGS, *FP16_FLAGS)
+AMX_FLAGS = ("amx_tile", "amx_int8", "amx_bf16", "amx_fp16")
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
