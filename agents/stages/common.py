@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bakeline.agents.checkpoint_io import CALIBRATION, EVALUATION, InputCheckpoint
+from bakeline.agents.checkpoint_io import (
+    CALIBRATION,
+    EVALUATION,
+    ROLE_REPORT,
+    InputCheckpoint,
+    OutputCheckpoint,
+)
 from bakeline.agents.contract import InvalidInput, JobSpec, QualityMetric
-from bakeline.agents.data import Dataset
+from bakeline.agents.data import Dataset, Feeds
 from bakeline.agents.onnx_tools import export_onnx
 from bakeline.agents.quality import Gate, compare, default_gate
 from bakeline.agents.runtimes import (
@@ -130,3 +137,36 @@ def calibration_holds(gate: Gate, metrics: dict[str, float]) -> tuple[bool, str]
         ok = agreement >= AGREEMENT_PROXY
         return ok, f"argmax agreement with the reference {agreement:.4f} (need {AGREEMENT_PROXY})"
     return gate.check(metrics)
+
+
+def write_report(out: OutputCheckpoint, stage: str, data: dict[str, Any]) -> str:
+    """A stage's full findings as JSON (the termination message only has room for headlines)."""
+    relative = f"reports/{stage}.json"
+    out.path(relative).write_text(json.dumps(data, indent=2, default=str))
+    out.add(relative, ROLE_REPORT)
+    return relative
+
+
+def batch_sizes(job: JobSpec, override: list[int] | None) -> list[int]:
+    sizes = override or job.target.batch_sizes or [1]
+    if any(size < 1 for size in sizes):
+        raise InvalidInput(f"batch sizes must be >= 1, got {sizes}")
+    return sorted(set(sizes))
+
+
+def timing_batch(checkpoint: InputCheckpoint, batch_size: int) -> Feeds:
+    """A batch of real calibration inputs (repeated when the split is smaller than the batch)."""
+    data = data_split(checkpoint, "calibration")
+    if len(data) >= batch_size:
+        return data.batch(0, batch_size)
+    repeats = -(-batch_size // len(data))
+    tiled = Dataset({k: np.concatenate([v] * repeats)[:batch_size] for k, v in data.inputs.items()})
+    return tiled.batch(0, batch_size)
+
+
+def original_runner(checkpoint: InputCheckpoint, threads: int) -> Runner:
+    """The imported model, eager, as the baseline for speed comparisons."""
+    path, fmt = checkpoint.original()
+    config = RuntimeConfig(backend="torch-eager", intra_op_threads=threads,
+                           graph_optimization_level="basic")
+    return open_runner(path, fmt, checkpoint.input_names, config)

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from pydantic import Field
 
-from bakeline.agents.contract import GateFailed, Outcome, StageParams
+from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.hardware import (
     AMX_FLAGS,
     BF16_FLAGS,
@@ -58,8 +58,6 @@ class HardwareAdapter(Agent[HardwareParams]):
         providers = ort.get_available_providers()
         threads = cpus if params.threads == "auto" else min(params.threads, cpus)
         if isinstance(params.threads, int) and params.threads < 1:
-            from bakeline.agents.contract import InvalidInput
-
             raise InvalidInput("threads must be >= 1")
         torch.set_num_threads(threads)
         gflops = {dtype: matmul_gflops(dtype, repeats=10) for dtype in ("fp32", "bf16", "fp16")}

@@ -27,7 +27,7 @@ import onnx
 from pydantic import Field
 
 from bakeline.agents.checkpoint_io import artifact_name
-from bakeline.agents.contract import GateFailed, Outcome, StageParams
+from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import save, scratch_dir
 from bakeline.agents.quantize import Mode, choose_mode, name_nodes, quantizable, quantize
@@ -99,9 +99,7 @@ class ModelOptimizer(Agent[ModelParams]):
                         kept = [] if params.keep_float == "none" else list(params.keep_float)
                         unknown = set(kept) - {c.node for c in candidates}
                         if unknown:
-                            from bakeline.agents.contract import InvalidInput
-
-                            raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
+                                            raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
                         sensitivity = {}
                     quantize(named, out.path(artifact), mode=mode, per_channel=per_channel,
                              exclude=kept, calibration=calibration)

@@ -1,0 +1,151 @@
+"""InferenceAccelerator: time candidate runtimes, keep the fastest that passes quality.
+
+Candidates: ONNX Runtime on the artifact under several session options (all graph fusions with
+and without spinning worker threads, basic fusions only), the imported model in eager torch, and
+torch.compile of it. Each is scored against the reference outputs on calibration data and timed,
+interleaved in one process, at every target batch size; the fastest (sum of latencies relative to
+the best at each batch size) among those passing the job's quality gate is kept, with its runtime
+config recorded for the later stages and the package.
+
+Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20), batchSizes
+(default job.target.batchSizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
+from bakeline.agents.logs import log
+from bakeline.agents.runtimes import Runner, RuntimeConfig, open_runner
+from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
+from bakeline.agents.stages.common import (
+    batch_sizes,
+    calibration_holds,
+    quality_gate,
+    runtime_config,
+    score,
+    timing_batch,
+    write_report,
+)
+from bakeline.agents.timing import interleaved
+
+Family = Literal["onnxruntime", "torch-eager", "torch-compile"]
+QUALITY_SAMPLES = 64
+
+
+class AcceleratorParams(StageParams):
+    candidates: list[Family] = Field(
+        default_factory=lambda: ["onnxruntime", "torch-eager", "torch-compile"], min_length=1
+    )
+    runs: int = Field(default=20, ge=3)
+    batch_sizes: list[int] | None = Field(default=None, alias="batchSizes")
+
+
+@register
+class InferenceAccelerator(Agent[AcceleratorParams]):
+    name = "InferenceAccelerator"
+    params_model = AcceleratorParams
+    metrics = ("chosenP50Ms", "speedupVsEager")
+
+    def run(self, ctx: StageContext, params: AcceleratorParams) -> StageResult:
+        source = ctx.open_input()
+        base = runtime_config(source)
+        gate = quality_gate(source, ctx.job)
+        original_path, original_format = source.original()
+
+        configs: dict[str, tuple[RuntimeConfig, str, str]] = {}  # name -> config, path, format
+        if "onnxruntime" in params.candidates and source.format == "onnx":
+            artifact = str(source.artifact)
+            for level, spin in (("all", True), ("all", False), ("basic", True)):
+                name = f"ort-{level}-{'spin' if spin else 'nospin'}"
+                configs[name] = (
+                    base.model_copy(update={"backend": "onnxruntime",
+                                            "graph_optimization_level": level,
+                                            "allow_spinning": spin}),
+                    artifact, "onnx",
+                )
+        torch_source = (
+            (str(source.artifact), source.format) if source.format != "onnx"
+            else (str(original_path), original_format)
+        )
+        for family in ("torch-eager", "torch-compile"):
+            if family in params.candidates and torch_source[1] != "onnx":
+                configs[family] = (base.model_copy(update={"backend": family}), *torch_source)
+        if not configs:
+            raise InvalidInput(f"no candidate runtime applies to a {source.format} artifact")
+
+        runners: dict[str, Runner] = {}
+        quality: dict[str, dict[str, float]] = {}
+        failures: dict[str, str] = {}
+        for name, (config, path, fmt) in configs.items():
+            try:
+                runner = open_runner(Path(path), fmt, source.input_names, config)
+                quality[name] = score(runner, source, "calibration", QUALITY_SAMPLES)
+            except Exception as exc:  # e.g. torch.compile without a working compiler
+                failures[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                log("candidate failed", candidate=name, error=failures[name], level="warning")
+                continue
+            ok, why = calibration_holds(gate, quality[name])
+            if ok:
+                runners[name] = runner
+            else:
+                failures[name] = f"quality: {why}"
+        if not runners:
+            raise GateFailed(f"no candidate runtime passes quality: {failures}")
+
+        sizes = batch_sizes(ctx.job, params.batch_sizes)
+        latency: dict[str, dict[int, float]] = {name: {} for name in runners}
+        for size in sizes:
+            feeds = timing_batch(source, size)
+            calls: dict[str, Callable[[], object]] = {
+                name: (lambda r=runner: r(feeds)) for name, runner in runners.items()
+            }
+            for name, stats in interleaved(calls, params.runs).items():
+                latency[name][size] = stats.p50
+        relative = {
+            name: sum(latency[name][s] / min(latency[n][s] for n in runners) for s in sizes)
+            for name in runners
+        }
+        chosen = min(relative, key=lambda n: relative[n])
+        config, path, fmt = configs[chosen]
+        eager = "torch-eager" if "torch-eager" in latency else None
+
+        metrics: dict[str, float] = {
+            "chosenP50Ms": latency[chosen][sizes[0]],
+            "candidates": float(len(configs)),
+            "passing": float(len(runners)),
+        }
+        if eager:
+            metrics["speedupVsEager"] = latency[eager][sizes[0]] / latency[chosen][sizes[0]]
+        for name in runners:
+            for size in sizes:
+                metrics[f"{name}.b{size}.p50Ms"] = latency[name][size]
+
+        out = ctx.output(source)
+        keep_artifact = Path(path) == source.artifact
+        out.carry_forward(keep_model=keep_artifact)
+        artifact = source.manifest.artifact if keep_artifact else Path(path).name
+        out.add(artifact, "model")
+        write_report(out, ctx.stage, {"latencyP50Ms": latency, "quality": quality,
+                                      "failures": failures, "chosen": chosen,
+                                      "runtime": config.dump()})
+        manifest = out.finish(
+            agent=self.name,
+            stage=ctx.stage,
+            artifact=artifact,
+            format=fmt,  # type: ignore[arg-type]
+            params=params.model_dump(by_alias=True),
+            metrics=metrics,
+            started_at=ctx.started_at,
+            attributes={"runtime": config.dump()},
+        )
+        timings = ", ".join(f"{n} {latency[n][sizes[0]]:.2f} ms" for n in runners)
+        message = f"kept {chosen} (batch {sizes[0]} p50: {timings})"
+        if failures:
+            message += f"; failed: {', '.join(failures)}"
+        return StageResult(Outcome(message, metrics), manifest)
