@@ -440,6 +440,12 @@ class BakingJobStatus(StatusModel):
         default=None, description="Predicted end, from the duration predictor."
     )
     result: BakeResult | None = Field(default=None, description="The artifact, once Succeeded.")
+    rerun_request: str | None = Field(
+        default=None,
+        max_length=128,
+        description="The last bakeline.io/rerun-from annotation acted on (STAGE@TIME, as "
+        "`bakeline rerun` writes it): that stage and every stage after it ran again.",
+    )
     conditions: list[Condition] = conditions_field("Admitted, Progressing, Succeeded, Failed")
 
 

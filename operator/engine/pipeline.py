@@ -437,9 +437,16 @@ def stage_finished(
 
 
 def reset_from(plan: Plan, state: RunState, stage: str) -> RunState:
-    """Run `stage` and everything after it again (`--from`, `rerun`)."""
+    """Run `stage` and everything after it again (`--from`, `rerun`).
+
+    Attempt numbers keep counting: an attempt's pod and checkpoint are named after it, and a
+    rerun must not find the first run's under the same name.
+    """
     names = {stage} | descendants(plan.graph, [stage])
-    stages = {n: (StageState() if n in names else s) for n, s in state.stages.items()}
+    stages = {
+        n: (StageState(attempts_total=s.attempts_total) if n in names else s)
+        for n, s in state.stages.items()
+    }
     return replace(state, stages=stages, phase=JobPhase.RUNNING, message="")
 
 

@@ -21,6 +21,7 @@ from bakeline.handlers.jobs import OperatorConfig, reconcile_job
 from bakeline.handlers.kube import Kube
 from bakeline.handlers.lanes import reconcile_lane
 from bakeline.handlers.workflows import reconcile_workflow
+from bakeline.metrics.collectors import RECONCILE_ERRORS, RECONCILES, track_job_phase
 from bakeline.runtime.pods import LABEL_JOB
 from kubernetes import client, config
 
@@ -96,14 +97,17 @@ def reconcile(kind: str, namespace: str, name: str) -> None:
         if obj is None:
             return
         try:
-            wake = RECONCILERS[kind](kube, obj)
+            with RECONCILES.labels(kind).time():
+                wake = RECONCILERS[kind](kube, obj)
         except client.exceptions.ApiException as exc:
             if exc.status == 409:  # a concurrent write: look again shortly
                 wake = 0.5
             else:
+                RECONCILE_ERRORS.labels(kind).inc()
                 log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
                 wake = 5.0
         except Exception:  # one bad object must not take the operator down
+            RECONCILE_ERRORS.labels(kind).inc()
             log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
             wake = 10.0
     if wake is not None:
@@ -144,7 +148,11 @@ def _cleanup(**_: Any) -> None:
 
 @kopf.on.event("bakeline.io", "v1alpha1", "bakingjobs")
 def _job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
-    if type != "DELETED" and namespace:
+    if not namespace:
+        return
+    if type == "DELETED":
+        track_job_phase(namespace, name, None)
+    else:
         reconcile("BakingJob", namespace, name)
 
 

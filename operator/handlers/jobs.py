@@ -9,6 +9,7 @@ operator restart) anywhere and simply run again.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -25,11 +26,24 @@ from bakeline.api.validation import validate_workflow
 from bakeline.api.workflow import Workflow, WorkflowSpec
 from bakeline.engine import lanes as admission
 from bakeline.engine import pipeline as engine
+from bakeline.engine.dag import descendants
 from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.jobstate import run_state_from_status, status_from_run_state
+from bakeline.handlers.jobstate import (
+    repair_status,
+    run_state_from_status,
+    status_from_run_state,
+)
 from bakeline.handlers.kube import Kube
+from bakeline.metrics.collectors import (
+    CACHE_HITS,
+    ROLLBACKS,
+    STAGE_DURATION,
+    STAGE_RETRIES,
+    track_job_phase,
+)
 from bakeline.runtime import pods as manifests
+from bakeline.runtime.pods import ANNOTATION_RERUN
 from pydantic import ValidationError
 
 log = logging.getLogger("bakeline.jobs")
@@ -66,8 +80,10 @@ def reconcile_job(
     """One pass over the job; returns seconds until it wants another look (None: never)."""
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    status = dict(obj.get("status") or {})
-    if status.get("phase") in TERMINAL:
+    status = copy.deepcopy(obj.get("status") or {})
+    observed = copy.deepcopy(status)
+    rerun = (meta.get("annotations") or {}).get(ANNOTATION_RERUN)
+    if status.get("phase") in TERMINAL and (not rerun or rerun == status.get("rerunRequest")):
         return None
     try:
         job = bj.BakingJob.model_validate(obj)
@@ -111,10 +127,16 @@ def reconcile_job(
         if wait is not None:
             return wait
 
-    records = {r.data["checkpoint"]: r for r in kube.job_records(namespace, name)}
-    state = run_state_from_status(plan, status, records, spec.deadline_seconds)
-    pods = kube.job_pods(namespace, name)
     events: list[engine.Event] = []
+    records = {r.data["checkpoint"]: r for r in kube.job_records(namespace, name)}
+    pods = kube.job_pods(namespace, name)
+    if not status.get("stages") and (records or pods):
+        status = repair_status(plan, status, records, pods)
+        events = [engine.Event(now, "", "Repaired", "status rebuilt from checkpoints and pods")]
+    state = run_state_from_status(plan, status, records, spec.deadline_seconds)
+    if rerun and rerun != status.get("rerunRequest"):
+        state, events = _rerun(plan, state, status, rerun, now)
+    bypass = _rerun_stages(plan, status.get("rerunRequest"))
     for stage_name, stage_state in state.stages.items():
         if stage_state.phase is engine.StagePhase.RUNNING:
             state, happened = _observe(kube, obj, plan, state, stage_name, pods, now)
@@ -124,6 +146,7 @@ def reconcile_job(
         model_sha256=(spec.model.source.url.sha256 if spec.model.source.url else None),
         agent_version=config.agent_version,
         job=_job_document(job),
+        bypass=bypass,
     )
     wake: float | None = None
     for action in engine.next_actions(plan, state, now, cache):
@@ -136,16 +159,60 @@ def reconcile_job(
             state = engine.finish(state, action)
             events.append(engine.Event(now, "", action.phase.value, action.reason))
 
+    _count(namespace, plan, events)
     new_status = status_from_run_state(
         obj, plan, state, status, lambda cid: _record(kube, obj, cid)
     )
-    if new_status != status:
+    if new_status != observed:
         kube.patch_status("BakingJob", namespace, name, new_status)
     for event in events:
         _post(kube, obj, event)
+    track_job_phase(namespace, name, new_status.get("phase"))
     if new_status.get("phase") in TERMINAL:
         return None
     return wake if wake is not None else POLL_RUNNING_S
+
+
+def _rerun(
+    plan: engine.Plan, state: engine.RunState, status: dict[str, Any], request: str, now: float
+) -> tuple[engine.RunState, list[engine.Event]]:
+    """Act once on a `bakeline.io/rerun-from: STAGE@TIME` annotation."""
+    status["rerunRequest"] = request
+    stage = request.split("@", 1)[0]
+    if stage not in plan.order:
+        known = ", ".join(plan.order)
+        return state, [
+            engine.Event(now, "", "RerunRefused", f"no stage {stage!r}; stages: {known}")
+        ]
+    for key in ("finishedAt", "result"):
+        status.pop(key, None)
+    status["conditions"] = [
+        c for c in status.get("conditions") or [] if c.get("type") not in ("Succeeded", "Failed")
+    ]
+    state = engine.reset_from(plan, state, stage)
+    return state, [engine.Event(now, stage, "Rerun", f"running {stage} and what follows again")]
+
+
+def _rerun_stages(plan: engine.Plan, request: str | None) -> frozenset[str]:
+    """Stages a rerun runs again: they bypass the cache that would otherwise answer at once."""
+    if not request:
+        return frozenset()
+    stage = request.split("@", 1)[0]
+    if stage not in plan.order:
+        return frozenset()
+    return frozenset({stage} | descendants(plan.graph, [stage]))
+
+
+def _count(namespace: str, plan: engine.Plan, events: list[engine.Event]) -> None:
+    """Prometheus counters for what the engine reported in this pass."""
+    for event in events:
+        agent = plan.stage(event.stage).agent if event.stage else ""
+        if event.kind == "Retrying":
+            STAGE_RETRIES.labels(agent).inc()
+        elif event.kind == "RolledBack":
+            ROLLBACKS.labels(namespace).inc()
+        elif event.kind == "Cached":
+            CACHE_HITS.labels(agent).inc()
 
 
 # ---------------------------------------------------------------------------- admission
@@ -292,6 +359,9 @@ def _observe(
             int(result.get("sizeBytes") or 0),
         )
     finished_at = _epoch(terminated.finished_at) if terminated is not None else None
+    if stage_state.started_at is not None:
+        seconds = max(0.0, (finished_at or now) - stage_state.started_at)
+        STAGE_DURATION.labels(plan.stage(stage).agent, outcome.value).observe(seconds)
     return engine.stage_finished(
         plan, state, stage, outcome, finished_at or now, checkpoint, metrics, message
     )
@@ -398,6 +468,6 @@ def _fail_now(
 
 
 def _post(kube: Kube, obj: dict[str, Any], event: engine.Event) -> None:
-    warning = event.kind in ("Failed", "Retrying", "RolledBack", "Fallback")
+    warning = event.kind in ("Failed", "Retrying", "RolledBack", "Fallback", "RerunRefused")
     prefix = f"stage {event.stage}: " if event.stage else ""
     kube.post_event(obj, "Warning" if warning else "Normal", event.kind, prefix + event.message)

@@ -182,3 +182,56 @@ def _result(
         out["speedups"] = dict(list(speedups.items())[:16])
         out["speedup"] = max(speedups.values())
     return out
+
+
+def repair_status(
+    plan: engine.Plan,
+    status: Mapping[str, Any],
+    records: Mapping[str, Any],
+    pods: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Rebuild lost stage status (a restore from backup, a re-created object) from what the
+    cluster still holds: the checkpoint records and the stage pods are the source of truth.
+
+    Per stage: the highest attempt any pod or record shows; Succeeded with the latest recorded
+    checkpoint; Running if that attempt's pod still runs; otherwise Pending, to run again.
+    """
+    repaired = dict(status)
+    latest: dict[str, dict[str, Any]] = {}
+    for stage in plan.stages:
+        latest[stage.name] = {"name": stage.name, "agent": stage.agent, "phase": "Pending"}
+    attempts: dict[str, int] = {}
+    for pod in pods.values():
+        labels = pod.metadata.labels or {}
+        stage_name = _stage_of(plan, labels.get(manifests.LABEL_STAGE, ""))
+        if stage_name is None:
+            continue
+        attempt = int(labels.get(manifests.LABEL_ATTEMPT, "0") or 0)
+        attempts[stage_name] = max(attempts.get(stage_name, 0), attempt)
+        running = pod.status is not None and pod.status.phase in (None, "Pending", "Running")
+        if running and attempt >= attempts[stage_name]:
+            latest[stage_name].update(phase="Running", attempt=attempt)
+    best: dict[str, tuple[int, Any]] = {}
+    for record in records.values():
+        data = record.data or {}
+        stage_name = data.get("stage")
+        attempt = int(data.get("attempt") or 0)
+        if stage_name in latest and attempt >= best.get(stage_name, (0, None))[0]:
+            best[stage_name] = (attempt, data)
+        if stage_name in latest:
+            attempts[stage_name] = max(attempts.get(stage_name, 0), attempt)
+    for stage_name, entry in latest.items():
+        entry.setdefault("attempt", attempts.get(stage_name, 0))
+        entry["attempt"] = max(int(entry["attempt"]), attempts.get(stage_name, 0))
+        if entry["phase"] != "Running" and stage_name in best:
+            entry.update(phase="Succeeded", checkpoint=best[stage_name][1]["checkpoint"])
+    repaired["stages"] = list(latest.values())
+    repaired["phase"] = "Running"
+    return repaired
+
+
+def _stage_of(plan: engine.Plan, label: str) -> str | None:
+    for stage in plan.stages:
+        if manifests.label_value(stage.name) == label:
+            return stage.name
+    return None

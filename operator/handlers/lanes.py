@@ -10,6 +10,7 @@ from typing import Any
 
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.kube import Kube
+from bakeline.metrics.collectors import LANE_FROZEN, LANE_RUNNING, QUEUE_DEPTH
 
 TERMINAL = {"Succeeded", "Failed"}
 
@@ -51,5 +52,9 @@ def lane_status(lane: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, A
 def reconcile_lane(kube: Kube, lane: dict[str, Any]) -> None:
     meta = lane["metadata"]
     status = lane_status(lane, kube.list_objects("BakingJob", meta["namespace"]))
+    labels = (meta["namespace"], meta["name"])
+    QUEUE_DEPTH.labels(*labels).set(status["queued"])
+    LANE_RUNNING.labels(*labels).set(status["running"])
+    LANE_FROZEN.labels(*labels).set(1 if status["frozen"] else 0)
     if status != (lane.get("status") or {}):
         kube.patch_status("Lane", meta["namespace"], meta["name"], status)

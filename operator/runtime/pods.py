@@ -28,6 +28,8 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CHECKPOINT = f"{GROUP}/checkpoint"
 ANNOTATION_CACHE_KEY = f"{GROUP}/cache-key"
 ANNOTATION_FALLBACK = f"{GROUP}/fallback"
+# On a BakingJob, set by `bakeline rerun` (a person's request, like spec): STAGE@TIME.
+ANNOTATION_RERUN = f"{GROUP}/rerun-from"
 MANAGER = "bakeline"
 
 CHECKPOINT_MOUNT = "/checkpoints"

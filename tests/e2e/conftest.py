@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
+from controlplane import ControlPlane, free_port
 from support.node_harness import NodeHarness
 
 
@@ -23,26 +23,24 @@ def crds(cluster: ControlPlane, repo_root: Path) -> None:
 
 
 class OperatorProcess:
-    """`bakeline operator` (via kopf) as a child process, so tests can kill and restart it."""
+    """`bakeline operator` as a child process, so tests can kill and restart it."""
 
     def __init__(self, cluster: ControlPlane, namespace: str, log_path: Path) -> None:
         self.cluster, self.namespace, self.log_path = cluster, namespace, log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_port, self.health_port = free_port(), free_port()
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
         sink = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "kopf",
-                "run",
-                "--standalone",
+                "bakeline",
+                "operator",
                 "-n",
                 self.namespace,
-                "-m",
-                "bakeline.handlers.app",
+                f"--metrics-port={self.metrics_port}",
+                f"--health-port={self.health_port}",
             ],
             env=env,
             stdout=sink,

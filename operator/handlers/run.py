@@ -1,0 +1,47 @@
+"""`bakeline operator`: load credentials, serve metrics, run kopf over our handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import kopf
+from bakeline.handlers import app
+from bakeline.handlers.jobs import OperatorConfig
+from bakeline.handlers.kube import Kube
+from bakeline.metrics.collectors import REGISTRY
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+
+def run_operator(
+    namespaces: Sequence[str],
+    all_namespaces: bool,
+    operator_config: OperatorConfig,
+    metrics_port: int | None = 8080,
+    health_port: int | None = 8081,
+    verbose: bool = False,
+) -> None:
+    """Run until SIGTERM/SIGINT. Watches `namespaces`, or every namespace."""
+    if not namespaces and not all_namespaces:
+        raise ValueError("name at least one --namespace, or --all-namespaces")
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    app.RUNTIME.config = operator_config
+    app.RUNTIME.kube = Kube(client.ApiClient())
+    if metrics_port:
+        start_http_server(metrics_port, registry=REGISTRY)
+    kopf.configure(verbose=verbose)
+    logging.getLogger("kopf.objects").setLevel(logging.INFO if verbose else logging.WARNING)
+    liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
+    asyncio.run(
+        kopf.operator(
+            standalone=True,  # one replica, Recreate strategy: no peering (notes/kopf.md)
+            clusterwide=all_namespaces,
+            namespaces=list(namespaces),
+            liveness_endpoint=liveness,
+        )
+    )
