@@ -18,7 +18,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
     run_operator(
         namespaces=args.namespace,
         all_namespaces=args.all_namespaces,
-        operator_config=OperatorConfig(image=args.image),
+        operator_config=OperatorConfig(image=args.image, slo_interval_s=args.slo_interval),
         metrics_port=args.metrics_port or None,
         health_port=args.health_port or None,
         verbose=args.verbose,

@@ -70,6 +70,9 @@ def _add_cluster_commands(commands: Any) -> None:
     )
     operator.add_argument("--metrics-port", type=int, default=8080, help="0 turns /metrics off")
     operator.add_argument("--health-port", type=int, default=8081, help="0 turns /healthz off")
+    operator.add_argument(
+        "--slo-interval", type=float, default=30.0, help="seconds between SLOPolicy evaluations"
+    )
     operator.add_argument("--verbose", action="store_true", help="log every handler run")
     rerun = commands.add_parser(
         "rerun",

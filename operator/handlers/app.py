@@ -20,6 +20,7 @@ import kopf
 from bakeline.handlers.jobs import OperatorConfig, reconcile_job
 from bakeline.handlers.kube import Kube
 from bakeline.handlers.lanes import reconcile_lane
+from bakeline.handlers.slo import reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
 from bakeline.metrics.collectors import RECONCILE_ERRORS, RECONCILES, track_job_phase
 from bakeline.runtime.pods import LABEL_JOB
@@ -84,6 +85,9 @@ RECONCILERS: dict[str, Callable[[Kube, dict[str, Any]], float | None]] = {
     "BakingJob": lambda kube, obj: reconcile_job(kube, RUNTIME.config, obj, time.time()),
     "Workflow": lambda kube, obj: reconcile_workflow(kube, obj),
     "Lane": lambda kube, obj: reconcile_lane(kube, obj),
+    "SLOPolicy": lambda kube, obj: reconcile_slo(
+        kube, obj, time.time(), RUNTIME.config.slo_interval_s
+    ),
 }
 LANE_REFRESH_S = 2.0  # lane counts lag job changes by at most this, at one list per lane
 
@@ -169,6 +173,12 @@ def _pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
 def _workflow_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
     if type != "DELETED" and namespace:
         reconcile("Workflow", namespace, name)
+
+
+@kopf.on.event("bakeline.io", "v1alpha1", "slopolicies")
+def _slo_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if type != "DELETED" and namespace:
+        reconcile("SLOPolicy", namespace, name)
 
 
 @kopf.on.event("bakeline.io", "v1alpha1", "lanes")

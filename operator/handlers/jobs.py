@@ -35,6 +35,7 @@ from bakeline.handlers.jobstate import (
     status_from_run_state,
 )
 from bakeline.handlers.kube import Kube
+from bakeline.handlers.slo import ledger_key, outcome_entry
 from bakeline.metrics.collectors import (
     CACHE_HITS,
     ROLLBACKS,
@@ -58,6 +59,7 @@ class OperatorConfig:
     image: str = f"bakeline:{__version__}"
     agent_version: str = __version__
     service_account: str | None = None  # for stage pods; None: the namespace default
+    slo_interval_s: float = 30.0  # how often SLOPolicies are evaluated
 
 
 def _ts(value: float | None) -> str | None:
@@ -163,6 +165,10 @@ def reconcile_job(
     new_status = status_from_run_state(
         obj, plan, state, status, lambda cid: _record(kube, obj, cid)
     )
+    if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
+        # The ledger first: if the status write is lost, the next pass writes the same key.
+        lane = str(new_status.get("lane") or spec.lane_ref)
+        kube.record_outcome(namespace, ledger_key(lane, obj), outcome_entry(lane, new_status, now))
     if new_status != observed:
         kube.patch_status("BakingJob", namespace, name, new_status)
     for event in events:

@@ -6,6 +6,7 @@ a missing object reads as None, so reconcilers can be re-run at any point.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ PLURALS = {
     "SLOPolicy": "slopolicies",
 }
 COMPONENT = "bakeline-operator"
+LEDGER = "bakeline-slo-ledger"
 
 
 class Kube:
@@ -52,11 +54,70 @@ class Kube:
         )
         return [dict(item) for item in listing.get("items", [])]
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource; the operator never writes spec."""
+    def patch_status(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> None:
+        """Merge-patch the status subresource; the operator never writes spec.
+
+        With `resource_version` the patch applies only to that version (409 otherwise): for
+        status that two writers share, such as a Lane's frozenBy.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status}
+            GROUP, VERSION, namespace, PLURALS[kind], name, body
         )
+
+    def list_lanes(self, namespace: str, label_selector: str | None) -> list[dict[str, Any]]:
+        listing: Any = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "lanes", label_selector=label_selector or ""
+        )
+        return [dict(item) for item in listing.get("items", [])]
+
+    # ---- the SLO ledger: one ConfigMap per namespace, one key per finished job
+    def record_outcome(self, namespace: str, key: str, entry: dict[str, Any]) -> None:
+        """Store a finished job's outcome records; writing the same key again is harmless."""
+        body: Any = {"data": {key: json.dumps(entry, sort_keys=True)}}
+        try:
+            self.core.patch_namespaced_config_map(LEDGER, namespace, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._create(
+                self.core.create_namespaced_config_map,
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": LEDGER,
+                        "namespace": namespace,
+                        "labels": {LABEL_COMPONENT: "slo-ledger"},
+                    },
+                    "data": {},
+                },
+            )
+            self.core.patch_namespaced_config_map(LEDGER, namespace, body)
+
+    def ledger(self, namespace: str) -> dict[str, dict[str, Any]]:
+        try:
+            cm: Any = self.core.read_namespaced_config_map(LEDGER, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return {key: json.loads(value) for key, value in (cm.data or {}).items()}
+
+    def prune_ledger(self, namespace: str, keys: list[str]) -> None:
+        """Drop entries older than every window (a JSON merge patch deletes with null)."""
+        if keys:
+            body: Any = {"data": dict.fromkeys(keys)}
+            self.core.patch_namespaced_config_map(LEDGER, namespace, body)
 
     # ---- pods, claims and checkpoint records
     def job_pods(self, namespace: str, job: str) -> dict[str, Any]:

@@ -57,4 +57,7 @@ def reconcile_lane(kube: Kube, lane: dict[str, Any]) -> None:
     LANE_RUNNING.labels(*labels).set(status["running"])
     LANE_FROZEN.labels(*labels).set(1 if status["frozen"] else 0)
     if status != (lane.get("status") or {}):
-        kube.patch_status("Lane", meta["namespace"], meta["name"], status)
+        # frozenBy is the SLOPolicies': write only over the version this pass read.
+        kube.patch_status(
+            "Lane", meta["namespace"], meta["name"], status, meta.get("resourceVersion")
+        )

@@ -41,6 +41,7 @@ class OperatorProcess:
                 self.namespace,
                 f"--metrics-port={self.metrics_port}",
                 f"--health-port={self.health_port}",
+                "--slo-interval=1",  # SLO tests use windows of seconds
             ],
             env=env,
             stdout=sink,

@@ -344,3 +344,54 @@ def _progress_at_least(cluster: ControlPlane, name: str, namespace: str, target:
     status = (get(cluster, "bj", name, namespace) or {}).get("status") or {}
     done = int((status.get("progress") or "0/9").split("/")[0])
     return done >= int(target.split("/")[0])
+
+
+def test_burning_budget_freezes_the_lane_routes_to_fallback_and_recovers(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    script = scripted_agent({"import": [2]})  # every job fails at once (invalid input)
+    lanes = [
+        {**LANE, "spec": {"maxConcurrentJobs": 3, "fallbackLane": "batch"}},
+        {**LANE, "metadata": {"name": "batch"}, "spec": {"maxConcurrentJobs": 3}},
+    ]
+    policy = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "SLOPolicy",
+        "metadata": {"name": "reliability"},
+        "spec": {
+            "laneSelector": {"names": ["standard"]},
+            "objectives": [
+                {"name": "job-success", "sli": "JobSuccess", "target": 0.99, "window": "40s"}
+            ],
+            # The SRE workbook's fast pair, scaled down from 1h/5m to seconds.
+            "burnRateAlerts": [
+                {"longWindow": "40s", "shortWindow": "10s", "factor": 14.4, "action": "Freeze"}
+            ],
+            "budgetPolicy": {
+                "onExhausted": "Freeze",
+                "unfreeze": {"budgetAbove": 0.5, "afterSeconds": 0},
+            },
+        },
+    }
+    apply(cluster, [*lanes, policy], namespace)
+    apply(cluster, [_job(f"bad-{i}") for i in range(3)], namespace)
+    for i in range(3):
+        assert _wait_terminal(cluster, f"bad-{i}", namespace)["status"]["phase"] == "Failed"
+    lane = wait_for_condition(cluster, "lane", "standard", namespace, "Frozen", timeout=30)
+    assert lane["status"]["frozenBy"][0]["policy"] == "reliability"
+    slo = get(cluster, "slo", "reliability", namespace)["status"]
+    objective = slo["objectives"][0]
+    assert slo["state"] == "Exhausted" and objective["burnRates"]["10s"] >= 14.4
+    reasons = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    assert any(e["reason"] == "Frozen" for e in reasons["items"])
+    assert _scrape(operator.metrics_port)["bakeline_lane_frozen"]  # the series exists
+    # A new job for the frozen lane goes to its fallback lane, and now succeeds there.
+    script.write_text("{}")
+    apply(cluster, _job("after"), namespace)
+    after = _wait_terminal(cluster, "after", namespace)["status"]
+    assert after["phase"] == "Succeeded" and after["lane"] == "batch"
+    # The failures leave the 40s window: the budget recovers and the lane opens again.
+    wait_for_condition(cluster, "lane", "standard", namespace, "Frozen", "False", timeout=120)
