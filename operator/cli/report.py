@@ -15,8 +15,8 @@ from bakeline.checkpoints.manifest import Manifest
 from bakeline.cli.progress import format_seconds
 from bakeline.engine.pipeline import QUALITY_RESULT_METRIC, Plan, RunState
 
-_SPEEDUP_PER_BATCH = re.compile(r"^speedup\D*?(\d+)$", re.IGNORECASE)
-_LATENCY_P50 = re.compile(r"p50", re.IGNORECASE)
+# The profiler's per-batch metrics: b1.speedup, b1.p50Ms, b1.originalP50Ms, ...
+_PER_BATCH = re.compile(r"^b(\d+)\.(speedup|p50Ms|originalP50Ms)$")
 
 
 def build_report(
@@ -113,11 +113,7 @@ def _result(
     for stage in stages:  # later stages win: the profiler's speedups, the validator's quality
         metrics.update(stage["metrics"])
     metrics.update(manifest.metrics)
-    speedups = {
-        match.group(1): value
-        for key, value in metrics.items()
-        if (match := _SPEEDUP_PER_BATCH.match(key))
-    }
+    speedups = _per_batch(metrics, "speedup")
     first_batch = str(job.spec.target.batch_sizes[0])
     speedup = metrics.get("speedup", speedups.get(first_batch))
     quality = _quality(job, metrics)
@@ -131,8 +127,10 @@ def _result(
         original_size_bytes=original,
         speedup=speedup,
         speedups=speedups,
-        runtime=_attribute(attributes, "runtime", "backend"),
-        precision=_attribute(attributes, "precision", "dtype", "scheme"),
+        runtime=_attribute(attributes, ("runtime", "backend"), ("runtime",), ("backend",)),
+        precision=_attribute(
+            attributes, ("quantization", "scheme"), ("precision",), ("dtype",), ("runtime", "dtype")
+        ),
         quality=quality,
     )
     return {**bake.to_wire(), "manifest": str(result_dir / "manifest.json")}
@@ -151,9 +149,21 @@ def _quality(job: BakingJob, metrics: Mapping[str, float]) -> QualityResult | No
     )
 
 
-def _attribute(attributes: Mapping[str, Any], *names: str) -> str | None:
-    for name in names:
-        value = attributes.get(name)
+def _per_batch(metrics: Mapping[str, float], kind: str) -> dict[str, float]:
+    """{batch size: value} of one per-batch metric, e.g. speedup."""
+    return {
+        match.group(1): value
+        for key, value in metrics.items()
+        if (match := _PER_BATCH.match(key)) and match.group(2) == kind
+    }
+
+
+def _attribute(attributes: Mapping[str, Any], *paths: tuple[str, ...]) -> str | None:
+    """The first of `paths` (keys into nested manifest attributes) that holds a plain value."""
+    for path in paths:
+        value: Any = attributes
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
     return None
@@ -252,16 +262,18 @@ def _html(report: Mapping[str, Any]) -> str:
             "{:.2f}",
         ),
     ]
-    latency = {
-        s["name"]: value
-        for s in stages
-        for key, value in s["metrics"].items()
-        if _LATENCY_P50.search(key)
-    }
-    if latency:
+    metrics: dict[str, float] = {}
+    for stage in stages:
+        metrics.update(stage["metrics"])
+    baked, original = _per_batch(metrics, "p50Ms"), _per_batch(metrics, "originalP50Ms")
+    batches = sorted(set(baked) & set(original), key=int)
+    if batches:
         charts.append(
             _bar_chart(
-                "Latency p50 reported by the stage", list(latency), list(latency.values()), "{:.3g}"
+                "Latency p50 (ms): original vs baked, per batch size",
+                [f"{kind} b{b}" for b in batches for kind in ("original", "baked")],
+                [v for b in batches for v in (original[b], baked[b])],
+                "{:.3g}",
             )
         )
     rows = "".join(

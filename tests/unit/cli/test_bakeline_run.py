@@ -58,6 +58,9 @@ CHAIN = """\
 - name: package
   agent: DeploymentPreparer
   dependsOn: [validate]
+  params:
+    fake:
+      metrics: {b1.speedup: 3.5, b32.speedup: 1.5, b1.p50Ms: 0.1, b1.originalP50Ms: 0.35}
 """
 
 
@@ -153,6 +156,9 @@ def test_a_failed_gate_rolls_back_and_falls_back_until_quality_holds(
     assert all(e["checkpoint"] == import_checkpoint["id"] for e in rollbacks)
     assert "accuracy = 0.5, needs >= 0.97" in rollbacks[0]["message"]
     assert report["result"]["quality"]["value"] == 0.99
+    assert report["result"]["speedup"] == 3.5
+    assert report["result"]["speedups"] == {"1": 3.5, "32": 1.5}
+    assert "Latency p50 (ms): original vs baked" in (workdir / "report.html").read_text()
 
 
 def test_an_unreachable_threshold_fails_with_exit_3_and_a_clear_reason(
