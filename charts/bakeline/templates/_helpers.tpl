@@ -1,0 +1,110 @@
+{{/* Names, labels and the operator's RBAC rules, shared by the templates. */}}
+
+{{- define "bakeline.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "bakeline.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped objects carry the release namespace: two releases never collide. */}}
+{{- define "bakeline.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "bakeline.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "bakeline.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "bakeline.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bakeline.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "bakeline.labels" -}}
+helm.sh/chart: {{ include "bakeline.chart" . }}
+{{ include "bakeline.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: bakeline
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "bakeline.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "bakeline.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "bakeline.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces the operator watches when not cluster-wide: the list, or the release's. */}}
+{{- define "bakeline.watchedNamespaces" -}}
+{{- if .Values.watch.namespaces }}
+{{- toJson (uniq .Values.watch.namespaces) }}
+{{- else }}
+{{- toJson (list .Release.Namespace) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's RBAC rules: exactly the verbs it uses, no wildcards, no Secrets.
+Derived from operator/handlers/kube.py (every API call the operator makes) plus what kopf
+needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two drift apart.
+*/}}
+{{- define "bakeline.rules" -}}
+# kopf watches the four kinds; reconcilers read them (get) and list a lane's jobs.
+- apiGroups: ["bakeline.io"]
+  resources: ["bakingjobs", "workflows", "lanes", "slopolicies"]
+  verbs: ["get", "list", "watch"]
+# The operator writes status only, never spec (GitOps sees no drift).
+- apiGroups: ["bakeline.io"]
+  resources: ["bakingjobs/status", "workflows/status", "lanes/status", "slopolicies/status"]
+  verbs: ["patch"]
+# Stage pods, checkpoint volumes and checkpoint records carry an owner reference to their job
+# with blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement admission plugin is
+# on (OpenShift, hardened clusters) that needs update on the owner's finalizers subresource.
+- apiGroups: ["bakeline.io"]
+  resources: ["bakingjobs/finalizers"]
+  verbs: ["update"]
+# One pod per stage attempt; kopf watches them (by the bakeline.io/job label).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["create", "list", "watch"]
+# One checkpoint volume per job.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["create"]
+# Checkpoint records (immutable ConfigMaps), listed to repair status and find cache hits;
+# create also makes each namespace's SLO ledger on first use.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "list"]
+# The SLO ledger (one per namespace, job outcomes by key) is the only ConfigMap it changes.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: ["bakeline-slo-ledger"]
+  verbs: ["get", "patch"]
+# Events on the jobs (kubectl describe bj), posted by the operator and by kopf.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}

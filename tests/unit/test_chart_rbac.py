@@ -1,0 +1,276 @@
+"""The chart's RBAC, over `helm template` output: least privilege, derived from the code.
+
+The operator's API calls all live in operator/handlers/kube.py and its watches in
+operator/handlers/app.py. This test reads both (their syntax tree, not a list kept by hand)
+and demands that the rendered rules grant exactly that: a new call without a rule fails here,
+and so does a rule nothing uses. Also here: the chart's CRDs are byte-for-byte crds/.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from bakeline.handlers import kube
+from bakeline.runtime.pods import owner_reference
+from controlplane import TOOLS, build_binary
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "bakeline"
+KUBE_VERSION = TOOLS["kube-apiserver"].version()  # our helm build assumes 1.20 otherwise
+
+Grant = tuple[str, str, str, tuple[str, ...]]  # apiGroup, resource, verb, resourceNames
+
+MODES: dict[str, list[str]] = {
+    "default": [],
+    "namespaces": ["--set", "watch.namespaces={team-a,team-b}"],
+    "all-namespaces": ["--set", "watch.allNamespaces=true"],
+    "everything-on": [
+        "--set",
+        "watch.allNamespaces=true,metrics.serviceMonitor.enabled=true,"
+        "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+    ],
+}
+
+
+def render(*args: str, namespace: str = "bakeline-system") -> list[dict[str, Any]]:
+    helm = str(build_binary("helm"))
+    result = subprocess.run(
+        [
+            helm,
+            "template",
+            "rel",
+            str(CHART),
+            "-n",
+            namespace,
+            "--kube-version",
+            KUBE_VERSION,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def grants(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Grant]]:
+    for doc in docs:
+        if doc["kind"] in ("Role", "ClusterRole"):
+            for rule in doc.get("rules") or []:
+                for group in rule.get("apiGroups") or []:
+                    for resource in rule.get("resources") or []:
+                        for verb in rule["verbs"]:
+                            names = tuple(rule.get("resourceNames") or ())
+                            yield doc, (group, resource, verb, names)
+
+
+# ---------------------------------------------------------------------------- what the code needs
+
+_CORE = re.compile(r"^(read|list|create|patch|replace|delete)_namespaced_(\w+?)(_status)?$")
+_CUSTOM = re.compile(r"^(get|list|create|patch|replace|delete)_namespaced_custom_object(_status)?$")
+_VERBS = {"read": "get", "get": "get", "replace": "update"}
+# kopf handlers and what kopf itself does on their resource: watching handlers only read the
+# stream; the others also write kopf's annotations or finalizers on the object.
+_KOPF_READ = {"event", "index"}
+_KOPF_WRITE = {"create", "update", "delete", "resume", "field", "timer", "daemon"}
+
+
+def _core_plural(snake: str) -> str:
+    # CoreV1Api spells kinds in snake case: config_map -> configmaps.
+    return snake.replace("_", "") + "s"
+
+
+def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
+    return {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+
+def _restriction(node: ast.expr | None) -> tuple[str, ...]:
+    """The resourceNames an object-name argument pins the call to ((): any name)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return (node.value,)
+    if isinstance(node, ast.Name) and isinstance(getattr(kube, node.id, None), str):
+        return (str(getattr(kube, node.id)),)
+    return ()
+
+
+def _custom_plurals(node: ast.expr | None) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    return sorted(kube.PLURALS.values())  # PLURALS[kind]: any of the four
+
+
+def calls_in_kube_py() -> set[Grant]:
+    """Every (group, resource, verb, names) the operator's API wrapper can exercise."""
+    source = Path(kube.__file__).read_text()
+    tree = ast.parse(source)
+    parents = _parents(tree)
+    needed: set[Grant] = set()
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+            and node.value.attr in ("core", "custom")
+        ):
+            continue
+        call = parents.get(node)
+        args = call.args if isinstance(call, ast.Call) and call.func is node else []
+        if node.value.attr == "core":
+            match = _CORE.match(node.attr)
+            assert match, f"kube.py calls CoreV1Api.{node.attr}: teach this test its verb"
+            action, snake, status = match.groups()
+            resource = _core_plural(snake) + ("/status" if status else "")
+            # read/patch/replace/delete name the object first; create and list name none.
+            pinned = (
+                _restriction(args[0]) if action in ("read", "patch", "replace", "delete") else ()
+            )
+            if action in ("read", "patch", "replace", "delete") and not args:
+                pinned = ()  # passed as a callable: any object
+            needed.add(("", resource, _VERBS.get(action, action), pinned))
+        else:
+            match = _CUSTOM.match(node.attr)
+            assert match, f"kube.py calls CustomObjectsApi.{node.attr}: teach this test its verb"
+            action, status = match.groups()
+            for plural in _custom_plurals(args[3] if len(args) > 3 else None):
+                resource = plural + ("/status" if status else "")
+                needed.add(("bakeline.io", resource, _VERBS.get(action, action), ()))
+    return needed
+
+
+def kopf_watches() -> set[Grant]:
+    """What kopf needs for the handlers registered in app.py, in --standalone mode."""
+    from bakeline.handlers import app
+
+    tree = ast.parse(Path(app.__file__).read_text())
+    needed: set[Grant] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        dotted = ast.unparse(node.func)
+        handler = dotted.removeprefix("kopf.on.").removeprefix("kopf.")
+        if handler not in _KOPF_READ | _KOPF_WRITE or not dotted.startswith("kopf."):
+            continue
+        group, _, plural = (ast.literal_eval(arg) for arg in node.args[:3])
+        verbs = {"list", "watch"} | ({"patch"} if handler in _KOPF_WRITE else set())
+        needed |= {(group, plural, verb, ()) for verb in verbs}
+    # kopf posts its own Events (warnings from handlers) next to ours.
+    needed.add(("", "events", "create", ()))
+    return needed
+
+
+def admission_needs() -> set[Grant]:
+    """OwnerReferencesPermissionEnforcement: an owner reference with blockOwnerDeletion needs
+    update on the owner's finalizers subresource (OpenShift and hardened clusters)."""
+    job = {"metadata": {"name": "j", "uid": "u"}}
+    if owner_reference(job).get("blockOwnerDeletion"):
+        return {("bakeline.io", "bakingjobs/finalizers", "update", ())}
+    return set()
+
+
+def test_the_derivation_sees_the_calls_we_know_of() -> None:
+    # Guards the parser: if it went blind, the equality below would compare near-empty sets.
+    needed = calls_in_kube_py()
+    assert ("", "pods", "create", ()) in needed
+    assert ("bakeline.io", "bakingjobs/status", "patch", ()) in needed
+    assert ("", "configmaps", "patch", (kube.LEDGER,)) in needed
+    watches = kopf_watches()
+    assert ("", "pods", "watch", ()) in watches
+    assert ("bakeline.io", "bakingjobs", "list", ()) in watches
+
+
+# ---------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_rbac_has_no_wildcards_no_secrets_no_escalation(mode: str) -> None:
+    docs = render(*MODES[mode])
+    roles = [doc for doc in docs if doc["kind"] in ("Role", "ClusterRole")]
+    assert roles, "no Role or ClusterRole rendered"
+    for doc in roles:
+        for rule in doc["rules"]:
+            assert "nonResourceURLs" not in rule, rule
+            for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert all("*" not in value for value in rule.get(key) or []), rule
+    for _, (group, resource, verb, _names) in grants(docs):
+        assert resource.split("/")[0] not in ("secrets", "serviceaccounts"), resource
+        assert verb not in ("escalate", "bind", "impersonate", "deletecollection"), verb
+        assert group not in ("rbac.authorization.k8s.io", "admissionregistration.k8s.io")
+    for doc in docs:
+        if doc["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+            assert doc["roleRef"]["name"] in {role["metadata"]["name"] for role in roles}
+
+
+@pytest.mark.parametrize("mode", ["default", "all-namespaces"])
+def test_rbac_grants_exactly_what_the_operator_and_kopf_use(mode: str) -> None:
+    docs = render(*MODES[mode])
+    granted = {grant for _, grant in grants(docs)}
+    needed = calls_in_kube_py() | kopf_watches() | admission_needs()
+    missing, unused = needed - granted, granted - needed
+    assert not missing, f"the operator calls these, the chart does not grant them: {missing}"
+    assert not unused, f"the chart grants these, nothing in the operator uses them: {unused}"
+
+
+def test_namespaced_mode_is_a_role_per_namespace_and_nothing_cluster_scoped() -> None:
+    docs = render(*MODES["namespaces"], namespace="ops")
+    kinds = [doc["kind"] for doc in docs]
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    roles = {doc["metadata"]["namespace"] for doc in docs if doc["kind"] == "Role"}
+    bindings = [doc for doc in docs if doc["kind"] == "RoleBinding"]
+    assert roles == {"team-a", "team-b"} == {b["metadata"]["namespace"] for b in bindings}
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "rel-bakeline", "namespace": "ops"}
+        ]
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+    assert "--all-namespaces" not in args
+    # Without a list, the release's own namespace.
+    default = render(namespace="ops")
+    assert {d["metadata"]["namespace"] for d in default if d["kind"] == "Role"} == {"ops"}
+
+
+def test_all_namespaces_mode_is_one_cluster_role() -> None:
+    docs = render(*MODES["all-namespaces"], namespace="ops")
+    kinds = [doc["kind"] for doc in docs]
+    assert kinds.count("ClusterRole") == 1 and kinds.count("ClusterRoleBinding") == 1
+    assert "Role" not in kinds and "RoleBinding" not in kinds
+    binding = next(doc for doc in docs if doc["kind"] == "ClusterRoleBinding")
+    assert binding["metadata"]["name"] == "ops-rel-bakeline"  # cluster-unique per release
+    assert binding["subjects"][0]["namespace"] == "ops"
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in args
+    assert not any(a.startswith("--namespace") for a in args)
+
+
+def test_rbac_create_false_renders_no_rbac() -> None:
+    docs = render("--set", "rbac.create=false")
+    assert not [d for d in docs if d["kind"].endswith(("Role", "RoleBinding"))]
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    generated = {path.name: path.read_bytes() for path in (REPO / "crds").glob("*.yaml")}
+    copied = {path.name: path.read_bytes() for path in (CHART / "crds").glob("*.yaml")}
+    assert generated, "crds/ is empty"
+    assert sorted(copied) == sorted(generated)
+    stale = [name for name in generated if copied[name] != generated[name]]
+    assert not stale, (
+        f"charts/bakeline/crds is stale: cp crds/*.yaml charts/bakeline/crds/ ({stale})"
+    )
