@@ -28,22 +28,23 @@ def default_workflow() -> Workflow:
         Stage(
             name="graph",
             agent="GraphOptimizer",
-            params={"foldConstants": True, "fuse": True},
+            params={"level": "basic"},
             depends_on=["import"],
             timeout_seconds=900,
             on_failure="Skip",
         ),
         # Per-channel scales are what hold quality for int8 (baking notes: ~0.99 cosine vs
-        # ~0.965 per tensor); keeping sensitive layers in float is the next best, then no int8.
+        # ~0.965 per tensor), with the layers that lose the most kept in float; the fallback
+        # keeps more of them for a stricter target, then no int8 at all.
         Stage(
             name="quantize",
             agent="ModelOptimizer",
-            params={"scheme": "int8-per-channel"},
+            params={"scheme": "int8-per-channel", "keepFloat": "auto"},
             depends_on=["graph"],
             timeout_seconds=1800,
             on_failure="Fallback",
             fallbacks=[
-                {"scheme": "int8-per-channel", "keepSensitiveLayersFloat": True},
+                {"keepFloat": "auto", "targetCosineMean": 0.999, "maxFloatLayers": 24},
                 {"scheme": "none"},
             ],
         ),
@@ -54,7 +55,7 @@ def default_workflow() -> Workflow:
             depends_on=["quantize"],
             timeout_seconds=900,
             on_failure="Fallback",
-            fallbacks=[{"embeddings": "float"}],
+            fallbacks=[{"embeddings": "none"}],
         ),
         # Hardware-dependent stages are not cached: the key knows the input, not the node the
         # result was measured on.
@@ -69,7 +70,7 @@ def default_workflow() -> Workflow:
         Stage(
             name="accelerate",
             agent="InferenceAccelerator",
-            params={"candidates": ["eager", "torch.compile", "onnxruntime"]},
+            params={"candidates": ["onnxruntime", "torch-eager", "torch-compile"]},
             depends_on=["hardware"],
             timeout_seconds=1800,
             on_failure="Skip",
@@ -90,7 +91,7 @@ def default_workflow() -> Workflow:
         Stage(
             name="profile",
             agent="PerformanceProfiler",
-            params={"warmup": 5, "iterations": 30},
+            params={"runs": 30},
             depends_on=["validate"],
             timeout_seconds=1200,
             on_failure="Retry",

@@ -228,6 +228,10 @@ def _admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) 
     """Admit the job to its lane, or record why it waits. None: admitted, go on."""
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    if not status.get("queuedAt"):
+        # Enter the queue first, visibly (phase Queued); admission is the next pass's decision.
+        lane = obj["spec"].get("laneRef", "standard")
+        return _wait(kube, obj, status, "Queued", "Queued", f"queued in lane {lane}")
     lanes: list[admission.LaneView] = []
     jobs = kube.list_objects("BakingJob", namespace)
     running: dict[str, list[str]] = {}
@@ -290,16 +294,19 @@ def _wait(
     position: int | None = None,
 ) -> float:
     meta = obj["metadata"]
+    wake = POLL_QUEUED_S
     before = json.dumps(status, sort_keys=True, default=str)
     status["phase"] = phase
     status["queuePosition"] = position
-    status.setdefault("queuedAt", _ts(time.time()))
+    if phase == "Queued" and not status.get("queuedAt"):
+        status["queuedAt"] = _ts(time.time())
+        wake = 0.2  # just queued: decide admission at once
     set_condition(status, "Admitted", "False", reason, message, meta)
     status["observedGeneration"] = meta.get("generation")
     if json.dumps(status, sort_keys=True, default=str) != before:
         kube.patch_status("BakingJob", meta["namespace"], meta["name"], status)
         kube.post_event(obj, "Normal", reason, message)
-    return POLL_QUEUED_S
+    return wake
 
 
 # ---------------------------------------------------------------------------- stages
