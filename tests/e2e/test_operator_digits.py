@@ -31,7 +31,7 @@ def test_digits_job_is_queued_runs_nine_stages_and_succeeds(
     assert status["progress"] == "9/9"
     assert status["lane"] == "express"
     stages = status["stages"]
-    assert [s["agent"] for s in stages][0] == "BakingCoordinator"
+    assert stages[0]["agent"] == "BakingCoordinator"
     assert all(s["phase"] in ("Succeeded", "Skipped") for s in stages)
     assert all(s["durationSeconds"] > 0 for s in stages if s["phase"] == "Succeeded")
     result = status["result"]
