@@ -225,7 +225,7 @@ class _LocalRun:
         self.attempts.append(attempt)
         self._persist()
         self.progress.stage_started()
-        self._tell(events, f"(fallback {action.fallback})" if action.fallback else "")
+        self._tell(events, f"(fallback {action.fallback})" if action.fallback else "", action.stage)
         scratch = self.workdir / "work" / f"{action.stage}-{number}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
@@ -256,7 +256,7 @@ class _LocalRun:
         elif outcome is AttemptOutcome.SUCCEEDED and not accepted:
             self.outcomes[action.stage] = str(AttemptOutcome.GATE_FAILED)
         shutil.rmtree(scratch, ignore_errors=True)
-        self._tell(events, format_seconds(attempt.seconds))
+        self._tell(events, format_seconds(attempt.seconds), action.stage)
         self._persist()
 
     def _attempt(
@@ -500,12 +500,13 @@ class _LocalRun:
             self.state, stages={**self.state.stages, action.stage: replace(stage, metrics=metrics)}
         )
 
-    def _tell(self, events: list[Event], detail: str = "") -> None:
+    def _tell(self, events: list[Event], detail: str = "", stage: str | None = None) -> None:
+        """Record events and print them; `detail` (a duration, a fallback) belongs to `stage`."""
         done = sum(1 for s in self.state.stages.values() if s.phase in DONE_PHASES)
         for event in events:
             self.events.append(event)
             mark = {"Succeeded": "ok", "Cached": "cached", "Started": "..."}.get(event.kind, "!!")
-            extra = f" {detail}" if detail else ""
+            extra = f" {detail}" if detail and event.stage == stage else ""
             agent = self.plan.stage(event.stage).agent
             self.progress.event(
                 f"[{done}/{len(self.plan.order)}] {mark:>6} {event.stage} ({agent}) "
