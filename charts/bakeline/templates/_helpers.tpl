@@ -108,3 +108,10 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* Settings that contradict each other fail the render instead of surprising later. */}}
+{{- define "bakeline.validate" -}}
+{{- if and .Values.watch.allNamespaces .Values.watch.namespaces }}
+{{- fail "watch.allNamespaces and watch.namespaces exclude each other: set one" }}
+{{- end }}
+{{- end }}
