@@ -47,7 +47,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    capture_library_logs()
     started = time.monotonic()
     agent_name = args.agent or ""
     stage = args.stage or (kebab(agent_name) if agent_name else "")
@@ -55,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Imported here so that `--help` and argument errors stay fast.
         from bakeline.agents.stages import StageContext, resolve
+
+        capture_library_logs()  # after the imports: torch installs its handlers on import
 
         if not agent_name:
             from bakeline.agents.contract import InvalidInput

@@ -104,7 +104,9 @@ def open_input(directory: Path | None) -> InputCheckpoint:
     try:
         manifest = _verify(directory)
     except ChecksumMismatchError as exc:
-        raise InvalidInput(f"input checkpoint {directory} failed sha256 verification: {exc}") from exc
+        raise InvalidInput(
+            f"input checkpoint {directory} failed sha256 verification: {exc}"
+        ) from exc
     except ManifestError as exc:
         raise InvalidInput(str(exc)) from exc
     if not any(entry.path == manifest.artifact for entry in manifest.files):

@@ -21,9 +21,10 @@ EXIT_GATE_FAILED = 3
 
 Status = Literal["succeeded", "invalid-input", "gate-failed", "error"]
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+MESSAGE_LIMIT = 1536  # characters of the message, before metrics are dropped
 
 
-class AgentFailure(Exception):  # noqa: N818 - the name reads as the outcome it is
+class AgentFailure(Exception):
     """A stage outcome other than success; carries its status, exit code and metrics."""
 
     status: ClassVar[Status] = "error"
@@ -149,12 +150,16 @@ class Result:
     duration_seconds: float = 0.0
 
     def to_message(self, limit: int = TERMINATION_LIMIT) -> str:
-        """The JSON termination message, at most `limit` bytes: metrics, then message, shrink."""
+        """The JSON termination message, at most `limit` bytes: a long message is cut first,
+        then metrics are dropped from the end, then the message shrinks further."""
+        message = self.message
+        if len(message) > MESSAGE_LIMIT:  # room for metrics: the message says why, briefly
+            message = message[: MESSAGE_LIMIT - 1] + "…"
         body: dict[str, Any] = {
             "agent": self.agent,
             "stage": self.stage,
             "status": self.status,
-            "message": self.message,
+            "message": message,
             "metrics": {k: _finite(v) for k, v in self.metrics.items()},
             "artifactSha256": self.artifact_sha256,
             "format": self.format,

@@ -34,8 +34,11 @@ class Dataset:
             # Cut the columns no sample of this batch uses (dataset-wide padding).
             width = max(1, int(feeds[MASK].sum(axis=1).max()))
             feeds = {
-                name: (array[:, :width] if array.ndim == 2 and array.shape[1] == feeds[MASK].shape[1]
-                       else array)
+                name: (
+                    array[:, :width]
+                    if array.ndim == 2 and array.shape[1] == feeds[MASK].shape[1]
+                    else array
+                )
                 for name, array in feeds.items()
             }
         return {name: np.ascontiguousarray(array) for name, array in feeds.items()}

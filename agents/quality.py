@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from bakeline.agents.contract import QualityMetric
 
 # Defaults when neither the job nor the stage's params name a threshold. Accuracy's default is
@@ -22,7 +21,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray((a2 * b2).sum(axis=1) / np.maximum(denom, 1e-12))
 
 
-def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+def compare(
+    outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None
+) -> dict[str, float]:
     """Every metric we can compute for these outputs (names are camelCase, as in results)."""
     if outputs.shape != reference.shape:
         raise ValueError(f"output shape {outputs.shape} differs from reference {reference.shape}")

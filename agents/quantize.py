@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
+from bakeline.agents.data import Dataset
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -22,8 +23,6 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-
-from bakeline.agents.data import Dataset
 
 Mode = Literal["dynamic", "static"]
 DYNAMIC_OPS = ("MatMul", "Gemm")
@@ -46,16 +45,6 @@ class Quantizable:
     @property
     def elements(self) -> int:
         return int(np.prod(self.shape))
-
-
-def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every node a unique name: exclusions and reports refer to nodes by name."""
-    seen: set[str] = set()
-    for index, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{index}"
-        seen.add(node.name)
-    return model
 
 
 def choose_mode(model: onnx.ModelProto, requested: Literal["auto", "dynamic", "static"]) -> Mode:
@@ -121,4 +110,33 @@ def quantize(
         nodes_to_exclude=exclude,
         calibrate_method=CalibrationMethod.MinMax,
     )
+    return target
+
+
+def blockwise_int8(source: Path, target: Path, nodes: list[str], block_size: int = 32) -> Path:
+    """Requantize float MatMuls `nodes` as MatMulNBits: int8 weights per block of `block_size`
+    along K, activations quantized per block at run time (accuracy level 4).
+
+    Much finer than dynamic int8 (one activation scale per tensor), so the layers too sensitive
+    for it hold quality here, at int8 size and nearly int8 speed.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8
+    )
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(source)),
+        bits=8,
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=4,
+        nodes_to_include=nodes,
+        algo_config=config,
+    )
+    quantizer.process()
+    onnx.save_model(quantizer.model.model, str(target))
     return target

@@ -16,9 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
 from bakeline.agents.data import Dataset, Feeds
+from pydantic import BaseModel, ConfigDict, Field
 
 Backend = Literal["onnxruntime", "torch-eager", "torch-compile"]
 OptLevel = Literal["disabled", "basic", "extended", "all"]
@@ -41,7 +40,10 @@ class RuntimeConfig(BaseModel):
     intra_op_threads: int = Field(default=0, alias="intraOpThreads", description="0: runtime's")
     inter_op_threads: int = Field(default=1, alias="interOpThreads")
     graph_optimization_level: OptLevel = Field(default="all", alias="graphOptimizationLevel")
-    allow_spinning: bool = Field(default=True, alias="allowSpinning")
+    # Off by default: spinning workers burn CPU that a pod's CPU quota throttles, and they steal
+    # cores from anything else in the process.
+    allow_spinning: bool = Field(default=False, alias="allowSpinning")
+    disabled_optimizers: list[str] = Field(default_factory=list, alias="disabledOptimizers")
     dtype: str = "fp32"
 
     def dump(self) -> dict[str, Any]:
@@ -69,7 +71,12 @@ def ort_session(
     available = ort.get_available_providers()
     wanted = dict.fromkeys((config.execution_provider, "CPUExecutionProvider"))  # ordered, unique
     providers = [p for p in wanted if p in available]
-    return ort.InferenceSession(str(path), options, providers=providers)
+    return ort.InferenceSession(
+        str(path),
+        options,
+        providers=providers,
+        disabled_optimizers=config.disabled_optimizers or None,
+    )
 
 
 def ort_runner(session: ort.InferenceSession) -> Runner:

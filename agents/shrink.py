@@ -108,31 +108,53 @@ def shrink(
             if embedding_bits == 4 and array.shape[1] % block_size == 0 and blocks % 2 == 0:
                 if base not in removed:
                     codes, scale, zero = quantize_blocks_int4(array, block_size)
-                    added += [numpy_helper.from_array(codes, base + "_int4"),
-                              numpy_helper.from_array(scale, base + "_scale"),
-                              numpy_helper.from_array(zero, base + "_zero")]
+                    added += [
+                        numpy_helper.from_array(codes, base + "_int4"),
+                        numpy_helper.from_array(scale, base + "_scale"),
+                        numpy_helper.from_array(zero, base + "_zero"),
+                    ]
                     removed.add(base)
                     report.embeddings.append(f"{base}[{array.shape[0]}x{array.shape[1]}]:int4")
-                new_nodes.append(helper.make_node(
-                    "GatherBlockQuantized",
-                    [base + "_int4", node.input[1], base + "_scale", base + "_zero"],
-                    [out], name=node.name + "_int4", domain="com.microsoft",
-                    block_size=block_size, gather_axis=0, quantize_axis=1, bits=4,
-                ))
+                new_nodes.append(
+                    helper.make_node(
+                        "GatherBlockQuantized",
+                        [base + "_int4", node.input[1], base + "_scale", base + "_zero"],
+                        [out],
+                        name=node.name + "_int4",
+                        domain="com.microsoft",
+                        block_size=block_size,
+                        gather_axis=0,
+                        quantize_axis=1,
+                        bits=4,
+                    )
+                )
                 continue
             if base not in removed:
                 q, scale8 = quantize_row(array)
-                added += [numpy_helper.from_array(q, base + "_int8"),
-                          numpy_helper.from_array(scale8, base + "_scale")]
+                added += [
+                    numpy_helper.from_array(q, base + "_int8"),
+                    numpy_helper.from_array(scale8, base + "_scale"),
+                ]
                 removed.add(base)
                 report.embeddings.append(f"{base}[{q.shape[0]}x{q.shape[1]}]:int8")
             new_nodes += [
-                helper.make_node("Gather", [base + "_int8", node.input[1]], [out + "_q"],
-                                 name=node.name + "_q", axis=0),
-                helper.make_node("Gather", [base + "_scale", node.input[1]], [out + "_s"],
-                                 name=node.name + "_s", axis=0),
-                helper.make_node("Cast", [out + "_q"], [out + "_f"], name=node.name + "_f",
-                                 to=TensorProto.FLOAT),
+                helper.make_node(
+                    "Gather",
+                    [base + "_int8", node.input[1]],
+                    [out + "_q"],
+                    name=node.name + "_q",
+                    axis=0,
+                ),
+                helper.make_node(
+                    "Gather",
+                    [base + "_scale", node.input[1]],
+                    [out + "_s"],
+                    name=node.name + "_s",
+                    axis=0,
+                ),
+                helper.make_node(
+                    "Cast", [out + "_q"], [out + "_f"], name=node.name + "_f", to=TensorProto.FLOAT
+                ),
                 helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=node.name + "_deq"),
             ]
             continue
@@ -150,8 +172,11 @@ def shrink(
             half = numpy_helper.to_array(init).astype(np.float16)
             added.append(numpy_helper.from_array(half, name + "_fp16"))
             removed.add(name)
-            prologue.append(helper.make_node("Cast", [name + "_fp16"], [name],
-                                             name=name + "_to_fp32", to=TensorProto.FLOAT))
+            prologue.append(
+                helper.make_node(
+                    "Cast", [name + "_fp16"], [name], name=name + "_to_fp32", to=TensorProto.FLOAT
+                )
+            )
             report.fp16_weights.append(f"{name}[{'x'.join(map(str, init.dims))}]")
 
     kept = [init for init in model.graph.initializer if init.name not in removed]

@@ -57,27 +57,29 @@ class LatencyStats:
 
 
 def interleaved(
-    candidates: Mapping[str, Callable[[], object]],
+    candidates: Mapping[str, Callable[[int], object]],
     runs: int,
     block: int = 3,
     warmup: int = 2,
 ) -> dict[str, LatencyStats]:
     """Time each candidate `runs` times, in interleaved blocks of `block` calls.
 
-    The first call of each block settles the cores after the previous candidate and is not timed.
+    A candidate is called with the round number (so that every candidate sees the same input in
+    a round). The first call of each block settles the cores after the previous candidate and is
+    not timed.
     """
     for fn in candidates.values():
         for _ in range(warmup):
-            fn()
+            fn(0)
     stats = {name: LatencyStats() for name in candidates}
     timed_per_block = max(1, block - 1)
     rounds = math.ceil(runs / timed_per_block)
-    for _ in range(rounds):
+    for index in range(rounds):
         for name, fn in candidates.items():
-            fn()  # settle
+            fn(index)  # settle
             for _ in range(timed_per_block):
                 start = time.perf_counter()
-                fn()
+                fn(index)
                 stats[name].samples_ms.append((time.perf_counter() - start) * 1000.0)
     return stats
 

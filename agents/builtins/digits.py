@@ -42,7 +42,7 @@ class DigitsCNN(nn.Module):
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, test images, test labels); images float32 [N, 1, 8, 8] in 0..1."""
+    """(train images, train labels, test images, test labels); images float32 [N, 1, 8, 8]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -96,7 +96,7 @@ class MiniLMEncoder(nn.Module):
         )
         hidden = self.embeddings_norm(hidden)
         mask = attention_mask.to(hidden.dtype)
-        # Additive mask as in BERT: padded keys get the dtype's lowest value, so softmax ignores them.
+        # Additive mask as in BERT: padded keys get the dtype's lowest value: softmax ignores them.
         bias = ((1.0 - mask) * torch.finfo(hidden.dtype).min)[:, None, None, :]
         for layer in self.layers:
             hidden = layer(hidden, bias)
@@ -153,7 +153,7 @@ def split_sentences() -> tuple[list[str], list[str]]:
 
 
 def tokenizer(path: Path | None = None) -> Tokenizer:
-    """The package's tokenizer, padding to the longest sentence of a batch (its file pads to 128)."""
+    """The package's tokenizer, padding to the batch's longest sentence (its file pads to 128)."""
     tok = Tokenizer.from_file(str(path or model_dir() / "tokenizer.json"))
     tok.no_padding()
     tok.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a password

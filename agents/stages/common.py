@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from bakeline.agents.checkpoint_io import (
     CALIBRATION,
     EVALUATION,
@@ -89,7 +88,9 @@ def score_file(
     config: RuntimeConfig | None = None,
     limit: int | None = None,
 ) -> dict[str, float]:
-    return score(open_runner(path, format, checkpoint.input_names, config), checkpoint, split, limit)
+    return score(
+        open_runner(path, format, checkpoint.input_names, config), checkpoint, split, limit
+    )
 
 
 def default_metric(checkpoint: InputCheckpoint, job: JobSpec) -> QualityMetric:
@@ -167,6 +168,7 @@ def timing_batch(checkpoint: InputCheckpoint, batch_size: int) -> Feeds:
 def original_runner(checkpoint: InputCheckpoint, threads: int) -> Runner:
     """The imported model, eager, as the baseline for speed comparisons."""
     path, fmt = checkpoint.original()
-    config = RuntimeConfig(backend="torch-eager", intra_op_threads=threads,
-                           graph_optimization_level="basic")
+    config = RuntimeConfig(
+        backend="torch-eager", intra_op_threads=threads, graph_optimization_level="basic"
+    )
     return open_runner(path, fmt, checkpoint.input_names, config)

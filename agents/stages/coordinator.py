@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from pydantic import Field
-
 from bakeline.agents.builtins import BUILTINS, BuiltinModel
 from bakeline.agents.checkpoint_io import (
     CALIBRATION,
@@ -49,6 +47,7 @@ from bakeline.agents.runtimes import (
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.timing import Stopwatch
 from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
+from pydantic import Field
 
 
 class CoordinatorParams(StageParams):
@@ -236,7 +235,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         }
         return artifact, "exported-program", model.calibration, model.evaluation, metrics, extra
 
-    # -- user files ---------------------------------------------------------------------------------
+    # -- user files -------------------------------------------------------------------------------
 
     def _import_file(
         self, path: Path, sha256: str | None, params: CoordinatorParams, directory: Path
@@ -245,7 +244,9 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             raise InvalidInput(f"model file {path} does not exist")
         actual = sha256_file(path)
         if sha256 and actual != sha256.lower():
-            raise InvalidInput(f"model file sha256 {actual} does not match job.model.sha256 {sha256}")
+            raise InvalidInput(
+                f"model file sha256 {actual} does not match job.model.sha256 {sha256}"
+            )
         fmt = sniff_format(path)
         artifact = artifact_name(fmt, "original")
         target = directory / artifact
@@ -260,7 +261,9 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         try:
             probe = runner(calibration.batch(0, 2))
         except Exception as exc:
-            raise InvalidInput(f"the {fmt} model does not run on its declared inputs: {exc}") from exc
+            raise InvalidInput(
+                f"the {fmt} model does not run on its declared inputs: {exc}"
+            ) from exc
         _check_outputs(probe, "a probe batch")
         if probe.shape[0] != 2:
             raise InvalidInput(f"the model's first output {probe.shape} has no batch dimension")
@@ -297,14 +300,19 @@ def _signature(
             TensorSpec(
                 name=i.name,
                 dtype=_ONNX_DTYPES.get(i.type.tensor_type.elem_type, "float32"),
-                shape=["batch", *shapes.get(i.name, [
-                    d.dim_value or 1 for d in i.type.tensor_type.shape.dim[1:]
-                ])],
+                shape=[
+                    "batch",
+                    *shapes.get(
+                        i.name, [d.dim_value or 1 for d in i.type.tensor_type.shape.dim[1:]]
+                    ),
+                ],
             )
             for i in model.graph.input
             if i.name not in inits
         ]
-        outputs = [TensorSpec(name=o.name, dtype="float32", shape=["batch"]) for o in model.graph.output]
+        outputs = [
+            TensorSpec(name=o.name, dtype="float32", shape=["batch"]) for o in model.graph.output
+        ]
         weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         return inputs, outputs, weights
     if fmt == "exported-program":
@@ -318,7 +326,9 @@ def _signature(
             val = node.meta.get("val")
             dims = [int(d) if isinstance(d, int) else 1 for d in getattr(val, "shape", [])[1:]]
             dtype = str(getattr(val, "dtype", torch.float32)).replace("torch.", "")
-            inputs.append(TensorSpec(name=name, dtype=dtype, shape=["batch", *shapes.get(name, dims)]))
+            inputs.append(
+                TensorSpec(name=name, dtype=dtype, shape=["batch", *shapes.get(name, dims)])
+            )
         weights = {k: v.detach().numpy() for k, v in program.state_dict.items()}
         return inputs, [], weights
     module = torch.jit.load(str(path), map_location="cpu")

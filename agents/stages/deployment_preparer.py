@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field
-
 from bakeline.agents.checkpoint_io import ROLE_REPORT, TOKENIZER, InputCheckpoint
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.quality import compare
 from bakeline.agents.runtimes import open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import data_split, runtime_config
+from pydantic import Field
 
 RUNTIME = "runtime.json"
 README = "README.md"
@@ -53,15 +52,21 @@ def headline_metrics(source: InputCheckpoint, size_bytes: float) -> dict[str, fl
             if entry.agent == agent and key in entry.metrics:
                 metrics[name] = entry.metrics[key]
         if entry.agent == "PerformanceProfiler":
-            metrics.update({k: v for k, v in entry.metrics.items()
-                            if k.endswith((".speedup", ".p50Ms", ".p95Ms"))})
+            metrics.update(
+                {
+                    k: v
+                    for k, v in entry.metrics.items()
+                    if k.endswith((".speedup", ".p50Ms", ".p95Ms"))
+                }
+            )
     if "originalSizeBytes" in metrics:
         metrics["sizeRatio"] = size_bytes / metrics["originalSizeBytes"]
     return metrics
 
 
-def model_card(source: InputCheckpoint, metrics: dict[str, float], runtime: dict[str, Any],
-               artifact: str) -> str:
+def model_card(
+    source: InputCheckpoint, metrics: dict[str, float], runtime: dict[str, Any], artifact: str
+) -> str:
     m = source.manifest
     facts = m.attributes.get("facts", {})
     lines = [
@@ -83,7 +88,7 @@ def model_card(source: InputCheckpoint, metrics: dict[str, float], runtime: dict
         "cfg = json.load(open('runtime.json'))",
         "so = ort.SessionOptions(); so.intra_op_num_threads = cfg['intraOpThreads']",
         f"session = ort.InferenceSession('{artifact}', so, providers=[cfg['executionProvider']])",
-        "```" if m.format == "onnx" else "```",
+        "```",
         "",
         f"Runtime: `{json.dumps(runtime)}`.",
     ]
@@ -125,13 +130,17 @@ class DeploymentPreparer(Agent[DeploymentParams]):
 
         # Smoke test from the package itself.
         probe = data_split(source, "evaluation", SMOKE_SAMPLES)
-        packaged = open_runner(out.directory / artifact, source.format, source.input_names,
-                               runtime)
-        check = compare(packaged(probe.batch(0, len(probe))),
-                        source.reference("evaluation")[: len(probe)], probe.labels)
+        packaged = open_runner(out.directory / artifact, source.format, source.input_names, runtime)
+        check = compare(
+            packaged(probe.batch(0, len(probe))),
+            source.reference("evaluation")[: len(probe)],
+            probe.labels,
+        )
         if check["cosineMean"] < SMOKE_COSINE:
-            raise GateFailed(f"the packaged model does not reproduce the reference "
-                             f"(cosine {check['cosineMean']:.4f})")
+            raise GateFailed(
+                f"the packaged model does not reproduce the reference "
+                f"(cosine {check['cosineMean']:.4f})"
+            )
 
         size_bytes = float(source.artifact.stat().st_size)
         metrics = headline_metrics(source, size_bytes)

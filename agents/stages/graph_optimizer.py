@@ -3,12 +3,14 @@
 torch.export captures the graph (TorchScript goes through the TorchScript exporter), translated
 to ONNX unoptimised; onnxscript's optimizer folds constants and removes dead code; ONNX Runtime's
 offline optimizer then removes redundant nodes (Identity, Dropout), folds BatchNorm into
-convolutions and fuses at the chosen level. `basic` (default) stays hardware-independent and
-leaves the plain MatMul graph that quantizes well; `extended` / `all` add fusions (SkipLayerNorm,
-BiasGelu, ...) tied to ONNX Runtime's CPU kernels.
+convolutions and fuses at the chosen level. Before that, MatMuls that read the same input with
+constant weights (attention's Q, K, V) are fused into one MatMul + Split. `basic` (default) stays
+hardware-independent and leaves the plain MatMul graph that quantizes well; `extended` / `all`
+add fusions (SkipLayerNorm, BiasGelu, ...) tied to ONNX Runtime's CPU kernels.
 
-Params: level ("basic" | "extended" | "all"), maxAbsError (bound on the rewrite's deviation from
-the reference outputs on calibration data; a larger one fails the gate).
+Params: level ("basic" | "extended" | "all"), fuseSiblingMatMuls (true), maxAbsError (bound on
+the rewrite's deviation from the reference outputs on calibration data; a larger one fails the
+gate).
 Measures: node counts before/after, training-only ops before/after, weight bytes, deviation.
 """
 
@@ -18,12 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
-from pydantic import Field
-
 from bakeline.agents.checkpoint_io import artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.onnx_tools import (
     TRAINING_OPS,
+    fuse_sibling_matmuls,
+    name_nodes,
     onnxscript_optimize,
     op_histogram,
     ort_offline_optimize,
@@ -34,10 +36,12 @@ from bakeline.agents.onnx_tools import (
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import export_to_onnx, score_file
 from bakeline.agents.timing import Stopwatch
+from pydantic import Field
 
 
 class GraphParams(StageParams):
     level: Literal["basic", "extended", "all"] = "basic"
+    fuse_sibling_matmuls: bool = Field(default=True, alias="fuseSiblingMatMuls")
     max_abs_error: float = Field(default=1e-3, alias="maxAbsError", gt=0)
 
 
@@ -55,7 +59,11 @@ class GraphOptimizer(Agent[GraphParams]):
         with scratch_dir() as tmp:
             with Stopwatch() as export_time:
                 raw = onnx.load(str(export_to_onnx(source, Path(tmp) / "raw.onnx")))
-                folded_path = save(onnxscript_optimize(raw), Path(tmp) / "folded.onnx")
+                folded = name_nodes(onnxscript_optimize(raw))
+                fused = 0
+                if params.fuse_sibling_matmuls:
+                    folded, fused = fuse_sibling_matmuls(folded)
+                folded_path = save(folded, Path(tmp) / "folded.onnx")
             with Stopwatch() as optimize_time:
                 final = ort_offline_optimize(folded_path, out.path(artifact), params.level)
         out.add(artifact, "model")
@@ -65,6 +73,7 @@ class GraphOptimizer(Agent[GraphParams]):
             "nodesBefore": float(sum(before.values())),
             "nodesAfter": float(sum(after.values())),
             "nodesRemoved": float(sum(before.values()) - sum(after.values())),
+            "matmulGroupsFused": float(fused),
             "trainingOpsBefore": float(sum(before[op] for op in TRAINING_OPS)),
             "trainingOpsAfter": float(sum(after[op] for op in TRAINING_OPS)),
             "weightBytes": float(weight_bytes(final)),

@@ -17,8 +17,6 @@ from typing import Literal
 
 import onnxruntime as ort
 import torch
-from pydantic import Field
-
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.hardware import (
     AMX_FLAGS,
@@ -32,6 +30,7 @@ from bakeline.agents.hardware import (
 )
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import runtime_config
+from pydantic import Field
 
 Dtype = Literal["auto", "int8", "bf16", "fp16", "fp32"]
 
@@ -94,10 +93,13 @@ class HardwareAdapter(Agent[HardwareParams]):
             faster = gflops[dtype] > gflops["fp32"]
             needed = ", ".join(BF16_FLAGS if dtype == "bf16" else FP16_FLAGS)
             if not native or not faster:
-                reason = (f"no native {dtype} arithmetic (needs one of {needed})" if not native
-                          else "")
-                measured = (f"measured {gflops[dtype]:.1f} GFLOP/s in {dtype} vs "
-                            f"{gflops['fp32']:.1f} in fp32")
+                reason = (
+                    f"no native {dtype} arithmetic (needs one of {needed})" if not native else ""
+                )
+                measured = (
+                    f"measured {gflops[dtype]:.1f} GFLOP/s in {dtype} vs "
+                    f"{gflops['fp32']:.1f} in fp32"
+                )
                 raise GateFailed(
                     f"refused {dtype} on this CPU: {reason + '; ' if reason else ''}{measured}",
                     metrics,
@@ -128,8 +130,11 @@ class HardwareAdapter(Agent[HardwareParams]):
             attributes={
                 "runtime": config.dump(),
                 "hardware": {
-                    "flags": sorted(flags.intersection({"avx2", "avx512f", *INT8_FLAGS,
-                                                         *BF16_FLAGS, *FP16_FLAGS})),
+                    "flags": sorted(
+                        flags.intersection(
+                            {"avx2", "avx512f", *INT8_FLAGS, *BF16_FLAGS, *FP16_FLAGS}
+                        )
+                    ),
                     "cpus": cpus,
                     "providers": providers,
                     "notes": notes,

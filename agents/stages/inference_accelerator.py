@@ -1,14 +1,17 @@
 """InferenceAccelerator: time candidate runtimes, keep the fastest that passes quality.
 
-Candidates: ONNX Runtime on the artifact under several session options (all graph fusions with
-and without spinning worker threads, basic fusions only), the imported model in eager torch, and
-torch.compile of it. Each is scored against the reference outputs on calibration data and timed,
+Candidates: ONNX Runtime on the artifact under several session options (graph optimisation
+levels, with and without the SkipLayerNormalization fusion, which measures slower on the int8
+MiniLM graph), the imported model in eager torch, and torch.compile of it. Candidates run with
+spinning worker threads off, so that none steals cores from the next while timed; `allowSpinning`
+decides whether the kept config spins (it trades CPU for latency; under a pod's CPU quota it is
+usually a loss). Each is scored against the reference outputs on calibration data and timed,
 interleaved in one process, at every target batch size; the fastest (sum of latencies relative to
 the best at each batch size) among those passing the job's quality gate is kept, with its runtime
 config recorded for the later stages and the package.
 
 Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20), batchSizes
-(default job.target.batchSizes).
+(default job.target.batchSizes), allowSpinning (false).
 """
 
 from __future__ import annotations
@@ -17,11 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
-from bakeline.agents.runtimes import Runner, RuntimeConfig, open_runner
+from bakeline.agents.runtimes import OptLevel, Runner, RuntimeConfig, open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
     batch_sizes,
@@ -33,9 +34,16 @@ from bakeline.agents.stages.common import (
     write_report,
 )
 from bakeline.agents.timing import interleaved
+from pydantic import Field
 
 Family = Literal["onnxruntime", "torch-eager", "torch-compile"]
 QUALITY_SAMPLES = 64
+ORT_CANDIDATES: tuple[tuple[str, OptLevel, list[str]], ...] = (
+    ("ort-all", "all", []),
+    ("ort-all-no-skiplayernorm", "all", ["SkipLayerNormFusion"]),
+    ("ort-extended", "extended", []),
+    ("ort-basic", "basic", []),
+)
 
 
 class AcceleratorParams(StageParams):
@@ -44,6 +52,7 @@ class AcceleratorParams(StageParams):
     )
     runs: int = Field(default=20, ge=3)
     batch_sizes: list[int] | None = Field(default=None, alias="batchSizes")
+    allow_spinning: bool = Field(default=False, alias="allowSpinning")
 
 
 @register
@@ -61,16 +70,22 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         configs: dict[str, tuple[RuntimeConfig, str, str]] = {}  # name -> config, path, format
         if "onnxruntime" in params.candidates and source.format == "onnx":
             artifact = str(source.artifact)
-            for level, spin in (("all", True), ("all", False), ("basic", True)):
-                name = f"ort-{level}-{'spin' if spin else 'nospin'}"
+            for name, level, disabled in ORT_CANDIDATES:
                 configs[name] = (
-                    base.model_copy(update={"backend": "onnxruntime",
-                                            "graph_optimization_level": level,
-                                            "allow_spinning": spin}),
-                    artifact, "onnx",
+                    base.model_copy(
+                        update={
+                            "backend": "onnxruntime",
+                            "graph_optimization_level": level,
+                            "allow_spinning": False,
+                            "disabled_optimizers": disabled,
+                        }
+                    ),
+                    artifact,
+                    "onnx",
                 )
         torch_source = (
-            (str(source.artifact), source.format) if source.format != "onnx"
+            (str(source.artifact), source.format)
+            if source.format != "onnx"
             else (str(original_path), original_format)
         )
         for family in ("torch-eager", "torch-compile"):
@@ -102,8 +117,8 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         latency: dict[str, dict[int, float]] = {name: {} for name in runners}
         for size in sizes:
             feeds = timing_batch(source, size)
-            calls: dict[str, Callable[[], object]] = {
-                name: (lambda r=runner: r(feeds)) for name, runner in runners.items()
+            calls: dict[str, Callable[[int], object]] = {
+                name: (lambda _, r=runner, f=feeds: r(f)) for name, runner in runners.items()
             }
             for name, stats in interleaved(calls, params.runs).items():
                 latency[name][size] = stats.p50
@@ -113,6 +128,7 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         }
         chosen = min(relative, key=lambda n: relative[n])
         config, path, fmt = configs[chosen]
+        config = config.model_copy(update={"allow_spinning": params.allow_spinning})
         eager = "torch-eager" if "torch-eager" in latency else None
 
         metrics: dict[str, float] = {
@@ -131,9 +147,17 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         out.carry_forward(keep_model=keep_artifact)
         artifact = source.manifest.artifact if keep_artifact else Path(path).name
         out.add(artifact, "model")
-        write_report(out, ctx.stage, {"latencyP50Ms": latency, "quality": quality,
-                                      "failures": failures, "chosen": chosen,
-                                      "runtime": config.dump()})
+        write_report(
+            out,
+            ctx.stage,
+            {
+                "latencyP50Ms": latency,
+                "quality": quality,
+                "failures": failures,
+                "chosen": chosen,
+                "runtime": config.dump(),
+            },
+        )
         manifest = out.finish(
             agent=self.name,
             stage=ctx.stage,

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
-from pydantic import Field
-
 from bakeline.agents.checkpoint_io import CALIBRATION, artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.memprobe import measure
@@ -32,6 +30,7 @@ from bakeline.agents.stages.common import (
     score_file,
     size_of,
 )
+from pydantic import Field
 
 
 class MemoryParams(StageParams):
@@ -84,8 +83,9 @@ class MemoryOptimizer(Agent[MemoryParams]):
         }
         ok, why = calibration_holds(quality_gate(source, ctx.job), quality)
         if not ok:
-            raise GateFailed(f"the shrunk model misses the quality gate on calibration: {why}",
-                             metrics)
+            raise GateFailed(
+                f"the shrunk model misses the quality gate on calibration: {why}", metrics
+            )
         out.carry_forward()
         manifest = out.finish(
             agent=self.name,
@@ -95,12 +95,14 @@ class MemoryOptimizer(Agent[MemoryParams]):
             params=params.model_dump(by_alias=True),
             metrics=metrics,
             started_at=ctx.started_at,
-            attributes={"memory": {"int8Embeddings": report.embeddings,
-                                   "fp16Weights": report.fp16_weights}},
+            attributes={
+                "memory": {"int8Embeddings": report.embeddings, "fp16Weights": report.fp16_weights}
+            },
         )
         message = (
             f"{size_before / 1e6:.2f} -> {metrics['sizeBytes'] / 1e6:.2f} MB "
-            f"({len(report.embeddings)} embedding tables {params.embeddings}, {len(report.fp16_weights)} float "
+            f"({len(report.embeddings)} embedding tables {params.embeddings}, "
+            f"{len(report.fp16_weights)} float "
             f"weights fp16); peak memory {memory_before['modelMB']:.1f} -> "
             f"{memory_after['modelMB']:.1f} MB; calibration cosine {quality['cosineMean']:.4f}"
         )

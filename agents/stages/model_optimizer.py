@@ -5,6 +5,9 @@ Params (the fallback ladder a Workflow can walk after a rollback):
   keepFloat: "none" (default: quantize every eligible layer) | "auto" (sensitivity analysis on
     calibration data: layers whose quantization costs the most cosine stay float, greedily, until
     targetCosineMean / targetCosineMin hold or maxFloatLayers are kept) | [node names]
+  sensitive: "float" (default: the kept layers stay fp32) | "int8-blockwise" (they become
+    MatMulNBits with int8 weights per block of 32 and per-block activation quantization: near
+    float quality at int8 size and nearly int8 speed; dynamic mode only)
   mode: "auto" (static QDQ with calibration for convolutional models, dynamic otherwise) |
     "dynamic" | "static"
   targetCosineMean (0.996), targetCosineMin (0.99), maxFloatLayers (6), sensitivitySamples (64)
@@ -24,13 +27,16 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
-from pydantic import Field
-
 from bakeline.agents.checkpoint_io import artifact_name
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
-from bakeline.agents.onnx_tools import save, scratch_dir
-from bakeline.agents.quantize import Mode, choose_mode, name_nodes, quantizable, quantize
+from bakeline.agents.onnx_tools import name_nodes, save, scratch_dir
+from bakeline.agents.quantize import (
+    blockwise_int8,
+    choose_mode,
+    quantizable,
+    quantize,
+)
 from bakeline.agents.runtimes import RuntimeConfig
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
@@ -42,6 +48,7 @@ from bakeline.agents.stages.common import (
     size_of,
 )
 from bakeline.agents.timing import Stopwatch
+from pydantic import Field
 
 Scheme = Literal["int8-per-channel", "int8-per-tensor", "none"]
 # Scoring candidates: basic graph level keeps session creation cheap, results are identical.
@@ -51,6 +58,7 @@ PROBE_CONFIG = RuntimeConfig(graph_optimization_level="basic")
 class ModelParams(StageParams):
     scheme: Scheme = "int8-per-channel"
     keep_float: Literal["auto", "none"] | list[str] = Field(default="none", alias="keepFloat")
+    sensitive: Literal["float", "int8-blockwise"] = "float"
     mode: Literal["auto", "dynamic", "static"] = "auto"
     target_cosine_mean: float = Field(default=0.996, alias="targetCosineMean", gt=0, le=1)
     target_cosine_min: float = Field(default=0.99, alias="targetCosineMin", gt=0, le=1)
@@ -87,10 +95,17 @@ class ModelOptimizer(Agent[ModelParams]):
                 probe = calibration.head(params.sensitivity_samples)
 
                 def build(exclude: list[str], target: Path) -> dict[str, float]:
-                    quantize(named, target, mode=mode, per_channel=per_channel,
-                             exclude=exclude, calibration=calibration)
-                    return score_file(target, "onnx", source, "calibration", PROBE_CONFIG,
-                                      limit=len(probe))
+                    quantize(
+                        named,
+                        target,
+                        mode=mode,
+                        per_channel=per_channel,
+                        exclude=exclude,
+                        calibration=calibration,
+                    )
+                    return score_file(
+                        target, "onnx", source, "calibration", PROBE_CONFIG, limit=len(probe)
+                    )
 
                 with Stopwatch() as search:
                     if params.keep_float == "auto":
@@ -99,14 +114,29 @@ class ModelOptimizer(Agent[ModelParams]):
                         kept = [] if params.keep_float == "none" else list(params.keep_float)
                         unknown = set(kept) - {c.node for c in candidates}
                         if unknown:
-                                            raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
+                            raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
                         sensitivity = {}
-                    quantize(named, out.path(artifact), mode=mode, per_channel=per_channel,
-                             exclude=kept, calibration=calibration)
+                    final = out.path(artifact)
+                    blockwise = params.sensitive == "int8-blockwise" and mode == "dynamic" and kept
+                    quantize(
+                        named,
+                        tmp / "final.onnx" if blockwise else final,
+                        mode=mode,
+                        per_channel=per_channel,
+                        exclude=kept,
+                        calibration=calibration,
+                    )
+                    if blockwise:
+                        blockwise_int8(tmp / "final.onnx", final, kept)
                 out.add(artifact, "model")
                 layers = len(candidates) - len(kept)
-                log("quantized", mode=mode, layers=layers, keptFloat=kept,
-                    searchSeconds=search.seconds)
+                log(
+                    "quantized",
+                    mode=mode,
+                    layers=layers,
+                    keptFloat=kept,
+                    searchSeconds=search.seconds,
+                )
         quality = score_file(out.directory / artifact, "onnx", source, "calibration", PROBE_CONFIG)
         size_after = size_of(out.directory / artifact)
         metrics = {
@@ -141,13 +171,15 @@ class ModelOptimizer(Agent[ModelParams]):
                     "scheme": params.scheme,
                     "mode": mode,
                     "keptFloat": kept,
+                    "sensitive": params.sensitive,
                     "sensitivity": sensitivity,
                 },
                 "dtype": "fp32" if params.scheme == "none" else "int8",
             },
         )
         message = (
-            f"{params.scheme} ({mode}): {layers} layers int8, {len(kept)} kept float; "
+            f"{params.scheme} ({mode}): {layers} layers int8, {len(kept)} sensitive kept "
+            f"{params.sensitive}; "
             f"{size_before / 1e6:.1f} -> {size_after / 1e6:.1f} MB; calibration cosine mean "
             f"{quality['cosineMean']:.4f} min {quality['cosineMin']:.4f}"
         )
@@ -170,8 +202,10 @@ class ModelOptimizer(Agent[ModelParams]):
         layers = [c for c in candidates if isinstance(c, Quantizable)]
 
         def meets(m: dict[str, float]) -> bool:
-            return (m["cosineMean"] >= params.target_cosine_mean
-                    and m["cosineMin"] >= params.target_cosine_min)
+            return (
+                m["cosineMean"] >= params.target_cosine_mean
+                and m["cosineMin"] >= params.target_cosine_min
+            )
 
         base = run([], tmp / "all.onnx")
         if meets(base) or params.max_float_layers == 0:

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.data import Feeds
 from bakeline.agents.onnx_tools import scratch_dir
@@ -34,6 +32,7 @@ from bakeline.agents.stages.common import (
     write_report,
 )
 from bakeline.agents.timing import interleaved
+from pydantic import Field
 
 BOTTLENECK_SHARE = 0.2
 PROFILE_RUNS = 10
@@ -88,9 +87,9 @@ class PerformanceProfiler(Agent[ProfilerParams]):
         metrics: dict[str, float] = {}
         for size in sizes:
             feeds = timing_batch(source, size)
-            calls: dict[str, Callable[[], object]] = {"baked": lambda f=feeds: baked(f)}
+            calls: dict[str, Callable[[int], object]] = {"baked": lambda _, f=feeds: baked(f)}
             if original is not None:
-                calls["original"] = lambda f=feeds: original(f)
+                calls["original"] = lambda _, f=feeds: original(f)
             stats = interleaved(calls, params.runs)
             entry: dict[str, Any] = {"baked": stats["baked"].summary(size)}
             if "original" in stats:
@@ -111,8 +110,11 @@ class PerformanceProfiler(Agent[ProfilerParams]):
         total = sum(ops.values()) or 1.0
         top = sorted(ops.items(), key=lambda kv: kv[1], reverse=True)[: params.top_operators]
         top_share = {op: round(t / total, 4) for op, t in top}
-        bottlenecks = [f"{op} {share:.0%} of kernel time at batch {sizes[-1]}"
-                       for op, share in top_share.items() if share >= BOTTLENECK_SHARE]
+        bottlenecks = [
+            f"{op} {share:.0%} of kernel time at batch {sizes[-1]}"
+            for op, share in top_share.items()
+            if share >= BOTTLENECK_SHARE
+        ]
 
         size_bytes = float(source.artifact.stat().st_size)
         metrics["sizeBytes"] = size_bytes
@@ -135,9 +137,17 @@ class PerformanceProfiler(Agent[ProfilerParams]):
         out = ctx.output(source)
         out.carry_forward(keep_model=True)
         out.add(source.manifest.artifact, "model")
-        write_report(out, ctx.stage, {"batchSizes": per_batch, "topOperators": top_share,
-                                      "bottlenecks": bottlenecks, "runtime": config.dump(),
-                                      "runs": params.runs})
+        write_report(
+            out,
+            ctx.stage,
+            {
+                "batchSizes": per_batch,
+                "topOperators": top_share,
+                "bottlenecks": bottlenecks,
+                "runtime": config.dump(),
+                "runs": params.runs,
+            },
+        )
         manifest = out.finish(
             agent=self.name,
             stage=ctx.stage,
@@ -155,6 +165,7 @@ class PerformanceProfiler(Agent[ProfilerParams]):
             if "speedup" in entry:
                 text += f" ({entry['speedup']:.2f}x vs original)"
             parts.append(text)
-        message = "; ".join(parts) + (f"; bottlenecks: {', '.join(bottlenecks)}"
-                                      if bottlenecks else "")
+        message = "; ".join(parts) + (
+            f"; bottlenecks: {', '.join(bottlenecks)}" if bottlenecks else ""
+        )
         return StageResult(Outcome(message, metrics), manifest)

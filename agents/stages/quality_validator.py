@@ -11,12 +11,11 @@ Params: metric, threshold, minThreshold (all optional).
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from bakeline.agents.contract import GateFailed, Outcome, QualityMetric, StageParams
 from bakeline.agents.runtimes import open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import quality_gate, runtime_config, score, write_report
+from pydantic import Field
 
 
 class QualityParams(StageParams):
@@ -34,8 +33,9 @@ class QualityValidator(Agent[QualityParams]):
     def run(self, ctx: StageContext, params: QualityParams) -> StageResult:
         source = ctx.open_input()
         gate = quality_gate(source, ctx.job, params.metric, params.threshold, params.min_threshold)
-        runner = open_runner(source.artifact, source.format, source.input_names,
-                             runtime_config(source))
+        runner = open_runner(
+            source.artifact, source.format, source.input_names, runtime_config(source)
+        )
         measured = score(runner, source, "evaluation")
         ok, why = gate.check(measured)
         metrics = {**measured, "threshold": gate.threshold, "passed": float(ok)}
@@ -47,10 +47,18 @@ class QualityValidator(Agent[QualityParams]):
         out = ctx.output(source)
         out.carry_forward(keep_model=True)
         out.add(source.manifest.artifact, "model")
-        write_report(out, ctx.stage, {"gate": {"metric": gate.metric,
-                                               "threshold": gate.threshold,
-                                               "minThreshold": gate.min_threshold},
-                                      "metrics": measured})
+        write_report(
+            out,
+            ctx.stage,
+            {
+                "gate": {
+                    "metric": gate.metric,
+                    "threshold": gate.threshold,
+                    "minThreshold": gate.min_threshold,
+                },
+                "metrics": measured,
+            },
+        )
         manifest = out.finish(
             agent=self.name,
             stage=ctx.stage,
@@ -60,5 +68,6 @@ class QualityValidator(Agent[QualityParams]):
             metrics=metrics,
             started_at=ctx.started_at,
         )
-        return StageResult(Outcome(f"quality gate passed ({gate.metric}): {why} {where}",
-                                   metrics), manifest)
+        return StageResult(
+            Outcome(f"quality gate passed ({gate.metric}): {why} {where}", metrics), manifest
+        )

@@ -1,0 +1,127 @@
+"""The shared contract: params validation, agent names, the 4 KiB termination message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from bakeline.agents.contract import (
+    EXIT_GATE_FAILED,
+    EXIT_INVALID_INPUT,
+    GateFailed,
+    InvalidInput,
+    Result,
+    parse_job,
+    parse_params,
+)
+from bakeline.agents.stages import REGISTRY, resolve
+from bakeline.agents.stages.model_optimizer import ModelParams
+from bakeline.agents.timing import interleaved, percentile
+
+NINE = {
+    "BakingCoordinator",
+    "GraphOptimizer",
+    "ModelOptimizer",
+    "MemoryOptimizer",
+    "HardwareAdapter",
+    "InferenceAccelerator",
+    "QualityValidator",
+    "PerformanceProfiler",
+    "DeploymentPreparer",
+}
+
+
+def test_all_nine_agents_are_registered_under_camel_and_kebab_names() -> None:
+    assert set(REGISTRY) == NINE
+    assert resolve("graph-optimizer").name == "GraphOptimizer"
+    assert resolve("BakingCoordinator").name == "BakingCoordinator"
+    with pytest.raises(InvalidInput, match="unknown agent"):
+        resolve("Optimus")
+
+
+def test_exit_codes_are_the_contracts() -> None:
+    assert InvalidInput("x").exit_code == EXIT_INVALID_INPUT == 2
+    assert GateFailed("x").exit_code == EXIT_GATE_FAILED == 3
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"scheme": "int8-per-channel"},
+        {"scheme": "int8-per-channel", "keepFloat": "auto"},
+        {"scheme": "none"},
+        {"scheme": "int8-per-tensor", "keepFloat": ["node_a"]},
+    ],
+)
+def test_model_optimizer_accepts_the_fallback_ladder(params: dict[str, object]) -> None:
+    parsed = parse_params(ModelParams, json.dumps(params))
+    assert isinstance(parsed, ModelParams)
+    assert parsed.scheme == params["scheme"]
+
+
+@pytest.mark.parametrize(
+    "text", ['{"scheme": "int3"}', '{"bogus": 1}', "[1, 2]", "{not json", '{"maxFloatLayers": -1}']
+)
+def test_invalid_params_are_invalid_input(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_params(ModelParams, text)
+
+
+def test_job_parsing_reads_camel_case_and_rejects_garbage() -> None:
+    job = parse_job(
+        json.dumps(
+            {
+                "name": "j",
+                "model": {"source": {"builtin": "digits-cnn"}},
+                "target": {"batchSizes": [1, 32], "latencyBudgetMs": 5},
+                "quality": {"metric": "accuracy", "threshold": 0.9},
+            }
+        )
+    )
+    assert job.model is not None and job.model.builtin == "digits-cnn"
+    assert job.target.batch_sizes == [1, 32] and job.target.latency_budget_ms == 5
+    assert job.quality.metric == "accuracy"
+    with pytest.raises(InvalidInput):
+        parse_job('{"quality": {"metric": "vibes"}}')
+
+
+def test_termination_message_fits_4kib_and_keeps_headline_metrics() -> None:
+    metrics = {f"metric{i:04d}": float(i) for i in range(2000)}
+    result = Result(
+        "QualityValidator",
+        "quality",
+        "succeeded",
+        "m" * 10_000,
+        metrics,
+        "a" * 64,
+        "onnx",
+        123,
+        1.5,
+    )
+    text = result.to_message()
+    assert len(text.encode()) <= 4096
+    body = json.loads(text)
+    assert body["status"] == "succeeded" and body["artifactSha256"] == "a" * 64
+    assert "metric0000" in body["metrics"]  # truncated from the end, headlines kept
+    assert "metric1999" not in body["metrics"]
+
+
+def test_nan_metrics_become_null_json() -> None:
+    body = json.loads(Result("A", "s", "error", "", {"x": float("nan")}).to_message())
+    assert body["metrics"]["x"] is None
+
+
+def test_percentiles_and_interleaving() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+    calls: list[tuple[str, int]] = []
+    stats = interleaved(
+        {"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
+        runs=4,
+        block=3,
+        warmup=1,
+    )
+    assert len(stats["a"].samples_ms) == 4 and len(stats["b"].samples_ms) == 4
+    # interleaved in blocks: a, b alternate per round, and both see the same round index
+    rounds = [c for c in calls[2:]]
+    assert rounds[:3] == [("a", 0)] * 3 and rounds[3:6] == [("b", 0)] * 3

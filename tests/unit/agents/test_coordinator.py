@@ -1,0 +1,108 @@
+"""BakingCoordinator: builtin import, user files (ONNX), refusal of pickles and bad checksums."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bakeline.agents.checkpoint_io import open_input
+from bakeline.agents.contract import InvalidInput
+from bakeline.agents.data import load_arrays
+from bakeline.agents.pipeline import Chain, StageRunner
+from bakeline.agents.stages.coordinator import sniff_format
+from bakeline.checkpoints.manifest import sha256_file
+
+
+def test_checkpoint_zero_holds_model_data_and_references(digits_chain: Chain) -> None:
+    result = digits_chain.results["BakingCoordinator"]
+    ckpt = open_input(digits_chain.dirs["BakingCoordinator"])  # verifies every sha256
+    roles = {f.path: f.role for f in ckpt.manifest.files}
+    assert roles["original.pt2"] == "model"
+    assert {"calibration", "evaluation", "reference"} <= set(roles.values())
+    assert ckpt.manifest.model_name == "digits-cnn"
+    assert ckpt.format == "exported-program"
+    reference = load_arrays(ckpt.directory / "reference.safetensors")
+    evaluation = ckpt.dataset("evaluation.safetensors")
+    assert reference["evaluation"].shape == (len(evaluation), 10)
+    assert evaluation.labels is not None and len(evaluation) == 540  # 30 % of 1797
+    # the small CNN learns the digits: the reference itself is a good model
+    assert result.outcome.metrics["referenceAccuracy"] > 0.96
+    assert result.outcome.metrics["roundTripMaxAbsError"] < 1e-5
+    fingerprint = ckpt.manifest.attributes["fingerprint"]
+    assert fingerprint["artifactSha256"] == sha256_file(ckpt.artifact)
+    assert len(ckpt.manifest.lineage) == 1
+
+
+def test_training_is_deterministic(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    again = run_stage("BakingCoordinator", tmp_path / "again")
+    first = open_input(digits_chain.dirs["BakingCoordinator"]).manifest.attributes["fingerprint"]
+    assert again.manifest.attributes["fingerprint"]["weightsSha256"] == first["weightsSha256"]
+
+
+def _job(path: Path, sha256: str | None = None) -> dict[str, object]:
+    model: dict[str, object] = {
+        "source": {"url": {"href": "https://example.invalid/m"}},
+        "localPath": str(path),
+    }
+    if sha256:
+        model["sha256"] = sha256
+    return {"name": "user", "model": model}
+
+
+def test_a_user_onnx_file_is_imported_with_synthetic_data(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    onnx_file = digits_chain.dirs["GraphOptimizer"] / "model.onnx"
+    result = run_stage(
+        "BakingCoordinator",
+        tmp_path / "user",
+        params={"calibrationSamples": 16, "evaluationSamples": 24},
+        job=_job(onnx_file, sha256_file(onnx_file)),
+    )
+    assert result.manifest.format == "onnx"
+    assert [t.name for t in result.manifest.inputs] == ["image"]
+    assert result.outcome.metrics["evaluationSamples"] == 24
+    assert result.outcome.metrics["parameters"] > 30_000
+
+
+def test_a_pickle_is_refused(tmp_path: Path, run_stage: StageRunner) -> None:
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(InvalidInput, match="pickle"):
+        run_stage("BakingCoordinator", tmp_path / "out", job=_job(evil))
+
+
+def test_a_torch_save_of_a_module_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # a zip whose data.pkl would rebuild the class
+    with pytest.raises(InvalidInput, match="neither an ExportedProgram nor TorchScript"):
+        sniff_format(path)
+
+
+def test_a_checksum_mismatch_is_refused(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    onnx_file = digits_chain.dirs["GraphOptimizer"] / "model.onnx"
+    with pytest.raises(InvalidInput, match=r"does not match job\.model\.sha256"):
+        run_stage("BakingCoordinator", tmp_path / "out", job=_job(onnx_file, "0" * 64))
+
+
+def test_garbage_is_not_a_model(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(np.arange(100, dtype=np.uint8).tobytes())
+    with pytest.raises(InvalidInput, match="not an ExportedProgram, TorchScript or ONNX"):
+        sniff_format(junk)
+
+
+def test_unknown_builtin_and_missing_model(tmp_path: Path, run_stage: StageRunner) -> None:
+    with pytest.raises(InvalidInput, match="unknown builtin"):
+        run_stage(
+            "BakingCoordinator", tmp_path / "a", job={"model": {"source": {"builtin": "gpt-17"}}}
+        )
+    with pytest.raises(InvalidInput, match=r"needs job\.model"):
+        run_stage("BakingCoordinator", tmp_path / "b", job={})

@@ -1,0 +1,175 @@
+"""HardwareAdapter, InferenceAccelerator, QualityValidator, PerformanceProfiler,
+DeploymentPreparer on digits-cnn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bakeline.agents.checkpoint_io import open_input
+from bakeline.agents.contract import GateFailed, InvalidInput
+from bakeline.agents.hardware import cpu_flags, supports, usable_cpus
+from bakeline.agents.pipeline import Chain, StageRunner
+from bakeline.checkpoints.manifest import verify_checkpoint
+
+
+def test_cpu_flags_and_cgroup_quota_are_read(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n")
+    flags = cpu_flags(cpuinfo)
+    assert {"avx512_vnni", "avx512_bf16"} <= flags
+    assert supports("int8", flags) and supports("bf16", flags) and not supports("fp16", flags)
+    quota = tmp_path / "cpu.max"
+    quota.write_text("100000 100000\n")
+    assert usable_cpus(quota) == 1
+    quota.write_text("max 100000\n")
+    assert usable_cpus(quota) >= 1
+
+
+def test_hardware_adapter_records_a_runtime_and_keeps_the_artifact(digits_chain: Chain) -> None:
+    result = digits_chain.results["HardwareAdapter"]
+    before = open_input(digits_chain.dirs["MemoryOptimizer"]).manifest
+    assert result.manifest.artifact_sha256 == before.artifact_sha256
+    runtime = result.manifest.attributes["runtime"]
+    assert runtime["intraOpThreads"] == 1 and runtime["executionProvider"] == "CPUExecutionProvider"
+    assert runtime["dtype"] == "int8"
+    assert result.outcome.metrics["gflopsFp32"] > 0
+
+
+def test_hardware_adapter_refuses_fp16_without_native_support(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    if supports("fp16", cpu_flags()):
+        pytest.skip("this CPU has native fp16")
+    with pytest.raises(GateFailed, match="refused fp16") as failure:
+        run_stage(
+            "HardwareAdapter",
+            tmp_path / "x",
+            digits_chain.dirs["MemoryOptimizer"],
+            {"dtype": "fp16"},
+        )
+    assert "gflopsFp16" in failure.value.metrics
+
+
+def test_hardware_adapter_refuses_cuda_when_there_is_none(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner, digits_job: dict[str, Any]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    job = {**digits_job, "target": {"device": "cuda"}}
+    with pytest.raises(GateFailed, match="CUDA"):
+        run_stage("HardwareAdapter", tmp_path / "x", digits_chain.dirs["MemoryOptimizer"], job=job)
+
+
+def test_inference_accelerator_keeps_the_fastest_passing_candidate(digits_chain: Chain) -> None:
+    result = digits_chain.results["InferenceAccelerator"]
+    report = json.loads(
+        (
+            digits_chain.dirs["InferenceAccelerator"] / "reports/inference-accelerator.json"
+        ).read_text()
+    )
+    latencies = report["latencyP50Ms"]
+    assert {"ort-all", "torch-eager"} <= set(latencies)
+    chosen = report["chosen"]
+    assert result.manifest.attributes["runtime"]["backend"] == (
+        "torch-eager" if chosen == "torch-eager" else "onnxruntime"
+    )
+    # the chosen one is never slower than every other at both batch sizes
+    others = [name for name in latencies if name != chosen]
+    assert any(latencies[chosen][b] <= latencies[o][b] for o in others for b in ("1", "8"))
+
+
+def test_quality_validator_passes_with_the_job_default(digits_chain: Chain) -> None:
+    metrics = digits_chain.results["QualityValidator"].outcome.metrics
+    assert metrics["passed"] == 1.0
+    # within one point of the fp32 reference, on the held-out split
+    assert metrics["accuracy"] >= metrics["referenceAccuracy"] - 0.01
+    assert metrics["samples"] == 540
+
+
+def test_quality_validator_fails_an_unreachable_gate_with_the_reason(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    with pytest.raises(GateFailed, match=r"accuracy 0\.\d+ < threshold 0\.9999") as failure:
+        run_stage(
+            "QualityValidator",
+            tmp_path / "x",
+            digits_chain.input_of("QualityValidator"),
+            {"threshold": 0.9999},
+        )
+    assert failure.value.metrics["passed"] == 0.0
+    with pytest.raises(GateFailed, match="max abs error"):
+        run_stage(
+            "QualityValidator",
+            tmp_path / "y",
+            digits_chain.input_of("QualityValidator"),
+            {"metric": "max-abs-error", "threshold": 1e-9},
+        )
+
+
+def test_quality_validator_reads_the_job_quality(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner, digits_job: dict[str, Any]
+) -> None:
+    job = {**digits_job, "quality": {"metric": "cosine", "threshold": 0.9999999}}
+    with pytest.raises(GateFailed, match="mean cosine"):
+        run_stage(
+            "QualityValidator", tmp_path / "x", digits_chain.input_of("QualityValidator"), job=job
+        )
+
+
+def test_profiler_reports_percentiles_throughput_and_operators(digits_chain: Chain) -> None:
+    result = digits_chain.results["PerformanceProfiler"]
+    m = result.outcome.metrics
+    for size in (1, 8):
+        assert 0 < m[f"b{size}.p50Ms"] <= m[f"b{size}.p95Ms"] <= m[f"b{size}.p99Ms"]
+        assert m[f"b{size}.throughput"] > 0 and m[f"b{size}.speedup"] > 0
+    top = result.manifest.attributes["profile"]["topOperators"]
+    assert top and abs(sum(top.values())) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ({"batchSizes": [1], "latencyBudgetMs": 1e-6}, "latency budget"),
+        ({"batchSizes": [1], "sizeBudgetMB": 0.001}, "size budget"),
+    ],
+)
+def test_profiler_enforces_budgets(
+    digits_chain: Chain,
+    tmp_path: Path,
+    target: dict[str, object],
+    reason: str,
+    run_stage: StageRunner,
+    digits_job: dict[str, Any],
+) -> None:
+    with pytest.raises(GateFailed, match=reason):
+        run_stage(
+            "PerformanceProfiler",
+            tmp_path / "x",
+            digits_chain.input_of("PerformanceProfiler"),
+            {"runs": 5, "compareOriginal": False},
+            job={**digits_job, "target": target},
+        )
+
+
+def test_deployment_package(digits_chain: Chain) -> None:
+    package = digits_chain.dirs["DeploymentPreparer"]
+    manifest = verify_checkpoint(package)
+    paths = {f.path for f in manifest.files}
+    assert {"model.onnx", "runtime.json", "README.md"} <= paths
+    assert not paths & {"calibration.safetensors", "evaluation.safetensors", "original.pt2"}
+    assert manifest.lineage[0].agent == "BakingCoordinator"
+    assert len(manifest.lineage) == 9
+    assert manifest.metrics["accuracy"] > 0.95 and manifest.metrics["sizeRatio"] < 0.5
+    card = (package / "README.md").read_text()
+    assert "digits-cnn" in card and "## Lineage" in card and manifest.artifact_sha256[:16] in card
+    assert json.loads((package / "runtime.json").read_text())["intraOpThreads"] == 1
+
+
+def test_agents_refuse_a_missing_input(tmp_path: Path, run_stage: StageRunner) -> None:
+    with pytest.raises(InvalidInput, match="does not exist"):
+        run_stage("GraphOptimizer", tmp_path / "out", tmp_path / "nowhere")
