@@ -23,7 +23,7 @@ from bakeline.handlers.lanes import reconcile_lane
 from bakeline.handlers.slo import reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
 from bakeline.metrics.collectors import RECONCILE_ERRORS, RECONCILES, track_job_phase
-from bakeline.runtime.pods import LABEL_JOB
+from bakeline.runtime.pods import ANNOTATION_RERUN, LABEL_JOB
 from kubernetes import client, config
 
 log = logging.getLogger("bakeline.operator")
@@ -37,6 +37,7 @@ class Runtime:
     config: OperatorConfig = field(default_factory=OperatorConfig)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     schedule: list[tuple[float, str, str, str]] = field(default_factory=list)
+    pending: dict[tuple[str, str, str], float] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -45,17 +46,24 @@ class Runtime:
             return self.locks.setdefault((namespace, name), threading.Lock())
 
     def wake_later(self, kind: str, namespace: str, name: str, delay: float) -> None:
+        """Look at the object again after `delay`; one pending look per object, the earliest."""
+        key, at = (kind, namespace, name), time.time() + delay
         with self.guard:
-            heapq.heappush(self.schedule, (time.time() + delay, kind, namespace, name))
+            if self.pending.get(key, float("inf")) <= at:
+                return
+            self.pending[key] = at
+            heapq.heappush(self.schedule, (at, kind, namespace, name))
 
     def due(self) -> list[tuple[str, str, str]]:
-        """What is due now, each object once however often it was asked for."""
-        now, ready = time.time(), set()
+        """What is due now; entries superseded by an earlier look are dropped."""
+        now, ready = time.time(), []
         with self.guard:
             while self.schedule and self.schedule[0][0] <= now:
-                _, kind, namespace, name = heapq.heappop(self.schedule)
-                ready.add((kind, namespace, name))
-        return sorted(ready)
+                at, kind, namespace, name = heapq.heappop(self.schedule)
+                if self.pending.get((kind, namespace, name)) == at:
+                    del self.pending[(kind, namespace, name)]
+                    ready.append((kind, namespace, name))
+        return ready
 
 
 RUNTIME = Runtime()
@@ -151,22 +159,39 @@ def _cleanup(**_: Any) -> None:
 
 
 @kopf.on.event("bakeline.io", "v1alpha1", "bakingjobs")
-def _job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+def _job_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     if not namespace:
         return
     if type == "DELETED":
         track_job_phase(namespace, name, None)
-    else:
+    elif not _own_status_write(type, body):
         reconcile("BakingJob", namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-def _pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-    if not namespace:
+def _pod_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    # Only an ended, vanishing or vanished pod moves its job; Pending -> Running does not.
+    phase = (body.get("status") or {}).get("phase")
+    ending = phase in ("Succeeded", "Failed") or body.metadata.get("deletionTimestamp")
+    if not namespace or not (ending or type == "DELETED"):
         return
     for owner in body.metadata.get("ownerReferences") or []:
         if owner.get("kind") == "BakingJob":
             reconcile("BakingJob", namespace, owner["name"])
+
+
+def _own_status_write(type: str, body: kopf.Body) -> bool:
+    """A MODIFIED event that only echoes our status patch: the spec's generation is already
+    observed and any rerun request already acted on. Progress comes from pod events and the
+    scheduler, so skipping these saves a full reconcile per status write."""
+    status = body.get("status") or {}
+    rerun = (body.metadata.get("annotations") or {}).get(ANNOTATION_RERUN)
+    return bool(
+        type == "MODIFIED"
+        and status.get("observedGeneration") == body.metadata.get("generation")
+        and status.get("phase") not in (None, "Queued", "Pending")
+        and (not rerun or rerun == status.get("rerunRequest"))
+    )
 
 
 @kopf.on.event("bakeline.io", "v1alpha1", "workflows")

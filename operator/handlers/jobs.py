@@ -49,7 +49,9 @@ from pydantic import ValidationError
 
 log = logging.getLogger("bakeline.jobs")
 
-POLL_RUNNING_S = 5.0  # a safety net: pod events normally wake the job sooner
+# A safety net only: pod events wake a running job, and kopf re-lists after a watch breaks.
+# Polling often costs more than it saves (each look is a full reconcile on a small machine).
+POLL_RUNNING_S = 30.0
 POLL_QUEUED_S = 3.0
 TERMINAL = {"Succeeded", "Failed"}
 
@@ -401,7 +403,8 @@ def _start(
                 return engine.stage_cached(state, action.stage, info, now)
     lane = kube.get("Lane", meta["namespace"], str((obj.get("status") or {}).get("lane")))
     lane_spec = (lane or {}).get("spec") or {}
-    kube.ensure_claim(manifests.build_checkpoint_claim(obj, lane_spec.get("storage")))
+    if action.input is None:  # the job's first stage (again, after a rollback to the start)
+        kube.ensure_claim(manifests.build_checkpoint_claim(obj, lane_spec.get("storage")))
     attempt = state.stages[action.stage].attempts_total + 1
     pod = manifests.build_stage_pod(
         obj,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bakeline.api.common import GROUP, VERSION
+from bakeline.metrics.collectors import API_REQUESTS
 from bakeline.runtime.pods import LABEL_COMPONENT, LABEL_JOB, label_value
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -33,6 +34,7 @@ class Kube:
 
     def __init__(self, api_client: Any) -> None:
         self.api_client = api_client
+        _count_requests(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
@@ -180,3 +182,17 @@ class Kube:
                 return False
             raise
         return True
+
+
+def _count_requests(api_client: Any) -> None:
+    """Count every request at the client (bakeline_api_requests_total), once per client."""
+    if getattr(api_client, "_bakeline_counted", False):
+        return
+    send = api_client.call_api
+
+    def counted(resource_path: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        API_REQUESTS.labels(method).inc()
+        return send(resource_path, method, *args, **kwargs)
+
+    api_client.call_api = counted
+    api_client._bakeline_counted = True

@@ -80,6 +80,12 @@ RECONCILE_ERRORS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+API_REQUESTS = Counter(
+    "bakeline_api_requests_total",
+    "Requests the operator's reconcilers sent to the API server (kopf's watches aside).",
+    ["method"],
+    registry=REGISTRY,
+)
 RECONCILES = Histogram(
     "bakeline_reconcile_duration_seconds",
     "Time spent in one reconcile pass, by kind.",

@@ -21,9 +21,13 @@ def main() -> int:
     output = Path(os.environ["BAKELINE_OUTPUT"])
     script_path = Path(os.environ["SCRIPTED_AGENT_SCRIPT"])
     script = json.loads(script_path.read_text()) if script_path.is_file() else {}
-    counter = script_path.with_name(f"{script_path.name}.{stage}.count")
+    # Attempts are counted per job and stage; jobs run concurrently, so write atomically.
+    job = json.loads(os.environ.get("BAKELINE_JOB") or "{}").get("name", "job")
+    counter = script_path.with_name(f"{script_path.name}.{job}.{stage}.count")
     attempt = int(counter.read_text()) + 1 if counter.is_file() else 1
-    counter.write_text(str(attempt))
+    partial = counter.with_name(f"{counter.name}.{os.getpid()}")
+    partial.write_text(str(attempt))
+    partial.replace(counter)
     codes = script.get(stage, [0])
     code = int(codes[min(attempt, len(codes)) - 1])
     time.sleep(float(script.get("sleep", {}).get(stage, 0)))
