@@ -193,19 +193,19 @@ class OutputCheckpoint:
             LineageEntry(
                 stage=stage,
                 agent=agent,
-                agentVersion=AGENT_VERSION,
+                agent_version=AGENT_VERSION,
                 params=params,
-                inputSha256=src.artifact_sha256 if src else None,
-                outputSha256=artifact_sha,
-                startedAt=started_at,
-                finishedAt=utc_now(),
+                input_sha256=src.artifact_sha256 if src else None,
+                output_sha256=artifact_sha,
+                started_at=started_at,
+                finished_at=utc_now(),
                 metrics=metrics,
             )
         )
         merged = dict(src.attributes) if src else {}
         merged.update(attributes or {})
         manifest = Manifest(
-            modelName=model_name or (src.model_name if src else "model"),
+            model_name=model_name or (src.model_name if src else "model"),
             task=task if task is not None else (src.task if src else ""),
             artifact=artifact,
             format=format,

@@ -113,7 +113,8 @@ def load_torch_module(path: Path, format: str) -> torch.nn.Module:
             program = torch.export.load(str(path))
         return program.module()
     if format == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu")
+        scripted: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        return scripted
     raise ValueError(f"{format} is not a torch format")
 
 

@@ -64,7 +64,7 @@ def quantize_blocks_int4(
     codes = codes.reshape(rows, width)
 
     def pack(values: np.ndarray) -> np.ndarray:
-        return (values[:, 0::2] | (values[:, 1::2] << 4)).astype(np.uint8)
+        return np.asarray(values[:, 0::2] | (values[:, 1::2] << 4), dtype=np.uint8)
 
     return pack(codes), scale, pack(zero.astype(np.uint8))
 

@@ -9,9 +9,13 @@ steal the cores from whichever candidate runs next.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -56,6 +60,15 @@ class LatencyStats:
         }
 
 
+def fixed(run: Callable[[T], object], argument: T) -> Callable[[int], object]:
+    """A candidate that runs `run(argument)` in every round."""
+
+    def call(_: int) -> object:
+        return run(argument)
+
+    return call
+
+
 def interleaved(
     candidates: Mapping[str, Callable[[int], object]],
     runs: int,
@@ -97,3 +110,29 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.started
+
+
+def least_contended(
+    candidates: Mapping[str, Callable[[int], object]],
+    runs: int,
+    windows: int,
+    baseline: str,
+) -> tuple[dict[str, LatencyStats], list[dict[str, float]]]:
+    """Measure all candidates interleaved in `windows` separate windows of `runs` each; return
+    the window where `baseline` ran fastest (the least disturbed by other work on the machine:
+    every candidate in it shared the same conditions) and every window's medians.
+    """
+    measured = [interleaved(candidates, runs) for _ in range(max(1, windows))]
+    medians = [{name: stats.p50 for name, stats in window.items()} for window in measured]
+    best = min(range(len(measured)), key=lambda i: medians[i][baseline])
+    return measured[best], medians
+
+
+def wait_for_quiet(max_load: float, timeout_s: float, poll_s: float = 10.0) -> float:
+    """Wait (at most `timeout_s`) until the 1-minute load average drops below `max_load`."""
+    deadline = time.monotonic() + timeout_s
+    load = os.getloadavg()[0]
+    while load >= max_load and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        load = os.getloadavg()[0]
+    return load

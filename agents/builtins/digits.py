@@ -38,7 +38,8 @@ class DigitsCNN(nn.Module):
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(image))
+        logits: torch.Tensor = self.classifier(self.features(image))
+        return logits
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -74,7 +75,7 @@ def train(x_train: np.ndarray, y_train: np.ndarray) -> DigitsCNN:
                     index = order[start : start + 64]
                     optimizer.zero_grad()
                     loss = nn.functional.cross_entropy(model(images[index]), labels[index])
-                    loss.backward()
+                    loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
     finally:
         torch.set_num_threads(threads)

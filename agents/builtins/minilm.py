@@ -54,7 +54,8 @@ class _Attention(nn.Module):
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_dim) + bias
         context = torch.matmul(scores.softmax(dim=-1), v)
         context = context.transpose(1, 2).reshape(batch, seq, HIDDEN)
-        return self.norm(hidden + self.dense(context))
+        out: torch.Tensor = self.norm(hidden + self.dense(context))
+        return out
 
 
 class _Layer(nn.Module):
@@ -67,7 +68,8 @@ class _Layer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         hidden = self.attention(hidden, bias)
-        return self.norm(hidden + self.output(F.gelu(self.intermediate(hidden))))
+        out: torch.Tensor = self.norm(hidden + self.output(F.gelu(self.intermediate(hidden))))
+        return out
 
 
 class MiniLMEncoder(nn.Module):

@@ -42,7 +42,7 @@ def export_to_onnx(checkpoint: InputCheckpoint, target: Path) -> Path:
     if checkpoint.format == "exported-program":
         module = load_exported_program(checkpoint.artifact)
     elif checkpoint.format == "torchscript":
-        module = torch.jit.load(str(checkpoint.artifact), map_location="cpu")
+        module = torch.jit.load(str(checkpoint.artifact), map_location="cpu")  # type: ignore[no-untyped-call]
     else:
         raise InvalidInput(f"cannot build a graph from a {checkpoint.format} artifact")
     export_onnx(

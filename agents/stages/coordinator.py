@@ -331,7 +331,7 @@ def _signature(
             )
         weights = {k: v.detach().numpy() for k, v in program.state_dict.items()}
         return inputs, [], weights
-    module = torch.jit.load(str(path), map_location="cpu")
+    module: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     if not shapes:
         raise InvalidInput("TorchScript records no input shapes: pass params.inputShapes")
     inputs = [TensorSpec(name=n, dtype="float32", shape=["batch", *s]) for n, s in shapes.items()]

@@ -2,13 +2,13 @@
 
 Candidates: ONNX Runtime on the artifact under several session options (graph optimisation
 levels, with and without the SkipLayerNormalization fusion, which measures slower on the int8
-MiniLM graph), the imported model in eager torch, and torch.compile of it. Candidates run with
-spinning worker threads off, so that none steals cores from the next while timed; `allowSpinning`
-decides whether the kept config spins (it trades CPU for latency; under a pod's CPU quota it is
-usually a loss). Each is scored against the reference outputs on calibration data and timed,
-interleaved in one process, at every target batch size; the fastest (sum of latencies relative to
-the best at each batch size) among those passing the job's quality gate is kept, with its runtime
-config recorded for the later stages and the package.
+MiniLM graph; the configured threads and one), the imported model in eager torch, and
+torch.compile of it. Candidates run with spinning worker threads off, so that none steals cores
+from the next while timed; `allowSpinning` decides whether the kept config spins (it trades CPU
+for latency; under a pod's CPU quota it is usually a loss). Each is scored against the reference
+outputs on calibration data and timed, interleaved in one process, at every target batch size;
+the fastest (sum of latencies relative to the best at each batch size) among those passing the
+job's quality gate is kept, with its runtime config recorded for the later stages and the package.
 
 Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20), batchSizes
 (default job.target.batchSizes), allowSpinning (false).
@@ -16,7 +16,7 @@ Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20),
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -33,10 +33,11 @@ from bakeline.agents.stages.common import (
     timing_batch,
     write_report,
 )
-from bakeline.agents.timing import interleaved
+from bakeline.agents.timing import fixed, interleaved
 from pydantic import Field
 
 Family = Literal["onnxruntime", "torch-eager", "torch-compile"]
+FAMILIES: tuple[Family, ...] = ("onnxruntime", "torch-eager", "torch-compile")
 QUALITY_SAMPLES = 64
 ORT_CANDIDATES: tuple[tuple[str, OptLevel, list[str]], ...] = (
     ("ort-all", "all", []),
@@ -47,9 +48,7 @@ ORT_CANDIDATES: tuple[tuple[str, OptLevel, list[str]], ...] = (
 
 
 class AcceleratorParams(StageParams):
-    candidates: list[Family] = Field(
-        default_factory=lambda: ["onnxruntime", "torch-eager", "torch-compile"], min_length=1
-    )
+    candidates: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     runs: int = Field(default=20, ge=3)
     batch_sizes: list[int] | None = Field(default=None, alias="batchSizes")
     allow_spinning: bool = Field(default=False, alias="allowSpinning")
@@ -70,14 +69,18 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         configs: dict[str, tuple[RuntimeConfig, str, str]] = {}  # name -> config, path, format
         if "onnxruntime" in params.candidates and source.format == "onnx":
             artifact = str(source.artifact)
-            for name, level, disabled in ORT_CANDIDATES:
-                configs[name] = (
+            # Fewer threads can win for small models: waking a worker costs more than it saves.
+            thread_counts = sorted({base.intra_op_threads, 1} - {0}) or [0]
+            for (name, level, disabled), threads in product(ORT_CANDIDATES, thread_counts):
+                label = name if threads == max(thread_counts) else f"{name}-{threads}thread"
+                configs[label] = (
                     base.model_copy(
                         update={
                             "backend": "onnxruntime",
                             "graph_optimization_level": level,
                             "allow_spinning": False,
                             "disabled_optimizers": disabled,
+                            "intra_op_threads": threads,
                         }
                     ),
                     artifact,
@@ -117,9 +120,7 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         latency: dict[str, dict[int, float]] = {name: {} for name in runners}
         for size in sizes:
             feeds = timing_batch(source, size)
-            calls: dict[str, Callable[[int], object]] = {
-                name: (lambda _, r=runner, f=feeds: r(f)) for name, runner in runners.items()
-            }
+            calls = {name: fixed(runner, feeds) for name, runner in runners.items()}
             for name, stats in interleaved(calls, params.runs).items():
                 latency[name][size] = stats.p50
         relative = {

@@ -23,6 +23,7 @@ Measures: size before/after, quantized and float layer counts, calibration cosin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,7 @@ from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StagePar
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import name_nodes, save, scratch_dir
 from bakeline.agents.quantize import (
+    Quantizable,
     blockwise_int8,
     choose_mode,
     quantizable,
@@ -84,9 +86,11 @@ class ModelOptimizer(Agent[ModelParams]):
             model = name_nodes(onnx.load(str(onnx_path)))
             named = save(model, tmp / "named.onnx")
             size_before = size_of(onnx_path)
+            kept: list[str] = []
+            sensitivity: dict[str, float] = {}
             if params.scheme == "none":
                 out.add_copy(named, artifact, "model")
-                layers, kept, mode, sensitivity = 0, [], "none", {}
+                layers, mode = 0, "none"
             else:
                 mode = choose_mode(model, params.mode)
                 candidates = quantizable(model, mode)
@@ -112,6 +116,7 @@ class ModelOptimizer(Agent[ModelParams]):
                         kept, sensitivity = self._auto(build, candidates, params, tmp)
                     else:
                         kept = [] if params.keep_float == "none" else list(params.keep_float)
+                        sensitivity = {}
                         unknown = set(kept) - {c.node for c in candidates}
                         if unknown:
                             raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
@@ -187,19 +192,12 @@ class ModelOptimizer(Agent[ModelParams]):
 
     @staticmethod
     def _auto(
-        build: object,
-        candidates: list[object],
+        run: Callable[[list[str], Path], dict[str, float]],
+        layers: list[Quantizable],
         params: ModelParams,
         tmp: Path,
     ) -> tuple[list[str], dict[str, float]]:
         """Greedy: rank layers by the cosine they cost, keep the worst float until targets hold."""
-        from collections.abc import Callable
-
-        from bakeline.agents.quantize import Quantizable
-
-        assert callable(build)
-        run: Callable[[list[str], Path], dict[str, float]] = build  # type: ignore[assignment]
-        layers = [c for c in candidates if isinstance(c, Quantizable)]
 
         def meets(m: dict[str, float]) -> bool:
             return (

@@ -31,7 +31,7 @@ from bakeline.agents.stages.common import (
     timing_batch,
     write_report,
 )
-from bakeline.agents.timing import interleaved
+from bakeline.agents.timing import fixed, interleaved
 from pydantic import Field
 
 BOTTLENECK_SHARE = 0.2
@@ -87,9 +87,9 @@ class PerformanceProfiler(Agent[ProfilerParams]):
         metrics: dict[str, float] = {}
         for size in sizes:
             feeds = timing_batch(source, size)
-            calls: dict[str, Callable[[int], object]] = {"baked": lambda _, f=feeds: baked(f)}
+            calls = {"baked": fixed(baked, feeds)}
             if original is not None:
-                calls["original"] = lambda _, f=feeds: original(f)
+                calls["original"] = fixed(original, feeds)
             stats = interleaved(calls, params.runs)
             entry: dict[str, Any] = {"baked": stats["baked"].summary(size)}
             if "original" in stats:

@@ -8,16 +8,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bakeline.agents.pipeline import STAGES, run_agent, run_pipeline
 from bakeline.checkpoints.manifest import verify_checkpoint
 
-JOB = {
+JOB: dict[str, Any] = {
     "name": "cli-digits",
     "model": {"source": {"builtin": "digits-cnn"}},
     "target": {"batchSizes": [1, 16]},
 }
-PARAMS = {
+PARAMS: dict[str, dict[str, Any]] = {
     "HardwareAdapter": {"threads": 1},
     "InferenceAccelerator": {"candidates": ["onnxruntime", "torch-eager"], "runs": 4},
     "PerformanceProfiler": {"runs": 6},
