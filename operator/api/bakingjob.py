@@ -75,7 +75,8 @@ class UrlModel(WireModel):
     url: str = Field(
         min_length=1,
         max_length=2048,
-        description="https:// (or http://) address of the model file.",
+        description="https:// (or http://) address of the model file; file:// for "
+        "`bakeline run` on one machine (a stage pod cannot read it).",
     )
     # Required, but checked by a rule so the API server's message says why (see cel_rules).
     sha256: str | None = Field(
@@ -87,9 +88,10 @@ class UrlModel(WireModel):
 
     cel_rules = (
         Rule(
-            "self.url.startsWith('https://') || self.url.startsWith('http://')",
-            "url must start with https:// or http://",
-            lambda u: u.url.startswith(("https://", "http://")),
+            "self.url.startsWith('https://') || self.url.startsWith('http://') || "
+            "self.url.startsWith('file://')",
+            "url must start with https://, http:// or file://",
+            lambda u: u.url.startswith(("https://", "http://", "file://")),
             field_path=".url",
         ),
         Rule(

@@ -57,15 +57,15 @@ def default_workflow() -> Workflow:
             on_failure="Fallback",
             fallbacks=[{"embeddings": "none"}],
         ),
-        # Hardware-dependent stages are not cached: the key knows the input, not the node the
-        # result was measured on.
+        # Cached like the rest: the cache key holds the job's target and quality, and for the
+        # hardware-dependent agents the machine (`bakeline run`); the operator never reuses
+        # those across pods, which may land on other nodes.
         Stage(
             name="hardware",
             agent="HardwareAdapter",
             depends_on=["memory"],
             timeout_seconds=300,
             on_failure="Retry",
-            cache=False,
         ),
         Stage(
             name="accelerate",
@@ -74,10 +74,8 @@ def default_workflow() -> Workflow:
             depends_on=["hardware"],
             timeout_seconds=1800,
             on_failure="Skip",
-            cache=False,
         ),
-        # One retry covers a lost pod; a failed gate rolls back. Not cached: the gate's threshold
-        # comes from the job, which the cache key does not know.
+        # One retry covers a lost pod; a failed gate rolls back.
         Stage(
             name="validate",
             agent="QualityValidator",
@@ -86,7 +84,6 @@ def default_workflow() -> Workflow:
             retry=RetryPolicy(limit=1),
             on_failure="Rollback",
             gate=Gate(metric=QUALITY_METRIC),
-            cache=False,
         ),
         Stage(
             name="profile",
@@ -95,7 +92,6 @@ def default_workflow() -> Workflow:
             depends_on=["validate"],
             timeout_seconds=1200,
             on_failure="Retry",
-            cache=False,
         ),
         Stage(
             name="package",

@@ -26,6 +26,7 @@ from bakeline.api.validation import validate_workflow
 from bakeline.api.workflow import Workflow, WorkflowSpec
 from bakeline.engine import lanes as admission
 from bakeline.engine import pipeline as engine
+from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.dag import descendants
 from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.handlers.conditions import set_condition
@@ -104,6 +105,11 @@ def reconcile_job(
             kube.post_event(obj, "Normal", "Suspended", "job suspended; running pods finish")
         return None
 
+    try:
+        manifests.model_source_mount(spec.model.source.to_wire())
+    except ValueError as exc:
+        _fail_now(kube, obj, status, "ModelSourceUnsupported", str(exc))
+        return None
     workflow = _workflow(kube, namespace, spec.workflow_ref)
     if workflow is None:
         return _wait(
@@ -150,7 +156,8 @@ def reconcile_job(
         model_sha256=(spec.model.source.url.sha256 if spec.model.source.url else None),
         agent_version=config.agent_version,
         job=_job_document(job),
-        bypass=bypass,
+        # A pod may land on another node than the one that measured: never reuse those.
+        bypass=bypass | {s.name for s in plan.stages if s.agent in HARDWARE_DEPENDENT_AGENTS},
     )
     wake: float | None = None
     for action in engine.next_actions(plan, state, now, cache):
@@ -361,15 +368,8 @@ def _observe(
     }
     checkpoint = None
     if outcome is AttemptOutcome.SUCCEEDED and result.get("artifactSha256"):
-        attempt = stage_state.attempts_total
-        key = (pod.metadata.annotations or {}).get(manifests.ANNOTATION_CACHE_KEY)
-        kube.create_record(
-            manifests.build_checkpoint_record(
-                obj, stage=stage, attempt=attempt, result=result, cache_key=key
-            )
-        )
         checkpoint = engine.CheckpointInfo(
-            manifests.checkpoint_id(stage, attempt),
+            manifests.checkpoint_id(stage, stage_state.attempts_total),
             str(result["artifactSha256"]),
             int(result.get("sizeBytes") or 0),
         )
@@ -377,9 +377,19 @@ def _observe(
     if stage_state.started_at is not None:
         seconds = max(0.0, (finished_at or now) - stage_state.started_at)
         STAGE_DURATION.labels(plan.stage(stage).agent, outcome.value).observe(seconds)
-    return engine.stage_finished(
+    state, events = engine.stage_finished(
         plan, state, stage, outcome, finished_at or now, checkpoint, metrics, message
     )
+    if checkpoint is not None and state.stages[stage].phase is engine.StagePhase.SUCCEEDED:
+        # Recorded only once the engine accepted it (its gate passed): a record is a
+        # checkpoint later stages, rollbacks and the cache may use.
+        key = (pod.metadata.annotations or {}).get(manifests.ANNOTATION_CACHE_KEY)
+        kube.create_record(
+            manifests.build_checkpoint_record(
+                obj, stage=stage, attempt=stage_state.attempts_total, result=result, cache_key=key
+            )
+        )
+    return state, events
 
 
 def _start(
@@ -406,18 +416,25 @@ def _start(
     if action.input is None:  # the job's first stage (again, after a rollback to the start)
         kube.ensure_claim(manifests.build_checkpoint_claim(obj, lane_spec.get("storage")))
     attempt = state.stages[action.stage].attempts_total + 1
+    document = _job_document(job)
+    model_mount = None
+    if action.input is None:
+        model_mount = manifests.model_source_mount(document["model"]["source"])
+        if model_mount is not None:
+            document["model"]["localPath"] = model_mount[2]
     pod = manifests.build_stage_pod(
         obj,
         stage=action.stage,
         agent=action.agent,
         attempt=attempt,
         params=action.params,
-        job_document=_job_document(job),
+        job_document=document,
         input_checkpoint=action.input.id if action.input else None,
         image=config.image,
         stage_defaults=lane_spec.get("stageDefaults"),
         timeout_seconds=action.timeout_seconds,
         service_account=config.service_account,
+        model_mount=model_mount,
     )
     annotations = pod["metadata"]["annotations"]
     annotations[manifests.ANNOTATION_FALLBACK] = str(action.fallback)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bakeline.engine import pipeline as engine
+from bakeline.engine.predict import estimate_remaining, fit_durations
 from bakeline.handlers.conditions import set_condition
 from bakeline.runtime import pods as manifests
 
@@ -141,6 +142,8 @@ def status_from_run_state(
     if phase in (engine.JobPhase.PENDING, engine.JobPhase.QUEUED):
         phase = engine.JobPhase.RUNNING
     status["phase"] = phase.value
+    if phase in (engine.JobPhase.SUCCEEDED, engine.JobPhase.FAILED):
+        status.pop("estimatedCompletion", None)
     if phase is engine.JobPhase.SUCCEEDED:
         status["finishedAt"] = status.get("finishedAt") or _ts(datetime.now(UTC).timestamp())
         record = load_record(current.id) if current else None
@@ -158,11 +161,35 @@ def status_from_run_state(
             status, "Progressing", "False", "Failed", state.message or "a stage failed", meta
         )
     else:
+        status["estimatedCompletion"] = _ts(_estimate_end(plan, state))
         running = [n for n, s in state.stages.items() if s.phase is engine.StagePhase.RUNNING]
         reason = "RollingBack" if phase is engine.JobPhase.ROLLING_BACK else "StagesRunning"
         what = f"running {', '.join(running)}" if running else "between stages"
         set_condition(status, "Progressing", "True", reason, f"{state.progress} done; {what}", meta)
     return status
+
+
+def _estimate_end(plan: engine.Plan, state: engine.RunState) -> float:
+    """When the job should end: the duration predictor over the stages still to run, sized by
+    the latest checkpoint (the model as it is now)."""
+    now = datetime.now(UTC).timestamp()
+    current = state.current_checkpoint(plan)
+    size = current.size_bytes if current else 0
+    pending = [
+        stage.agent
+        for stage in plan.stages
+        if state.stages[stage.name].phase
+        in (engine.StagePhase.PENDING, engine.StagePhase.ROLLED_BACK)
+    ]
+    running = next(
+        (
+            (stage.agent, now - (state.stages[stage.name].started_at or now))
+            for stage in plan.stages
+            if state.stages[stage.name].phase is engine.StagePhase.RUNNING
+        ),
+        None,
+    )
+    return now + estimate_remaining(fit_durations([]), pending, size, running)
 
 
 def _result(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bakeline.api.validation import topological_order, validate_workflow
-from bakeline.engine.predict import DurationSample, fit_durations
+from bakeline.engine.predict import DurationSample, critical_path_seconds, fit_durations
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.kube import Kube
 
@@ -45,12 +45,9 @@ def workflow_status(obj: dict[str, Any], samples: list[DurationSample]) -> dict[
     agents = {s["name"]: s["agent"] for s in stages}
     predicted = {name: round(model.predict(agents[name], 0), 1) for name in order}
     depends = {s["name"]: s.get("dependsOn") or [] for s in stages}
-    finish: dict[str, float] = {}
-    for name in order:  # critical path: a stage ends after its slowest dependency
-        finish[name] = predicted[name] + max((finish[d] for d in depends[name]), default=0.0)
     status["order"] = order
     status["predictedDurations"] = predicted
-    status["predictedTotalSeconds"] = round(max(finish.values(), default=0.0), 1)
+    status["predictedTotalSeconds"] = round(critical_path_seconds(depends, predicted), 1)
     set_condition(status, "Ready", "True", "Valid", f"{len(order)} stages in order", meta)
     set_condition(status, "Invalid", "False", "Valid", "", meta)
     return status

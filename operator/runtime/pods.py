@@ -113,6 +113,42 @@ def restricted_container_security() -> dict[str, Any]:
     }
 
 
+MODEL_MOUNT = "/model"
+
+
+def model_source_mount(
+    source: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+    """(volume, volumeMount, localPath) that put a configMap or pvc model file in the pod;
+    None for a builtin. Raises ValueError for a source a pod cannot read (url, file://)."""
+    if source.get("builtin"):
+        return None
+    if source.get("configMap"):
+        ref = source["configMap"]
+        volume = {
+            "name": "model",
+            "configMap": {"name": ref["name"], "items": [{"key": ref["key"], "path": "model"}]},
+        }
+        return (
+            volume,
+            {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
+            (f"{MODEL_MOUNT}/model"),
+        )
+    if source.get("pvc"):
+        ref = source["pvc"]
+        volume = {
+            "name": "model",
+            "persistentVolumeClaim": {"claimName": ref["claimName"], "readOnly": True},
+        }
+        mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+        return volume, mount, f"{MODEL_MOUNT}/{ref['path']}"
+    kinds = ", ".join(sorted(source)) or "none"
+    raise ValueError(
+        f"model source {kinds} cannot be read by a stage pod: the operator does not download "
+        "models; store the file in a ConfigMap (binaryData) or on a PersistentVolumeClaim"
+    )
+
+
 def build_stage_pod(
     job: Mapping[str, Any],
     *,
@@ -126,11 +162,13 @@ def build_stage_pod(
     stage_defaults: Mapping[str, Any] | None = None,
     timeout_seconds: float | None = None,
     service_account: str | None = None,
+    model_mount: tuple[dict[str, Any], dict[str, Any], str] | None = None,
 ) -> dict[str, Any]:
     """The pod for one attempt of one stage.
 
     `job_document` is the agent contract's `--job` JSON; `stage_defaults` is the lane's
-    `stageDefaults` in wire form (resources, nodeSelector, tolerations, image).
+    `stageDefaults` in wire form (resources, nodeSelector, tolerations, image);
+    `model_mount` (from `model_source_mount`) gives the first stage the user's model file.
     """
     meta = job["metadata"]
     job_name = meta["name"]
@@ -179,6 +217,10 @@ def build_stage_pod(
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if model_mount is not None:
+        volume, mount, _ = model_mount
+        spec["volumes"].append(volume)
+        container["volumeMounts"].append(mount)
     if service_account:
         spec["serviceAccountName"] = service_account
     if timeout_seconds:

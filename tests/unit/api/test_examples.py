@@ -84,9 +84,9 @@ def test_default_workflow_failure_policies() -> None:
     stages = {s.name: s for s in default_workflow().spec.stages}
     quantize = stages["quantize"]
     assert quantize.on_failure == "Fallback"
-    assert quantize.params == {"scheme": "int8-per-channel"}
+    assert quantize.params == {"scheme": "int8-per-channel", "keepFloat": "auto"}
     assert quantize.fallbacks == [
-        {"scheme": "int8-per-channel", "keepSensitiveLayersFloat": True},
+        {"keepFloat": "auto", "targetCosineMean": 0.999, "maxFloatLayers": 24},
         {"scheme": "none"},
     ]
     validate = stages["validate"]
