@@ -7,6 +7,7 @@ from typing import Any
 
 from bakeline.api.defaults import default_workflow
 from bakeline.engine import pipeline as engine
+from bakeline.engine.retry import AttemptOutcome
 from bakeline.handlers.jobstate import repair_status, run_state_from_status, status_from_run_state
 from bakeline.handlers.lanes import lane_status
 from bakeline.handlers.slo import outcome_entry
@@ -39,7 +40,7 @@ def test_status_round_trips_through_the_run_state() -> None:
     state, _ = engine.stage_started(state, "import", 100.0)
     info = engine.CheckpointInfo("import-1", "ab" * 32, 10)
     state, _ = engine.stage_finished(
-        PLAN, state, "import", engine.AttemptOutcome.SUCCEEDED, 105.0, info, {"m": 1.0}
+        PLAN, state, "import", AttemptOutcome.SUCCEEDED, 105.0, info, {"m": 1.0}
     )
     state, _ = engine.stage_started(state, "graph", 106.0)
     status = status_from_run_state(JOB, PLAN, state, {}, lambda _: None)
