@@ -616,3 +616,29 @@ def test_helm_install_upgrade_uninstall(
     )
     assert get(cluster, "clusterrole", f"{ns}-bl-bakeline") is None
     assert get(cluster, "crd", "bakingjobs.bakeline.io") is not None
+
+
+def _leaves(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{path}.")
+        else:
+            yield path
+
+
+def test_chart_readme_documents_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    documented: set[str] = set()
+    for row in (CHART / "README.md").read_text().splitlines():
+        if not row.startswith("| `"):
+            continue
+        keys = re.findall(r"`([^`]+)`", row.split("|")[1])
+        parent = keys[0].rsplit(".", 1)[0]
+        documented |= {parent + key if key.startswith(".") else key for key in keys}
+    missing = [
+        leaf
+        for leaf in _leaves(values)
+        if not any(leaf == key or leaf.startswith(key + ".") for key in documented)
+    ]
+    assert not missing, f"charts/bakeline/README.md does not document: {missing}"
