@@ -39,7 +39,8 @@ EVERYTHING_ON = [
     "--set-string",
     "extraEnv[0].value=1",
     "--set",
-    "podAnnotations.team=ml,podLabels.tier=ops,priorityClassName=system-cluster-critical",
+    "podAnnotations.team=ml,podLabels.tier=ops,priorityClassName=system-cluster-critical,"
+    "rbac.aggregateToDefaultRoles=true",
     "--set",
     "imagePullSecrets[0].name=registry,agentImage=registry.example/bakeline-agents:exp",
 ]
@@ -124,7 +125,9 @@ def test_every_option_renders_into_the_objects() -> None:
     docs = render(*MODES["everything-on"])
     kinds = sorted(doc["kind"] for doc in docs)
     assert kinds == [
-        "ClusterRole",
+        "ClusterRole",  # the operator's
+        "ClusterRole",  # aggregated into edit
+        "ClusterRole",  # aggregated into view
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
@@ -574,6 +577,7 @@ def test_helm_install_upgrade_uninstall(
         if doc
     ]
     assert {doc["kind"] for doc in manifest} == {
+        "ClusterRole",  # aggregated into admin/edit/view
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -614,7 +618,8 @@ def test_helm_install_upgrade_uninstall(
         30,
         what="the Deployment to go",
     )
-    assert get(cluster, "clusterrole", f"{ns}-bl-bakeline") is None
+    for role in ("", "-edit", "-view"):
+        assert get(cluster, "clusterrole", f"{ns}-bl-bakeline{role}") is None
     assert get(cluster, "crd", "bakingjobs.bakeline.io") is not None
 
 

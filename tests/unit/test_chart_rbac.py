@@ -34,7 +34,8 @@ MODES: dict[str, list[str]] = {
     "everything-on": [
         "--set",
         "watch.allNamespaces=true,metrics.serviceMonitor.enabled=true,"
-        "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+        "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true,"
+        "rbac.aggregateToDefaultRoles=true",
         "--api-versions",
         "monitoring.coreos.com/v1/ServiceMonitor",
         "--api-versions",
@@ -63,6 +64,17 @@ def render(*args: str, namespace: str = "bakeline-system") -> list[dict[str, Any
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def operator_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The (Cluster)Roles bound to the operator's ServiceAccount."""
+    bound = {
+        (binding["roleRef"]["kind"], binding["roleRef"]["name"])
+        for binding in docs
+        if binding["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and any(s["kind"] == "ServiceAccount" for s in binding["subjects"])
+    }
+    return [doc for doc in docs if (doc["kind"], doc["metadata"]["name"]) in bound]
 
 
 def grants(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Grant]]:
@@ -213,10 +225,10 @@ def test_rbac_has_no_wildcards_no_secrets_no_escalation(mode: str) -> None:
             assert doc["roleRef"]["name"] in {role["metadata"]["name"] for role in roles}
 
 
-@pytest.mark.parametrize("mode", ["default", "all-namespaces"])
+@pytest.mark.parametrize("mode", ["default", "all-namespaces", "everything-on"])
 def test_rbac_grants_exactly_what_the_operator_and_kopf_use(mode: str) -> None:
     docs = render(*MODES[mode])
-    granted = {grant for _, grant in grants(docs)}
+    granted = {grant for _, grant in grants(operator_roles(docs))}
     needed = calls_in_kube_py() | kopf_watches() | admission_needs()
     missing, unused = needed - granted, granted - needed
     assert not missing, f"the operator calls these, the chart does not grant them: {missing}"
@@ -261,8 +273,26 @@ def test_all_namespaces_mode_is_one_cluster_role() -> None:
 
 
 def test_rbac_create_false_renders_no_rbac() -> None:
-    docs = render("--set", "rbac.create=false")
+    docs = render("--set", "rbac.create=false,rbac.aggregateToDefaultRoles=true")
     assert not [d for d in docs if d["kind"].endswith(("Role", "RoleBinding"))]
+
+
+def test_aggregated_roles_are_for_people_and_read_only_for_viewers() -> None:
+    docs = render("--set", "rbac.aggregateToDefaultRoles=true", namespace="ops")
+    aggregated = {
+        doc["metadata"]["name"]: doc
+        for doc in docs
+        if doc["kind"] == "ClusterRole" and doc not in operator_roles(docs)
+    }
+    assert set(aggregated) == {"ops-rel-bakeline-edit", "ops-rel-bakeline-view"}
+    edit, view = aggregated["ops-rel-bakeline-edit"], aggregated["ops-rel-bakeline-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {verb for _, (_, _, verb, _) in grants([view])} == {"get", "list", "watch"}
+    resources = {resource for _, (_, resource, _, _) in grants([edit, view])}
+    assert resources == set(kube.PLURALS.values())  # no status, no pods: only Bakeline's kinds
+    # Off by default: a namespaced install has nothing cluster-scoped.
+    assert not [doc for doc in render() if doc["kind"].startswith("Cluster")]
 
 
 def test_chart_crds_are_the_generated_crds() -> None:
