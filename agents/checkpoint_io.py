@@ -37,7 +37,6 @@ TOKENIZER = "tokenizer.json"
 ROLE_MODEL = "model"
 ROLE_ORIGINAL = "original"
 ROLE_REPORT = "report"
-DATA_ROLES = ("reference", "calibration", "evaluation", "tokenizer")
 
 EXTENSIONS: dict[str, str] = {
     "exported-program": ".pt2",

@@ -60,17 +60,24 @@ NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 def stage_params(threads: int) -> dict[str, dict[str, Any]]:
     return {
         "GraphOptimizer": {"level": "basic"},
+        # Keep the two layers whose int8 costs the most cosine in blockwise int8: measured
+        # here, the best trade (4 or 6 such layers hold more cosine but cost 20-30 % at batch 32).
         "ModelOptimizer": {
             "scheme": "int8-per-channel",
             "keepFloat": "auto",
             "sensitive": "int8-blockwise",
-            "maxFloatLayers": 6,
-            "targetCosineMean": 0.998,
-            "targetCosineMin": 0.995,
+            "maxFloatLayers": 2,
+            "targetCosineMean": 0.997,
+            "targetCosineMin": 0.993,
         },
         "MemoryOptimizer": {"embeddings": "int4"},
         "HardwareAdapter": {"threads": threads},
-        "InferenceAccelerator": {"candidates": ["onnxruntime", "torch-eager"]},
+        # torch.compile of MiniLM takes minutes on 2 cores: left to the default workflow.
+        "InferenceAccelerator": {
+            "candidates": ["onnxruntime", "torch-eager"],
+            "runs": 30,
+            "tryFewerThreads": False,
+        },
         "QualityValidator": {"minThreshold": 0.98},
         "PerformanceProfiler": {"runs": 20},
     }
@@ -131,7 +138,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--quiet-load", type=float, default=1.0)
     parser.add_argument("--quiet-wait", type=float, default=600.0)
     parser.add_argument(
@@ -165,9 +172,8 @@ def main() -> int:
         return 1
     package = runs[-1].output
     runtime = RuntimeConfig.model_validate(json.loads((package / "runtime.json").read_text()))
-    timed_runtime = runtime.model_copy(
-        update={"allow_spinning": False, "intra_op_threads": args.threads}
-    )
+    # As packaged (threads, graph level, disabled fusions), spinning off: see the docstring.
+    timed_runtime = runtime.model_copy(update={"allow_spinning": False})
 
     torch.set_num_threads(args.threads)
     tok = minilm.tokenizer(package / "tokenizer.json")
@@ -222,6 +228,7 @@ def main() -> int:
         "benchmark": "bake_minilm",
         "ok": True,
         "threads": args.threads,
+        "bakedThreads": runtime.intra_op_threads,
         "runs": args.runs,
         "evaluationSentences": len(evaluation),
         "loadAverageBefore": round(load_before, 2),

@@ -11,7 +11,8 @@ the fastest (sum of latencies relative to the best at each batch size) among tho
 job's quality gate is kept, with its runtime config recorded for the later stages and the package.
 
 Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20), batchSizes
-(default job.target.batchSizes), allowSpinning (false).
+(default job.target.batchSizes), allowSpinning (false), tryFewerThreads (true: also time one
+intra-op thread).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class AcceleratorParams(StageParams):
     runs: int = Field(default=20, ge=3)
     batch_sizes: list[int] | None = Field(default=None, alias="batchSizes")
     allow_spinning: bool = Field(default=False, alias="allowSpinning")
+    try_fewer_threads: bool = Field(default=True, alias="tryFewerThreads")
 
 
 @register
@@ -70,7 +72,8 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         if "onnxruntime" in params.candidates and source.format == "onnx":
             artifact = str(source.artifact)
             # Fewer threads can win for small models: waking a worker costs more than it saves.
-            thread_counts = sorted({base.intra_op_threads, 1} - {0}) or [0]
+            fewer = {1} if params.try_fewer_threads else set()
+            thread_counts = sorted({base.intra_op_threads, *fewer} - {0}) or [0]
             for (name, level, disabled), threads in product(ORT_CANDIDATES, thread_counts):
                 label = name if threads == max(thread_counts) else f"{name}-{threads}thread"
                 configs[label] = (
