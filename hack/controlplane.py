@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -79,6 +80,10 @@ class Tool:
                 ]
         elif self.module == "helm.sh/helm/v3":
             flags.append(f"-X helm.sh/helm/v3/internal/version.version={version}")
+            # helm template and lint assume Kubernetes 1.20 unless told: tell them ours.
+            major, minor = TOOLS["kube-apiserver"].version().lstrip("v").split(".")[:2]
+            for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+                flags += [f"-X {pkg}.k8sVersionMajor={major}", f"-X {pkg}.k8sVersionMinor={minor}"]
         return " ".join(flags)
 
 
@@ -106,8 +111,10 @@ def cache_dir() -> Path:
 
 
 def binary_path(name: str) -> Path:
+    """Keyed by version and build flags: changing either builds a new binary."""
     tool = TOOLS[name]
-    return cache_dir() / "bin" / f"{tool.name}-{tool.version()}"
+    flags = hashlib.sha256(tool.ldflags().encode()).hexdigest()[:8]
+    return cache_dir() / "bin" / f"{tool.name}-{tool.version()}-{flags}"
 
 
 def build_binary(name: str, log: Any = print) -> Path:

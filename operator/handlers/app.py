@@ -86,6 +86,9 @@ def configure(
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 600
     settings.posting.level = logging.WARNING  # our own Events tell the story; not kopf's
+    # No namespace listing or CRD watching: both are cluster-scoped reads that a namespaced
+    # install is not granted (kopf would retry them for a minute before carrying on).
+    settings.scanning.disabled = True
     settings.execution.max_workers = 8
 
 
