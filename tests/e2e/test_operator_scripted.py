@@ -179,11 +179,11 @@ def test_held_lane_admits_nothing(
     held = {**LANE, "spec": {"maxConcurrentJobs": 2, "stopPolicy": "Hold"}}
     apply(cluster, [held, _job("waits")], namespace)
 
-    def held() -> dict[str, Any] | None:
+    def waiting_on_hold() -> dict[str, Any] | None:
         job = get(cluster, "bj", "waits", namespace)
         return job if (condition(job, "Admitted") or {}).get("reason") == "LaneHeld" else None
 
-    job = wait_for(held, 30, what="the job to wait on the held lane")
+    job = wait_for(waiting_on_hold, 30, what="the job to wait on the held lane")
     assert job["status"]["phase"] == "Queued"
     assert "stopPolicy" in (condition(job, "Admitted") or {}).get("message", "")
     assert cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip() == ""
