@@ -74,22 +74,25 @@ def interleaved(
     runs: int,
     block: int = 3,
     warmup: int = 2,
+    settle: int = 1,
 ) -> dict[str, LatencyStats]:
     """Time each candidate `runs` times, in interleaved blocks of `block` calls.
 
     A candidate is called with the round number (so that every candidate sees the same input in
-    a round). The first call of each block settles the cores after the previous candidate and is
-    not timed.
+    a round). The first `settle` calls of each block are not timed: they let the cores settle
+    after the previous candidate and bring its weights back into the caches (a served model
+    keeps them warm; a 90 MB fp32 model run in between evicts a 20 MB one from a 32 MB L3).
     """
     for fn in candidates.values():
         for _ in range(warmup):
             fn(0)
     stats = {name: LatencyStats() for name in candidates}
-    timed_per_block = max(1, block - 1)
+    timed_per_block = max(1, block - settle)
     rounds = math.ceil(runs / timed_per_block)
     for index in range(rounds):
         for name, fn in candidates.items():
-            fn(index)  # settle
+            for _ in range(settle):
+                fn(index)
             for _ in range(timed_per_block):
                 start = time.perf_counter()
                 fn(index)
@@ -97,32 +100,21 @@ def interleaved(
     return stats
 
 
-class Stopwatch:
-    """`with Stopwatch() as sw: ...; sw.seconds`."""
-
-    def __init__(self) -> None:
-        self.started = 0.0
-        self.seconds = 0.0
-
-    def __enter__(self) -> Stopwatch:
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.started
-
-
 def least_contended(
     candidates: Mapping[str, Callable[[int], object]],
     runs: int,
     windows: int,
     baseline: str,
+    block: int = 3,
+    settle: int = 1,
 ) -> tuple[dict[str, LatencyStats], list[dict[str, float]]]:
     """Measure all candidates interleaved in `windows` separate windows of `runs` each; return
     the window where `baseline` ran fastest (the least disturbed by other work on the machine:
     every candidate in it shared the same conditions) and every window's medians.
     """
-    measured = [interleaved(candidates, runs) for _ in range(max(1, windows))]
+    measured = [
+        interleaved(candidates, runs, block=block, settle=settle) for _ in range(max(1, windows))
+    ]
     medians = [{name: stats.p50 for name, stats in window.items()} for window in measured]
     best = min(range(len(measured)), key=lambda i: medians[i][baseline])
     return measured[best], medians

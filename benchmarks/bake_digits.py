@@ -52,6 +52,10 @@ def main() -> int:
     parser.add_argument("--quiet-load", type=float, default=1.0)
     parser.add_argument("--quiet-wait", type=float, default=300.0)
     parser.add_argument("--workdir", type=Path)
+    # Blocks of 8 calls, the first 3 untimed: each variant timed in its steady state (warm
+    # caches), blocks interleaved so that every variant shares the machine's drift.
+    parser.add_argument("--block", type=int, default=8)
+    parser.add_argument("--settle", type=int, default=3)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bake-digits-"))
     params = {
@@ -104,7 +108,9 @@ def main() -> int:
         calls = {
             name: (lambda i, r=run, b=batches: r(b[i % len(b)])) for name, run in variants.items()
         }
-        best, _ = least_contended(calls, args.runs, args.windows, baseline="fp32")
+        best, _ = least_contended(
+            calls, args.runs, args.windows, baseline="fp32", block=args.block, settle=args.settle
+        )
         for name, stats in best.items():
             latency[name][f"b{size}P50Ms"] = round(stats.p50, 4)
 
@@ -121,6 +127,8 @@ def main() -> int:
         "threads": args.threads,
         "bakedThreads": runtime.intra_op_threads,
         "runs": args.runs,
+        "block": args.block,
+        "settle": args.settle,
         "testSamples": len(test),
         "loadAverageBefore": round(load_before, 2),
         "bakeSeconds": round(bake_seconds, 1),
