@@ -128,3 +128,18 @@ def wait_for_quiet(max_load: float, timeout_s: float, poll_s: float = 10.0) -> f
         time.sleep(poll_s)
         load = os.getloadavg()[0]
     return load
+
+
+class Stopwatch:
+    """`with Stopwatch() as sw: ...; sw.seconds`."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.seconds = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
