@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
+
+from bakeline.handlers.clock import now_timestamp
 
 
 def set_condition(
@@ -20,7 +21,7 @@ def set_condition(
     held; observedGeneration records which spec it was computed from.
     """
     conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = now_timestamp()
     for index, condition in enumerate(conditions):
         if condition.get("type") == kind:
             transition = (

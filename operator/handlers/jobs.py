@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bakeline import __version__
@@ -29,6 +28,7 @@ from bakeline.engine import pipeline as engine
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.dag import descendants
 from bakeline.engine.retry import AttemptOutcome, classify_exit
+from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.jobstate import (
     repair_status,
@@ -63,20 +63,6 @@ class OperatorConfig:
     agent_version: str = __version__
     service_account: str | None = None  # for stage pods; None: the namespace default
     slo_interval_s: float = 30.0  # how often SLOPolicies are evaluated
-
-
-def _ts(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(value: datetime | str | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value.timestamp()
 
 
 def reconcile_job(
@@ -257,7 +243,7 @@ def _admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) 
                     name=other["metadata"]["name"],
                     lane=other["spec"].get("laneRef", "standard"),
                     priority=int(other["spec"].get("priority", 0)),
-                    created_at=_epoch(other["metadata"].get("creationTimestamp")) or now,
+                    created_at=epoch(other["metadata"].get("creationTimestamp")) or now,
                 )
             )
     for lane_obj in kube.list_objects("Lane", namespace):
@@ -274,9 +260,14 @@ def _admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) 
     if name in decision.admit:
         admitted = decision.admit[name]
         status.update(
-            {"phase": "Running", "lane": admitted, "admittedAt": _ts(now), "queuePosition": None}
+            {
+                "phase": "Running",
+                "lane": admitted,
+                "admittedAt": timestamp(now),
+                "queuePosition": None,
+            }
         )
-        status.setdefault("queuedAt", _ts(now))
+        status.setdefault("queuedAt", timestamp(now))
         routed = f" (routed from {obj['spec'].get('laneRef')})" if name in decision.route else ""
         set_condition(
             status, "Admitted", "True", "Admitted", f"admitted to lane {admitted}{routed}", meta
@@ -308,7 +299,7 @@ def _wait(
     status["phase"] = phase
     status["queuePosition"] = position
     if phase == "Queued" and not status.get("queuedAt"):
-        status["queuedAt"] = _ts(time.time())
+        status["queuedAt"] = timestamp(time.time())
         wake = 0.2  # just queued: decide admission at once
     set_condition(status, "Admitted", "False", reason, message, meta)
     status["observedGeneration"] = meta.get("generation")
@@ -373,7 +364,7 @@ def _observe(
             str(result["artifactSha256"]),
             int(result.get("sizeBytes") or 0),
         )
-    finished_at = _epoch(terminated.finished_at) if terminated is not None else None
+    finished_at = epoch(terminated.finished_at) if terminated is not None else None
     if stage_state.started_at is not None:
         seconds = max(0.0, (finished_at or now) - stage_state.started_at)
         STAGE_DURATION.labels(plan.stage(stage).agent, outcome.value).observe(seconds)
@@ -492,7 +483,7 @@ def _fail_now(
 ) -> None:
     meta = obj["metadata"]
     status["phase"] = "Failed"
-    status["finishedAt"] = _ts(time.time())
+    status["finishedAt"] = timestamp(time.time())
     status["observedGeneration"] = meta.get("generation")
     set_condition(status, "Failed", "True", reason, message, meta)
     set_condition(status, "Progressing", "False", reason, message, meta)

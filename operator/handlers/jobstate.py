@@ -8,30 +8,17 @@ status that has no record is not trusted.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from bakeline.engine import pipeline as engine
 from bakeline.engine.predict import estimate_remaining, fit_durations
+from bakeline.handlers.clock import epoch, now_timestamp, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.runtime import pods as manifests
 
 RecordLoader = Callable[[str], Mapping[str, Any] | None]
-
-
-def _ts(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(value: Any) -> float | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
 def run_state_from_status(
@@ -60,7 +47,7 @@ def run_state_from_status(
         elif phase in (engine.StagePhase.SUCCEEDED, engine.StagePhase.CACHED):
             phase = engine.StagePhase.PENDING  # claimed done, but its checkpoint is gone: redo
         params_attempt = int(entry.get("attemptsWithParams") or 0)
-        finished = _epoch(entry.get("finishedAt"))
+        finished = epoch(entry.get("finishedAt"))
         not_before = 0.0
         if phase is engine.StagePhase.PENDING and params_attempt and finished:
             not_before = finished + stage.retry.delay(params_attempt)
@@ -71,7 +58,7 @@ def run_state_from_status(
             fallback=int(entry.get("fallback") or 0),
             checkpoint=checkpoint,
             not_before=not_before,
-            started_at=_epoch(entry.get("startedAt")),
+            started_at=epoch(entry.get("startedAt")),
             finished_at=finished,
             message=str(entry.get("message") or ""),
             metrics=dict(entry.get("metrics") or {}),
@@ -79,7 +66,7 @@ def run_state_from_status(
     phase_text = status.get("phase") or "Pending"
     known = {p.value for p in engine.JobPhase}
     job_phase = engine.JobPhase(phase_text) if phase_text in known else engine.JobPhase.PENDING
-    admitted = _epoch(status.get("admittedAt"))
+    admitted = epoch(status.get("admittedAt"))
     deadline = admitted + deadline_seconds if admitted and deadline_seconds else None
     return engine.RunState(
         stages=stages,
@@ -115,9 +102,9 @@ def status_from_run_state(
         if s.attempts_total:
             entry["pod"] = manifests.stage_pod_name(meta["name"], stage.name, s.attempts_total)
         if s.started_at is not None:
-            entry["startedAt"] = _ts(s.started_at)
+            entry["startedAt"] = timestamp(s.started_at)
         if s.finished_at is not None:
-            entry["finishedAt"] = _ts(s.finished_at)
+            entry["finishedAt"] = timestamp(s.finished_at)
             if s.started_at is not None and s.phase is not engine.StagePhase.RUNNING:
                 entry["durationSeconds"] = round(max(0.0, s.finished_at - s.started_at), 3)
         if s.checkpoint is not None:
@@ -137,7 +124,7 @@ def status_from_run_state(
     status["currentCheckpoint"] = current.id if current else None
     started = [s.started_at for s in state.stages.values() if s.started_at]
     if started and not status.get("startedAt"):
-        status["startedAt"] = _ts(min(started))
+        status["startedAt"] = timestamp(min(started))
     phase = state.phase
     if phase in (engine.JobPhase.PENDING, engine.JobPhase.QUEUED):
         phase = engine.JobPhase.RUNNING
@@ -145,7 +132,7 @@ def status_from_run_state(
     if phase in (engine.JobPhase.SUCCEEDED, engine.JobPhase.FAILED):
         status.pop("estimatedCompletion", None)
     if phase is engine.JobPhase.SUCCEEDED:
-        status["finishedAt"] = status.get("finishedAt") or _ts(datetime.now(UTC).timestamp())
+        status["finishedAt"] = status.get("finishedAt") or now_timestamp()
         record = load_record(current.id) if current else None
         status["result"] = _result(record, current)
         set_condition(
@@ -153,7 +140,7 @@ def status_from_run_state(
         )
         set_condition(status, "Progressing", "False", "Succeeded", "all stages done", meta)
     elif phase is engine.JobPhase.FAILED:
-        status["finishedAt"] = status.get("finishedAt") or _ts(datetime.now(UTC).timestamp())
+        status["finishedAt"] = status.get("finishedAt") or now_timestamp()
         set_condition(
             status, "Failed", "True", "StageFailed", state.message or "a stage failed", meta
         )
@@ -161,7 +148,7 @@ def status_from_run_state(
             status, "Progressing", "False", "Failed", state.message or "a stage failed", meta
         )
     else:
-        status["estimatedCompletion"] = _ts(_estimate_end(plan, state))
+        status["estimatedCompletion"] = timestamp(_estimate_end(plan, state))
         running = [n for n, s in state.stages.items() if s.phase is engine.StagePhase.RUNNING]
         reason = "RollingBack" if phase is engine.JobPhase.ROLLING_BACK else "StagesRunning"
         what = f"running {', '.join(running)}" if running else "between stages"
@@ -172,7 +159,7 @@ def status_from_run_state(
 def _estimate_end(plan: engine.Plan, state: engine.RunState) -> float:
     """When the job should end: the duration predictor over the stages still to run, sized by
     the latest checkpoint (the model as it is now)."""
-    now = datetime.now(UTC).timestamp()
+    now = time.time()
     current = state.current_checkpoint(plan)
     size = current.size_bytes if current else 0
     pending = [

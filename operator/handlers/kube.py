@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from bakeline.api.common import GROUP, VERSION
+from bakeline.handlers.clock import now_timestamp
 from bakeline.metrics.collectors import API_REQUESTS
 from bakeline.runtime.pods import LABEL_COMPONENT, LABEL_JOB, label_value
 from kubernetes import client
@@ -146,7 +146,7 @@ class Kube:
     def post_event(self, obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on `obj`, shown by `kubectl describe`; failures are only logged."""
         meta = obj["metadata"]
-        now = datetime.now(UTC)
+        now = now_timestamp()
         body: Any = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -164,8 +164,8 @@ class Kube:
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,
             "reportingInstance": COMPONENT,
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "count": 1,
         }
         try:

@@ -10,28 +10,18 @@ overwrites a concurrent change.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from bakeline.api.common import window_seconds
 from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
+from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.kube import Kube
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
 from pydantic import ValidationError
 
 FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
-
-
-def _ts(value: float) -> str:
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(value: Any) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
 # ---------------------------------------------------------------------------- the ledger
@@ -45,8 +35,8 @@ def ledger_key(lane: str, job: Mapping[str, Any]) -> str:
 def outcome_entry(lane: str, status: Mapping[str, Any], now: float) -> dict[str, Any]:
     """A finished job as ledger records: its outcome, queue wait, gate and stage times."""
     ok = status.get("phase") == "Succeeded"
-    started = _epoch(status.get("admittedAt")) or now
-    queued = _epoch(status.get("queuedAt")) or started
+    started = epoch(status.get("admittedAt")) or now
+    queued = epoch(status.get("queuedAt")) or started
     records: list[dict[str, Any]] = [
         {"kind": slo.RecordKind.JOB, "ok": ok, "seconds": round(now - started, 3)},
         {"kind": slo.RecordKind.QUEUE, "ok": True, "seconds": round(max(0.0, started - queued), 3)},
@@ -134,7 +124,7 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
         for entry in (lane.get("status") or {}).get("frozenBy") or []
         if entry.get("policy") == name
     ]
-    frozen_since = min((_epoch(e.get("since")) or now for e in mine), default=None)
+    frozen_since = min((epoch(e.get("since")) or now for e in mine), default=None)
     decision = slo.decide_budget_policy(reports, policy.spec.budget_policy, frozen_since, now)
     freeze = bool(FREEZING & set(decision.actions))
     worst = min(reports, key=lambda r: r.budget_remaining, default=None)
@@ -148,7 +138,7 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
     status["budgetRemaining"] = round(worst.budget_remaining, 6) if worst else 1.0
     status["objectives"] = [r.to_status().to_wire() for r in reports]
     status["frozenLanes"] = sorted(lane_names) if freeze or (mine and not decision.unfreeze) else []
-    status["lastEvaluated"] = _ts(now)
+    status["lastEvaluated"] = timestamp(now)
     set_condition(status, "Ready", "True", "Evaluated", f"{len(lanes)} lanes watched", meta)
     burning = decision.state != "Healthy"
     set_condition(
@@ -197,7 +187,7 @@ def _apply_to_lane(
                 "policy": name,
                 "objective": worst.objective.name if worst else None,
                 "reason": decision.reason[:1024],
-                "since": _ts(now),
+                "since": timestamp(now),
             }
         )
         event = ("Warning", "Frozen", f"lane {lane['metadata']['name']} frozen: {decision.reason}")
