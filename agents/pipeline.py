@@ -15,20 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bakeline.api.names import AGENTS
+
 if TYPE_CHECKING:
     from bakeline.agents.stages import StageResult
 
-STAGES = (
-    "BakingCoordinator",
-    "GraphOptimizer",
-    "ModelOptimizer",
-    "MemoryOptimizer",
-    "HardwareAdapter",
-    "InferenceAccelerator",
-    "QualityValidator",
-    "PerformanceProfiler",
-    "DeploymentPreparer",
-)
+# The nine agents in the order the default workflow runs them: the API's list, not a copy.
+STAGES: tuple[str, ...] = AGENTS
 
 
 StageRunner = Callable[..., "StageResult"]  # run_in_process's signature, for fixtures
