@@ -25,6 +25,7 @@ def _status_mb(field: str) -> float:
 def main(argv: list[str]) -> int:
     # Only onnxruntime and the data helpers: importing torch would dwarf a small model.
     import onnxruntime as ort
+
     from bakeline.agents.data import Dataset
 
     model, data = Path(argv[0]), Dataset.load(Path(argv[1]))

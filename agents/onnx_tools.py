@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import helper, numpy_helper
+
 from bakeline.agents.data import Feeds
 from bakeline.agents.logs import adopt_library_loggers
 from bakeline.agents.runtimes import OptLevel, RuntimeConfig, ort_session
-from onnx import helper, numpy_helper
 
 # Ops that only matter while training: an inference graph should hold none of them.
 TRAINING_OPS = frozenset({"Dropout", "BatchNormalization", "Identity"})

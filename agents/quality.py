@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from bakeline.agents.contract import QualityMetric
 
 # Defaults when neither the job nor the stage's params name a threshold. Accuracy's default is

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from bakeline.agents.data import Dataset
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -23,6 +22,8 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
+
+from bakeline.agents.data import Dataset
 
 Mode = Literal["dynamic", "static"]
 DYNAMIC_OPS = ("MatMul", "Gemm")

@@ -16,8 +16,9 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 import torch
-from bakeline.agents.data import Dataset, Feeds
 from pydantic import BaseModel, ConfigDict, Field
+
+from bakeline.agents.data import Dataset, Feeds
 
 Backend = Literal["onnxruntime", "torch-eager", "torch-compile"]
 OptLevel = Literal["disabled", "basic", "extended", "all"]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.pipeline import run_pipeline
 from bakeline.agents.runtimes import (

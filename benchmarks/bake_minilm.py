@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+
 from bakeline.agents.builtins import minilm
 from bakeline.agents.pipeline import STAGES, StageRun, run_pipeline
 from bakeline.agents.quality import cosine_rows

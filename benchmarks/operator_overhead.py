@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # sys.path (operator/ would shadow the standard library's `operator`).
 sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
 
-from controlplane import free_port, running  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from controlplane import free_port, running  # noqa: E402
 from support.kube import apply, get, wait_for  # noqa: E402
 from support.node_harness import NodeHarness  # noqa: E402
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from controlplane import ControlPlane, running
 from support.node_harness import NodeHarness
 

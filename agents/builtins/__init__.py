@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from bakeline.agents.data import Dataset
 from bakeline.checkpoints.manifest import TensorSpec
 

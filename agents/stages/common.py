@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from bakeline.agents.checkpoint_io import (
     CALIBRATION,
     EVALUATION,

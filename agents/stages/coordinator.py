@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from pydantic import Field
+
 from bakeline.agents.builtins import BUILTINS, BuiltinModel
 from bakeline.agents.checkpoint_io import (
     CALIBRATION,
@@ -47,7 +49,6 @@ from bakeline.agents.runtimes import (
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.timing import Stopwatch
 from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
-from pydantic import Field
 
 
 class CoordinatorParams(StageParams):

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import Field
+
 from bakeline.agents.checkpoint_io import ROLE_REPORT, TOKENIZER, InputCheckpoint
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.quality import compare
 from bakeline.agents.runtimes import open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import data_split, runtime_config
-from pydantic import Field
 
 RUNTIME = "runtime.json"
 README = "README.md"

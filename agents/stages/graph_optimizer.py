@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
+from pydantic import Field
+
 from bakeline.agents.checkpoint_io import artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.onnx_tools import (
@@ -36,7 +38,6 @@ from bakeline.agents.onnx_tools import (
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import export_to_onnx, score_file
 from bakeline.agents.timing import Stopwatch
-from pydantic import Field
 
 
 class GraphParams(StageParams):

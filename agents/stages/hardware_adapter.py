@@ -17,6 +17,8 @@ from typing import Literal
 
 import onnxruntime as ort
 import torch
+from pydantic import Field
+
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.hardware import (
     AMX_FLAGS,
@@ -30,7 +32,6 @@ from bakeline.agents.hardware import (
 )
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import runtime_config
-from pydantic import Field
 
 Dtype = Literal["auto", "int8", "bf16", "fp16", "fp32"]
 

@@ -21,6 +21,8 @@ from itertools import product
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
 from bakeline.agents.runtimes import OptLevel, Runner, RuntimeConfig, open_runner
@@ -35,7 +37,6 @@ from bakeline.agents.stages.common import (
     write_report,
 )
 from bakeline.agents.timing import fixed, interleaved
-from pydantic import Field
 
 Family = Literal["onnxruntime", "torch-eager", "torch-compile"]
 FAMILIES: tuple[Family, ...] = ("onnxruntime", "torch-eager", "torch-compile")

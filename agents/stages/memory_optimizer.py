@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
+from pydantic import Field
+
 from bakeline.agents.checkpoint_io import CALIBRATION, artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.memprobe import measure
@@ -30,7 +32,6 @@ from bakeline.agents.stages.common import (
     score_file,
     size_of,
 )
-from pydantic import Field
 
 
 class MemoryParams(StageParams):

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 import onnx
+from pydantic import Field
+
 from bakeline.agents.checkpoint_io import artifact_name
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
@@ -50,7 +52,6 @@ from bakeline.agents.stages.common import (
     size_of,
 )
 from bakeline.agents.timing import Stopwatch
-from pydantic import Field
 
 Scheme = Literal["int8-per-channel", "int8-per-tensor", "none"]
 # Scoring candidates: basic graph level keeps session creation cheap, results are identical.

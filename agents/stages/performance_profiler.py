@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.data import Feeds
 from bakeline.agents.onnx_tools import scratch_dir
@@ -32,7 +34,6 @@ from bakeline.agents.stages.common import (
     write_report,
 )
 from bakeline.agents.timing import fixed, interleaved
-from pydantic import Field
 
 BOTTLENECK_SHARE = 0.2
 PROFILE_RUNS = 10

@@ -11,11 +11,12 @@ Params: metric, threshold, minThreshold (all optional).
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from bakeline.agents.contract import GateFailed, Outcome, QualityMetric, StageParams
 from bakeline.agents.runtimes import open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import quality_gate, runtime_config, score, write_report
-from pydantic import Field
 
 
 class QualityParams(StageParams):

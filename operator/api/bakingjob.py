@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from pydantic import AwareDatetime, Field, StringConstraints
+
 from bakeline.api.common import (
     AGE_COLUMN,
     Condition,
@@ -21,7 +23,6 @@ from bakeline.api.common import (
 from bakeline.api.lane import StoreType
 from bakeline.api.names import AgentName
 from bakeline.api.workflow import MAX_STAGES
-from pydantic import AwareDatetime, Field, StringConstraints
 
 BUILTIN_MODELS = ("minilm-l6", "digits-cnn")
 BuiltinModel = Literal["minilm-l6", "digits-cnn"]

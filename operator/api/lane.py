@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import AwareDatetime, Field
+
 from bakeline.api.common import (
     AGE_COLUMN,
     Condition,
@@ -20,7 +22,6 @@ from bakeline.api.common import (
     observed_generation_field,
 )
 from bakeline.api.names import AgentName
-from pydantic import AwareDatetime, Field
 
 Queueing = Literal["StrictFIFO", "Priority"]
 StopPolicy = Literal["None", "Hold", "HoldAndDrain"]

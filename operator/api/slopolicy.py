@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import AwareDatetime, Field
+
 from bakeline.api.common import (
     AGE_COLUMN,
     WINDOW_PATTERN,
@@ -25,7 +27,6 @@ from bakeline.api.common import (
     window_cel,
     window_seconds,
 )
-from pydantic import AwareDatetime, Field
 
 Sli = Literal["JobSuccess", "StageLatency", "QueueWait", "QualityGatePass", "JobDuration"]
 LATENCY_SLIS: tuple[Sli, ...] = ("StageLatency", "QueueWait", "JobDuration")

@@ -13,9 +13,10 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from bakeline.api.names import AGENTS
 from bakeline.api.workflow import Problem, Stage, WorkflowSpec
-from pydantic import ValidationError
 
 # The rules validate_workflow reports itself, stage by stage, instead of pydantic's one message.
 _GRAPH_RULES = (*WorkflowSpec.cel_rules, Stage.cel_rules[0])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from pydantic import ConfigDict, Field, StringConstraints
+
 from bakeline.api.common import (
     AGE_COLUMN,
     DNS_LABEL,
@@ -18,7 +20,6 @@ from bakeline.api.common import (
     observed_generation_field,
 )
 from bakeline.api.names import AgentName
-from pydantic import ConfigDict, Field, StringConstraints
 
 MAX_STAGES = 32
 MAX_DEPENDENCIES = 16

@@ -6,12 +6,13 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
 from bakeline.api.common import GROUP, VERSION
 from bakeline.handlers.jobs import OperatorConfig
 from bakeline.handlers.run import run_operator
 from bakeline.runtime.pods import ANNOTATION_RERUN
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 
 def run_operator_command(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from bakeline.api import (
     DEFAULT_WORKFLOW_NAME,
     BakingJob,
@@ -20,7 +22,6 @@ from bakeline.api import (
     default_workflow,
     validate_workflow,
 )
-from pydantic import ValidationError
 
 
 class InputError(ValueError):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes import client, config
+
 from bakeline.handlers.jobs import OperatorConfig, reconcile_job
 from bakeline.handlers.kube import Kube
 from bakeline.handlers.lanes import reconcile_lane
@@ -24,7 +26,6 @@ from bakeline.handlers.slo import reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
 from bakeline.metrics.collectors import RECONCILE_ERRORS, RECONCILES, track_job_phase
 from bakeline.runtime.pods import ANNOTATION_RERUN, LABEL_JOB
-from kubernetes import client, config
 
 log = logging.getLogger("bakeline.operator")
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from bakeline import __version__
 from bakeline.api import bakingjob as bj
 from bakeline.api.defaults import default_workflow
@@ -46,7 +48,6 @@ from bakeline.metrics.collectors import (
 )
 from bakeline.runtime import pods as manifests
 from bakeline.runtime.pods import ANNOTATION_RERUN
-from pydantic import ValidationError
 
 log = logging.getLogger("bakeline.jobs")
 

@@ -10,12 +10,13 @@ import json
 import logging
 from typing import Any
 
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
 from bakeline.api.common import GROUP, VERSION
 from bakeline.handlers.clock import now_timestamp
 from bakeline.metrics.collectors import API_REQUESTS
 from bakeline.runtime.pods import LABEL_COMPONENT, LABEL_JOB, label_value
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("bakeline.kube")
 

@@ -7,12 +7,13 @@ import logging
 from collections.abc import Sequence
 
 import kopf
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
 from bakeline.handlers import app
 from bakeline.handlers.jobs import OperatorConfig
 from bakeline.handlers.kube import Kube
 from bakeline.metrics.collectors import REGISTRY
-from kubernetes import client, config
-from prometheus_client import start_http_server
 
 
 def run_operator(

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from bakeline.api.common import window_seconds
 from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
@@ -19,7 +21,6 @@ from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.kube import Kube
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
-from pydantic import ValidationError
 
 FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
 

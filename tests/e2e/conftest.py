@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from controlplane import ControlPlane, free_port
 from support.node_harness import NodeHarness
 

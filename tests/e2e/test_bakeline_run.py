@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bakeline.api import Gate, ObjectMeta, Stage, Workflow, WorkflowSpec, default_workflow
 from bakeline.checkpoints.manifest import sha256_file, verify_checkpoint
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from controlplane import ControlPlane, binary_path, free_port, running
 from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from controlplane import ControlPlane
 from support.kube import get, wait_for
 from support.node_harness import NodeHarness

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
 from prometheus_client.parser import text_string_to_metric_families
+
+from controlplane import ControlPlane
 from support.kube import apply, condition, get, wait_for, wait_for_condition
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bakeline.metrics.collectors import REGISTRY
 from controlplane import TOOLS, ControlPlane, build_binary
 from support.kube import apply, get, wait_for

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+
+from controlplane import ControlPlane
 from support.kube import apply, get, wait_for
 
 pytestmark = pytest.mark.cluster

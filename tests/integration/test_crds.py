@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bakeline.api import (
     API_VERSION,
     RESOURCE_KINDS,

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from controlplane import ControlPlane
 from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness

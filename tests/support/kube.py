@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import yaml
+
 from controlplane import ControlPlane
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bakeline.handlers import kube
 from bakeline.runtime.pods import owner_reference
 from controlplane import TOOLS, build_binary

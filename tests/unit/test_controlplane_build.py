@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import controlplane
 import pytest
+
+import controlplane
 
 
 def test_versions_are_pinned_in_the_go_modules() -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bakeline.runtime.pods import AGENT_UID
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from bakeline.runtime.pods import AGENT_UID
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from bakeline.agents.pipeline import Chain, StageRunner, run_chain_in_process, run_in_process
 from bakeline.agents.stages import StageResult
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from bakeline.agents.contract import (
     EXIT_GATE_FAILED,
     EXIT_INVALID_INPUT,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import load_arrays

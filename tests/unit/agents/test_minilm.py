@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from bakeline.agents.builtins import minilm
 from bakeline.agents.pipeline import run_in_process
 from bakeline.agents.quality import cosine_rows

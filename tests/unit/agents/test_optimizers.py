@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.onnx_tools import fuse_sibling_matmuls, op_histogram, run_onnx
 from bakeline.agents.pipeline import Chain, StageRunner
 from bakeline.agents.quality import cosine_rows
 from bakeline.agents.shrink import shrink
-from onnx import TensorProto, helper, numpy_helper
 
 
 def test_graph_optimizer_folds_batchnorm_and_drops_training_ops(digits_chain: Chain) -> None:

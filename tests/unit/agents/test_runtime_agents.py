@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import GateFailed, InvalidInput
 from bakeline.agents.hardware import cpu_flags, supports, usable_cpus

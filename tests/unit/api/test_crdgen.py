@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel, Field
+
 from bakeline.api import AGENTS, RESOURCE_KINDS
 from bakeline.api.crdgen import HEADER, crd, main, rendered, structural_schema
-from pydantic import BaseModel, Field
 
 CRDS = {resource.__name__: crd(resource) for resource in RESOURCE_KINDS}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bakeline.api import (
     AGENTS,
     RESOURCE_KINDS,

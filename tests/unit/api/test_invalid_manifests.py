@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel, ValidationError
+
 from bakeline.api import API_VERSION, RESOURCE_KINDS, Resource
 from bakeline.api.common import WireModel
-from pydantic import BaseModel, ValidationError
 
 MODELS: dict[str, type[Resource]] = {kind.__name__: kind for kind in RESOURCE_KINDS}
 CORPUS = Path(__file__).with_name("invalid_manifests.yaml")

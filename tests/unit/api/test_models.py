@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
+
 from bakeline.api import (
     AGENTS,
     API_VERSION,
@@ -20,7 +22,6 @@ from bakeline.api import (
     Target,
     window_seconds,
 )
-from pydantic import ValidationError
 
 
 def test_wire_format_is_camel_case_and_python_is_snake_case() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bakeline.api import (
     AGENTS,
     Problem,
@@ -14,8 +17,6 @@ from bakeline.api import (
     topological_order,
     validate_workflow,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def spec(*stages: dict[str, Any], **fields: Any) -> dict[str, Any]:

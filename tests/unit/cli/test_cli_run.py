@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bakeline.cli.main import main
 
 FAKE_AGENT = Path(__file__).resolve().parent / "fake_agent.py"

@@ -4,6 +4,7 @@ that nothing else checks until a job fails at that stage with exit 2."""
 from __future__ import annotations
 
 import pytest
+
 from bakeline.agents.stages import REGISTRY
 from bakeline.api.defaults import default_workflow
 from bakeline.api.workflow import Stage

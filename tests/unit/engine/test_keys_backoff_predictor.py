@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from bakeline.engine.cache import cache_key, canonical_json
 from bakeline.engine.predict import (
     DurationSample,
@@ -12,8 +15,6 @@ from bakeline.engine.predict import (
     fit_durations,
 )
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds, classify_exit
-from hypothesis import given
-from hypothesis import strategies as st
 
 SHA = "a" * 64
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bakeline.api.lane import CircuitBreaker, LaneSpec
 from bakeline.engine.lanes import (
     BLOCKED,
@@ -16,8 +19,6 @@ from bakeline.engine.lanes import (
     trial_started,
 )
 from bakeline.engine.retry import AttemptOutcome
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _lane(

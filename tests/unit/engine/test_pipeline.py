@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bakeline.api import Quality, default_workflow
 from bakeline.api.validation import WorkflowInvalidError
 from bakeline.engine.cache import cache_key

@@ -6,6 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bakeline.api.names import AGENTS
 from bakeline.engine.pipeline import (
     DONE_PHASES,
@@ -27,8 +30,6 @@ from bakeline.engine.pipeline import (
     stage_started,
 )
 from bakeline.engine.retry import AttemptOutcome
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # Weighted towards success so that jobs get far enough for rollbacks to have targets.
 _OUTCOMES = [

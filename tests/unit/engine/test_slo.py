@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bakeline.api.common import window_seconds
 from bakeline.api.slopolicy import BudgetPolicy, BurnRateAlert, Objective, Unfreeze
 from bakeline.engine.slo import (
@@ -15,8 +18,6 @@ from bakeline.engine.slo import (
     evaluate_objective,
     judge,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 HOUR = 3600.0
 JOB_SUCCESS = Objective(name="jobs", sli="JobSuccess", target=0.99, window="30d")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from bakeline.checkpoints.manifest import verify_checkpoint
 from bakeline.runtime.local import (
     AgentResult,
