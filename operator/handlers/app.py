@@ -19,13 +19,14 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from bakeline.handlers.informer import Informer
 from bakeline.handlers.jobs import OperatorConfig, reconcile_job
-from bakeline.handlers.kube import Kube
+from bakeline.handlers.kube import POD, RECORD, Kube
 from bakeline.handlers.lanes import reconcile_lane
 from bakeline.handlers.slo import reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
 from bakeline.metrics.collectors import RECONCILE_ERRORS, RECONCILES, track_job_phase
-from bakeline.runtime.pods import ANNOTATION_RERUN, LABEL_JOB
+from bakeline.runtime.pods import ANNOTATION_RERUN, LABEL_COMPONENT, LABEL_JOB
 
 log = logging.getLogger("bakeline.operator")
 
@@ -35,6 +36,7 @@ class Runtime:
     """What the handlers share: the API wrapper, the settings and the wake-up schedule."""
 
     kube: Kube | None = None
+    informer: Informer = field(default_factory=Informer)
     config: OperatorConfig = field(default_factory=OperatorConfig)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     schedule: list[tuple[float, str, str, str]] = field(default_factory=list)
@@ -75,7 +77,7 @@ def configure(
 ) -> None:
     """kopf's settings per its own advice (shared notes/kopf.md)."""
     RUNTIME.config = operator_config
-    RUNTIME.kube = Kube(api_client)
+    RUNTIME.kube = Kube(api_client, RUNTIME.informer)
     settings.persistence.finalizer = "bakeline.io/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="bakeline.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -162,18 +164,34 @@ def _cleanup(**_: Any) -> None:
     RUNTIME.stop.set()
 
 
+def _observe(kind: str, event: kopf.RawEvent) -> None:
+    """Keep what the watch delivered (type None: kopf's initial listing)."""
+    RUNTIME.informer.observe(kind, str(event.get("type") or ""), event["object"])
+
+
 @kopf.on.event("bakeline.io", "v1alpha1", "bakingjobs")
-def _job_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+def _job_event(
+    type: str, body: kopf.Body, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any
+) -> None:
     if not namespace:
         return
+    _observe("BakingJob", event)
     if type == "DELETED":
         track_job_phase(namespace, name, None)
     elif not _own_status_write(type, body):
         reconcile("BakingJob", namespace, name)
 
 
+@kopf.on.event("", "v1", "configmaps", labels={LABEL_COMPONENT: "checkpoint"})
+def _record_event(event: kopf.RawEvent, **_: Any) -> None:
+    _observe(RECORD, event)  # records are ours; their changes need no reconcile
+
+
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-def _pod_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+def _pod_event(
+    type: str, body: kopf.Body, event: kopf.RawEvent, namespace: str | None, **_: Any
+) -> None:
+    _observe(POD, event)
     # Only an ended, vanishing or vanished pod moves its job; Pending -> Running does not.
     phase = (body.get("status") or {}).get("phase")
     ending = phase in ("Succeeded", "Failed") or body.metadata.get("deletionTimestamp")
@@ -199,18 +217,25 @@ def _own_status_write(type: str, body: kopf.Body) -> bool:
 
 
 @kopf.on.event("bakeline.io", "v1alpha1", "workflows")
-def _workflow_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+def _workflow_event(
+    type: str, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any
+) -> None:
+    _observe("Workflow", event)
     if type != "DELETED" and namespace:
         reconcile("Workflow", namespace, name)
 
 
 @kopf.on.event("bakeline.io", "v1alpha1", "slopolicies")
-def _slo_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+def _slo_event(type: str, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+    _observe("SLOPolicy", event)
     if type != "DELETED" and namespace:
         reconcile("SLOPolicy", namespace, name)
 
 
 @kopf.on.event("bakeline.io", "v1alpha1", "lanes")
-def _lane_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+def _lane_event(
+    type: str, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any
+) -> None:
+    _observe("Lane", event)
     if type != "DELETED" and namespace:
         reconcile("Lane", namespace, name)

@@ -125,8 +125,16 @@ def reconcile_job(
             return wait
 
     events: list[engine.Event] = []
-    records = {r.data["checkpoint"]: r for r in kube.job_records(namespace, name)}
+    records = {
+        r["data"]["checkpoint"]: r
+        for r in kube.job_records(namespace, name)
+        if "checkpoint" in (r.get("data") or {})
+    }
     pods = kube.job_pods(namespace, name)
+    if _running_pods_unseen(status, pods, name):
+        # The watch shows every ending pod; a running stage whose pod is missing or still
+        # running here is a periodic look (or a watch that missed something): ask the API.
+        pods = kube.job_pods(namespace, name, fresh=True)
     if not status.get("stages") and (records or pods):
         status = repair_status(plan, status, records, pods)
         events = [engine.Event(now, "", "Repaired", "status rebuilt from checkpoints and pods")]
@@ -134,10 +142,14 @@ def reconcile_job(
     if rerun and rerun != status.get("rerunRequest"):
         state, events = _rerun(plan, state, status, rerun, now)
     bypass = _rerun_stages(plan, status.get("rerunRequest"))
+    new_records: list[dict[str, Any]] = []
     for stage_name, stage_state in state.stages.items():
         if stage_state.phase is engine.StagePhase.RUNNING:
-            state, happened = _observe(kube, obj, plan, state, stage_name, pods, now)
+            state, happened = _observe(obj, plan, state, stage_name, pods, new_records, now)
             events += happened
+            for body in new_records:
+                # Readable at once by this pass's cache lookups and status.
+                records[body["data"]["checkpoint"]] = body
 
     cache = engine.CacheContext(
         model_sha256=(spec.model.source.url.sha256 if spec.model.source.url else None),
@@ -156,11 +168,14 @@ def reconcile_job(
         elif isinstance(action, engine.FinishJob):
             state = engine.finish(state, action)
             events.append(engine.Event(now, "", action.phase.value, action.reason))
+    # Records after the next pods: the next stage reads its input from the volume, not from
+    # the record, and a crash in between only repeats this pass (creation is idempotent).
+    for body in new_records:
+        kube.create_record(body)
 
     _count(namespace, plan, events)
-    new_status = status_from_run_state(
-        obj, plan, state, status, lambda cid: _record(kube, obj, cid)
-    )
+    by_checkpoint = {cid: records[cid] for cid in records}
+    new_status = status_from_run_state(obj, plan, state, status, by_checkpoint.get)
     if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
         # The ledger first: if the status write is lost, the next pass writes the same key.
         lane = str(new_status.get("lane") or spec.lane_ref)
@@ -314,15 +329,16 @@ def _wait(
 
 
 def _observe(
-    kube: Kube,
     obj: dict[str, Any],
     plan: engine.Plan,
     state: engine.RunState,
     stage: str,
     pods: Mapping[str, Any],
+    new_records: list[dict[str, Any]],
     now: float,
 ) -> tuple[engine.RunState, list[engine.Event]]:
-    """Turn a running attempt's pod into the stage's outcome, recording its checkpoint."""
+    """Turn a running attempt's pod into the stage's outcome; its checkpoint record, if any,
+    goes to `new_records` for the caller to create."""
     meta = obj["metadata"]
     stage_state = state.stages[stage]
     pod_name = manifests.stage_pod_name(meta["name"], stage, stage_state.attempts_total)
@@ -336,23 +352,23 @@ def _observe(
             now,
             message=f"pod {pod_name} disappeared (deleted or evicted) before it finished",
         )
-    if pod.metadata.deletion_timestamp is not None:
+    pod_status = pod.get("status") or {}
+    if pod["metadata"].get("deletionTimestamp"):
         return state, []  # being deleted: the next pass sees it gone
-    phase = pod.status.phase if pod.status else None
-    if phase not in ("Succeeded", "Failed"):
+    if pod_status.get("phase") not in ("Succeeded", "Failed"):
         return state, []
     terminated = _terminated(pod)
-    code = terminated.exit_code if terminated is not None else None
-    text = (terminated.message if terminated is not None else None) or ""
+    code = terminated.get("exitCode")
+    text = str(terminated.get("message") or "")
     result = _parse_result(text)
-    reason = (pod.status.reason or "") or (terminated.reason if terminated is not None else "")
+    reason = str(pod_status.get("reason") or terminated.get("reason") or "")
     outcome = classify_exit(code, timed_out=reason == "DeadlineExceeded")
     message = str(result.get("message") or "") if result else text[-512:]
     if reason in ("DeadlineExceeded", "Evicted", "OOMKilled") or (
-        terminated is not None and terminated.reason == "OOMKilled"
+        terminated.get("reason") == "OOMKilled"
     ):
         outcome = AttemptOutcome.TRANSIENT
-        message = f"{reason}: {pod.status.message or message}".strip(": ")
+        message = f"{reason}: {pod_status.get('message') or message}".strip(": ")
     metrics = {
         k: float(v)
         for k, v in (result.get("metrics") or {}).items()
@@ -365,7 +381,7 @@ def _observe(
             str(result["artifactSha256"]),
             int(result.get("sizeBytes") or 0),
         )
-    finished_at = epoch(terminated.finished_at) if terminated is not None else None
+    finished_at = epoch(terminated.get("finishedAt"))
     if stage_state.started_at is not None:
         seconds = max(0.0, (finished_at or now) - stage_state.started_at)
         STAGE_DURATION.labels(plan.stage(stage).agent, outcome.value).observe(seconds)
@@ -375,8 +391,8 @@ def _observe(
     if checkpoint is not None and state.stages[stage].phase is engine.StagePhase.SUCCEEDED:
         # Recorded only once the engine accepted it (its gate passed): a record is a
         # checkpoint later stages, rollbacks and the cache may use.
-        key = (pod.metadata.annotations or {}).get(manifests.ANNOTATION_CACHE_KEY)
-        kube.create_record(
+        key = (pod["metadata"].get("annotations") or {}).get(manifests.ANNOTATION_CACHE_KEY)
+        new_records.append(
             manifests.build_checkpoint_record(
                 obj, stage=stage, attempt=stage_state.attempts_total, result=result, cache_key=key
             )
@@ -398,10 +414,9 @@ def _start(
     meta = obj["metadata"]
     if action.cache_key:
         for record in records.values():
-            if (record.data or {}).get("cacheKey") == action.cache_key:
-                info = engine.CheckpointInfo(
-                    record.data["checkpoint"], record.data.get("artifactSha256", ""), 0
-                )
+            data = record.get("data") or {}
+            if data.get("cacheKey") == action.cache_key:
+                info = engine.CheckpointInfo(data["checkpoint"], data.get("artifactSha256", ""), 0)
                 return engine.stage_cached(state, action.stage, info, now)
     lane = kube.get("Lane", meta["namespace"], str((obj.get("status") or {}).get("lane")))
     lane_spec = (lane or {}).get("spec") or {}
@@ -436,21 +451,25 @@ def _start(
     return engine.stage_started(state, action.stage, now)
 
 
-def _record(kube: Kube, obj: dict[str, Any], checkpoint: str) -> dict[str, Any] | None:
-    meta = obj["metadata"]
-    name = manifests.checkpoint_record_name(meta["name"], checkpoint)
-    try:
-        record = kube.core.read_namespaced_config_map(name, meta["namespace"])
-    except Exception:  # a missing record leaves the result without details, nothing worse
-        return None
-    return {"data": dict(record.data or {})}
+def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The agent container's terminated state ({} while it has none)."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return {}
 
 
-def _terminated(pod: Any) -> Any:
-    for container in (pod.status.container_statuses or []) if pod.status else []:
-        if container.state and container.state.terminated:
-            return container.state.terminated
-    return None
+def _running_pods_unseen(status: Mapping[str, Any], pods: Mapping[str, Any], job: str) -> bool:
+    """Whether a stage the status calls Running has no finished pod in `pods`."""
+    for entry in status.get("stages") or []:
+        if entry.get("phase") != "Running":
+            continue
+        name = manifests.stage_pod_name(job, str(entry.get("name")), int(entry.get("attempt") or 0))
+        pod = pods.get(name)
+        if pod is None or (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            return True
+    return False
 
 
 def _parse_result(text: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def run_state_from_status(
         checkpoint = None
         record = records.get(entry.get("checkpoint") or "")
         if record is not None:
-            data = record.data or {}
+            data = record.get("data") or {}
             result = data.get("result.json")
             size = 0
             if result:
@@ -216,18 +216,18 @@ def repair_status(
         latest[stage.name] = {"name": stage.name, "agent": stage.agent, "phase": "Pending"}
     attempts: dict[str, int] = {}
     for pod in pods.values():
-        labels = pod.metadata.labels or {}
+        labels = pod["metadata"].get("labels") or {}
         stage_name = _stage_of(plan, labels.get(manifests.LABEL_STAGE, ""))
         if stage_name is None:
             continue
         attempt = int(labels.get(manifests.LABEL_ATTEMPT, "0") or 0)
         attempts[stage_name] = max(attempts.get(stage_name, 0), attempt)
-        running = pod.status is not None and pod.status.phase in (None, "Pending", "Running")
+        running = (pod.get("status") or {}).get("phase") in (None, "Pending", "Running")
         if running and attempt >= attempts[stage_name]:
             latest[stage_name].update(phase="Running", attempt=attempt)
     best: dict[str, tuple[int, Any]] = {}
     for record in records.values():
-        data = record.data or {}
+        data = record.get("data") or {}
         stage_name = data.get("stage")
         attempt = int(data.get("attempt") or 0)
         if stage_name in latest and attempt >= best.get(stage_name, (0, None))[0]:

@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
 from bakeline.handlers.clock import now_timestamp
+from bakeline.handlers.informer import Informer
 from bakeline.metrics.collectors import API_REQUESTS
 from bakeline.runtime.pods import LABEL_COMPONENT, LABEL_JOB, label_value
 
@@ -30,17 +31,40 @@ COMPONENT = "bakeline-operator"
 LEDGER = "bakeline-slo-ledger"
 
 
-class Kube:
-    """A thin, typed-enough wrapper over the kubernetes client for the operator's calls."""
+POD = "Pod"
+RECORD = "Record"  # a checkpoint record: ConfigMap labelled bakeline.io/component=checkpoint
+RECORD_SELECTOR = f"{LABEL_COMPONENT}=checkpoint"
 
-    def __init__(self, api_client: Any) -> None:
+
+class Kube:
+    """A thin, typed-enough wrapper over the kubernetes client for the operator's calls.
+
+    With an `Informer` (the operator's), reads of the watched kinds are served from what the
+    watches delivered; without one (the CLI, tests), every read goes to the API server. Objects
+    come back as plain dicts in the API's own camelCase form either way.
+    """
+
+    def __init__(self, api_client: Any, informer: Informer | None = None) -> None:
         self.api_client = api_client
         _count_requests(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.informer = informer
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        """A kubernetes-client model (V1Pod, ...) as the API's JSON form."""
+        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
+        return plain
 
     # ---- Bakeline objects
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.informer is not None:
+            self._prime_custom(kind, namespace)
+            return self.informer.get(kind, namespace, name)
+        return self.read(kind, namespace, name)
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as the API server has it now (no cache)."""
         try:
             obj: Any = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURALS[kind], name
@@ -52,10 +76,20 @@ class Kube:
         return dict(obj)
 
     def list_objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        if self.informer is not None:
+            self._prime_custom(kind, namespace)
+            return self.informer.select(kind, namespace)
+        return list(self._list_custom(kind, namespace)[0])
+
+    def _list_custom(self, kind: str, namespace: str) -> tuple[list[dict[str, Any]], int]:
         listing: Any = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURALS[kind]
         )
-        return [dict(item) for item in listing.get("items", [])]
+        return [dict(item) for item in listing.get("items", [])], _list_version(listing)
+
+    def _prime_custom(self, kind: str, namespace: str) -> None:
+        assert self.informer is not None
+        self.informer.prime(kind, namespace, lambda: self._list_custom(kind, namespace))
 
     def patch_status(
         self,
@@ -73,9 +107,11 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        self.custom.patch_namespaced_custom_object_status(
+        patched: Any = self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURALS[kind], name, body
         )
+        if self.informer is not None and isinstance(patched, dict):
+            self.informer.store(kind, patched)
 
     def list_lanes(self, namespace: str, label_selector: str | None) -> list[dict[str, Any]]:
         listing: Any = self.custom.list_namespaced_custom_object(
@@ -123,25 +159,57 @@ class Kube:
             self.core.patch_namespaced_config_map(LEDGER, namespace, body)
 
     # ---- pods, claims and checkpoint records
-    def job_pods(self, namespace: str, job: str) -> dict[str, Any]:
-        pods: Any = self.core.list_namespaced_pod(
-            namespace, label_selector=f"{LABEL_JOB}={label_value(job)}"
-        )
-        return {pod.metadata.name: pod for pod in pods.items}
+    def job_pods(self, namespace: str, job: str, fresh: bool = False) -> dict[str, Any]:
+        """The job's pods by name. `fresh`: from the API server now, whatever is cached."""
+        labels = {LABEL_JOB: label_value(job)}
+        if self.informer is None:
+            pods = self._list_pods(namespace, f"{LABEL_JOB}={labels[LABEL_JOB]}")[0]
+        elif fresh:
+            listed, at = self._list_pods(namespace, f"{LABEL_JOB}={labels[LABEL_JOB]}")
+            self.informer.resync(POD, namespace, listed, at, labels)
+            pods = self.informer.select(POD, namespace, labels)
+        else:
+            self.informer.prime(POD, namespace, lambda: self._list_pods(namespace, LABEL_JOB))
+            pods = self.informer.select(POD, namespace, labels)
+        return {pod["metadata"]["name"]: pod for pod in pods}
+
+    def _list_pods(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], int]:
+        listing: Any = self.core.list_namespaced_pod(namespace, label_selector=selector)
+        return [self._plain(pod) for pod in listing.items], _list_version(listing)
 
     def create_pod(self, body: dict[str, Any]) -> bool:
         """Create the pod; False if it already existed (an earlier pass created it)."""
-        return self._create(self.core.create_namespaced_pod, body)
+        return self._create(self.core.create_namespaced_pod, body, POD)
+
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> bool:
+        """Delete a stage pod (its deadline passed, or its job is draining); False if gone."""
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def ensure_claim(self, body: dict[str, Any]) -> None:
         self._create(self.core.create_namespaced_persistent_volume_claim, body)
 
-    def job_records(self, namespace: str, job: str) -> list[Any]:
-        selector = f"{LABEL_JOB}={label_value(job)},{LABEL_COMPONENT}=checkpoint"
-        return list(self.core.list_namespaced_config_map(namespace, label_selector=selector).items)
+    def job_records(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The job's checkpoint records (immutable ConfigMaps)."""
+        if self.informer is not None:
+            self.informer.prime(
+                RECORD, namespace, lambda: self._list_records(namespace, RECORD_SELECTOR)
+            )
+            return self.informer.select(RECORD, namespace, {LABEL_JOB: label_value(job)})
+        selector = f"{LABEL_JOB}={label_value(job)},{RECORD_SELECTOR}"
+        return self._list_records(namespace, selector)[0]
+
+    def _list_records(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], int]:
+        listing: Any = self.core.list_namespaced_config_map(namespace, label_selector=selector)
+        return [self._plain(cm) for cm in listing.items], _list_version(listing)
 
     def create_record(self, body: dict[str, Any]) -> None:
-        self._create(self.core.create_namespaced_config_map, body)
+        self._create(self.core.create_namespaced_config_map, body, RECORD)
 
     # ---- events
     def post_event(self, obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:
@@ -174,15 +242,28 @@ class Kube:
         except ApiException as exc:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
 
-    @staticmethod
-    def _create(method: Any, body: dict[str, Any]) -> bool:
+    def _create(self, method: Any, body: dict[str, Any], kind: str | None = None) -> bool:
         try:
-            method(body["metadata"]["namespace"], body)
+            created = method(body["metadata"]["namespace"], body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
+        if kind is not None and self.informer is not None:
+            self.informer.store(kind, self._plain(created))
         return True
+
+
+def _list_version(listing: Any) -> int:
+    """A LIST's resourceVersion as a number (0 when absent or opaque)."""
+    if isinstance(listing, dict):
+        version = (listing.get("metadata") or {}).get("resourceVersion")
+    else:
+        version = getattr(listing.metadata, "resource_version", None)
+    try:
+        return int(version or 0)
+    except ValueError:
+        return 0
 
 
 def _count_requests(api_client: Any) -> None:

@@ -85,19 +85,20 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 - apiGroups: ["bakeline.io"]
   resources: ["bakingjobs/finalizers"]
   verbs: ["update"]
-# One pod per stage attempt; kopf watches them (by the bakeline.io/job label).
+# One pod per stage attempt; kopf watches them (by the bakeline.io/job label); a pod is
+# deleted when its job's deadline passes or its lane drains.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["create", "list", "watch"]
+  verbs: ["create", "list", "watch", "delete"]
 # One checkpoint volume per job.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["create"]
-# Checkpoint records (immutable ConfigMaps), listed to repair status and find cache hits;
-# create also makes each namespace's SLO ledger on first use.
+# Checkpoint records (immutable ConfigMaps), watched (by label) to repair status and find
+# cache hits; create also makes each namespace's SLO ledger on first use.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "list"]
+  verbs: ["create", "list", "watch"]
 # The SLO ledger (one per namespace, job outcomes by key) is the only ConfigMap it changes.
 - apiGroups: [""]
   resources: ["configmaps"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from bakeline.api.defaults import default_workflow
@@ -25,14 +24,12 @@ def _record(stage: str, attempt: int) -> Any:
         "artifactSha256": "ab" * 32,
         "result.json": '{"sizeBytes": 10}',
     }
-    return SimpleNamespace(data=data)
+    return {"metadata": {"name": f"j-ckpt-{stage}-{attempt}"}, "data": data}
 
 
 def _pod(stage: str, attempt: int, phase: str) -> Any:
     labels = {"bakeline.io/stage": stage, "bakeline.io/attempt": str(attempt)}
-    return SimpleNamespace(
-        metadata=SimpleNamespace(labels=labels), status=SimpleNamespace(phase=phase)
-    )
+    return {"metadata": {"labels": labels}, "status": {"phase": phase}}
 
 
 def test_status_round_trips_through_the_run_state() -> None:
