@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import (
@@ -30,13 +31,38 @@ CATEGORY = "bakeline"
 
 # RFC 1123 label: names of lanes, stages and objectives end up in pod names and label values.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A label value (also a node selector's): empty, or up to 63 of [-_.A-Za-z0-9], alphanumeric at
+# both ends. A label key is an optional DNS subdomain prefix and '/', then such a name.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 # RFC 1123 subdomain: names of ConfigMaps, PVCs and other Kubernetes objects.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-# The pattern kube-openapi gives resource.Quantity.
+# The pattern kube-openapi gives resource.Quantity, without its minus sign: every quantity
+# Bakeline takes (CPU, memory, volume sizes) is an amount, and a negative one would only be
+# refused later, by the API server, when the operator creates the pod or claim.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+_QUANTITY_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(10) ** e for s, e in (("n", -9), ("u", -6), ("m", -3), ("k", 3), ("M", 6))},
+    **{s: Decimal(10) ** e for s, e in (("G", 9), ("T", 12), ("P", 15), ("E", 18))},
+}
+
+
+def quantity_value(quantity: int | str) -> Decimal:
+    """The amount a resource.Quantity stands for (e.g. 500m -> 0.5, 1Gi -> 1073741824)."""
+    text = str(quantity).lstrip("+")
+    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return Decimal(text[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
+    return Decimal(text)  # plain or with an exponent (1e3)
+
+
 # A positive span with one unit: 30s, 5m, 6h, 30d. Kubernetes' CEL cannot parse days, so the CRD
 # checks windows with the same pattern and compares them through `window_cel`.
 WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[smhd]$"
@@ -44,11 +70,14 @@ WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[smhd]$"
 LabelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
 ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 Quantity = Annotated[
-    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    Annotated[int, Field(ge=0)]
+    | Annotated[str, StringConstraints(max_length=64, pattern=QUANTITY_PATTERN)],
     # resource.Quantity's own schema: int-or-string is the one anyOf a structural schema allows.
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,  # for the integer form; the pattern has no sign for the string form
+            "maxLength": 64,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from bakeline.api.common import (
     AGE_COLUMN,
+    LABEL_KEY,
+    LABEL_VALUE,
     Condition,
     LabelName,
     ObjectName,
@@ -20,9 +23,11 @@ from bakeline.api.common import (
     WireModel,
     conditions_field,
     observed_generation_field,
+    quantity_value,
 )
 from bakeline.api.names import AgentName
 
+RESOURCE_NAMES = ["cpu", "memory", "ephemeral-storage"]
 Queueing = Literal["StrictFIFO", "Priority"]
 StopPolicy = Literal["None", "Hold", "HoldAndDrain"]
 StoreType = Literal["ConfigMap", "Volume"]
@@ -43,19 +48,53 @@ class ResourceRequirements(WireModel):
         "exceeds the memory limit is killed and its stage retried.",
     )
 
+    cel_rules = (
+        Rule(
+            f"(!has(self.requests) || self.requests.all(k, k in {RESOURCE_NAMES})) && "
+            f"(!has(self.limits) || self.limits.all(k, k in {RESOURCE_NAMES}))",
+            "resources are named cpu, memory or ephemeral-storage",
+            lambda r: all(k in RESOURCE_NAMES for k in [*(r.requests or {}), *(r.limits or {})]),
+        ),
+        Rule(
+            "!has(self.limits) || self.limits.all(k, "
+            "quantity(string(self.limits[k])).isGreaterThan(quantity('0')))",
+            "a limit must be greater than zero (a pod limited to nothing cannot start)",
+            lambda r: all(quantity_value(v) > 0 for v in (r.limits or {}).values()),
+            field_path=".limits",
+        ),
+        Rule(
+            "!has(self.requests) || !has(self.limits) || self.limits.all(k, "
+            "!(k in self.requests) || !quantity(string(self.requests[k]))"
+            ".isGreaterThan(quantity(string(self.limits[k]))))",
+            "a request cannot exceed the limit of the same resource",
+            lambda r: all(
+                quantity_value(v) <= quantity_value((r.limits or {})[k])
+                for k, v in (r.requests or {}).items()
+                if k in (r.limits or {})
+            ),
+            field_path=".requests",
+        ),
+    )
+
 
 class Toleration(WireModel):
     """Lets stage pods schedule onto nodes with a matching taint (corev1.Toleration)."""
 
     key: str | None = Field(
-        default=None, max_length=316, description="Taint key to match; empty matches every key."
+        default=None,
+        max_length=316,
+        pattern=LABEL_KEY,
+        description="Taint key to match; empty matches every key.",
     )
     operator: Literal["Exists", "Equal"] = Field(
         default="Equal",
         description="Equal matches key and value; Exists matches the key with any value.",
     )
     value: str | None = Field(
-        default=None, max_length=63, description="Taint value to match when operator is Equal."
+        default=None,
+        max_length=63,
+        pattern=LABEL_VALUE,
+        description="Taint value to match when operator is Equal.",
     )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches every effect."
@@ -82,7 +121,9 @@ class StageDefaults(WireModel):
     resources: ResourceRequirements | None = Field(
         default=None, description="Requests and limits for every stage pod of the lane."
     )
-    node_selector: dict[str, str] | None = Field(
+    node_selector: (
+        dict[str, Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]] | None
+    ) = Field(
         default=None,
         max_length=16,
         description="Node labels a stage pod's node must have, e.g. {bakeline.io/avx512: 'true'}.",
@@ -94,8 +135,22 @@ class StageDefaults(WireModel):
         default=None,
         min_length=1,
         max_length=512,
+        pattern=r"^[^\s]+$",
         description="Agent image for this lane's pods, overriding the operator's; lets an "
         "experimental lane run a new agent version.",
+    )
+
+    cel_rules = (
+        Rule(
+            "!has(self.nodeSelector) || self.nodeSelector.all(k, size(k) <= 316 && "
+            f"k.matches(r'{LABEL_KEY}'))",
+            "nodeSelector keys are label keys: an optional DNS prefix and '/', then up to 63 "
+            "letters, digits, '-', '_' or '.', starting and ending alphanumeric",
+            lambda d: all(
+                len(k) <= 316 and re.fullmatch(LABEL_KEY, k) for k in d.node_selector or {}
+            ),
+            field_path=".nodeSelector",
+        ),
     )
 
 

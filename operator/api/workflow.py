@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
 from bakeline.api.common import (
     AGE_COLUMN,
@@ -24,6 +24,49 @@ from bakeline.api.names import AgentName
 MAX_STAGES = 32
 MAX_DEPENDENCIES = 16
 MAX_FALLBACKS = 8
+# Params reach the agent as one environment variable (Linux caps one at 128 KiB) and are
+# parsed by the operator on every pass: keep them small and shallow. An agent's settings are
+# scalars, lists of scalars, or maps of those (e.g. inputShapes: {input: [1, 64]}). The API
+# server checks only the number of keys (maxProperties): CEL cannot see inside free-form
+# (x-kubernetes-preserve-unknown-fields) values, so the rest is checked here, by pydantic, and
+# a workflow that breaks it is reported Invalid by the operator and refused by `bakeline run`.
+MAX_PARAMS = 32
+MAX_PARAM_STRING = 256
+MAX_PARAM_LIST = 32
+MAX_PARAM_MAP = 16
+PARAMS_MESSAGE = (
+    f"params hold at most {MAX_PARAMS} keys; each value is a string of at most "
+    f"{MAX_PARAM_STRING} characters, a number, a boolean, a list of at most {MAX_PARAM_LIST} "
+    f"such values, or a map of at most {MAX_PARAM_MAP} keys to either; nothing nested deeper"
+)
+
+
+def _scalar_ok(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_PARAM_STRING
+    return not isinstance(value, list | dict)
+
+
+def _flat_ok(value: Any) -> bool:
+    if isinstance(value, list):
+        return len(value) <= MAX_PARAM_LIST and all(_scalar_ok(v) for v in value)
+    return _scalar_ok(value)
+
+
+def params_ok(params: dict[str, Any]) -> bool:
+    """Whether params are small and shallow enough (see PARAMS_MESSAGE)."""
+
+    def value_ok(value: Any) -> bool:
+        if isinstance(value, dict):
+            return len(value) <= MAX_PARAM_MAP and all(
+                len(k) <= 63 and _flat_ok(v) for k, v in value.items()
+            )
+        return _flat_ok(value)
+
+    return len(params) <= MAX_PARAMS and all(
+        len(k) <= 63 and value_ok(v) for k, v in params.items()
+    )
+
 
 # Short enough that `<job>-<stage>-<attempt>` stays a valid pod name for reasonable job names.
 StageName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=DNS_LABEL)]
@@ -110,6 +153,7 @@ class Stage(WireModel):
     agent: AgentName = Field(description="The agent that does the work.")
     params: dict[str, Any] = Field(
         default_factory=dict,
+        max_length=MAX_PARAMS,
         description="Agent settings, passed to the agent as JSON; free-form, see the agent's "
         "documentation. Part of the stage's cache key.",
     )
@@ -141,7 +185,7 @@ class Stage(WireModel):
         "checkpoint. Fail: fail the job at once, without retries. With no fallback left, "
         "Fallback and Rollback fail the job.",
     )
-    fallbacks: list[dict[str, Any]] = Field(
+    fallbacks: list[Annotated[dict[str, Any], Field(max_length=MAX_PARAMS)]] = Field(
         default_factory=list,
         max_length=MAX_FALLBACKS,
         description="Alternative params tried in order after a failure (onFailure Fallback) or "
@@ -155,6 +199,20 @@ class Stage(WireModel):
         description="Reuse an earlier checkpoint with the same input, agent, agent version "
         "and params instead of running again (the stage then shows as Cached).",
     )
+
+    @field_validator("params")
+    @classmethod
+    def _small_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if not params_ok(params):
+            raise ValueError(PARAMS_MESSAGE)
+        return params
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _small_fallbacks(cls, fallbacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not all(params_ok(entry) for entry in fallbacks):
+            raise ValueError("each entry of fallbacks: " + PARAMS_MESSAGE)
+        return fallbacks
 
     cel_rules = (
         Rule(
