@@ -67,8 +67,42 @@ def quantity_value(quantity: int | str) -> Decimal:
 # checks windows with the same pattern and compares them through `window_cel`.
 WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[smhd]$"
 
-LabelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
-ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+
+def named_schema(pattern: str, max_length: int, message: str) -> WithJsonSchema:
+    """A name's schema: the pattern, and a CEL rule that says in words what the pattern means
+    (the API server's own message for a pattern is the regular expression)."""
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max_length,
+            "pattern": pattern,
+            "x-kubernetes-validations": [
+                {"rule": f"self.matches(r'{pattern}')", "message": message}
+            ],
+        }
+    )
+
+
+LABEL_NAME_MESSAGE = (
+    "must be a name of at most 63 lowercase letters, digits and '-', starting and ending with a "
+    "letter or digit (a name in the same namespace: no '/', no namespace)"
+)
+OBJECT_NAME_MESSAGE = (
+    "must be a Kubernetes object name of at most 253 lowercase letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit (in the same namespace: no '/')"
+)
+LabelName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL),
+    named_schema(DNS_LABEL, 63, LABEL_NAME_MESSAGE),
+]
+ObjectName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN),
+    named_schema(DNS_SUBDOMAIN, 253, OBJECT_NAME_MESSAGE),
+]
+QUANTITY_MESSAGE = "must be a non-negative amount such as 500m, 2 or 4Gi"
 Quantity = Annotated[
     Annotated[int, Field(ge=0)]
     | Annotated[str, StringConstraints(max_length=64, pattern=QUANTITY_PATTERN)],
@@ -80,6 +114,12 @@ Quantity = Annotated[
             "maxLength": 64,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"type(self) == int || string(self).matches(r'{QUANTITY_PATTERN}')",
+                    "message": QUANTITY_MESSAGE,
+                }
+            ],
         }
     ),
 ]

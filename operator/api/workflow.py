@@ -17,6 +17,7 @@ from bakeline.api.common import (
     StatusModel,
     WireModel,
     conditions_field,
+    named_schema,
     observed_generation_field,
 )
 from bakeline.api.names import AgentName
@@ -69,7 +70,16 @@ def params_ok(params: dict[str, Any]) -> bool:
 
 
 # Short enough that `<job>-<stage>-<attempt>` stays a valid pod name for reasonable job names.
-StageName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=DNS_LABEL)]
+StageName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=32, pattern=DNS_LABEL),
+    named_schema(
+        DNS_LABEL,
+        32,
+        "must be a stage name of at most 32 lowercase letters, digits and '-', starting and "
+        "ending with a letter or digit",
+    ),
+]
 OnFailure = Literal["Retry", "Rollback", "Fallback", "Skip", "Fail"]
 GateOperator = Literal[">=", ">", "<=", "<"]
 

@@ -1,0 +1,64 @@
+"""What the reliability tests read from the operator and the API server: metrics, phases, pods."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from controlplane import ControlPlane
+from support.kube import get, wait_for
+
+TERMINAL = ("Succeeded", "Failed")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of the operator's /metrics, keyed `name{label=value,...}` (sorted labels).
+    Parsing as Prometheus does: a malformed exposition raises here."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def total(samples: dict[str, float], name: str) -> float:
+    """The sum of a series over all its labels."""
+    return sum(value for key, value in samples.items() if key.split("{", 1)[0] == name)
+
+
+def api_requests(port: int) -> float:
+    return total(scrape(port), "bakeline_api_requests_total")
+
+
+def phase(cluster: ControlPlane, kind: str, name: str, namespace: str) -> str | None:
+    obj = get(cluster, kind, name, namespace)
+    return ((obj or {}).get("status") or {}).get("phase")
+
+
+def wait_terminal(
+    cluster: ControlPlane, name: str, namespace: str, timeout: float = 120, log: str = ""
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        job = get(cluster, "bakingjob", name, namespace)
+        return job if ((job or {}).get("status") or {}).get("phase") in TERMINAL else None
+
+    return wait_for(probe, timeout, interval=0.5, what=f"job {namespace}/{name} to end")
+
+
+def items(cluster: ControlPlane, resource: str, namespace: str, *selector: str) -> list[Any]:
+    out = cluster.kubectl("get", resource, "-n", namespace, *selector, "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def condition_of(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
