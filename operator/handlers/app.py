@@ -98,7 +98,7 @@ def configure(
 RECONCILERS: dict[str, Callable[[Kube, dict[str, Any]], float | None]] = {
     "BakingJob": lambda kube, obj: reconcile_job(kube, RUNTIME.config, obj, time.time()),
     "Workflow": lambda kube, obj: reconcile_workflow(kube, obj),
-    "Lane": lambda kube, obj: reconcile_lane(kube, obj),
+    "Lane": lambda kube, obj: reconcile_lane(kube, obj, time.time()),
     "SLOPolicy": lambda kube, obj: reconcile_slo(
         kube, obj, time.time(), RUNTIME.config.slo_interval_s
     ),

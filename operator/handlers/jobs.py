@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from bakeline import __version__
 from bakeline.api import bakingjob as bj
 from bakeline.api.defaults import default_workflow
-from bakeline.api.lane import Lane
+from bakeline.api.lane import Lane, LaneSpec
 from bakeline.api.validation import validate_workflow
 from bakeline.api.workflow import Workflow, WorkflowSpec
 from bakeline.engine import lanes as admission
@@ -30,6 +30,7 @@ from bakeline.engine import pipeline as engine
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.dag import descendants
 from bakeline.engine.retry import AttemptOutcome, classify_exit
+from bakeline.handlers.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.jobstate import (
@@ -143,13 +144,25 @@ def reconcile_job(
         state, events = _rerun(plan, state, status, rerun, now)
     bypass = _rerun_stages(plan, status.get("rerunRequest"))
     new_records: list[dict[str, Any]] = []
+    outcomes: list[StageOutcome] = []
     for stage_name, stage_state in state.stages.items():
         if stage_state.phase is engine.StagePhase.RUNNING:
-            state, happened = _observe(obj, plan, state, stage_name, pods, new_records, now)
+            state, happened = _observe(
+                obj, plan, state, stage_name, pods, new_records, outcomes, now
+            )
             events += happened
             for body in new_records:
                 # Readable at once by this pass's cache lookups and status.
                 records[body["data"]["checkpoint"]] = body
+    lane_name = str(status.get("lane") or spec.lane_ref)
+    lane_spec = _lane_spec(kube.get("Lane", namespace, lane_name))
+    policy = lane_spec.circuit_breaker
+    if outcomes:
+        circuits = count_outcomes(kube, namespace, lane_name, policy, outcomes, now)
+    else:
+        circuits = lane_circuits(kube.circuits(namespace), lane_name)
+    blocked = admission.blocked_agents(circuits, now, policy)
+    draining = lane_spec.stop_policy == "HoldAndDrain"
 
     cache = engine.CacheContext(
         model_sha256=(spec.model.source.url.sha256 if spec.model.source.url else None),
@@ -159,9 +172,18 @@ def reconcile_job(
         bypass=bypass | {s.name for s in plan.stages if s.agent in HARDWARE_DEPENDENT_AGENTS},
     )
     wake: float | None = None
-    for action in engine.next_actions(plan, state, now, cache):
+    for action in engine.next_actions(plan, state, now, cache, blocked):
         if isinstance(action, engine.StartStage):
-            state, happened = _start(kube, config, obj, job, plan, state, action, records, now)
+            if draining:
+                continue  # the lane drains: no new stage; the job goes back to the queue below
+            if circuits.get(action.agent, admission.Circuit()).opened_at is not None:
+                trial_started(kube, namespace, lane_name, action.agent, now)
+                events.append(
+                    engine.Event(now, action.stage, "CircuitTrial", f"trial run of {action.agent}")
+                )
+            state, happened = _start(
+                kube, config, obj, job, plan, state, action, records, lane_spec, now
+            )
             events += happened
         elif isinstance(action, engine.WaitUntil):
             wake = max(0.5, action.at - now)
@@ -176,6 +198,20 @@ def reconcile_job(
     _count(namespace, plan, events)
     by_checkpoint = {cid: records[cid] for cid in records}
     new_status = status_from_run_state(obj, plan, state, status, by_checkpoint.get)
+    running = any(s.phase is engine.StagePhase.RUNNING for s in state.stages.values())
+    if draining and not running and new_status.get("phase") not in TERMINAL:
+        _requeue(new_status, lane_name, meta)
+        events.append(
+            engine.Event(now, "", "Drained", f"lane {lane_name} drains: back in the queue")
+        )
+        wake = POLL_QUEUED_S
+    if new_status.get("phase") in TERMINAL and running:
+        # Failed with stages still running (the deadline passed, a branch failed): stop them.
+        for pod in _unfinished(pods):
+            kube.delete_pod(namespace, pod)
+            events.append(engine.Event(now, "", "PodStopped", f"deleted {pod}: the job ended"))
+    if state.deadline is not None and new_status.get("phase") not in TERMINAL:
+        wake = min(wake if wake is not None else POLL_RUNNING_S, max(0.5, state.deadline - now))
     if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
         # The ledger first: if the status write is lost, the next pass writes the same key.
         lane = str(new_status.get("lane") or spec.lane_ref)
@@ -335,10 +371,11 @@ def _observe(
     stage: str,
     pods: Mapping[str, Any],
     new_records: list[dict[str, Any]],
+    outcomes: list[StageOutcome],
     now: float,
 ) -> tuple[engine.RunState, list[engine.Event]]:
     """Turn a running attempt's pod into the stage's outcome; its checkpoint record, if any,
-    goes to `new_records` for the caller to create."""
+    goes to `new_records` for the caller to create, the attempt's outcome to `outcomes`."""
     meta = obj["metadata"]
     stage_state = state.stages[stage]
     pod_name = manifests.stage_pod_name(meta["name"], stage, stage_state.attempts_total)
@@ -382,6 +419,7 @@ def _observe(
             int(result.get("sizeBytes") or 0),
         )
     finished_at = epoch(terminated.get("finishedAt"))
+    outcomes.append(StageOutcome(plan.stage(stage).agent, outcome, pod_name, message))
     if stage_state.started_at is not None:
         seconds = max(0.0, (finished_at or now) - stage_state.started_at)
         STAGE_DURATION.labels(plan.stage(stage).agent, outcome.value).observe(seconds)
@@ -409,19 +447,18 @@ def _start(
     state: engine.RunState,
     action: engine.StartStage,
     records: Mapping[str, Any],
+    lane_spec: LaneSpec,
     now: float,
 ) -> tuple[engine.RunState, list[engine.Event]]:
-    meta = obj["metadata"]
     if action.cache_key:
         for record in records.values():
             data = record.get("data") or {}
             if data.get("cacheKey") == action.cache_key:
                 info = engine.CheckpointInfo(data["checkpoint"], data.get("artifactSha256", ""), 0)
                 return engine.stage_cached(state, action.stage, info, now)
-    lane = kube.get("Lane", meta["namespace"], str((obj.get("status") or {}).get("lane")))
-    lane_spec = (lane or {}).get("spec") or {}
+    lane_wire = lane_spec.to_wire()
     if action.input is None:  # the job's first stage (again, after a rollback to the start)
-        kube.ensure_claim(manifests.build_checkpoint_claim(obj, lane_spec.get("storage")))
+        kube.ensure_claim(manifests.build_checkpoint_claim(obj, lane_wire.get("storage")))
     attempt = state.stages[action.stage].attempts_total + 1
     document = _job_document(job)
     model_mount = None
@@ -438,7 +475,7 @@ def _start(
         job_document=document,
         input_checkpoint=action.input.id if action.input else None,
         image=config.image,
-        stage_defaults=lane_spec.get("stageDefaults"),
+        stage_defaults=lane_wire.get("stageDefaults"),
         timeout_seconds=action.timeout_seconds,
         service_account=config.service_account,
         model_mount=model_mount,
@@ -449,6 +486,32 @@ def _start(
         annotations[manifests.ANNOTATION_CACHE_KEY] = action.cache_key
     kube.create_pod(pod)
     return engine.stage_started(state, action.stage, now)
+
+
+def _lane_spec(lane: Mapping[str, Any] | None) -> LaneSpec:
+    """The lane's spec; defaults when it vanished after admission or does not parse."""
+    try:
+        return Lane.model_validate(lane).spec if lane else LaneSpec()
+    except ValidationError:
+        return LaneSpec()
+
+
+def _requeue(status: dict[str, Any], lane: str, meta: Mapping[str, Any]) -> None:
+    """A drained job leaves its lane at a stage boundary; its stages and checkpoints stay, so
+    it resumes where it stopped when admitted again."""
+    status.update(phase="Queued", lane=None, admittedAt=None)
+    message = f"lane {lane} is draining (stopPolicy HoldAndDrain); resumes from its checkpoints"
+    set_condition(status, "Admitted", "False", "Drained", message, dict(meta))
+
+
+def _unfinished(pods: Mapping[str, Any]) -> list[str]:
+    """Stage pods still running (or starting) and not already being deleted."""
+    return [
+        name
+        for name, pod in pods.items()
+        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        and not pod["metadata"].get("deletionTimestamp")
+    ]
 
 
 def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,8 @@ PLURALS = {
 }
 COMPONENT = "bakeline-operator"
 LEDGER = "bakeline-slo-ledger"
+CIRCUITS = "bakeline-circuits"
+CIRCUITS_KIND = "Circuits"  # the informer's name for it (kept from our own reads and writes)
 
 
 POD = "Pod"
@@ -157,6 +159,53 @@ class Kube:
         if keys:
             body: Any = {"data": dict.fromkeys(keys)}
             self.core.patch_namespaced_config_map(LEDGER, namespace, body)
+
+    # ---- the circuit breakers: one ConfigMap per namespace, one key per (lane, agent)
+    def circuits(self, namespace: str) -> dict[str, dict[str, Any]]:
+        """The namespace's circuit entries by key; the operator is their only writer, so after
+        one read its own writes keep the copy in memory current."""
+        cached = self.informer.get(CIRCUITS_KIND, namespace, CIRCUITS) if self.informer else None
+        if cached is None:
+            try:
+                cached = self._plain(self.core.read_namespaced_config_map(CIRCUITS, namespace))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                cached = {"metadata": {"name": CIRCUITS, "namespace": namespace}, "data": {}}
+            if self.informer is not None:
+                self.informer.store(CIRCUITS_KIND, cached)
+        return {key: json.loads(value) for key, value in (cached.get("data") or {}).items()}
+
+    def save_circuits(self, namespace: str, changes: dict[str, dict[str, Any] | None]) -> None:
+        """Write changed entries (None deletes one)."""
+        if not changes:
+            return
+        data = {
+            k: (json.dumps(v, sort_keys=True) if v is not None else None)
+            for k, v in changes.items()
+        }
+        body: Any = {"data": data}
+        try:
+            saved = self.core.patch_namespaced_config_map(CIRCUITS, namespace, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._create(
+                self.core.create_namespaced_config_map,
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": CIRCUITS,
+                        "namespace": namespace,
+                        "labels": {LABEL_COMPONENT: "circuits"},
+                    },
+                    "data": {},
+                },
+            )
+            saved = self.core.patch_namespaced_config_map(CIRCUITS, namespace, body)
+        if self.informer is not None:
+            self.informer.store(CIRCUITS_KIND, self._plain(saved))
 
     # ---- pods, claims and checkpoint records
     def job_pods(self, namespace: str, job: str, fresh: bool = False) -> dict[str, Any]:

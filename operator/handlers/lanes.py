@@ -6,8 +6,13 @@ derives `frozen` and the Frozen condition from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
+from bakeline.api.lane import Lane, LaneSpec
+from bakeline.handlers.circuits import open_circuits
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.kube import Kube
 from bakeline.metrics.collectors import LANE_FROZEN, LANE_RUNNING, QUEUE_DEPTH
@@ -15,8 +20,13 @@ from bakeline.metrics.collectors import LANE_FROZEN, LANE_RUNNING, QUEUE_DEPTH
 TERMINAL = {"Succeeded", "Failed"}
 
 
-def lane_status(lane: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The status a Lane should have given the namespace's jobs; pure."""
+def lane_status(
+    lane: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    circuits: Mapping[str, Mapping[str, Any]] | None = None,
+    now: float = 0.0,
+) -> dict[str, Any]:
+    """The status a Lane should have given the namespace's jobs and circuit entries; pure."""
     meta = lane["metadata"]
     name = meta["name"]
     status = dict(lane.get("status") or {})
@@ -30,6 +40,8 @@ def lane_status(lane: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, A
         and not (j.get("spec") or {}).get("suspend")
     ]
     frozen_by = status.get("frozenBy") or []
+    policy = _spec(lane).circuit_breaker
+    status["openCircuits"] = open_circuits(circuits or {}, name, policy, now)
     status["observedGeneration"] = meta.get("generation")
     status["running"] = len(running)
     status["queued"] = len(queued)
@@ -49,9 +61,50 @@ def lane_status(lane: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, A
     return status
 
 
-def reconcile_lane(kube: Kube, lane: dict[str, Any]) -> None:
+def lane_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(type, reason, message) for each change of admission a person would want to see."""
+    events = []
+    was, now = _ready(before), _ready(after)
+    if was is not None and now is not None and was[0] != now[0]:
+        kind = "Normal" if now[0] == "Admitting" else "Warning"
+        events.append((kind, now[0], now[1]))
+    opened_before = {c["agent"] for c in before.get("openCircuits") or []}
+    for circuit in after.get("openCircuits") or []:
+        if circuit["agent"] not in opened_before:
+            message = (
+                f"agent {circuit['agent']} quarantined after {circuit['consecutiveFailures']} "
+                f"failures in a row, until {circuit['retryAfter']}: {circuit.get('lastFailure')}"
+            )
+            events.append(("Warning", "CircuitOpened", message))
+    opened_after = {c["agent"] for c in after.get("openCircuits") or []}
+    for agent in sorted(opened_before - opened_after):
+        events.append(("Normal", "CircuitClosed", f"agent {agent} succeeded again"))
+    return events
+
+
+def _ready(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return str(condition.get("reason")), str(condition.get("message"))
+    return None
+
+
+def _spec(lane: Mapping[str, Any]) -> LaneSpec:
+    try:
+        return Lane.model_validate(lane).spec
+    except ValidationError:
+        return LaneSpec()
+
+
+def reconcile_lane(kube: Kube, lane: dict[str, Any], now: float) -> None:
     meta = lane["metadata"]
-    status = lane_status(lane, kube.list_objects("BakingJob", meta["namespace"]))
+    before = lane.get("status") or {}
+    status = lane_status(
+        lane,
+        kube.list_objects("BakingJob", meta["namespace"]),
+        kube.circuits(meta["namespace"]),
+        now,
+    )
     labels = (meta["namespace"], meta["name"])
     QUEUE_DEPTH.labels(*labels).set(status["queued"])
     LANE_RUNNING.labels(*labels).set(status["running"])
@@ -61,3 +114,5 @@ def reconcile_lane(kube: Kube, lane: dict[str, Any]) -> None:
         kube.patch_status(
             "Lane", meta["namespace"], meta["name"], status, meta.get("resourceVersion")
         )
+        for event in lane_events(before, status):
+            kube.post_event(lane, *event)

@@ -99,10 +99,15 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "list", "watch"]
-# The SLO ledger (one per namespace, job outcomes by key) is the only ConfigMap it changes.
+# The SLO ledger (job outcomes by key) and the circuit breakers (failures by lane and agent),
+# one of each per namespace, are the only ConfigMaps it changes.
 - apiGroups: [""]
   resources: ["configmaps"]
   resourceNames: ["bakeline-slo-ledger"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: ["bakeline-circuits"]
   verbs: ["get", "patch"]
 # Events on the jobs (kubectl describe bj), posted by the operator and by kopf.
 - apiGroups: [""]
