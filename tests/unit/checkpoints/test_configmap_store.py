@@ -1,0 +1,221 @@
+"""The ConfigMap checkpoint store against an in-memory ConfigMap client: chunking across
+ConfigMaps, sha256 on restore, the index as commit point, the cache index and deletion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from bakeline.checkpoints import CheckpointStore, ConfigMapData, ConfigMapStore
+from bakeline.checkpoints.configmap import (
+    COMPONENT_DATA,
+    LABEL_COMPONENT,
+    ConfigMapExistsError,
+)
+from bakeline.checkpoints.manifest import (
+    ChecksumMismatchError,
+    Manifest,
+    file_entry,
+    write_manifest,
+)
+from bakeline.checkpoints.store import CheckpointNotFoundError
+
+KEY = "c" * 64
+LIMIT = 1_048_576  # what the API server allows in one ConfigMap's data
+
+
+class MemoryConfigMaps:
+    """ConfigMaps of one namespace in a dict, refusing what the API server refuses."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, ConfigMapData] = {}
+        self.creates = 0
+
+    def create(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        data: Mapping[str, str],
+        binary_data: Mapping[str, bytes],
+    ) -> None:
+        if name in self.items:
+            raise ConfigMapExistsError(name)
+        size = sum(len(v.encode()) for v in data.values()) + sum(map(len, binary_data.values()))
+        assert size <= LIMIT, f"{name}: {size} bytes, over the API server's limit"
+        assert len(name) <= 253 and all(len(v) <= 63 for v in labels.values())
+        self.creates += 1
+        self.items[name] = ConfigMapData(name, dict(labels), dict(data), dict(binary_data))
+
+    def get(self, name: str) -> ConfigMapData | None:
+        return self.items.get(name)
+
+    def list(self, labels: Mapping[str, str]) -> list[ConfigMapData]:
+        return [
+            item
+            for item in self.items.values()
+            if all(item.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    def delete(self, name: str) -> None:
+        self.items.pop(name, None)
+
+
+def _checkpoint(directory: Path, payload: bytes = b"weights") -> Path:
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(payload)
+    (directory / "sub").mkdir()
+    (directory / "sub" / "ref.npy").write_bytes(b"reference")
+    (directory / "empty.txt").write_bytes(b"")
+    files = [
+        file_entry(directory, "model.onnx", "model"),
+        file_entry(directory, "sub/ref.npy"),
+        file_entry(directory, "empty.txt"),
+    ]
+    manifest = Manifest.model_validate(
+        {"modelName": "m", "artifact": "model.onnx", "format": "onnx", "files": files}
+    )
+    write_manifest(directory, manifest)
+    return directory
+
+
+def _data_maps(client: MemoryConfigMaps) -> list[ConfigMapData]:
+    return client.list({LABEL_COMPONENT: COMPONENT_DATA})
+
+
+def test_round_trip_of_a_checkpoint_larger_than_one_config_map(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="job-a")
+    assert isinstance(store, CheckpointStore)
+    payload = bytes(range(256)) * 10_000  # 2.5 MB: three data ConfigMaps
+    source = _checkpoint(tmp_path / "out", payload)
+    ref = store.put(source, stage="Quantize_1", cache_key=KEY)
+    assert ref.id.startswith("quantize-1-") and ref.size_bytes == len(payload)
+    assert len(_data_maps(client)) == 3
+    assert store.get(ref.id) == ref
+    assert [r.id for r in store.list()] == [ref.id]
+    manifest = store.restore(ref.id, tmp_path / "restored")
+    for name in ("model.onnx", "sub/ref.npy", "empty.txt", "manifest.json"):
+        assert (tmp_path / "restored" / name).read_bytes() == (source / name).read_bytes()
+    assert manifest.artifact_sha256 == ref.artifact_sha256
+    assert store.lookup(KEY) == ref
+    with pytest.raises(FileExistsError):
+        store.restore(ref.id, tmp_path / "restored")
+
+
+def test_small_files_share_one_config_map(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    ConfigMapStore(client, prefix="s").put(_checkpoint(tmp_path / "out"), stage="a")
+    assert len(_data_maps(client)) == 1
+    assert len(client.items) == 2  # the data and the index
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut", "drop-part"])
+def test_a_damaged_checkpoint_is_never_restored(tmp_path: Path, damage: str) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096)
+    ref = store.put(_checkpoint(tmp_path / "out", b"x" * 10_000), stage="a", cache_key=KEY)
+    part = next(m for m in _data_maps(client) if m.name.endswith("-1"))
+    if damage == "drop-part":
+        client.delete(part.name)
+    else:
+        key = next(iter(part.binary_data))
+        data = part.binary_data[key]
+        changed = b"y" + data[1:] if damage == "flip" else data[:-1]
+        client.items[part.name] = ConfigMapData(
+            part.name, part.labels, part.data, {**part.binary_data, key: changed}
+        )
+    with pytest.raises(ChecksumMismatchError):
+        store.restore(ref.id, tmp_path / "restored")
+    assert not (tmp_path / "restored").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".restored")]
+    with pytest.raises(ChecksumMismatchError):
+        store.verify(ref.id)
+    # A damaged cache entry is a miss, and is dropped.
+    assert store.lookup(KEY) is None
+    assert client.get(f"s-key-{KEY}") is None
+
+
+def test_an_edited_manifest_is_refused(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s")
+    ref = store.put(_checkpoint(tmp_path / "out"), stage="a")
+    index = client.items[f"s-{ref.id}"]
+    forged = index.data["manifest.json"].replace('"modelName": "m"', '"modelName": "n"')
+    assert forged != index.data["manifest.json"]
+    client.items[index.name] = ConfigMapData(
+        index.name, index.labels, {**index.data, "manifest.json": forged}, {}
+    )
+    with pytest.raises(ChecksumMismatchError, match="does not match its id"):
+        store.restore(ref.id, tmp_path / "restored")
+
+
+def test_a_source_that_does_not_match_its_manifest_is_not_stored(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    source = _checkpoint(tmp_path / "out")
+    (source / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatchError):
+        ConfigMapStore(client, prefix="s").put(source, stage="a")
+    assert client.items == {}
+
+
+def test_the_index_is_the_commit_point(tmp_path: Path) -> None:
+    """Data left by a writer that died before its index: the checkpoint does not exist, and
+    a later put of the same checkpoint completes it (replacing a stale part)."""
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096)
+    source = _checkpoint(tmp_path / "out", b"z" * 10_000)
+    ref = store.put(source, stage="a")
+    index = client.items.pop(f"s-{ref.id}")
+    stale = client.items[f"s-{ref.id}-0"]
+    client.items[stale.name] = ConfigMapData(stale.name, stale.labels, {}, {"junk": b"1"})
+    with pytest.raises(CheckpointNotFoundError):
+        store.get(ref.id)
+    assert store.list() == []
+    again = store.put(source, stage="a")
+    assert again.id == ref.id and client.items[f"s-{ref.id}"].data == {
+        **index.data,
+        "ref.json": client.items[f"s-{ref.id}"].data["ref.json"],
+    }
+    store.restore(ref.id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "model.onnx").read_bytes() == b"z" * 10_000
+
+
+def test_the_same_checkpoint_stored_twice_is_written_once(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s")
+    source = _checkpoint(tmp_path / "out")
+    first = store.put(source, stage="a")
+    creates = client.creates
+    assert store.put(source, stage="a") == first
+    assert client.creates == creates
+
+
+def test_cache_entries_are_replaced_and_delete_removes_everything(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s")
+    one = store.put(_checkpoint(tmp_path / "one", b"1"), stage="a", cache_key=KEY)
+    two = store.put(_checkpoint(tmp_path / "two", b"2"), stage="a")
+    store.remember(KEY, two.id)
+    found = store.lookup(KEY)
+    assert found is not None and found.id == two.id
+    store.delete(two.id)
+    assert store.lookup(KEY) is None
+    with pytest.raises(CheckpointNotFoundError):
+        store.get(two.id)
+    assert [r.id for r in store.list()] == [one.id]
+    assert all(two.id not in name for name in client.items)
+    with pytest.raises(CheckpointNotFoundError):
+        store.remember(KEY, two.id)
+
+
+def test_ids_and_keys_cannot_name_other_objects(tmp_path: Path) -> None:
+    store = ConfigMapStore(MemoryConfigMaps(), prefix="s")
+    for bad in ("../x", "A", "", "x" * 64):
+        with pytest.raises(ValueError):
+            store.get(bad)
+    with pytest.raises(ValueError):
+        store.lookup("not-a-digest")
+    with pytest.raises(ValueError):
+        ConfigMapStore(MemoryConfigMaps(), prefix="Bad_Prefix")
