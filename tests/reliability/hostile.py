@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (one case a line reads best as a table)
 """Hostile resources: what a careless or malicious user may send the API server.
 
 Each admission case is (id, manifest or raw JSON text, words the refusal must contain). The

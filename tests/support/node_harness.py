@@ -9,7 +9,10 @@ What it maps:
 - env (literal values, fieldRef to the pod's metadata and node, configMapKeyRef, secretKeyRef),
   envFrom configMapRef;
 - volumes: configMap and secret as files, persistentVolumeClaim as one shared directory per
-  (namespace, claim), emptyDir as a private directory;
+  (namespace, claim), emptyDir as a private directory, projected (configMaps, a bound
+  ServiceAccount token from the TokenRequest API, downward API namespace/name/uid; the
+  kube-root-ca.crt that kube-controller-manager would publish comes from the plane's CA);
+- KUBERNETES_SERVICE_HOST/PORT in every container, pointing at the API server;
 - container paths (volume mount paths and terminationMessagePath) are rewritten in the command,
   the args, the env values and workingDir to the local directories standing in for them, since
   the process shares this machine's filesystem;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import re
@@ -32,6 +36,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -246,7 +251,8 @@ class NodeHarness:
             container, argv, env, cwd, termination_file = self._prepare(pod, pod_dir)
         except (UnsupportedPodError, ApiException) as exc:
             reason = "CreateContainerConfigError"
-            self._write_terminated(pod, 128, reason, str(exc)[:1024], _now(), failed_reason=reason)
+            message = _api_message(exc) if isinstance(exc, ApiException) else str(exc)
+            self._write_terminated(pod, 128, reason, message[:1024], _now(), failed_reason=reason)
             return
         started_at = _now()
         with log_file.open("wb") as sink:
@@ -354,6 +360,10 @@ class NodeHarness:
         # rewritten (a mount at /tmp must not redirect this machine's /tmp paths in PATH).
         env = {**os.environ, **self.extra_env, **self.namespace_env.get(meta.namespace, {})}
         env.pop("KUBECONFIG", None)  # the "container" has no admin credentials
+        # What kubelet sets in every container: where in-cluster clients find the API server.
+        address = urllib.parse.urlsplit(self.api_client.configuration.host)
+        env["KUBERNETES_SERVICE_HOST"] = address.hostname or "127.0.0.1"
+        env["KUBERNETES_SERVICE_PORT"] = str(address.port or 443)
         env.update(
             {key: rewrite(value) for key, value in self._container_env(pod, container).items()}
         )
@@ -430,6 +440,8 @@ class NodeHarness:
                 target.mkdir(parents=True, exist_ok=True)
             elif volume.empty_dir is not None:
                 target.mkdir(parents=True, exist_ok=True)
+            elif volume.projected is not None:
+                self._project(pod, volume.projected, target)
             else:
                 raise UnsupportedPodError(
                     f"node harness: volume {volume.name!r} has a type it does not emulate"
@@ -442,6 +454,68 @@ class NodeHarness:
             source = volumes[mount.name]
             mounts[mount.mount_path] = source / mount.sub_path if mount.sub_path else source
         return mounts
+
+    def _project(self, pod: Any, projected: Any, target: Path) -> None:
+        """A projected volume: configMaps, a bound ServiceAccount token, downward API fields."""
+        meta = pod.metadata
+        target.mkdir(parents=True, exist_ok=True)
+        for source in projected.sources or []:
+            if source.config_map is not None:
+                ref = source.config_map
+                try:
+                    cm = self._config_map(meta.namespace, ref.name)
+                    files = {k: v.encode() for k, v in (cm.data or {}).items()}
+                    files |= {k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()}
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    if ref.name == "kube-root-ca.crt":
+                        # Published by kube-controller-manager, which this plane does not run.
+                        files = {
+                            "ca.crt": Path(self.api_client.configuration.ssl_ca_cert).read_bytes()
+                        }
+                    elif ref.optional:
+                        continue
+                    else:
+                        raise UnsupportedPodError(f"configmap {ref.name!r} not found") from exc
+                _write_files(target, files, ref.items)
+            elif source.service_account_token is not None:
+                token = source.service_account_token
+                account = pod.spec.service_account_name or "default"
+                request: Any = {
+                    "spec": {
+                        "audiences": [token.audience] if token.audience else None,
+                        "expirationSeconds": token.expiration_seconds or 3600,
+                        "boundObjectRef": {
+                            "kind": "Pod",
+                            "apiVersion": "v1",
+                            "name": meta.name,
+                            "uid": meta.uid,
+                        },
+                    }
+                }
+                try:
+                    issued: Any = self.core.create_namespaced_service_account_token(
+                        account, meta.namespace, request
+                    )
+                except ApiException as exc:
+                    if exc.status == 404:
+                        raise UnsupportedPodError(f'serviceaccount "{account}" not found') from exc
+                    raise
+                _write_files(target, {token.path: issued.status.token.encode()}, None)
+            elif source.downward_api is not None:
+                values = {
+                    "metadata.namespace": meta.namespace,
+                    "metadata.name": meta.name,
+                    "metadata.uid": meta.uid,
+                }
+                for item in source.downward_api.items or []:
+                    path = item.field_ref.field_path if item.field_ref else ""
+                    if path not in values:
+                        raise UnsupportedPodError(f"node harness: downwardAPI {path} unsupported")
+                    _write_files(target, {item.path: values[path].encode()}, None)
+            else:
+                raise UnsupportedPodError("node harness: projected source type not emulated")
 
     # ------------------------------------------------------------------ status
     def _write_running(self, pod: Any, started_at: str, name: str, image: str) -> None:
@@ -534,6 +608,14 @@ class NodeHarness:
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report to
                 log.warning("could not write status of %s: %s", pod.metadata.name, exc.reason)
+
+
+def _api_message(exc: ApiException) -> str:
+    """What a kubelet would say: the API's own words (e.g. configmaps "m" not found)."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc)
+    except (ValueError, AttributeError):
+        return str(exc)
 
 
 def _write_files(target: Path, files: dict[str, bytes], items: Any) -> None:
