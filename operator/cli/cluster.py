@@ -19,7 +19,11 @@ def run_operator_command(args: argparse.Namespace) -> int:
     run_operator(
         namespaces=args.namespace,
         all_namespaces=args.all_namespaces,
-        operator_config=OperatorConfig(image=args.image, slo_interval_s=args.slo_interval),
+        operator_config=OperatorConfig(
+            image=args.image,
+            slo_interval_s=args.slo_interval,
+            service_account=args.stage_service_account or None,
+        ),
         metrics_port=args.metrics_port or None,
         health_port=args.health_port or None,
         verbose=args.verbose,

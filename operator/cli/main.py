@@ -68,6 +68,12 @@ def _add_cluster_commands(commands: Any) -> None:
         default=os.environ.get("BAKELINE_AGENT_IMAGE", f"bakeline:{bakeline.__version__}"),
         help="image of the stage pods (a lane's stageDefaults.image overrides it)",
     )
+    operator.add_argument(
+        "--stage-service-account",
+        default="bakeline-stage",
+        help="ServiceAccount of stage pods; on ConfigMap lanes they store checkpoints with it "
+        "(it needs create on configmaps; the chart makes it). Empty: the namespace default",
+    )
     operator.add_argument("--metrics-port", type=int, default=8080, help="0 turns /metrics off")
     operator.add_argument("--health-port", type=int, default=8081, help="0 turns /healthz off")
     operator.add_argument(
@@ -83,6 +89,13 @@ def _add_cluster_commands(commands: Any) -> None:
     rerun.add_argument("job", help="the BakingJob's name")
     rerun.add_argument("--from", dest="from_stage", required=True, metavar="STAGE")
     rerun.add_argument("--namespace", "-n", default=None, help="default: the context's")
+    stage = commands.add_parser(
+        "stage",
+        help="(in stage pods) run an agent, then store its checkpoint as ConfigMaps",
+        description="The command of stage pods on lanes with storage ConfigMap: runs the "
+        "agent command given after --, then stores its output checkpoint through the API.",
+    )
+    stage.add_argument("agent_command", nargs=argparse.REMAINDER, help="-- bakeline-agent ...")
 
 
 def _cluster_command(args: argparse.Namespace) -> int:
@@ -100,6 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("operator", "rerun"):
         return _cluster_command(args)
+    if args.command == "stage":
+        from bakeline.cli.stage import run_stage
+
+        given = list(args.agent_command)
+        agent = given[1:] if given[:1] == ["--"] else given
+        if not agent:
+            print("bakeline stage: give the agent command after --", file=sys.stderr)
+            return EXIT_INVALID
+        return run_stage(agent)
     command = tuple(shlex.split(os.environ.get(_AGENT_COMMAND_ENV, "bakeline-agent")))
     options = RunOptions(
         workdir=args.workdir.resolve(),

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from bakeline import __version__
@@ -457,7 +458,8 @@ def _start(
                 info = engine.CheckpointInfo(data["checkpoint"], data.get("artifactSha256", ""), 0)
                 return engine.stage_cached(state, action.stage, info, now)
     lane_wire = lane_spec.to_wire()
-    if action.input is None:  # the job's first stage (again, after a rollback to the start)
+    storage, input_store_id = _storage_for(lane_spec, records, action.input)
+    if action.input is None and storage == "Volume":  # the first stage (or a rollback to it)
         kube.ensure_claim(manifests.build_checkpoint_claim(obj, lane_wire.get("storage")))
     attempt = state.stages[action.stage].attempts_total + 1
     document = _job_document(job)
@@ -479,13 +481,48 @@ def _start(
         timeout_seconds=action.timeout_seconds,
         service_account=config.service_account,
         model_mount=model_mount,
+        storage=storage,
+        input_store_id=input_store_id,
     )
     annotations = pod["metadata"]["annotations"]
     annotations[manifests.ANNOTATION_FALLBACK] = str(action.fallback)
     if action.cache_key:
         annotations[manifests.ANNOTATION_CACHE_KEY] = action.cache_key
-    kube.create_pod(pod)
+    try:
+        kube.create_pod(pod)
+    except ApiException as exc:
+        if exc.status not in (400, 403, 404, 422):
+            raise  # the server's trouble, not the pod's: the pass is retried
+        # Refused for good (a missing ServiceAccount, a quota, a policy): the attempt fails with
+        # the API server's words instead of the operator retrying it forever.
+        state, started = engine.stage_started(state, action.stage, now)
+        refused = f"pod {pod['metadata']['name']} refused: {_api_message(exc)}"
+        state, ended = engine.stage_finished(
+            plan, state, action.stage, AttemptOutcome.INVALID_INPUT, now, message=refused
+        )
+        return state, started + ended
     return engine.stage_started(state, action.stage, now)
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason)
+
+
+def _storage_for(
+    lane: LaneSpec, records: Mapping[str, Any], given: engine.CheckpointInfo | None
+) -> tuple[str, str | None]:
+    """Where a stage attempt's checkpoints live (and its input's id in the ConfigMap store):
+    the lane's store for a job's first stage; afterwards wherever its input checkpoint is (a
+    lane edited mid-job moves nothing)."""
+    if given is None:
+        return lane.storage.type, None
+    data = (records.get(given.id) or {}).get("data") or {}
+    if data.get("storage") == "ConfigMap":
+        return "ConfigMap", str(data.get("storeId") or "")
+    return "Volume", None
 
 
 def _lane_spec(lane: Mapping[str, Any] | None) -> LaneSpec:

@@ -76,6 +76,12 @@ def checkpoint_claim_name(job: str) -> str:
     return _bounded(f"{job}-checkpoints", _MAX_NAME)
 
 
+def checkpoint_store_prefix(job: str) -> str:
+    """The job's ConfigMap checkpoint store: its ConfigMaps are named PREFIX-<id>[-<part>].
+    A short DNS label, unlike the records' `<job>-ckpt-...`."""
+    return _bounded(re.sub(r"[^a-z0-9-]", "-", f"{job}-store"), 40).strip("-")
+
+
 def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
     meta = job["metadata"]
     return {
@@ -114,6 +120,36 @@ def restricted_container_security() -> dict[str, Any]:
 
 
 MODEL_MOUNT = "/model"
+SERVICE_ACCOUNT_MOUNT = (
+    "/var/run/secrets/kubernetes.io/serviceaccount"  # in-cluster clients look here
+)
+TOKEN_SECONDS = 3600
+
+
+def _token_volume() -> dict[str, Any]:
+    """A bound, short-lived ServiceAccount token with the CA and namespace, as kubelet mounts
+    for automount, but only in pods that store checkpoints through the API."""
+    return {
+        "name": "api-token",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
+            ]
+        },
+    }
 
 
 def model_source_mount(
@@ -163,12 +199,20 @@ def build_stage_pod(
     timeout_seconds: float | None = None,
     service_account: str | None = None,
     model_mount: tuple[dict[str, Any], dict[str, Any], str] | None = None,
+    storage: str = "Volume",
+    input_store_id: str | None = None,
 ) -> dict[str, Any]:
     """The pod for one attempt of one stage.
 
     `job_document` is the agent contract's `--job` JSON; `stage_defaults` is the lane's
     `stageDefaults` in wire form (resources, nodeSelector, tolerations, image);
     `model_mount` (from `model_source_mount`) gives the first stage the user's model file.
+
+    `storage` is the lane's store. Volume: the job's claim holds every checkpoint. ConfigMap:
+    `bakeline stage` restores the input checkpoint (its id in the job's ConfigMap store:
+    `input_store_id`) into an emptyDir where the agent reads it, and stores the agent's output
+    when it succeeds, with the pod's own short-lived token (its only API access: the stage
+    ServiceAccount may create and read ConfigMaps, nothing else).
     """
     meta = job["metadata"]
     job_name = meta["name"]
@@ -187,11 +231,20 @@ def build_stage_pod(
     ]
     if input_checkpoint is not None:
         env.insert(2, {"name": "BAKELINE_INPUT", "value": f"{CHECKPOINT_MOUNT}/{input_checkpoint}"})
+    command = ["bakeline-agent", agent]
+    if storage == "ConfigMap":
+        env += [
+            {"name": "BAKELINE_STORE_PREFIX", "value": checkpoint_store_prefix(job_name)},
+            {"name": "BAKELINE_STORE_OWNER", "value": json.dumps(owner_reference(job))},
+            {"name": "BAKELINE_STORE_LABELS", "value": json.dumps(job_labels(job_name))},
+            {"name": "BAKELINE_SERVICE_ACCOUNT_DIR", "value": SERVICE_ACCOUNT_MOUNT},
+        ]
+        command = ["bakeline", "stage", "--", *command]
     container: dict[str, Any] = {
         "name": AGENT_CONTAINER,
         "image": defaults.get("image") or image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["bakeline-agent", agent],
+        "command": command,
         "env": env,
         "volumeMounts": [
             {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
@@ -205,7 +258,8 @@ def build_stage_pod(
         container["resources"] = defaults["resources"]
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,  # agents never talk to the API server
+        # Agents never talk to the API server; `bakeline stage` gets an explicit token below.
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": restricted_pod_security(),
         "containers": [container],
@@ -217,6 +271,14 @@ def build_stage_pod(
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if storage == "ConfigMap":
+        spec["volumes"][0] = {"name": "checkpoints", "emptyDir": {}}
+        spec["volumes"].append(_token_volume())
+        container["volumeMounts"].append(
+            {"name": "api-token", "mountPath": SERVICE_ACCOUNT_MOUNT, "readOnly": True}
+        )
+        if input_store_id is not None:
+            env.append({"name": "BAKELINE_STORE_INPUT_ID", "value": input_store_id})
     if model_mount is not None:
         volume, mount, _ = model_mount
         spec["volumes"].append(volume)
@@ -301,10 +363,17 @@ def build_checkpoint_record(
         "stage": stage,
         "attempt": str(attempt),
         "path": f"{CHECKPOINT_MOUNT}/{checkpoint}",
-        "claim": checkpoint_claim_name(meta["name"]),
         "artifactSha256": str(result.get("artifactSha256") or ""),
         "result.json": json.dumps(dict(result), sort_keys=True),
     }
+    stored = result.get("store") or {}
+    if stored.get("id"):
+        data["storage"] = "ConfigMap"
+        data["storePrefix"] = str(stored.get("prefix") or "")
+        data["storeId"] = str(stored["id"])
+    else:
+        data["storage"] = "Volume"
+        data["claim"] = checkpoint_claim_name(meta["name"])
     if cache_key:
         data["cacheKey"] = cache_key
     return {

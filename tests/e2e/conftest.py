@@ -69,10 +69,26 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")[-6000:]
 
 
+def install_stage_rbac(cluster: ControlPlane, namespace: str, repo_root: Path) -> None:
+    """The chart's stage ServiceAccount, Role and RoleBinding in `namespace`: what stage pods
+    of ConfigMap lanes (the default store) use to store their checkpoints."""
+    rendered = cluster.helm(
+        "template",
+        "rel",
+        str(repo_root / "charts" / "bakeline"),
+        "--show-only",
+        "templates/stage-rbac.yaml",
+        "--set",
+        f"watch.namespaces={{{namespace}}}",
+    ).stdout
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=rendered)
+
+
 @pytest.fixture
 def operator(
-    cluster: ControlPlane, namespace: str, crds: None, tmp_path: Path
+    cluster: ControlPlane, namespace: str, crds: None, tmp_path: Path, repo_root: Path
 ) -> Iterator[OperatorProcess]:
+    install_stage_rbac(cluster, namespace, repo_root)
     process = OperatorProcess(cluster, namespace, tmp_path / "operator.log")
     process.start()
     yield process

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from bakeline.checkpoints.configmap import ConfigMapStore
+from bakeline.cli.stage import KubeConfigMapClient
 from controlplane import ControlPlane
 from support.kube import apply, condition, get, wait_for
 
@@ -166,3 +169,69 @@ def test_job_deadline_stops_the_running_pod(
     wait_for(pod_gone, 30, what="the running pod to be deleted")
     reasons = [e["reason"] for e in _events(cluster, namespace, "BakingJob")]
     assert "PodStopped" in reasons
+
+
+def _config_maps(cluster: ControlPlane, namespace: str, selector: str) -> list[dict[str, Any]]:
+    listing = cluster.kubectl(
+        "get", "configmaps", "-n", namespace, "-l", selector, "-o", "json"
+    ).stdout
+    return list(json.loads(listing)["items"])
+
+
+def test_configmap_lane_keeps_checkpoint_bytes_in_configmaps_and_rolls_back_from_them(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    # validate fails its gate once: the job rolls back to memory's input checkpoint, which the
+    # fallback attempt reads from its ConfigMaps (there is no volume to read it from).
+    scripted_agent({"validate": [3, 0]})
+    apply(cluster, [_lane(storage={"type": "ConfigMap"}), _job("small")], namespace)
+    job = _terminal(cluster, "small", namespace)
+    assert job["status"]["phase"] == "Succeeded", json.dumps(job["status"]) + operator.log()
+    assert job["status"]["rollbackCount"] == 1
+    claims = cluster.kubectl("get", "pvc", "-n", namespace, "-o", "name").stdout.split()
+    assert claims == [], "a ConfigMap lane needs no volume"
+    records = _config_maps(cluster, namespace, "bakeline.io/component=checkpoint")
+    assert len(records) >= 9
+    store = ConfigMapStore(
+        KubeConfigMapClient(client.CoreV1Api(cluster.api_client()), namespace, {}, {}),
+        prefix=records[0]["data"]["storePrefix"],
+    )
+    for record in records:
+        data = record["data"]
+        assert data["storage"] == "ConfigMap"
+        manifest = store.verify(data["storeId"])  # reads every chunk, checks every sha256
+        artifact = manifest.file(manifest.artifact)
+        assert artifact.sha256 == data["artifactSha256"]
+    for stored in _config_maps(cluster, namespace, "bakeline.io/checkpoint-store"):
+        assert stored["immutable"] is True
+        assert stored["metadata"]["ownerReferences"][0]["name"] == "small"
+    # The fallback attempt of memory restored quantize's checkpoint from the store.
+    pods = _pods(cluster, namespace)
+    memory = sorted(n for n in pods if n.startswith("small-memory-"))
+    assert len(memory) == 2, memory
+    spec = pods[memory[-1]]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes["checkpoints"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    restored = {r["data"]["storeId"] for r in records if r["data"]["stage"] == "quantize"}
+    assert env["BAKELINE_STORE_INPUT_ID"] in restored
+
+
+def test_volume_lane_keeps_checkpoints_on_the_job_claim(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    scripted_agent({})
+    apply(cluster, [_lane(storage={"type": "Volume"}), _job("large")], namespace)
+    job = _terminal(cluster, "large", namespace)
+    assert job["status"]["phase"] == "Succeeded", json.dumps(job["status"])
+    claims = cluster.kubectl("get", "pvc", "-n", namespace, "-o", "name").stdout.split()
+    assert claims == ["persistentvolumeclaim/large-checkpoints"]
+    assert _config_maps(cluster, namespace, "bakeline.io/checkpoint-store") == []
+    records = _config_maps(cluster, namespace, "bakeline.io/component=checkpoint")
+    assert {r["data"]["storage"] for r in records} == {"Volume"}

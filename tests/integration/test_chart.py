@@ -88,9 +88,12 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
     docs = render()
     assert sorted(doc["kind"] for doc in docs) == [
         "Deployment",
-        "Role",
+        "Role",  # the operator's
+        "Role",  # the stage pods': create ConfigMaps
+        "RoleBinding",
         "RoleBinding",
         "Service",
+        "ServiceAccount",
         "ServiceAccount",
     ]
     deployment = kind(docs, "Deployment")
@@ -102,6 +105,7 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
     assert container["args"] == [
         "--namespace=bakeline-system",
         "--image=bakeline:0.1.0",
+        "--stage-service-account=bakeline-stage",
         "--metrics-port=8080",
         "--health-port=8081",
     ]
@@ -129,6 +133,7 @@ def test_every_option_renders_into_the_objects() -> None:
         "ClusterRole",  # the operator's
         "ClusterRole",  # aggregated into edit
         "ClusterRole",  # aggregated into view
+        "ClusterRole",  # the stage pods', bound per namespace by the user
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bakeline"
 KUBE_VERSION = TOOLS["kube-apiserver"].version()  # our helm build assumes 1.20 otherwise
 
+STAGE_ACCOUNT = "bakeline-stage"  # the chart's default stagePods.serviceAccount.name
 Grant = tuple[str, str, str, tuple[str, ...]]  # apiGroup, resource, verb, resourceNames
 
 MODES: dict[str, list[str]] = {
@@ -73,7 +74,10 @@ def operator_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         (binding["roleRef"]["kind"], binding["roleRef"]["name"])
         for binding in docs
         if binding["kind"] in ("RoleBinding", "ClusterRoleBinding")
-        and any(s["kind"] == "ServiceAccount" for s in binding["subjects"])
+        and any(
+            s["kind"] == "ServiceAccount" and s["name"] != STAGE_ACCOUNT
+            for s in binding["subjects"]
+        )
     }
     return [doc for doc in docs if (doc["kind"], doc["metadata"]["name"]) in bound]
 
@@ -241,7 +245,11 @@ def test_namespaced_mode_is_a_role_per_namespace_and_nothing_cluster_scoped() ->
     kinds = [doc["kind"] for doc in docs]
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
     roles = {doc["metadata"]["namespace"] for doc in docs if doc["kind"] == "Role"}
-    bindings = [doc for doc in docs if doc["kind"] == "RoleBinding"]
+    bindings = [
+        doc
+        for doc in docs
+        if doc["kind"] == "RoleBinding" and not doc["metadata"]["name"].endswith("-stage")
+    ]
     assert roles == {"team-a", "team-b"} == {b["metadata"]["namespace"] for b in bindings}
     for binding in bindings:
         assert binding["subjects"] == [
@@ -262,7 +270,8 @@ def test_namespaced_mode_is_a_role_per_namespace_and_nothing_cluster_scoped() ->
 def test_all_namespaces_mode_is_one_cluster_role() -> None:
     docs = render(*MODES["all-namespaces"], namespace="ops")
     kinds = [doc["kind"] for doc in docs]
-    assert kinds.count("ClusterRole") == 1 and kinds.count("ClusterRoleBinding") == 1
+    # The operator's, bound here; the stage pods', for the user to bind per namespace.
+    assert kinds.count("ClusterRole") == 2 and kinds.count("ClusterRoleBinding") == 1
     assert "Role" not in kinds and "RoleBinding" not in kinds
     binding = next(doc for doc in docs if doc["kind"] == "ClusterRoleBinding")
     assert binding["metadata"]["name"] == "ops-rel-bakeline"  # cluster-unique per release
@@ -271,6 +280,32 @@ def test_all_namespaces_mode_is_one_cluster_role() -> None:
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--all-namespaces" in args
     assert not any(a.startswith("--namespace") for a in args)
+
+
+@pytest.mark.parametrize("mode", ["default", "namespaces"])
+def test_stage_pods_may_create_and_read_configmaps_in_their_namespace_only(mode: str) -> None:
+    docs = render(*MODES[mode], namespace="ops")
+    stage = [d for d in docs if d["metadata"]["name"].endswith("-stage")]
+    namespaces = {d["metadata"]["namespace"] for d in stage}
+    assert namespaces == ({"team-a", "team-b"} if mode == "namespaces" else {"ops"})
+    for doc in stage:
+        if doc["kind"] == "Role":
+            assert doc["rules"] == [
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get"]}
+            ]
+        elif doc["kind"] == "RoleBinding":
+            assert doc["subjects"] == [
+                {
+                    "kind": "ServiceAccount",
+                    "name": STAGE_ACCOUNT,
+                    "namespace": doc["metadata"]["namespace"],
+                }
+            ]
+    accounts = [
+        d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == STAGE_ACCOUNT
+    ]
+    assert {a["metadata"]["namespace"] for a in accounts} == namespaces
+    assert all(a["automountServiceAccountToken"] is False for a in accounts)
 
 
 def test_rbac_create_false_renders_no_rbac() -> None:
