@@ -491,10 +491,12 @@ def _start(
     try:
         kube.create_pod(pod)
     except ApiException as exc:
-        if exc.status not in (400, 403, 404, 422):
-            raise  # the server's trouble, not the pod's: the pass is retried
-        # Refused for good (a missing ServiceAccount, a quota, a policy): the attempt fails with
-        # the API server's words instead of the operator retrying it forever.
+        if exc.status not in (400, 422):
+            # Forbidden (RBAC, quota, a ServiceAccount not there yet) can change without the
+            # job changing: the pass is retried with backoff and the denial logged.
+            raise
+        # Invalid for good (a policy or webhook refused this pod): the attempt fails with the
+        # API server's words instead of the operator retrying it forever.
         state, started = engine.stage_started(state, action.stage, now)
         refused = f"pod {pod['metadata']['name']} refused: {_api_message(exc)}"
         state, ended = engine.stage_finished(

@@ -311,6 +311,24 @@ def test_cluster_wide_install_on_a_fresh_control_plane(tmp_path: Path) -> None:
         assert "--all-namespaces" in operator.argv()
         env = _scripted_agent_env(tmp_path)
         node.namespace_env.update({"team-a": env, "team-b": env})
+        # Cluster-wide, the chart cannot know the namespaces: the README's step for each one
+        # that runs ConfigMap lanes binds the stage ClusterRole to a stage ServiceAccount.
+        [stage_role] = [
+            d["metadata"]["name"]
+            for d in operator.manifest()
+            if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-stage")
+        ]
+        for team in ("team-a", "team-b"):
+            plane.kubectl("create", "serviceaccount", "bakeline-stage", "-n", team)
+            plane.kubectl(
+                "create",
+                "rolebinding",
+                "bakeline-stage",
+                "-n",
+                team,
+                f"--clusterrole={stage_role}",
+                f"--serviceaccount={team}:bakeline-stage",
+            )
         try:
             operator.start()
             for team in ("team-a", "team-b"):
