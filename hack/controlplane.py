@@ -467,6 +467,9 @@ class ControlPlane:
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={certs / 'sa.pub'}",
                 f"--service-account-signing-key-file={certs / 'sa.key'}",
+                # PodSecurity is on by default; named so that no one turns it off unawares:
+                # tests/reliability/test_security.py enforces `restricted` on stage pods.
+                "--enable-admission-plugins=PodSecurity",
                 "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
