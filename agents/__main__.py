@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -45,7 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (pod deleted, deadline): stop, report, exit."""
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    # As PID 1 in a container a process gets no default action for SIGTERM: without a handler
+    # the kubelet waits out the grace period and then SIGKILLs it.
+    if threading.current_thread() is threading.main_thread():  # signal() works only there
+        signal.signal(signal.SIGTERM, _on_sigterm)
     args = _parser().parse_args(argv)
     started = time.monotonic()
     agent_name = args.agent or ""
@@ -94,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         result.message = failure.message
         result.metrics = failure.metrics
         code = failure.exit_code
+    except Terminated as stop:  # transient: a new attempt may run elsewhere
+        result.status = "error"
+        result.message = str(stop)
+        code = EXIT_ERROR
     except Exception as exc:  # anything unexpected is transient: the operator retries
         result.status = "error"
         result.message = f"{type(exc).__name__}: {exc}"

@@ -231,3 +231,18 @@ def fuse_sibling_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return model, fused
+
+
+def ort_transformer_fusions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """ONNX Runtime's transformer fusions, as onnxscript writes them for torch.export graphs:
+    attention -> MultiHeadAttention, residual Add + LayerNorm -> SkipLayerNormalization,
+    bias + GELU -> BiasGelu. Returns the fused model and the count of each fusion applied.
+
+    ONNX Runtime's own session-time fusions never find attention in an exported graph; these
+    rewrite rules do, and the fused kernels skip the attention's reshapes and transposes.
+    """
+    import onnx_ir as ir
+    import onnxscript.rewriter.ort_fusions as fusions
+
+    fused, counts = fusions.optimize_for_ort(ir.from_proto(model))
+    return ir.to_proto(fused), {name: count for name, count in counts.items() if count}

@@ -85,7 +85,12 @@ def quantize(
 ) -> Path:
     """Write the int8 model of `source` to `target`, keeping the `exclude` nodes in float."""
     if mode == "dynamic":
-        extra: dict[str, Any] = {"MatMulConstBOnly": True}  # weight MatMuls only, not attention
+        extra: dict[str, Any] = {
+            "MatMulConstBOnly": True,  # weight MatMuls only, not attention
+            # Shape inference cannot type the outputs of fused com.microsoft ops
+            # (MultiHeadAttention, SkipLayerNormalization): they are float.
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+        }
         quantize_dynamic(
             str(source),
             str(target),

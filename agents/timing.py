@@ -1,9 +1,14 @@
-"""Latency measurement shared by every agent and benchmark.
+"""Latency measurement: THE one method, shared by every agent and every benchmark.
 
-This machine is small and shared: compare candidates only when measured in one process, with
-fixed thread counts, interleaved, by medians. Candidates run in short blocks whose first call is
-not timed, because thread pools that spin after a call (ONNX Runtime's, OpenMP's) would otherwise
-steal the cores from whichever candidate runs next.
+`compare` is what the InferenceAccelerator, the PerformanceProfiler and benchmarks/ call, with
+the same `METHOD`, so that a speedup in a report and one in BENCHMARKS.md mean the same thing:
+candidates in one process, fixed thread counts, ONNX Runtime's spinning workers off while timed
+(they would steal the cores from whichever candidate runs next), interleaved in blocks whose
+first calls are not timed (each candidate timed in its steady state, its weights in the caches,
+as when serving), inputs rotating over real samples (the same sample for every candidate in a
+round), medians, in several windows of which the least disturbed one is kept (the one where the
+baseline ran fastest: a shared machine's other work slows torch's fork-join threads far more
+than ONNX Runtime's pool, so a busy window would flatter the speedup).
 """
 
 from __future__ import annotations
@@ -11,11 +16,30 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from bakeline.agents.runtimes import RuntimeConfig
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Method:
+    """How candidates are timed (see the module docstring)."""
+
+    block: int = 8  # calls per candidate per round
+    settle: int = 3  # of which the first `settle` are not timed
+    windows: int = 3  # separate measurements; the least disturbed is kept
+    warmup: int = 2
+
+
+METHOD = Method()
+# Choosing among candidates: fewer windows (each candidate is judged by its own least disturbed
+# one); reporting a speedup against a baseline needs the full METHOD. Same blocks and rotation.
+SELECTION = Method(windows=2)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,6 +93,61 @@ def fixed(run: Callable[[T], object], argument: T) -> Callable[[int], object]:
     return call
 
 
+def rotating(run: Callable[[T], object], arguments: Sequence[T]) -> Callable[[int], object]:
+    """A candidate that runs `run` on argument `round % len(arguments)`: real inputs of varied
+    lengths, the same one for every candidate in a round."""
+    if not arguments:
+        raise ValueError("rotating needs at least one argument")
+
+    def call(index: int) -> object:
+        return run(arguments[index % len(arguments)])
+
+    return call
+
+
+def timed_config(config: RuntimeConfig) -> RuntimeConfig:
+    """The runtime config a candidate is timed under: as configured, spinning off."""
+    return config.model_copy(update={"allow_spinning": False})
+
+
+@dataclass
+class Comparison:
+    """The kept window's latencies per candidate, and every window's medians."""
+
+    stats: dict[str, LatencyStats]
+    window_medians: list[dict[str, float]]
+    baseline: str
+
+    def p50(self, name: str) -> float:
+        return self.stats[name].p50
+
+    def speedup(self, name: str, baseline: str | None = None) -> float:
+        """Median latency of the baseline over the candidate's, in the kept window."""
+        return self.stats[baseline or self.baseline].p50 / self.stats[name].p50
+
+    def window_speedups(self, name: str) -> list[float]:
+        return [m[self.baseline] / m[name] for m in self.window_medians]
+
+
+def compare(
+    candidates: Mapping[str, Callable[[int], object]],
+    runs: int,
+    baseline: str,
+    method: Method = METHOD,
+) -> Comparison:
+    """Time every candidate `runs` times by `method`; see the module docstring."""
+    stats, medians = least_contended(
+        candidates,
+        runs,
+        method.windows,
+        baseline,
+        block=method.block,
+        settle=method.settle,
+        warmup=method.warmup,
+    )
+    return Comparison(stats, medians, baseline)
+
+
 def interleaved(
     candidates: Mapping[str, Callable[[int], object]],
     runs: int,
@@ -107,13 +186,15 @@ def least_contended(
     baseline: str,
     block: int = 3,
     settle: int = 1,
+    warmup: int = 2,
 ) -> tuple[dict[str, LatencyStats], list[dict[str, float]]]:
     """Measure all candidates interleaved in `windows` separate windows of `runs` each; return
     the window where `baseline` ran fastest (the least disturbed by other work on the machine:
     every candidate in it shared the same conditions) and every window's medians.
     """
     measured = [
-        interleaved(candidates, runs, block=block, settle=settle) for _ in range(max(1, windows))
+        interleaved(candidates, runs, block=block, warmup=warmup, settle=settle)
+        for _ in range(max(1, windows))
     ]
     medians = [{name: stats.p50 for name, stats in window.items()} for window in measured]
     best = min(range(len(measured)), key=lambda i: medians[i][baseline])

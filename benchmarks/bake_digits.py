@@ -1,8 +1,10 @@
 """Bake digits-cnn with the nine agents, then measure the baked artifact: ONE JSON line.
 
-Same protocol as bake_minilm.py: the nine agents through the real `bakeline-agent` CLI, then in
-one process, fixed threads, interleaved, median of >= 50 timed runs per variant and batch size,
-on the held-out test split (never used for training or calibration):
+The nine agents through the real `bakeline-agent` CLI with their defaults, then THE timing method
+(`bakeline.agents.timing.compare`, as bake_minilm.py and the PerformanceProfiler): one process,
+fixed threads, interleaved blocks rotating over the held-out test split (never used for training
+or calibration), median of >= 50 timed runs per variant and batch size, the least disturbed of
+several windows:
   - fp32: the imported model (checkpoint 0's ExportedProgram) in eager torch;
   - quantizeDynamic: torch's dynamic int8 Linear layers (the hand-rolled baseline);
   - baked: the packaged ONNX model under its packaged runtime config (spinning off).
@@ -35,7 +37,7 @@ from bakeline.agents.runtimes import (
     ort_session,
     torch_runner,
 )
-from bakeline.agents.timing import least_contended, wait_for_quiet
+from bakeline.agents.timing import Method, compare, rotating, timed_config, wait_for_quiet
 
 JOB = {
     "name": "bench-digits",
@@ -53,11 +55,8 @@ def main() -> int:
     parser.add_argument("--quiet-load", type=float, default=1.0)
     parser.add_argument("--quiet-wait", type=float, default=300.0)
     parser.add_argument("--workdir", type=Path)
-    # Blocks of 8 calls, the first 3 untimed: each variant timed in its steady state (warm
-    # caches), blocks interleaved so that every variant shares the machine's drift.
-    parser.add_argument("--block", type=int, default=8)
-    parser.add_argument("--settle", type=int, default=3)
     args = parser.parse_args()
+    method = Method(windows=args.windows)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bake-digits-"))
     params = {
         "HardwareAdapter": {"threads": args.threads},
@@ -76,7 +75,7 @@ def main() -> int:
     package = runs[-1].output
     runtime = RuntimeConfig.model_validate(json.loads((package / "runtime.json").read_text()))
     # As packaged (the accelerator may have kept one thread: faster for so small a model).
-    timed = runtime.model_copy(update={"allow_spinning": False})
+    timed = timed_config(runtime)
     test = checkpoint0.dataset("evaluation.safetensors")
     assert test.labels is not None
 
@@ -106,14 +105,10 @@ def main() -> int:
     latency: dict[str, dict[str, float]] = {name: {} for name in variants}
     for size in (1, 32):
         batches = [test.batch(i, i + size) for i in range(0, len(test) - size + 1, size)]
-        calls = {
-            name: (lambda i, r=run, b=batches: r(b[i % len(b)])) for name, run in variants.items()
-        }
-        best, _ = least_contended(
-            calls, args.runs, args.windows, baseline="fp32", block=args.block, settle=args.settle
-        )
-        for name, stats in best.items():
-            latency[name][f"b{size}P50Ms"] = round(stats.p50, 4)
+        calls = {name: rotating(run, batches) for name, run in variants.items()}
+        measured = compare(calls, args.runs, "fp32", method)
+        for name in variants:
+            latency[name][f"b{size}P50Ms"] = round(measured.p50(name), 4)
 
     buffer = io.BytesIO()
     torch.save(qdyn_module.state_dict(), buffer)
@@ -128,8 +123,7 @@ def main() -> int:
         "threads": args.threads,
         "bakedThreads": runtime.intra_op_threads,
         "runs": args.runs,
-        "block": args.block,
-        "settle": args.settle,
+        "method": {"block": method.block, "settle": method.settle, "windows": method.windows},
         "testSamples": len(test),
         "loadAverageBefore": round(load_before, 2),
         "bakeSeconds": round(bake_seconds, 1),

@@ -9,11 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from bakeline.agents.checkpoint_io import InputCheckpoint, OutputCheckpoint, open_input
 from bakeline.agents.contract import InvalidInput, JobSpec, Outcome, StageParams, kebab
-from bakeline.checkpoints.manifest import Manifest, utc_now
+from bakeline.checkpoints.manifest import ArtifactFormat, Manifest, utc_now
 
 P = TypeVar("P", bound=StageParams)
 
@@ -57,6 +57,29 @@ class Agent(ABC, Generic[P]):
 
     @abstractmethod
     def run(self, ctx: StageContext, params: P) -> StageResult: ...
+
+    def finish(
+        self,
+        ctx: StageContext,
+        out: OutputCheckpoint,
+        params: P,
+        *,
+        artifact: str,
+        format: ArtifactFormat,
+        metrics: dict[str, float],
+        attributes: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """Seal the output checkpoint with this agent's name, stage, params and start time."""
+        return out.finish(
+            agent=self.name,
+            stage=ctx.stage,
+            artifact=artifact,
+            format=format,
+            params=params.model_dump(by_alias=True),
+            metrics=metrics,
+            started_at=ctx.started_at,
+            attributes=attributes,
+        )
 
 
 REGISTRY: dict[str, type[Agent[StageParams]]] = {}

@@ -166,6 +166,15 @@ def timing_batch(checkpoint: InputCheckpoint, batch_size: int) -> Feeds:
     return tiled.batch(0, batch_size)
 
 
+def timing_batches(checkpoint: InputCheckpoint, batch_size: int) -> list[Feeds]:
+    """The calibration split cut into batches of `batch_size`, for timing over real inputs of
+    varied lengths (at least one batch: a smaller split is repeated)."""
+    data = data_split(checkpoint, "calibration")
+    if len(data) < batch_size:
+        return [timing_batch(checkpoint, batch_size)]
+    return [data.batch(i, i + batch_size) for i in range(0, len(data) - batch_size + 1, batch_size)]
+
+
 def original_runner(checkpoint: InputCheckpoint, threads: int) -> Runner:
     """The imported model, eager, as the baseline for speed comparisons."""
     path, fmt = checkpoint.original()

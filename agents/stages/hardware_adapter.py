@@ -120,14 +120,13 @@ class HardwareAdapter(Agent[HardwareParams]):
         out = ctx.output(source)
         out.carry_forward(keep_model=True)  # the artifact is unchanged: same bytes, same sha256
         out.add(source.manifest.artifact, "model")
-        manifest = out.finish(
-            agent=self.name,
-            stage=ctx.stage,
+        manifest = self.finish(
+            ctx,
+            out,
+            params,
             artifact=source.manifest.artifact,
             format=source.format,
-            params=params.model_dump(by_alias=True),
             metrics=metrics,
-            started_at=ctx.started_at,
             attributes={
                 "runtime": config.dump(),
                 "hardware": {

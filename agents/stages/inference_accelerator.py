@@ -3,12 +3,14 @@
 Candidates: ONNX Runtime on the artifact under several session options (graph optimisation
 levels, with and without the SkipLayerNormalization fusion, which measures slower on the int8
 MiniLM graph; the configured threads and one), the imported model in eager torch, and
-torch.compile of it. Candidates run with spinning worker threads off, so that none steals cores
+torch.compile of it (not for a quantized ONNX artifact: it would drop the quantization).
+Candidates run with spinning worker threads off, so that none steals cores
 from the next while timed; `allowSpinning` decides whether the kept config spins (it trades CPU
 for latency; under a pod's CPU quota it is usually a loss). Each is scored against the reference
-outputs on calibration data and timed, interleaved in one process, at every target batch size;
-the fastest (sum of latencies relative to the best at each batch size) among those passing the
-job's quality gate is kept, with its runtime config recorded for the later stages and the package.
+outputs on calibration data and timed by THE timing method (`bakeline.agents.timing.compare`)
+at every target batch size; the fastest (the smallest worst-case latency relative to the best at
+each batch size) among those passing the job's quality gate is kept, with its runtime config
+recorded for the later stages and the package.
 
 Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20), batchSizes
 (default job.target.batchSizes), allowSpinning (false), tryFewerThreads (true: also time one
@@ -33,10 +35,10 @@ from bakeline.agents.stages.common import (
     quality_gate,
     runtime_config,
     score,
-    timing_batch,
+    timing_batches,
     write_report,
 )
-from bakeline.agents.timing import fixed, interleaved
+from bakeline.agents.timing import SELECTION, compare, rotating
 
 Family = Literal["onnxruntime", "torch-eager", "torch-compile"]
 FAMILIES: tuple[Family, ...] = ("onnxruntime", "torch-eager", "torch-compile")
@@ -95,8 +97,13 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
             if source.format != "onnx"
             else (str(original_path), original_format)
         )
+        # For a quantized ONNX artifact the torch candidates run the original float model: eager
+        # stays as the yardstick (speedupVsEager), compiling it would cost minutes for a
+        # candidate that throws the quantization away.
+        quantized = source.format == "onnx" and base.dtype not in ("fp32", "auto")
+        skipped = ["torch-compile"] if quantized else []
         for family in ("torch-eager", "torch-compile"):
-            if family in params.candidates and torch_source[1] != "onnx":
+            if family in params.candidates and torch_source[1] != "onnx" and family not in skipped:
                 configs[family] = (base.model_copy(update={"backend": family}), *torch_source)
         if not configs:
             raise InvalidInput(f"no candidate runtime applies to a {source.format} artifact")
@@ -123,12 +130,18 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         sizes = batch_sizes(ctx.job, params.batch_sizes)
         latency: dict[str, dict[int, float]] = {name: {} for name in runners}
         for size in sizes:
-            feeds = timing_batch(source, size)
-            calls = {name: fixed(runner, feeds) for name, runner in runners.items()}
-            for name, stats in interleaved(calls, params.runs).items():
-                latency[name][size] = stats.p50
+            batches = timing_batches(source, size)
+            calls = {name: rotating(runner, batches) for name, runner in runners.items()}
+            baseline = "torch-eager" if "torch-eager" in calls else next(iter(calls))
+            measured = compare(calls, params.runs, baseline, SELECTION)
+            for name in runners:
+                # Each candidate's least disturbed window: selection compares candidates, not
+                # candidates against a baseline, so no window has to be shared.
+                latency[name][size] = min(m[name] for m in measured.window_medians)
+        # Minimax: the candidate whose worst batch size is nearest its best latency there (a sum
+        # would trade a batch size away, e.g. one thread: fastest at batch 1, slowest at 32).
         relative = {
-            name: sum(latency[name][s] / min(latency[n][s] for n in runners) for s in sizes)
+            name: max(latency[name][s] / min(latency[n][s] for n in runners) for s in sizes)
             for name in runners
         }
         chosen = min(relative, key=lambda n: relative[n])

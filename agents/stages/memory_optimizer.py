@@ -88,14 +88,13 @@ class MemoryOptimizer(Agent[MemoryParams]):
                 f"the shrunk model misses the quality gate on calibration: {why}", metrics
             )
         out.carry_forward()
-        manifest = out.finish(
-            agent=self.name,
-            stage=ctx.stage,
+        manifest = self.finish(
+            ctx,
+            out,
+            params,
             artifact=artifact,
             format="onnx",
-            params=params.model_dump(by_alias=True),
             metrics=metrics,
-            started_at=ctx.started_at,
             attributes={
                 "memory": {"int8Embeddings": report.embeddings, "fp16Weights": report.fp16_weights}
             },

@@ -5,9 +5,10 @@ Params (the fallback ladder a Workflow can walk after a rollback):
   keepFloat: "none" (default: quantize every eligible layer) | "auto" (sensitivity analysis on
     calibration data: layers whose quantization costs the most cosine stay float, greedily, until
     targetCosineMean / targetCosineMin hold or maxFloatLayers are kept) | [node names]
-  sensitive: "float" (default: the kept layers stay fp32) | "int8-blockwise" (they become
-    MatMulNBits with int8 weights per block of 32 and per-block activation quantization: near
-    float quality at int8 size and nearly int8 speed; dynamic mode only)
+  sensitive: "auto" (default: int8-blockwise in dynamic mode, float otherwise) | "float" (the
+    kept layers stay fp32) | "int8-blockwise" (they become MatMulNBits with int8 weights per
+    block of 32 and per-block activation quantization: near float quality at int8 size and
+    nearly int8 speed; dynamic mode only)
   mode: "auto" (static QDQ with calibration for convolutional models, dynamic otherwise) |
     "dynamic" | "static"
   targetCosineMean (0.996), targetCosineMin (0.99), maxFloatLayers (6), sensitivitySamples (64)
@@ -61,7 +62,7 @@ PROBE_CONFIG = RuntimeConfig(graph_optimization_level="basic")
 class ModelParams(StageParams):
     scheme: Scheme = "int8-per-channel"
     keep_float: Literal["auto", "none"] | list[str] = Field(default="none", alias="keepFloat")
-    sensitive: Literal["float", "int8-blockwise"] = "float"
+    sensitive: Literal["auto", "float", "int8-blockwise"] = "auto"
     mode: Literal["auto", "dynamic", "static"] = "auto"
     target_cosine_mean: float = Field(default=0.996, alias="targetCosineMean", gt=0, le=1)
     target_cosine_min: float = Field(default=0.99, alias="targetCosineMin", gt=0, le=1)
@@ -89,6 +90,7 @@ class ModelOptimizer(Agent[ModelParams]):
             size_before = size_of(onnx_path)
             kept: list[str] = []
             sensitivity: dict[str, float] = {}
+            blockwise = False
             if params.scheme == "none":
                 out.add_copy(named, artifact, "model")
                 layers, mode = 0, "none"
@@ -123,7 +125,7 @@ class ModelOptimizer(Agent[ModelParams]):
                             raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
                         sensitivity = {}
                     final = out.path(artifact)
-                    blockwise = params.sensitive == "int8-blockwise" and mode == "dynamic" and kept
+                    blockwise = params.sensitive != "float" and mode == "dynamic" and bool(kept)
                     quantize(
                         named,
                         tmp / "final.onnx" if blockwise else final,
@@ -164,20 +166,19 @@ class ModelOptimizer(Agent[ModelParams]):
                 metrics,
             )
         out.carry_forward()
-        manifest = out.finish(
-            agent=self.name,
-            stage=ctx.stage,
+        manifest = self.finish(
+            ctx,
+            out,
+            params,
             artifact=artifact,
             format="onnx",
-            params=params.model_dump(by_alias=True),
             metrics=metrics,
-            started_at=ctx.started_at,
             attributes={
                 "quantization": {
                     "scheme": params.scheme,
                     "mode": mode,
                     "keptFloat": kept,
-                    "sensitive": params.sensitive,
+                    "sensitive": "int8-blockwise" if blockwise else "float",
                     "sensitivity": sensitivity,
                 },
                 "dtype": "fp32" if params.scheme == "none" else "int8",
@@ -185,7 +186,7 @@ class ModelOptimizer(Agent[ModelParams]):
         )
         message = (
             f"{params.scheme} ({mode}): {layers} layers int8, {len(kept)} sensitive kept "
-            f"{params.sensitive}; "
+            f"{'int8-blockwise' if blockwise else 'float'}; "
             f"{size_before / 1e6:.1f} -> {size_after / 1e6:.1f} MB; calibration cosine mean "
             f"{quality['cosineMean']:.4f} min {quality['cosineMin']:.4f}"
         )

@@ -1,8 +1,10 @@
 """PerformanceProfiler: latency percentiles and throughput per batch size, against the original.
 
-The baked artifact (under its runtime config) and the imported model in eager torch run
-interleaved in one process, same threads, `runs` timed calls each per batch size: p50 / p95 / p99,
-throughput, speedup. ONNX Runtime's profiler then attributes kernel time to operator types: the
+The baked artifact (under its runtime config) and the imported model in eager torch are timed
+by THE timing method (`bakeline.agents.timing.compare`, the one benchmarks/ use too): one
+process, same threads, interleaved blocks over rotating calibration inputs, `runs` timed calls
+each per batch size, the least disturbed of several windows: p50 / p95 / p99, throughput,
+speedup. ONNX Runtime's profiler then attributes kernel time to operator types: the
 top operators, and as bottlenecks those taking at least a fifth of the time. Budgets from
 job.target: latencyBudgetMs bounds p95 at the smallest batch size, sizeBudgetMB the artifact;
 a miss exits 3.
@@ -31,9 +33,10 @@ from bakeline.agents.stages.common import (
     original_runner,
     runtime_config,
     timing_batch,
+    timing_batches,
     write_report,
 )
-from bakeline.agents.timing import fixed, interleaved
+from bakeline.agents.timing import compare, rotating, timed_config
 
 BOTTLENECK_SHARE = 0.2
 PROFILE_RUNS = 10
@@ -80,18 +83,21 @@ class PerformanceProfiler(Agent[ProfilerParams]):
         source = ctx.open_input()
         config = runtime_config(source)
         threads = config.intra_op_threads
-        baked = open_runner(source.artifact, source.format, source.input_names, config)
+        baked = open_runner(
+            source.artifact, source.format, source.input_names, timed_config(config)
+        )
         original = original_runner(source, threads) if params.compare_original else None
         sizes = batch_sizes(ctx.job, params.batch_sizes)
 
         per_batch: dict[str, dict[str, Any]] = {}
         metrics: dict[str, float] = {}
         for size in sizes:
-            feeds = timing_batch(source, size)
-            calls = {"baked": fixed(baked, feeds)}
+            batches = timing_batches(source, size)
+            calls = {"baked": rotating(baked, batches)}
             if original is not None:
-                calls["original"] = fixed(original, feeds)
-            stats = interleaved(calls, params.runs)
+                calls["original"] = rotating(original, batches)
+            baseline = "original" if original is not None else "baked"
+            stats = compare(calls, params.runs, baseline=baseline).stats
             entry: dict[str, Any] = {"baked": stats["baked"].summary(size)}
             if "original" in stats:
                 entry["original"] = stats["original"].summary(size)

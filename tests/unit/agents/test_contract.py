@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -17,7 +18,7 @@ from bakeline.agents.contract import (
 )
 from bakeline.agents.stages import REGISTRY, resolve
 from bakeline.agents.stages.model_optimizer import ModelParams
-from bakeline.agents.timing import interleaved, percentile
+from bakeline.agents.timing import Method, compare, interleaved, percentile, rotating
 
 NINE = {
     "BakingCoordinator",
@@ -126,3 +127,37 @@ def test_percentiles_and_interleaving() -> None:
     # interleaved in blocks: a, b alternate per round, and both see the same round index
     rounds = [c for c in calls[2:]]
     assert rounds[:3] == [("a", 0)] * 3 and rounds[3:6] == [("b", 0)] * 3
+
+
+def test_rotating_gives_every_candidate_the_same_input_per_round() -> None:
+    seen: list[str] = []
+    call = rotating(seen.append, ["x", "y", "z"])
+    for index in range(5):
+        call(index)
+    assert seen == ["x", "y", "z", "x", "y"]
+    with pytest.raises(ValueError):
+        rotating(seen.append, [])
+
+
+def test_compare_keeps_the_window_where_the_baseline_ran_fastest() -> None:
+    """One method for agents and benchmarks: the baseline's slow windows (a busy machine) are
+    dropped, and the speedup is read in the kept window only."""
+    method = Method(block=2, settle=1, windows=3, warmup=1)
+    per_window = method.warmup + 4 * method.block  # 4 runs, one timed call per block
+    delays = [0.004, 0.001, 0.003]  # the baseline's sleep in each window: window 1 is quiet
+    calls = {"n": 0}
+
+    def baseline(index: int) -> None:
+        time.sleep(delays[calls["n"] // per_window])
+        calls["n"] += 1
+
+    def candidate(index: int) -> None:
+        time.sleep(0.0005)
+
+    result = compare({"base": baseline, "cand": candidate}, 4, "base", method)
+    assert calls["n"] == 3 * per_window
+    assert len(result.window_medians) == 3
+    assert result.p50("base") == min(m["base"] for m in result.window_medians)
+    assert result.p50("base") < 2.5  # ms: the quiet window was kept
+    assert result.speedup("cand") == pytest.approx(result.p50("base") / result.p50("cand"))
+    assert len(result.window_speedups("cand")) == 3

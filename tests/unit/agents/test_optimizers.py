@@ -7,11 +7,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import InvalidInput
-from bakeline.agents.onnx_tools import fuse_sibling_matmuls, op_histogram, run_onnx
+from bakeline.agents.onnx_tools import (
+    export_onnx,
+    fuse_sibling_matmuls,
+    onnxscript_optimize,
+    op_histogram,
+    ort_transformer_fusions,
+    run_onnx,
+    save,
+)
 from bakeline.agents.pipeline import Chain, StageRunner
 from bakeline.agents.quality import cosine_rows
 from bakeline.agents.shrink import shrink
@@ -178,3 +187,33 @@ def test_checkpoint_files_carry_forward(digits_chain: Chain) -> None:
         "ModelOptimizer",
         "MemoryOptimizer",
     ]
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = torch.nn.Linear(16, 16)
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.norm(x + torch.nn.functional.gelu(self.dense(x)))
+        return out
+
+
+def test_transformer_fusions_rewrite_for_onnx_runtime_and_keep_the_outputs(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    module = _Residual().eval()
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
+    plain = onnxscript_optimize(
+        export_onnx(module, {"x": x}, ["x"], ["y"], {"x": {0: "b", 1: "s"}}, tmp_path / "p.onnx")
+    )
+    fused, counts = ort_transformer_fusions(plain)
+    ops = {node.op_type for node in fused.graph.node}
+    assert counts.get("skip_layer_normalization", 0) >= 1 and "SkipLayerNormalization" in ops
+    assert "LayerNormalization" not in ops
+    outputs = [
+        run_onnx(save(m, tmp_path / f"{i}.onnx"), {"x": x}) for i, m in enumerate([plain, fused])
+    ]
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)

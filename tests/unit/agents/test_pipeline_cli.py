@@ -110,3 +110,32 @@ def test_a_pickle_offered_as_a_model_exits_2(tmp_path: Path) -> None:
         job={"model": {"source": {"pvc": {"claimName": "x"}}, "localPath": str(evil)}},
     )
     assert run.exit_code == 2 and "pickle" in run.result["message"]
+
+
+def test_sigterm_stops_an_agent_promptly_with_a_termination_message(tmp_path: Path) -> None:
+    """As PID 1 in a pod an agent gets no default SIGTERM action: the handler must stop it."""
+    import signal
+    import time
+
+    termination = tmp_path / "termination.json"
+    job = {"name": "sigterm", "model": {"source": {"builtin": "minilm-l6"}}}
+    argv = [sys.executable, "-m", "bakeline.agents", "BakingCoordinator"]
+    argv += ["--output", str(tmp_path / "out"), "--job", json.dumps(job)]
+    agent = subprocess.Popen(
+        [*argv, "--termination-log", str(termination)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert agent.stderr is not None
+    for line in agent.stderr:  # wait until the stage runs (past the imports)
+        if '"stage started"' in line:
+            break
+    sent = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    code = agent.wait(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert code == 1  # transient: the operator may run another attempt
+    body = json.loads(termination.read_text())
+    assert body["status"] == "error" and "terminated by signal 15" in body["message"]
