@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,3 +65,28 @@ def condition_of(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
         if cond.get("type") == kind:
             return dict(cond)
     return {}
+
+
+def checkpoint_records(cluster: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    return items(cluster, "configmaps", namespace, "-l", "bakeline.io/component=checkpoint")
+
+
+def unverified_checkpoints(
+    cluster: ControlPlane, namespace: str, pvc_dir: Callable[[str, str], Path]
+) -> tuple[int, list[str]]:
+    """(records checked, problems): each record's artifact, read from its job's volume (the
+    node harness's directory for the claim), must have the sha256 the record states."""
+    problems: list[str] = []
+    records = checkpoint_records(cluster, namespace)
+    for record in records:
+        data = record.get("data") or {}
+        name = record["metadata"]["name"]
+        if data.get("storage") != "Volume":
+            problems.append(f"{name}: stored as {data.get('storage')}, not on a volume")
+            continue
+        artifact = pvc_dir(namespace, data["claim"]) / data["checkpoint"] / "model.bin"
+        if not artifact.is_file():
+            problems.append(f"{name}: {artifact} is missing")
+        elif hashlib.sha256(artifact.read_bytes()).hexdigest() != data.get("artifactSha256"):
+            problems.append(f"{name}: sha256 of {artifact} differs from the record")
+    return len(records), problems

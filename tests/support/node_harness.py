@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -50,6 +51,7 @@ log = logging.getLogger("node-harness")
 
 TERMINATION_MESSAGE_LIMIT = 4096
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+STATUS_RETRY_S = 60.0
 
 
 def _now() -> str:
@@ -131,6 +133,15 @@ class NodeHarness:
     def logs(self, namespace: str, name: str) -> str:
         path = self.workdir / "pods" / namespace / name / "log"
         return path.read_text(errors="replace") if path.is_file() else ""
+
+    def evict(self, namespace: str, name: str) -> bool:
+        """Evict a running pod as a kubelet under memory pressure does: the process is killed
+        and the pod fails with reason Evicted. False if it is not running here."""
+        with self._lock:
+            running = [p for p in self._pods.values() if (p.namespace, p.name) == (namespace, name)]
+        for pod in running:
+            self._kill(pod, "evicted")
+        return bool(running)
 
     def pvc_dir(self, namespace: str, claim: str) -> Path:
         return self.workdir / "pvc" / namespace / claim
@@ -303,7 +314,21 @@ class NodeHarness:
         if not message and code != 0 and running.fallback_to_logs:
             tail = running.log_file.read_bytes()[-2048:].decode(errors="replace")
             message = "\n".join(tail.splitlines()[-80:])
-        if running.killed_for == "deadline":
+        if running.killed_for == "evicted":
+            self._write_terminated(
+                pod,
+                code,
+                "Error",
+                message,
+                running.started_at,
+                failed_reason="Evicted",
+                failed_message="The node was low on resource: memory. Threshold quantity: 100Mi, "
+                "available: 42Mi. Container agent was using 900Mi, request is 0.",
+            )
+        elif code == 137 and (running.log_file.parent / ".oom-killed").is_file():
+            # The scripted agent's stand-in for the kernel's OOM killer (see scripted_agent.py).
+            self._write_terminated(pod, code, "OOMKilled", message, running.started_at)
+        elif running.killed_for == "deadline":
             self._write_terminated(
                 pod,
                 code,
@@ -601,13 +626,22 @@ class NodeHarness:
         self._patch_status(pod, status)
 
     def _patch_status(self, pod: Any, status: dict[str, Any]) -> None:
-        try:
-            self.core.patch_namespaced_pod_status(
-                pod.metadata.name, pod.metadata.namespace, {"status": status}
-            )
-        except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile: nothing to report to
-                log.warning("could not write status of %s: %s", pod.metadata.name, exc.reason)
+        # A kubelet keeps trying while the API server is away (a restart): so does the harness.
+        deadline = time.monotonic() + STATUS_RETRY_S
+        while True:
+            try:
+                self.core.patch_namespaced_pod_status(
+                    pod.metadata.name, pod.metadata.namespace, {"status": status}
+                )
+                return
+            except ApiException as exc:
+                if exc.status != 404:  # deleted meanwhile: nothing to report to
+                    log.warning("could not write status of %s: %s", pod.metadata.name, exc.reason)
+                return
+            except urllib3.exceptions.HTTPError:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                time.sleep(0.5)
 
 
 def _api_message(exc: ApiException) -> str:

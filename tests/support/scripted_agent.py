@@ -4,6 +4,13 @@ It keeps the agent contract (env in, checkpoint dir + termination message out, e
 does no ML work, and fails on demand: a test writes a script file naming, per stage, the exit
 codes of successive attempts (e.g. {"quantize": [1, 0]}: fail once, then succeed) and an
 optional sleep. The real agents are exercised by the digits end-to-end test.
+
+Faults, for the reliability suite (all optional, all per attempt like the exit codes):
+- an exit "code" may also be "oom" (the process is SIGKILLed and leaves `.oom-killed` in its
+  working directory, which the node harness reports as reason OOMKilled) or "segv" (SIGSEGV);
+- {"sleeps": {stage: [30, 0]}}: a sleep per attempt (a hang past the stage's timeout, once);
+- {"corrupt": {stage: [true, false]}}: report an artifactSha256 that the bytes do not have;
+- {"jobs": {job: {...}}}: a script for one job, over the shared one.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +31,7 @@ def main() -> int:
     script = json.loads(script_path.read_text()) if script_path.is_file() else {}
     # Attempts are counted per job and stage; jobs run concurrently, so write atomically.
     job = json.loads(os.environ.get("BAKELINE_JOB") or "{}").get("name", "job")
+    script = {**script, **(script.get("jobs") or {}).get(job, {})}
     if len(job) > 100:  # a file name has at most 255 bytes; job names may have 253
         job = hashlib.sha256(job.encode()).hexdigest()[:32]
     counter = script_path.with_name(f"{script_path.name}.{job}.{stage}.count")
@@ -31,8 +40,18 @@ def main() -> int:
     partial.write_text(str(attempt))
     partial.replace(counter)
     codes = script.get(stage, [0])
-    code = int(codes[min(attempt, len(codes)) - 1])
+    planned = codes[min(attempt, len(codes)) - 1]
     time.sleep(float(script.get("sleep", {}).get(stage, 0)))
+    sleeps = script.get("sleeps", {}).get(stage)
+    if sleeps:
+        time.sleep(float(sleeps[min(attempt, len(sleeps)) - 1]))
+    if planned in ("oom", "segv"):
+        if planned == "oom":
+            Path(".oom-killed").write_text(stage)  # the harness's cue: reason OOMKilled
+        os.kill(os.getpid(), signal.SIGKILL if planned == "oom" else signal.SIGSEGV)
+    code = int(planned)
+    corrupts = script.get("corrupt", {}).get(stage) or [False]
+    corrupt = bool(corrupts[min(attempt, len(corrupts)) - 1])
     params = json.loads(os.environ.get("BAKELINE_PARAMS") or "{}")
     payload = f"{stage}:{json.dumps(params, sort_keys=True)}:{os.environ.get('BAKELINE_INPUT')}"
     metrics = {
@@ -48,6 +67,8 @@ def main() -> int:
         artifact = output / "model.bin"
         artifact.write_bytes(payload.encode())
         digest = hashlib.sha256(payload.encode()).hexdigest()
+        if corrupt:  # the bytes written are not the bytes reported
+            digest = hashlib.sha256(b"not " + payload.encode()).hexdigest()
         # The checkpoint contract: a manifest listing every file with its sha256.
         manifest = {
             "schemaVersion": 1,
