@@ -10,7 +10,8 @@ Faults, for the reliability suite (all optional, all per attempt like the exit c
   working directory, which the node harness reports as reason OOMKilled) or "segv" (SIGSEGV);
 - {"sleeps": {stage: [30, 0]}}: a sleep per attempt (a hang past the stage's timeout, once);
 - {"corrupt": {stage: [true, false]}}: report an artifactSha256 that the bytes do not have;
-- {"jobs": {job: {...}}}: a script for one job, over the shared one.
+- {"jobs": {job: {...}}}: a script for one job, over the shared one;
+- {"contentAddressed": true}: the artifact derives from the input's bytes, not its path.
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ def main() -> int:
     corrupts = script.get("corrupt", {}).get(stage) or [False]
     corrupt = bool(corrupts[min(attempt, len(corrupts)) - 1])
     params = json.loads(os.environ.get("BAKELINE_PARAMS") or "{}")
-    payload = f"{stage}:{json.dumps(params, sort_keys=True)}:{os.environ.get('BAKELINE_INPUT')}"
+    source = os.environ.get("BAKELINE_INPUT")
+    if script.get("contentAddressed") and source:
+        # By the input's bytes, not its path: a retried upstream stage (a new checkpoint id)
+        # gives the same artifact, as real, deterministic agents do.
+        given = Path(source) / "model.bin"
+        source = hashlib.sha256(given.read_bytes()).hexdigest() if given.is_file() else "none"
+    payload = f"{stage}:{json.dumps(params, sort_keys=True)}:{source}"
     metrics = {
         "attempt": attempt,
         "fallback": 1.0 if params else 0.0,
