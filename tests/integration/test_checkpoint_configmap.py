@@ -3,89 +3,34 @@ immutable ConfigMaps under the 1 MiB limit, restored byte for byte; a damaged pa
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from bakeline.checkpoints import ConfigMapData, ConfigMapStore
-from bakeline.checkpoints.configmap import (
-    COMPONENT_DATA,
-    LABEL_COMPONENT,
-    ConfigMapExistsError,
-)
+from bakeline.checkpoints import ConfigMapStore
+from bakeline.checkpoints.configmap import COMPONENT_DATA, LABEL_COMPONENT
 from bakeline.checkpoints.manifest import (
     ChecksumMismatchError,
     Manifest,
     file_entry,
     write_manifest,
 )
+from bakeline.cli.stage import KubeConfigMapClient
 from controlplane import ControlPlane
 
 pytestmark = pytest.mark.cluster
 
 
-class KubeConfigMaps:
-    """The store's ConfigMapClient on the kubernetes client, for one namespace."""
-
-    def __init__(self, api_client: Any, namespace: str) -> None:
-        self.core, self.namespace = client.CoreV1Api(api_client), namespace
-
-    def create(
-        self,
-        name: str,
-        labels: Mapping[str, str],
-        data: Mapping[str, str],
-        binary_data: Mapping[str, bytes],
-    ) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": name, "labels": dict(labels)},
-            "data": dict(data),
-            "binaryData": {k: base64.b64encode(v).decode() for k, v in binary_data.items()},
-            "immutable": True,
-        }
-        try:
-            self.core.create_namespaced_config_map(self.namespace, body)
-        except ApiException as exc:
-            if exc.status == 409:
-                raise ConfigMapExistsError(name) from exc
-            raise
-
-    def get(self, name: str) -> ConfigMapData | None:
-        try:
-            found = self.core.read_namespaced_config_map(name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return _data(found)
-
-    def list(self, labels: Mapping[str, str]) -> list[ConfigMapData]:
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        found = self.core.list_namespaced_config_map(self.namespace, label_selector=selector)
-        return [_data(item) for item in found.items]
-
-    def delete(self, name: str) -> None:
-        try:
-            self.core.delete_namespaced_config_map(name, self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-
-def _data(found: Any) -> ConfigMapData:
-    return ConfigMapData(
-        name=found.metadata.name,
-        labels=found.metadata.labels or {},
-        data=found.data or {},
-        binary_data={k: base64.b64decode(v) for k, v in (found.binary_data or {}).items()},
-    )
+def _configmaps(cluster: ControlPlane, namespace: str) -> KubeConfigMapClient:
+    """The client stage pods use; a ConfigMap stands in for the job that owns the checkpoints."""
+    core = client.CoreV1Api(cluster.api_client())
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="job-1"))
+    meta = core.create_namespaced_config_map(namespace, body).metadata
+    assert meta is not None
+    uid = meta.uid
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "job-1", "uid": uid}
+    return KubeConfigMapClient(core, namespace, reference, {})
 
 
 def _checkpoint(directory: Path, payload: bytes) -> Path:
@@ -103,7 +48,7 @@ def _checkpoint(directory: Path, payload: bytes) -> Path:
 def test_checkpoint_across_config_maps_round_trips_and_refuses_damage(
     cluster: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    configmaps = KubeConfigMaps(cluster.api_client(), namespace)
+    configmaps = _configmaps(cluster, namespace)
     store = ConfigMapStore(configmaps, prefix="job-1")
     payload = bytes(range(256)) * 12_000  # 3 MB, incompressible enough: four ConfigMaps
     source = _checkpoint(tmp_path / "out", payload)

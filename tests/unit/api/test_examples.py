@@ -85,7 +85,11 @@ def test_default_workflow_failure_policies() -> None:
     stages = {s.name: s for s in default_workflow().spec.stages}
     quantize = stages["quantize"]
     assert quantize.on_failure == "Fallback"
-    assert quantize.params == {"scheme": "int8-per-channel", "keepFloat": "auto"}
+    assert quantize.params == {
+        "scheme": "int8-per-channel",
+        "keepFloat": "auto",
+        "sensitive": "auto",
+    }
     assert quantize.fallbacks == [
         {"keepFloat": "auto", "targetCosineMean": 0.999, "maxFloatLayers": 24},
         {"scheme": "none"},

@@ -4,7 +4,10 @@ Unit tests of the store, the runner and the CLI use it where the real agents wou
 What it does is steered by the `fake` entry of its params, per stage:
 
     {"fake": {"exit": 3, "message": "...", "sleep": 5, "sleepFirst": 30, "failTimes": 2,
-              "metrics": {...}, "accuracyFromLineage": true, "minAccuracy": 0.97}}
+              "accuracyFromLineage": true, "minAccuracy": 0.97},
+     "fakeMetrics": {...}}
+
+(`fakeMetrics` sits beside `fake`: params allow one level of maps, like any agent's.)
 
 `failTimes: n` fails the first n calls of that stage with exit 1 (counted in $FAKE_AGENT_STATE),
 then succeeds. Every call is appended to $FAKE_AGENT_STATE/calls.log.
@@ -91,7 +94,7 @@ def main() -> int:
         "sizeBytes": float(entry.size_bytes),
         "accuracy": 0.99,
         "cosine": 0.995,
-        **fake.get("metrics", {}),
+        **params.get("fakeMetrics", {}),
     }
     if fake.get("accuracyFromLineage") and upstream:
         # A validator stand-in: the quality depends on what an upstream stage was asked to do.

@@ -60,8 +60,7 @@ CHAIN = """\
   agent: DeploymentPreparer
   dependsOn: [validate]
   params:
-    fake:
-      metrics: {b1.speedup: 3.5, b32.speedup: 1.5, b1.p50Ms: 0.1, b1.originalP50Ms: 0.35}
+    fakeMetrics: {b1.speedup: 3.5, b32.speedup: 1.5, b1.p50Ms: 0.1, b1.originalP50Ms: 0.35}
 """
 
 
