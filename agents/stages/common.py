@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bakeline.agents import timing
 from bakeline.agents.checkpoint_io import (
     CALIBRATION,
     EVALUATION,
@@ -18,6 +19,7 @@ from bakeline.agents.checkpoint_io import (
 )
 from bakeline.agents.contract import InvalidInput, JobSpec, QualityMetric
 from bakeline.agents.data import Dataset, Feeds
+from bakeline.agents.hardware import usable_cpus
 from bakeline.agents.onnx_tools import export_onnx
 from bakeline.agents.quality import Gate, compare, default_gate
 from bakeline.agents.runtimes import (
@@ -182,3 +184,24 @@ def original_runner(checkpoint: InputCheckpoint, threads: int) -> Runner:
         backend="torch-eager", intra_op_threads=threads, graph_optimization_level="basic"
     )
     return open_runner(path, fmt, checkpoint.input_names, config)
+
+
+def relative_latency(
+    candidates: dict[str, Path], source: InputCheckpoint, sizes: list[int], runs: int
+) -> dict[str, float]:
+    """Each ONNX file's latency over the fastest's, summed over the batch sizes: how agents
+    choose between two rewrites of a model on this node (THE timing method, SELECTION)."""
+    config = RuntimeConfig(intra_op_threads=usable_cpus())
+    runners = {
+        name: open_runner(path, "onnx", source.input_names, config)
+        for name, path in candidates.items()
+    }
+    total = dict.fromkeys(candidates, 0.0)
+    for size in sizes:
+        batches = timing_batches(source, size)
+        calls = {name: timing.rotating(runner, batches) for name, runner in runners.items()}
+        stats = timing.compare(calls, runs, next(iter(calls)), timing.SELECTION).stats
+        best = min(s.p50 for s in stats.values())
+        for name, s in stats.items():
+            total[name] += s.p50 / best
+    return total

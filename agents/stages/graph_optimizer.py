@@ -30,9 +30,8 @@ from typing import Literal
 import onnx
 from pydantic import Field
 
-from bakeline.agents.checkpoint_io import InputCheckpoint, artifact_name
+from bakeline.agents.checkpoint_io import artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
-from bakeline.agents.hardware import usable_cpus
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import (
     TRAINING_OPS,
@@ -46,15 +45,9 @@ from bakeline.agents.onnx_tools import (
     scratch_dir,
     weight_bytes,
 )
-from bakeline.agents.runtimes import RuntimeConfig, open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
-from bakeline.agents.stages.common import (
-    batch_sizes,
-    export_to_onnx,
-    score_file,
-    timing_batches,
-)
-from bakeline.agents.timing import SELECTION, Stopwatch, compare, rotating
+from bakeline.agents.stages.common import batch_sizes, export_to_onnx, relative_latency, score_file
+from bakeline.agents.timing import Stopwatch
 
 
 class GraphParams(StageParams):
@@ -63,26 +56,6 @@ class GraphParams(StageParams):
     fusions: Literal["auto", "on", "off"] = "auto"
     timing_runs: int = Field(default=20, alias="timingRuns", ge=5)
     max_abs_error: float = Field(default=1e-3, alias="maxAbsError", gt=0)
-
-
-def relative_latency(
-    candidates: dict[str, Path], source: InputCheckpoint, sizes: list[int], runs: int
-) -> dict[str, float]:
-    """Each graph's latency over the fastest's, summed over the batch sizes (timed in fp32)."""
-    config = RuntimeConfig(intra_op_threads=usable_cpus())
-    runners = {
-        name: open_runner(path, "onnx", source.input_names, config)
-        for name, path in candidates.items()
-    }
-    total = dict.fromkeys(candidates, 0.0)
-    for size in sizes:
-        batches = timing_batches(source, size)
-        calls = {name: rotating(runner, batches) for name, runner in runners.items()}
-        stats = compare(calls, runs, next(iter(calls)), SELECTION).stats
-        best = min(s.p50 for s in stats.values())
-        for name, s in stats.items():
-            total[name] += s.p50 / best
-    return total
 
 
 @register

@@ -5,10 +5,10 @@ Params (the fallback ladder a Workflow can walk after a rollback):
   keepFloat: "none" (default: quantize every eligible layer) | "auto" (sensitivity analysis on
     calibration data: layers whose quantization costs the most cosine stay float, greedily, until
     targetCosineMean / targetCosineMin hold or maxFloatLayers are kept) | [node names]
-  sensitive: "auto" (default: int8-blockwise in dynamic mode, float otherwise) | "float" (the
-    kept layers stay fp32) | "int8-blockwise" (they become MatMulNBits with int8 weights per
-    block of 32 and per-block activation quantization: near float quality at int8 size and
-    nearly int8 speed; dynamic mode only)
+  sensitive: "auto" (default: in dynamic mode, whichever of float and int8-blockwise times
+    faster at the job's batch sizes on this node; float otherwise) | "float" (the kept layers
+    stay fp32) | "int8-blockwise" (they become MatMulNBits with int8 weights per block of 32 and
+    per-block activation quantization: near float quality at int8 size; dynamic mode only)
   mode: "auto" (static QDQ with calibration for convolutional models, dynamic otherwise) |
     "dynamic" | "static"
   targetCosineMean (0.996), targetCosineMin (0.99), maxFloatLayers (6), sensitivitySamples (64)
@@ -31,7 +31,7 @@ from typing import Literal
 import onnx
 from pydantic import Field
 
-from bakeline.agents.checkpoint_io import artifact_name
+from bakeline.agents.checkpoint_io import InputCheckpoint, artifact_name
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import name_nodes, save, scratch_dir
@@ -45,18 +45,21 @@ from bakeline.agents.quantize import (
 from bakeline.agents.runtimes import RuntimeConfig
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
+    batch_sizes,
     calibration_holds,
     data_split,
     export_to_onnx,
     quality_gate,
+    relative_latency,
     score_file,
     size_of,
 )
 from bakeline.agents.timing import Stopwatch
 
 Scheme = Literal["int8-per-channel", "int8-per-tensor", "none"]
-# Scoring candidates: basic graph level keeps session creation cheap, results are identical.
-PROBE_CONFIG = RuntimeConfig(graph_optimization_level="basic")
+# Candidates and the result are scored as they will run (all graph optimizations): at the basic
+# level ONNX Runtime keeps static QDQ pairs as float ops, which overstates int8 quality.
+SCORING = RuntimeConfig()
 
 
 class ModelParams(StageParams):
@@ -111,7 +114,7 @@ class ModelOptimizer(Agent[ModelParams]):
                         calibration=calibration,
                     )
                     return score_file(
-                        target, "onnx", source, "calibration", PROBE_CONFIG, limit=len(probe)
+                        target, "onnx", source, "calibration", SCORING, limit=len(probe)
                     )
 
                 with Stopwatch() as search:
@@ -124,19 +127,22 @@ class ModelOptimizer(Agent[ModelParams]):
                         if unknown:
                             raise InvalidInput(f"keepFloat names unknown nodes: {sorted(unknown)}")
                         sensitivity = {}
-                    final = out.path(artifact)
-                    blockwise = params.sensitive != "float" and mode == "dynamic" and bool(kept)
                     quantize(
                         named,
-                        tmp / "final.onnx" if blockwise else final,
+                        tmp / "float.onnx",
                         mode=mode,
                         per_channel=per_channel,
                         exclude=kept,
                         calibration=calibration,
                     )
-                    if blockwise:
-                        blockwise_int8(tmp / "final.onnx", final, kept)
-                out.add(artifact, "model")
+                    if kept and mode == "dynamic" and params.sensitive != "float":
+                        blockwise_int8(tmp / "float.onnx", tmp / "blockwise.onnx", kept)
+                        blockwise = params.sensitive == "int8-blockwise" or self._faster(
+                            tmp / "blockwise.onnx", tmp / "float.onnx", source, ctx
+                        )
+                out.add_copy(
+                    tmp / ("blockwise.onnx" if blockwise else "float.onnx"), artifact, "model"
+                )
                 layers = len(candidates) - len(kept)
                 log(
                     "quantized",
@@ -145,7 +151,7 @@ class ModelOptimizer(Agent[ModelParams]):
                     keptFloat=kept,
                     searchSeconds=search.seconds,
                 )
-        quality = score_file(out.directory / artifact, "onnx", source, "calibration", PROBE_CONFIG)
+        quality = score_file(out.directory / artifact, "onnx", source, "calibration", SCORING)
         size_after = size_of(out.directory / artifact)
         metrics = {
             "sizeBytes": size_after,
@@ -191,6 +197,15 @@ class ModelOptimizer(Agent[ModelParams]):
             f"{quality['cosineMean']:.4f} min {quality['cosineMin']:.4f}"
         )
         return StageResult(Outcome(message, metrics), manifest)
+
+    @staticmethod
+    def _faster(candidate: Path, other: Path, source: InputCheckpoint, ctx: StageContext) -> bool:
+        """Whether `candidate` times faster than `other` at the job's batch sizes on this node
+        (blockwise int8 kernels win on some CPUs and lose badly on others at large batches)."""
+        sizes = batch_sizes(ctx.job, None)
+        relative = relative_latency({"candidate": candidate, "other": other}, source, sizes, 20)
+        log("sensitive layers timed", blockwiseOverFloat=relative["candidate"] / relative["other"])
+        return relative["candidate"] < relative["other"]
 
     @staticmethod
     def _auto(

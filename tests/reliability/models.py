@@ -122,7 +122,8 @@ def write_throwing_torchscript(path: Path) -> Path:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.sum() > -1e30:
                 raise RuntimeError("this model throws on forward")
-            return self.linear(x)
+            out: torch.Tensor = self.linear(x)
+            return out
 
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(Throws()), buffer)

@@ -143,7 +143,7 @@ def _first_attempt(cluster: ControlPlane, namespace: str, job: str) -> str:
     """How the faulted stage's first pod ended: its reason, or its exit code."""
     pod = get(cluster, "pod", f"{job}-quantize-1", namespace) or {}
     status = pod.get("status") or {}
-    terminated = next(
+    terminated: dict[str, Any] = next(
         (
             c["state"]["terminated"]
             for c in status.get("containerStatuses") or []

@@ -132,7 +132,9 @@ def test_memory_optimizer_measures_peak_memory(digits_chain: Chain) -> None:
     metrics = digits_chain.results["MemoryOptimizer"].outcome.metrics
     assert metrics["peakMemoryMB"] > 0 and metrics["peakMemoryMBBefore"] > 0
     assert metrics["sizeBytes"] <= metrics["sizeBytesBefore"]
-    assert metrics["cosineMean"] > 0.999
+    # Against the reference: what quantization cost stays, the memory stage adds next to nothing.
+    quantized = digits_chain.results["ModelOptimizer"].outcome.metrics
+    assert metrics["cosineMean"] > quantized["cosineMean"] - 1e-3
 
 
 def _embedding_model(tmp_path: Path) -> tuple[Path, np.ndarray]:
