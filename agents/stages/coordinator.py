@@ -252,7 +252,12 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         artifact = artifact_name(fmt, "original")
         target = directory / artifact
         target.write_bytes(path.read_bytes())
-        inputs, outputs, weights = _signature(target, fmt, params)
+        try:
+            inputs, outputs, weights = _signature(target, fmt, params)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # what a hostile or damaged file makes the loaders raise
+            raise InvalidInput(f"{path.name} does not load as {fmt}: {exc}") from exc
         names = [spec.name for spec in inputs]
         try:
             runner = open_runner(target, fmt, names)

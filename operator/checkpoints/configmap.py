@@ -37,7 +37,6 @@ from bakeline.checkpoints.manifest import (
     ChecksumMismatchError,
     Manifest,
     ManifestError,
-    utc_now,
     verify_checkpoint,
 )
 from bakeline.checkpoints.store import CheckpointNotFoundError, CheckpointRef
@@ -145,15 +144,7 @@ class ConfigMapStore:
         index_name = self._index_name(checkpoint_id)
         if len(self._part_name(checkpoint_id, 9999)) > _MAX_NAME:
             raise ValueError(f"checkpoint name {index_name!r} is too long for a ConfigMap")
-        ref = CheckpointRef(
-            id=checkpoint_id,
-            stage=stage,
-            artifact_sha256=manifest.artifact_sha256,
-            size_bytes=manifest.file(manifest.artifact).size_bytes,
-            format=manifest.format,
-            cache_key=cache_key,
-            created_at=utc_now(),
-        )
+        ref = CheckpointRef.of(manifest, checkpoint_id, stage, cache_key)
         if self.client.get(index_name) is None:
             layout = self._write_parts(source, manifest, checkpoint_id)
             index = {

@@ -42,6 +42,21 @@ class CheckpointRef:
     cache_key: str | None = None
     created_at: str = ""
 
+    @classmethod
+    def of(
+        cls, manifest: Manifest, checkpoint_id: str, stage: str, cache_key: str | None
+    ) -> CheckpointRef:
+        """The reference to a checkpoint stored now from `manifest`."""
+        return cls(
+            id=checkpoint_id,
+            stage=stage,
+            artifact_sha256=manifest.artifact_sha256,
+            size_bytes=manifest.file(manifest.artifact).size_bytes,
+            format=manifest.format,
+            cache_key=cache_key,
+            created_at=utc_now(),
+        )
+
 
 @runtime_checkable
 class CheckpointStore(Protocol):
@@ -114,15 +129,7 @@ class LocalStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        ref = CheckpointRef(
-            id=checkpoint_id,
-            stage=stage,
-            artifact_sha256=manifest.artifact_sha256,
-            size_bytes=manifest.file(manifest.artifact).size_bytes,
-            format=manifest.format,
-            cache_key=cache_key,
-            created_at=utc_now(),
-        )
+        ref = CheckpointRef.of(manifest, checkpoint_id, stage, cache_key)
         _write_atomic(self._checkpoints / f"{checkpoint_id}.json", json.dumps(asdict(ref)))
         if cache_key is not None:
             _write_atomic(self._cache / _check_key(cache_key), checkpoint_id)

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import bakeline
-from bakeline.cli.manifests import InputError, load_job_file
-from bakeline.cli.run import EXIT_INVALID, RunOptions, run_job
+
+# Imported where used: `bakeline stage` starts in every stage pod and must start fast.
+EXIT_INVALID = 2
 
 # Lets tests and agent developers swap the agents (e.g. a checkout's `python -m ...`).
 _AGENT_COMMAND_ENV = "BAKELINE_AGENT_COMMAND"
@@ -122,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("bakeline stage: give the agent command after --", file=sys.stderr)
             return EXIT_INVALID
         return run_stage(agent)
+    from bakeline.cli.manifests import InputError, load_job_file
+    from bakeline.cli.run import RunOptions, run_job
+
     command = tuple(shlex.split(os.environ.get(_AGENT_COMMAND_ENV, "bakeline-agent")))
     options = RunOptions(
         workdir=args.workdir.resolve(),

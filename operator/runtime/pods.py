@@ -231,7 +231,8 @@ def build_stage_pod(
     ]
     if input_checkpoint is not None:
         env.insert(2, {"name": "BAKELINE_INPUT", "value": f"{CHECKPOINT_MOUNT}/{input_checkpoint}"})
-    command = ["bakeline-agent", agent]
+    # `bakeline stage` checks the agent's checkpoint against its sha256s before the pod succeeds.
+    command = ["bakeline", "stage", "--", "bakeline-agent", agent]
     if storage == "ConfigMap":
         env += [
             {"name": "BAKELINE_STORE_PREFIX", "value": checkpoint_store_prefix(job_name)},
@@ -239,7 +240,6 @@ def build_stage_pod(
             {"name": "BAKELINE_STORE_LABELS", "value": json.dumps(job_labels(job_name))},
             {"name": "BAKELINE_SERVICE_ACCOUNT_DIR", "value": SERVICE_ACCOUNT_MOUNT},
         ]
-        command = ["bakeline", "stage", "--", *command]
     container: dict[str, Any] = {
         "name": AGENT_CONTAINER,
         "image": defaults.get("image") or image,

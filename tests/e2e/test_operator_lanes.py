@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from bakeline.checkpoints.configmap import ConfigMapStore
-from bakeline.cli.stage import KubeConfigMapClient
+from bakeline.cli.stage_store import KubeConfigMapClient
 from controlplane import ControlPlane
 from support.kube import apply, condition, get, wait_for
 

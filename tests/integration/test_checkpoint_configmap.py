@@ -16,7 +16,7 @@ from bakeline.checkpoints.manifest import (
     file_entry,
     write_manifest,
 )
-from bakeline.cli.stage import KubeConfigMapClient
+from bakeline.cli.stage_store import KubeConfigMapClient
 from controlplane import ControlPlane
 
 pytestmark = pytest.mark.cluster

@@ -35,7 +35,7 @@ from support.node_harness import NodeHarness
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 API = "bakeline.io/v1alpha1"
-STAGE_TIMEOUT_S = 4
+STAGE_TIMEOUT_S = 8  # well above a stage pod's start under the load of 11 concurrent jobs
 APISERVER_DOWN_S = 5.0
 # Three stages are enough to fault the middle one; retries are quick so the test is too.
 RETRY = {"limit": 2, "backoff": {"durationSeconds": 1, "factor": 1.0, "maxSeconds": 1}}

@@ -55,7 +55,7 @@ def test_stage_pod_meets_pod_security_restricted() -> None:
 def test_stage_pod_carries_the_agent_contract_in_env() -> None:
     container = _pod(timeout_seconds=90.5)["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert container["command"] == ["bakeline-agent", "ModelOptimizer"]
+    assert container["command"] == ["bakeline", "stage", "--", "bakeline-agent", "ModelOptimizer"]
     assert env["BAKELINE_INPUT"] == "/checkpoints/graph-1"
     assert env["BAKELINE_OUTPUT"] == "/checkpoints/quantize-3"
     assert json.loads(env["BAKELINE_PARAMS"]) == {"scheme": "int8-per-channel"}

@@ -29,12 +29,15 @@ def runner(tmp_path: Path) -> LocalRunner:
 
 
 def _invocation(
-    tmp_path: Path, agent: str = "BakingCoordinator", **fake: object
+    tmp_path: Path,
+    agent: str = "BakingCoordinator",
+    metrics: dict[str, float] | None = None,
+    **fake: object,
 ) -> StageInvocation:
     return StageInvocation(
         agent=agent,
         stage="import",
-        params={"fake": fake},
+        params={"fake": fake, "fakeMetrics": metrics or {}},
         job={"name": "j", "model": {"sha256": "0" * 64}},
         input_dir=None,
         output_dir=tmp_path / "out",
