@@ -25,7 +25,7 @@ from bakeline.api import bakingjob as bj
 from bakeline.api.defaults import default_workflow
 from bakeline.api.lane import Lane, LaneSpec
 from bakeline.api.validation import validate_workflow
-from bakeline.api.workflow import Workflow, WorkflowSpec
+from bakeline.api.workflow import WorkflowSpec
 from bakeline.engine import lanes as admission
 from bakeline.engine import pipeline as engine
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
@@ -39,7 +39,7 @@ from bakeline.handlers.jobstate import (
     run_state_from_status,
     status_from_run_state,
 )
-from bakeline.handlers.kube import Kube
+from bakeline.handlers.kube import Kube, status_changes
 from bakeline.handlers.slo import ledger_key, outcome_entry
 from bakeline.metrics.collectors import (
     CACHE_HITS,
@@ -99,8 +99,8 @@ def reconcile_job(
     except ValueError as exc:
         _fail_now(kube, obj, status, "ModelSourceUnsupported", str(exc))
         return None
-    workflow = _workflow(kube, namespace, spec.workflow_ref)
-    if workflow is None:
+    found = _workflow(kube, namespace, spec.workflow_ref)
+    if found is None:
         return _wait(
             kube,
             obj,
@@ -109,7 +109,8 @@ def reconcile_job(
             "WorkflowNotFound",
             f"workflow {spec.workflow_ref!r} does not exist in {namespace}",
         )
-    problems = [f"{p.path}: {p.message}" for p in validate_workflow(workflow)]
+    # Checked in wire form first: what fails the model's own validation is a problem too.
+    problems = [f"{p.path}: {p.message}" for p in validate_workflow(found)]
     if problems:
         _fail_now(
             kube,
@@ -119,7 +120,7 @@ def reconcile_job(
             f"workflow {spec.workflow_ref or 'default'} is invalid: " + "; ".join(problems),
         )
         return None
-    plan = engine.Plan.from_workflow(workflow, spec.quality)
+    plan = engine.Plan.from_workflow(WorkflowSpec.model_validate(found), spec.quality)
 
     if not status.get("lane"):
         wait = _admit(kube, obj, status, now)
@@ -217,7 +218,7 @@ def reconcile_job(
         # The ledger first: if the status write is lost, the next pass writes the same key.
         lane = str(new_status.get("lane") or spec.lane_ref)
         kube.record_outcome(namespace, ledger_key(lane, obj), outcome_entry(lane, new_status, now))
-    if new_status != observed:
+    if status_changes(new_status, observed):
         kube.patch_status("BakingJob", namespace, name, new_status)
     for event in events:
         _post(kube, obj, event)
@@ -348,7 +349,7 @@ def _wait(
 ) -> float:
     meta = obj["metadata"]
     wake = POLL_QUEUED_S
-    before = json.dumps(status, sort_keys=True, default=str)
+    before = copy.deepcopy(status)
     status["phase"] = phase
     status["queuePosition"] = position
     if phase == "Queued" and not status.get("queuedAt"):
@@ -356,7 +357,7 @@ def _wait(
         wake = 0.2  # just queued: decide admission at once
     set_condition(status, "Admitted", "False", reason, message, meta)
     status["observedGeneration"] = meta.get("generation")
-    if json.dumps(status, sort_keys=True, default=str) != before:
+    if status_changes(status, before):
         kube.patch_status("BakingJob", meta["namespace"], meta["name"], status)
         kube.post_event(obj, "Normal", reason, message)
     return wake
@@ -593,11 +594,12 @@ def _job_document(job: bj.BakingJob) -> dict[str, Any]:
     }
 
 
-def _workflow(kube: Kube, namespace: str, ref: str | None) -> WorkflowSpec | None:
+def _workflow(kube: Kube, namespace: str, ref: str | None) -> dict[str, Any] | None:
+    """The named workflow's spec as the API holds it (the default's when none is named)."""
     if not ref:
-        return default_workflow().spec
+        return default_workflow().spec.to_wire()
     obj = kube.get("Workflow", namespace, ref)
-    return Workflow.model_validate(obj).spec if obj else None
+    return dict(obj.get("spec") or {}) if obj else None
 
 
 def _fail_now(

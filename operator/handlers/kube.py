@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
@@ -315,15 +316,48 @@ def _list_version(listing: Any) -> int:
         return 0
 
 
+def merge_patched(target: Any, patch: Any) -> Any:
+    """`target` after a JSON merge patch (RFC 7396): null deletes, maps merge, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
+
+
+def status_changes(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether merge-patching `new` over `old` changes anything. A plain `!=` takes a null
+    (which the patch deletes, so the stored status never holds it) for a change on every pass,
+    and the object is patched, and an Event posted, forever."""
+    return bool(merge_patched(old, new) != old)
+
+
+def request_resource(url: str) -> str:
+    """`https://host/apis/g/v/namespaces/ns/bakingjobs/job-1/status?x=y` -> `bakingjobs/status`:
+    what a request was about, with names left out so the label stays bounded."""
+    path = url.split("://", 1)[-1].partition("/")[2].partition("?")[0]
+    parts = [p for p in path.split("/") if p]
+    if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
+        parts = parts[parts.index("namespaces") + 2 :]  # plural[/name[/subresource]]
+    else:
+        parts = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    return "/".join(parts[:1] + parts[2:3])
+
+
 def _count_requests(api_client: Any) -> None:
     """Count every request at the client (bakeline_api_requests_total), once per client."""
     if getattr(api_client, "_bakeline_counted", False):
         return
     send = api_client.call_api
 
-    def counted(resource_path: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        API_REQUESTS.labels(method).inc()
-        return send(resource_path, method, *args, **kwargs)
+    # kubernetes >= 32 calls call_api(method, url, ...), the url complete with names.
+    def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        API_REQUESTS.labels(method, request_resource(url)).inc()
+        return send(method, url, *args, **kwargs)
 
     api_client.call_api = counted
     api_client._bakeline_counted = True

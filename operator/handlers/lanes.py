@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from bakeline.api.lane import Lane, LaneSpec
 from bakeline.handlers.circuits import open_circuits
 from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.kube import Kube
+from bakeline.handlers.kube import Kube, status_changes
 from bakeline.metrics.collectors import LANE_FROZEN, LANE_RUNNING, QUEUE_DEPTH
 
 TERMINAL = {"Succeeded", "Failed"}
@@ -109,7 +109,7 @@ def reconcile_lane(kube: Kube, lane: dict[str, Any], now: float) -> None:
     QUEUE_DEPTH.labels(*labels).set(status["queued"])
     LANE_RUNNING.labels(*labels).set(status["running"])
     LANE_FROZEN.labels(*labels).set(1 if status["frozen"] else 0)
-    if status != (lane.get("status") or {}):
+    if status_changes(status, lane.get("status") or {}):
         # frozenBy is the SLOPolicies': write only over the version this pass read.
         kube.patch_status(
             "Lane", meta["namespace"], meta["name"], status, meta.get("resourceVersion")

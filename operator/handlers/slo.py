@@ -9,6 +9,7 @@ overwrites a concurrent change.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.kube import Kube
+from bakeline.handlers.kube import Kube, status_changes
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
 
 FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
@@ -28,9 +29,19 @@ FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
 # ---------------------------------------------------------------------------- the ledger
 
 
+# A ConfigMap data key: at most 253 characters of [-._a-zA-Z0-9].
+MAX_LEDGER_KEY = 253
+
+
 def ledger_key(lane: str, job: Mapping[str, Any]) -> str:
+    """The job's entry in the ledger: readable where the names fit, a digest where they do not
+    (the entry itself names the lane; the job's uid keeps keys apart)."""
     meta = job["metadata"]
-    return f"{lane}.{meta['name']}.{meta['uid'][:8]}"
+    key = f"{lane}.{meta['name']}.{meta['uid'][:8]}"
+    if len(key) <= MAX_LEDGER_KEY:
+        return key
+    digest = hashlib.sha256(f"{lane}/{meta['name']}".encode()).hexdigest()[:32]
+    return f"{lane[:200]}.{digest}.{meta['uid'][:8]}"
 
 
 def outcome_entry(lane: str, status: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -164,7 +175,7 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
         BUDGET_REMAINING.labels(*labels).set(report.budget_remaining)
         for window, rate in report.burn_rates.items():
             BURN_RATE.labels(*labels, window).set(rate)
-    if status != (obj.get("status") or {}):
+    if status_changes(status, obj.get("status") or {}):
         kube.patch_status("SLOPolicy", namespace, name, status)
     return every
 

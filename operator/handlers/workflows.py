@@ -7,7 +7,7 @@ from typing import Any
 from bakeline.api.validation import topological_order, validate_workflow
 from bakeline.engine.predict import DurationSample, critical_path_seconds, fit_durations
 from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.kube import Kube
+from bakeline.handlers.kube import Kube, status_changes
 
 
 def duration_samples(jobs: list[dict[str, Any]]) -> list[DurationSample]:
@@ -57,7 +57,7 @@ def reconcile_workflow(kube: Kube, obj: dict[str, Any]) -> None:
     meta = obj["metadata"]
     samples = duration_samples(kube.list_objects("BakingJob", meta["namespace"]))
     status = workflow_status(obj, samples)
-    if status != (obj.get("status") or {}):
+    if status_changes(status, obj.get("status") or {}):
         kube.patch_status("Workflow", meta["namespace"], meta["name"], status)
         if status["problems"]:
             kube.post_event(obj, "Warning", "Invalid", status["conditions"][0]["message"][:1024])

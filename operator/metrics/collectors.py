@@ -82,8 +82,9 @@ RECONCILE_ERRORS = Counter(
 )
 API_REQUESTS = Counter(
     "bakeline_api_requests_total",
-    "Requests the operator's reconcilers sent to the API server (kopf's watches aside).",
-    ["method"],
+    "Requests the operator's reconcilers sent to the API server (kopf's watches aside), by "
+    "HTTP method and resource (plural, and subresource where there is one).",
+    ["method", "resource"],
     registry=REGISTRY,
 )
 RECONCILES = Histogram(
