@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # sys.path (operator/ would shadow the standard library's `operator`).
 sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
 
+from e2e.conftest import install_stage_rbac  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
@@ -156,6 +157,7 @@ def main() -> None:
             plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
             plane.kubectl("wait", "--for=condition=Established", "crd", "--all")
             plane.kubectl("create", "namespace", namespace)
+            install_stage_rbac(plane, namespace, ROOT)  # stage pods run as bakeline-stage
             api_client = plane.api_client()
             core = client.CoreV1Api(api_client)
             (tmp / "bin").mkdir()
