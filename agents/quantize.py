@@ -82,8 +82,14 @@ def quantize(
     per_channel: bool,
     exclude: list[str],
     calibration: Dataset | None = None,
+    reduce_range: bool = False,
 ) -> Path:
-    """Write the int8 model of `source` to `target`, keeping the `exclude` nodes in float."""
+    """Write the int8 model of `source` to `target`, keeping the `exclude` nodes in float.
+
+    `reduce_range` quantizes weights to 7 bits: x86 CPUs without VNNI multiply u8 x s8 pairs
+    into a saturating 16-bit sum (ONNX Runtime's AVX2 kernels), which 7-bit weights never
+    overflow; with VNNI the eighth bit is simply lost.
+    """
     if mode == "dynamic":
         extra: dict[str, Any] = {
             "MatMulConstBOnly": True,  # weight MatMuls only, not attention
@@ -95,6 +101,7 @@ def quantize(
             str(source),
             str(target),
             per_channel=per_channel,
+            reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=list(DYNAMIC_OPS),
             nodes_to_exclude=exclude,
@@ -110,6 +117,7 @@ def quantize(
         _Reader(calibration, names),
         quant_format=QuantFormat.QDQ,
         per_channel=per_channel,
+        reduce_range=reduce_range,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=list(STATIC_OPS),

@@ -102,6 +102,7 @@ def test_model_optimizer_keep_float_auto_and_per_tensor(
             "targetCosineMean": 0.99999999,
             "targetCosineMin": 0.9999999,
             "maxFloatLayers": 1,
+            "maxFloatShare": 1.0,
         },
     )
     # an unreachable target keeps the most sensitive layer in float, bounded by maxFloatLayers
@@ -114,6 +115,53 @@ def test_model_optimizer_keep_float_auto_and_per_tensor(
         {"scheme": "int8-per-tensor"},
     )
     assert per_tensor.outcome.metrics["quantizedLayers"] == 4
+
+
+def _int8_weights(path: Path) -> np.ndarray:
+    model = onnx.load(str(path))
+    arrays = [
+        numpy_helper.to_array(i).ravel()
+        for i in model.graph.initializer
+        if i.data_type == TensorProto.INT8 and len(i.dims) > 1
+    ]
+    return np.concatenate(arrays).astype(np.int32)
+
+
+def test_model_optimizer_weight_range_reduced_keeps_weights_in_seven_bits(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    source = digits_chain.dirs["GraphOptimizer"]
+    reduced = run_stage("ModelOptimizer", tmp_path / "r", source, {"weightRange": "reduced"})
+    full = run_stage("ModelOptimizer", tmp_path / "f", source, {"weightRange": "full"})
+    assert reduced.manifest.attributes["quantization"]["weightBits"] == 7
+    assert full.manifest.attributes["quantization"]["weightBits"] == 8
+    # 7 bits: no u8 x s8 pair can overflow a 16-bit sum (255 * 64 * 2 < 32768)
+    assert np.abs(_int8_weights(tmp_path / "r" / "model.onnx")).max() <= 64
+    assert np.abs(_int8_weights(tmp_path / "f" / "model.onnx")).max() > 64
+    # auto keeps whichever scores better on calibration data: digits' default bake chose one
+    chosen = digits_chain.results["ModelOptimizer"].manifest.attributes["quantization"]
+    assert chosen["weightBits"] in (7, 8)
+
+
+def test_model_optimizer_float_share_caps_what_stays_float(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    unreachable = {
+        "keepFloat": "auto",
+        "targetCosineMean": 0.99999999,
+        "targetCosineMin": 0.9999999,
+        "maxFloatLayers": 4,
+    }
+    source = digits_chain.dirs["GraphOptimizer"]
+    none = run_stage("ModelOptimizer", tmp_path / "n", source, {**unreachable, "maxFloatShare": 0})
+    assert none.outcome.metrics["floatLayers"] == 0
+    capped = run_stage(
+        "ModelOptimizer", tmp_path / "c", source, {**unreachable, "maxFloatShare": 0.1}
+    )
+    metrics = capped.outcome.metrics
+    assert 0 < metrics["floatWeightShare"] <= 0.1
+    # the most sensitive layers that fit: the search passes over the big ones
+    assert metrics["floatLayers"] >= 1
 
 
 def test_model_optimizer_rejects_unknown_keep_float_nodes(

@@ -91,7 +91,12 @@ def test_default_workflow_failure_policies() -> None:
         "sensitive": "auto",
     }
     assert quantize.fallbacks == [
-        {"keepFloat": "auto", "targetCosineMean": 0.999, "maxFloatLayers": 24},
+        {
+            "keepFloat": "auto",
+            "targetCosineMean": 0.999,
+            "maxFloatLayers": 24,
+            "maxFloatShare": 1.0,
+        },
         {"scheme": "none"},
     ]
     validate = stages["validate"]

@@ -1,0 +1,211 @@
+"""Checkpoint write and restore time per store, against the stage's own runtime: ONE JSON line.
+
+A bake of `examples/bakingjob-minilm.yaml` (`bakeline run`, fresh unless --reuse) gives the
+nine checkpoints and, from the same run, each stage's own duration. Every checkpoint is then
+written to and restored from each store the operator and `bakeline run` use:
+
+- local: `LocalStore` on this disk (`bakeline run`): put copies and verifies, restore copies
+  and verifies;
+- volume: the job's claim on Volume lanes; the agent writes its output in place, so a write is
+  the stage wrapper's check of every file against the manifest (`bakeline stage`) and a restore
+  is the next agent's verified read of its input (both sha256 every byte);
+- configmap: `ConfigMapStore` through the stage pods' own client (`KubeConfigMapClient`) on the
+  local control plane (etcd and kube-apiserver from pinned Go modules, DESIGN.md section 5).
+
+Per store: total and per-stage write and restore seconds, overhead (write + restore) as a
+fraction of the stage's runtime (target <= 5%), and restore versus recompute (restore seconds
+over the stage's runtime: below 1 a rollback target is cheaper to restore than to bake again).
+
+Usage: python benchmarks/checkpoints.py [--workdir DIR] [--reuse] [--stores local,volume,configmap]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# The control plane is test infrastructure; never put ROOT itself on sys.path (operator/ would
+# shadow the standard library's `operator`).
+sys.path[:0] = [str(ROOT / "hack")]
+
+from kubernetes import client  # noqa: E402
+
+from bakeline.checkpoints.configmap import ConfigMapStore  # noqa: E402
+from bakeline.checkpoints.manifest import verify_checkpoint  # noqa: E402
+from bakeline.checkpoints.store import CheckpointStore, LocalStore  # noqa: E402
+from bakeline.cli.stage_store import KubeConfigMapClient  # noqa: E402
+from controlplane import running  # noqa: E402
+
+JOB = ROOT / "examples" / "bakingjob-minilm.yaml"
+TARGET_OVERHEAD = 0.05
+NAMESPACE = "bench"
+
+
+def bake(workdir: Path, reuse: bool) -> dict[str, Any]:
+    if not reuse:
+        done = subprocess.run(
+            ["bakeline", "run", str(JOB), "--workdir", str(workdir), "--no-cache"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"bakeline run exited {done.returncode}: {done.stderr[-2000:]}")
+    report: dict[str, Any] = json.loads((workdir / "report.json").read_text())
+    return report
+
+
+def stage_checkpoints(report: dict[str, Any]) -> list[tuple[str, float, Path]]:
+    """(stage, its own seconds in this run, its checkpoint directory) for stages that ran."""
+    found = []
+    for stage in report["stages"]:
+        checkpoint = stage.get("checkpoint") or {}
+        seconds = float(stage.get("durationSeconds") or 0)
+        if checkpoint.get("path") and seconds > 0:
+            found.append((stage["name"], seconds, Path(checkpoint["path"])))
+    return found
+
+
+def through_store(
+    store: CheckpointStore, checkpoints: list[tuple[str, float, Path]], scratch: Path
+) -> dict[str, dict[str, float]]:
+    """Put then restore every checkpoint (then delete it, so that the next starts alike)."""
+    per_stage: dict[str, dict[str, float]] = {}
+    for stage, _, directory in checkpoints:
+        start = time.perf_counter()
+        ref = store.put(directory, stage=stage)
+        written = time.perf_counter()
+        target = scratch / f"restore-{stage}"
+        store.restore(ref.id, target)
+        restored = time.perf_counter()
+        per_stage[stage] = {"writeSeconds": written - start, "restoreSeconds": restored - written}
+        store.delete(ref.id)
+        shutil.rmtree(target)
+    return per_stage
+
+
+def on_volume(checkpoints: list[tuple[str, float, Path]]) -> dict[str, dict[str, float]]:
+    """The wrapper verifies the output in place; the next agent verifies it again as input."""
+    per_stage: dict[str, dict[str, float]] = {}
+    for stage, _, directory in checkpoints:
+        start = time.perf_counter()
+        verify_checkpoint(directory)  # bakeline stage, after the agent wrote it
+        written = time.perf_counter()
+        verify_checkpoint(directory)  # the next agent's open_input
+        per_stage[stage] = {
+            "writeSeconds": written - start,
+            "restoreSeconds": time.perf_counter() - written,
+        }
+    return per_stage
+
+
+def on_configmaps(
+    checkpoints: list[tuple[str, float, Path]], scratch: Path
+) -> dict[str, dict[str, float]]:
+    with running(scratch / "cp", log=lambda _: None) as plane:
+        core = client.CoreV1Api(plane.api_client())
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+        owner = core.create_namespaced_config_map(
+            NAMESPACE, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bench-owner"))
+        )
+        assert owner.metadata is not None
+        kube = KubeConfigMapClient(
+            core=core,
+            namespace=NAMESPACE,
+            owner={
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "name": "bench-owner",
+                "uid": owner.metadata.uid,
+            },
+            labels={},
+        )
+        return through_store(ConfigMapStore(kube, prefix="bench"), checkpoints, scratch)
+
+
+def summarise(
+    per_stage: dict[str, dict[str, float]], checkpoints: list[tuple[str, float, Path]]
+) -> dict[str, Any]:
+    runtime = {stage: seconds for stage, seconds, _ in checkpoints}
+    sizes = {stage: _bytes(directory) for stage, _, directory in checkpoints}
+    write = sum(s["writeSeconds"] for s in per_stage.values())
+    restore = sum(s["restoreSeconds"] for s in per_stage.values())
+    total_runtime = sum(runtime[s] for s in per_stage)
+    overhead = (write + restore) / total_runtime
+    return {
+        "writeSeconds": round(write, 2),
+        "restoreSeconds": round(restore, 2),
+        "overheadFraction": round(overhead, 4),
+        "overheadMet": overhead <= TARGET_OVERHEAD,
+        "writeMBps": round(sum(sizes[s] for s in per_stage) / 1e6 / write, 1),
+        "stages": {
+            stage: {
+                "sizeMB": round(sizes[stage] / 1e6, 1),
+                "stageSeconds": round(runtime[stage], 2),
+                "writeSeconds": round(times["writeSeconds"], 3),
+                "restoreSeconds": round(times["restoreSeconds"], 3),
+                "overheadFraction": round(
+                    (times["writeSeconds"] + times["restoreSeconds"]) / runtime[stage], 4
+                ),
+                "restoreVersusRecompute": round(times["restoreSeconds"] / runtime[stage], 4),
+            }
+            for stage, times in per_stage.items()
+        },
+    }
+
+
+def _bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--reuse", action="store_true", help="use the bake already in --workdir")
+    parser.add_argument("--stores", default="local,volume,configmap")
+    args = parser.parse_args()
+    stores = args.stores.split(",")
+    unknown = set(stores) - {"local", "volume", "configmap"}
+    if unknown:
+        parser.error(f"unknown stores: {sorted(unknown)}")
+    with tempfile.TemporaryDirectory(prefix="bakeline-ckpt-bench-") as tmp_text:
+        tmp = Path(tmp_text)
+        workdir = args.workdir or tmp / "bake"
+        try:
+            report = bake(workdir, args.reuse)
+        except RuntimeError as exc:
+            print(json.dumps({"benchmark": "checkpoints", "ok": False, "error": str(exc)}))
+            return 1
+        checkpoints = stage_checkpoints(report)
+        if not checkpoints:
+            print(json.dumps({"benchmark": "checkpoints", "ok": False, "error": "no stage ran"}))
+            return 1
+        measured: dict[str, dict[str, dict[str, float]]] = {}
+        if "local" in stores:
+            measured["local"] = through_store(LocalStore(tmp / "local"), checkpoints, tmp)
+        if "volume" in stores:
+            measured["volume"] = on_volume(checkpoints)
+        if "configmap" in stores:
+            measured["configmap"] = on_configmaps(checkpoints, tmp)
+    result = {
+        "benchmark": "checkpoints",
+        "ok": True,
+        "job": str(JOB.relative_to(ROOT)),
+        "stagesSeconds": round(sum(seconds for _, seconds, _ in checkpoints), 1),
+        "targetOverheadFraction": TARGET_OVERHEAD,
+        **{store: summarise(per_stage, checkpoints) for store, per_stage in measured.items()},
+    }
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
