@@ -118,7 +118,9 @@ class ModelOptimizer(Agent[ModelParams]):
                 calibration = data_split(source, "calibration")
                 probe = calibration.head(params.sensitivity_samples)
 
-                def build(exclude: list[str], target: Path, reduce_range: bool) -> dict[str, float]:
+                def build(
+                    exclude: list[str], target: Path, reduce_range: bool, limit: int | None = None
+                ) -> dict[str, float]:
                     quantize(
                         named,
                         target,
@@ -129,26 +131,24 @@ class ModelOptimizer(Agent[ModelParams]):
                         reduce_range=reduce_range,
                     )
                     return score_file(
-                        target, "onnx", source, "calibration", PROBING[mode], limit=len(probe)
+                        target, "onnx", source, "calibration", PROBING[mode], limit=limit
                     )
 
                 with Stopwatch() as search:
-                    base: dict[str, float] | None = None
                     if params.weight_range == "auto":
+                        # On all of the calibration data: the two differ in a few sentences.
                         full = build([], tmp / "full.onnx", False)
                         seven = build([], tmp / "reduced.onnx", True)
                         reduced = _merit(seven) > _merit(full)
-                        base = seven if reduced else full
                         log("weight range scored", full=full, reduced=seven)
                     else:
                         reduced = params.weight_range == "reduced"
                     if params.keep_float == "auto":
                         kept, sensitivity = self._auto(
-                            functools.partial(build, reduce_range=reduced),
+                            functools.partial(build, reduce_range=reduced, limit=len(probe)),
                             candidates,
                             params,
                             tmp,
-                            base,
                         )
                     else:
                         kept = [] if params.keep_float == "none" else list(params.keep_float)
@@ -248,7 +248,6 @@ class ModelOptimizer(Agent[ModelParams]):
         layers: list[Quantizable],
         params: ModelParams,
         tmp: Path,
-        base: dict[str, float] | None,
     ) -> tuple[list[str], dict[str, float]]:
         """Greedy: rank layers by the cosine they cost, keep the worst float until targets hold,
         within maxFloatLayers and maxFloatShare (a layer past the share is passed over)."""
@@ -259,7 +258,7 @@ class ModelOptimizer(Agent[ModelParams]):
                 and m["cosineMin"] >= params.target_cosine_min
             )
 
-        base = base or run([], tmp / "all.onnx")
+        base = run([], tmp / "all.onnx")
         if meets(base) or params.max_float_layers == 0:
             return [], {}
         # Sensitivity of a layer: how much mean and worst-case error fall when it alone stays float.

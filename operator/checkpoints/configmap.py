@@ -2,9 +2,13 @@
 
 One checkpoint is several ConfigMaps, all named from the store's `prefix` and the checkpoint id:
 
-    PREFIX-ID-0, PREFIX-ID-1, ...   data: the files' bytes as binaryData, in chunks, at most
+    PREFIX-ID-0, PREFIX-ID-1, ...   data: small files' bytes as binaryData, packed, at most
                                     `part_bytes` (about 900 KiB) per ConfigMap; the API server
                                     refuses a ConfigMap over 1 MiB
+    PREFIX-blob-SHA-0, ...          a file larger than `blob_bytes`, by content: its chunks of
+    PREFIX-blob-SHA                 `part_bytes`, then its index (sha256 and chunk sizes),
+                                    written last; shared by every checkpoint of the store that
+                                    holds the same bytes
     PREFIX-ID                       index, written last: manifest.json (the checkpoint's own
                                     manifest, every file with its sha256), layout.json (where
                                     each file's chunks are), ref.json (the CheckpointRef)
@@ -13,6 +17,12 @@ One checkpoint is several ConfigMaps, all named from the store's `prefix` and th
 The index is the commit point: a checkpoint whose index is missing does not exist, whatever
 data ConfigMaps a crashed writer left. Restore reassembles every file, checks its sha256
 against the manifest and refuses any mismatch; nothing half-restored is left behind.
+
+Blobs exist because stages carry files forward: every checkpoint of a bake holds the original
+model and the data splits, so a nine-stage MiniLM bake wrote 1 GB through the API server (and
+into etcd, whose default quota is 2 GiB) for about 280 MB of distinct bytes. Deleting a
+checkpoint deletes the blobs no other checkpoint of the store lists; the store's ConfigMaps are
+owned by the job, so deleting the job deletes them all.
 
 This layer does not import kubernetes: callers hand the store a `ConfigMapClient` bound to one
 namespace (the operator's implements it with the kubernetes client, tests with a dict).
@@ -51,6 +61,9 @@ LABEL_CHECKPOINT = "bakeline.io/checkpoint"
 COMPONENT_INDEX = "checkpoint-store-index"
 COMPONENT_DATA = "checkpoint-store-data"
 COMPONENT_CACHE = "checkpoint-store-cache"
+COMPONENT_BLOB = "checkpoint-store-blob"
+LABEL_BLOB = "bakeline.io/blob"
+BLOB_KEY = "chunk"
 LAYOUT_NAME = "layout.json"
 REF_NAME = "ref.json"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -106,17 +119,32 @@ class _Chunk:
     size: int
 
 
+@dataclass(frozen=True)
+class _Blob:
+    sha256: str  # the file's, naming its ConfigMaps
+    sizes: tuple[int, ...]  # each chunk's
+
+
+_Stored = list[_Chunk] | _Blob
+
+
 class ConfigMapStore:
     """Checkpoints as ConfigMaps; implements bakeline.checkpoints.store.CheckpointStore."""
 
     def __init__(
-        self, client: ConfigMapClient, prefix: str = "bakeline-ckpt", part_bytes: int = PART_BYTES
+        self,
+        client: ConfigMapClient,
+        prefix: str = "bakeline-ckpt",
+        part_bytes: int = PART_BYTES,
+        blob_bytes: int | None = None,
     ) -> None:
         if not _NAME.match(prefix) or len(prefix) > 40:
             raise ValueError(f"store prefix must be a short DNS label, got {prefix!r}")
         if part_bytes <= 0:
             raise ValueError("part_bytes must be positive")
         self.client, self.prefix, self.part_bytes = client, prefix, part_bytes
+        # Files above a quarter of a part are stored by content; smaller ones pack into parts.
+        self.blob_bytes = part_bytes // 4 if blob_bytes is None else blob_bytes
 
     # ------------------------------------------------------------------ names
     def _index_name(self, checkpoint_id: str) -> str:
@@ -127,6 +155,10 @@ class ConfigMapStore:
 
     def _cache_name(self, cache_key: str) -> str:
         return f"{self.prefix}-key-{_check_key(cache_key)}"
+
+    def _blob_name(self, sha256: str, chunk: int | None = None) -> str:
+        name = f"{self.prefix}-blob-{_check_key(sha256)[:32]}"
+        return name if chunk is None else f"{name}-{chunk}"
 
     def _labels(self, component: str, checkpoint_id: str) -> dict[str, str]:
         return {
@@ -152,10 +184,7 @@ class ConfigMapStore:
                 LAYOUT_NAME: json.dumps(
                     {
                         "manifestSha256": manifest_sha,
-                        "files": {
-                            path: [[c.part, c.key, c.size] for c in chunks]
-                            for path, chunks in layout.items()
-                        },
+                        "files": {path: _dump(stored) for path, stored in layout.items()},
                     },
                     sort_keys=True,
                 ),
@@ -174,12 +203,15 @@ class ConfigMapStore:
 
     def _write_parts(
         self, source: Path, manifest: Manifest, checkpoint_id: str
-    ) -> dict[str, list[_Chunk]]:
-        layout: dict[str, list[_Chunk]] = {}
+    ) -> dict[str, _Stored]:
+        layout: dict[str, _Stored] = {}
         part: dict[str, bytes] = {}
         size = 0
         parts = 0
         for file_index, entry in enumerate(manifest.files):
+            if entry.size_bytes > self.blob_bytes:
+                layout[entry.path] = self._write_blob(source / entry.path, entry.path, entry.sha256)
+                continue
             chunks: list[_Chunk] = []
             digest = hashlib.sha256()
             for chunk_index, data in enumerate(_read_chunks(source / entry.path, self.part_bytes)):
@@ -199,14 +231,47 @@ class ConfigMapStore:
             self._create_part(checkpoint_id, parts, part)
         return layout
 
+    def _write_blob(self, path: Path, relative: str, sha256: str) -> _Blob:
+        """Store the file by content unless a complete blob of these bytes is there already."""
+        index_name = self._blob_name(sha256)
+        existing = self.client.get(index_name)
+        if existing is not None:
+            with contextlib.suppress(ManifestError):
+                blob = _blob(existing)
+                if blob.sha256 == sha256:
+                    return blob
+            self.client.delete(index_name)  # another file's prefix, or unreadable: rewrite
+        labels = {
+            LABEL_COMPONENT: COMPONENT_BLOB,
+            LABEL_STORE: self.prefix,
+            LABEL_BLOB: sha256[:32],
+        }
+        digest = hashlib.sha256()
+        sizes = []
+        for chunk, data in enumerate(_read_chunks(path, self.part_bytes)):
+            digest.update(data)
+            self._create_or_replace(self._blob_name(sha256, chunk), labels, {BLOB_KEY: data})
+            sizes.append(len(data))
+        if digest.hexdigest() != sha256:
+            raise ChecksumMismatchError(f"{relative}: changed while it was being stored")
+        index = {"sha256": sha256, "sizes": json.dumps(sizes)}
+        # ConfigMapExistsError: a concurrent writer stored the same bytes.
+        with contextlib.suppress(ConfigMapExistsError):
+            self.client.create(index_name, labels, index, {})
+        return _Blob(sha256, tuple(sizes))
+
     def _create_part(self, checkpoint_id: str, part: int, binary: dict[str, bytes]) -> None:
-        name = self._part_name(checkpoint_id, part)
         labels = self._labels(COMPONENT_DATA, checkpoint_id)
+        self._create_or_replace(self._part_name(checkpoint_id, part), labels, binary)
+
+    def _create_or_replace(
+        self, name: str, labels: Mapping[str, str], binary: dict[str, bytes]
+    ) -> None:
         try:
             self.client.create(name, labels, {}, binary)
         except ConfigMapExistsError:
             # Left by a writer that crashed before its index: its bytes are this same
-            # checkpoint's only if they are equal; otherwise replace them.
+            # checkpoint's (or blob's) only if they are equal; otherwise replace them.
             existing = self.client.get(name)
             if existing is not None and dict(existing.binary_data) == binary:
                 return
@@ -237,16 +302,13 @@ class ConfigMapStore:
     def get(self, checkpoint_id: str) -> CheckpointRef:
         return _ref(self._index(checkpoint_id))
 
-    def _load(self, checkpoint_id: str) -> tuple[Manifest, bytes, dict[str, list[_Chunk]]]:
+    def _load(self, checkpoint_id: str) -> tuple[Manifest, bytes, dict[str, _Stored]]:
         index = self._index(checkpoint_id)
         try:
             manifest_bytes = index.data[MANIFEST_NAME].encode()
             layout = json.loads(index.data[LAYOUT_NAME])
             manifest = Manifest.model_validate(json.loads(manifest_bytes))
-            files = {
-                path: [_Chunk(int(p), str(k), int(s)) for p, k, s in chunks]
-                for path, chunks in layout["files"].items()
-            }
+            files = {path: _parse(stored) for path, stored in layout["files"].items()}
         except (KeyError, TypeError, ValueError) as exc:
             message = f"checkpoint {checkpoint_id!r}: index does not parse: {exc}"
             raise ManifestError(message) from exc
@@ -258,7 +320,7 @@ class ConfigMapStore:
         return manifest, manifest_bytes, files
 
     def _file_chunks(
-        self, checkpoint_id: str, manifest: Manifest, files: dict[str, list[_Chunk]]
+        self, checkpoint_id: str, manifest: Manifest, files: dict[str, _Stored]
     ) -> Iterator[tuple[str, Iterator[bytes]]]:
         """Each listed file's chunks, with every data ConfigMap read once."""
         cache: dict[int, ConfigMapData] = {}
@@ -274,8 +336,20 @@ class ConfigMapStore:
                 cache[number] = found
             return cache[number]
 
+        def blob_chunks(path: str, blob: _Blob) -> Iterator[bytes]:
+            for number, size in enumerate(blob.sizes):
+                found = self.client.get(self._blob_name(blob.sha256, number))
+                data = None if found is None else found.binary_data.get(BLOB_KEY)
+                if data is None or len(data) != size:
+                    raise ChecksumMismatchError(f"{path}: blob chunk {number} is missing or cut")
+                yield bytes(data)
+
         def chunks(path: str) -> Iterator[bytes]:
-            for chunk in files.get(path, []):
+            stored = files[path]
+            if isinstance(stored, _Blob):
+                yield from blob_chunks(path, stored)
+                return
+            for chunk in stored:
                 data = part(chunk.part).binary_data.get(chunk.key)
                 if data is None or len(data) != chunk.size:
                     raise ChecksumMismatchError(f"{path}: chunk {chunk.key} is missing or cut")
@@ -346,11 +420,22 @@ class ConfigMapStore:
         return sorted(refs, key=lambda ref: (ref.created_at, ref.id))
 
     def delete(self, checkpoint_id: str) -> None:
+        index = self.client.get(self._index_name(checkpoint_id))
+        blobs = _blobs(index) if index is not None else set()
         # The index first: from then on the checkpoint does not exist, whatever is left.
         self.client.delete(self._index_name(checkpoint_id))
         selector = {LABEL_STORE: self.prefix, LABEL_CHECKPOINT: checkpoint_id}
         for component in (COMPONENT_DATA, COMPONENT_CACHE):
             for found in self.client.list({**selector, LABEL_COMPONENT: component}):
+                self.client.delete(found.name)
+        if not blobs:
+            return
+        indexes = self.client.list({LABEL_COMPONENT: COMPONENT_INDEX, LABEL_STORE: self.prefix})
+        listed = set().union(*(_blobs(other) for other in indexes))
+        for sha256 in blobs - listed:
+            self.client.delete(self._blob_name(sha256))  # its index first, as for checkpoints
+            labels = {LABEL_COMPONENT: COMPONENT_BLOB, LABEL_STORE: self.prefix}
+            for found in self.client.list({**labels, LABEL_BLOB: sha256[:32]}):
                 self.client.delete(found.name)
 
 
@@ -359,6 +444,38 @@ def _ref(index: ConfigMapData) -> CheckpointRef:
         return CheckpointRef(**json.loads(index.data[REF_NAME]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"ConfigMap {index.name}: {REF_NAME} does not parse: {exc}") from exc
+
+
+def _dump(stored: _Stored) -> object:
+    if isinstance(stored, _Blob):
+        return {"blob": stored.sha256, "sizes": list(stored.sizes)}
+    return [[c.part, c.key, c.size] for c in stored]
+
+
+def _parse(stored: object) -> _Stored:
+    """One file's entry of layout.json; ValueError / KeyError / TypeError when malformed."""
+    if isinstance(stored, dict):
+        return _Blob(_check_key(str(stored["blob"])), tuple(int(s) for s in stored["sizes"]))
+    if not isinstance(stored, list):
+        raise TypeError(f"a file's layout is a list or a blob, not {type(stored).__name__}")
+    return [_Chunk(int(p), str(k), int(s)) for p, k, s in stored]
+
+
+def _blob(index: ConfigMapData) -> _Blob:
+    try:
+        sizes = tuple(int(s) for s in json.loads(index.data["sizes"]))
+        return _Blob(_check_key(index.data["sha256"]), sizes)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"ConfigMap {index.name}: blob index does not parse: {exc}") from exc
+
+
+def _blobs(index: ConfigMapData) -> set[str]:
+    """The blobs a checkpoint index lists (none when it does not parse)."""
+    try:
+        files = json.loads(index.data[LAYOUT_NAME])["files"].values()
+        return {stored.sha256 for stored in map(_parse, files) if isinstance(stored, _Blob)}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return set()
 
 
 def _read_chunks(path: Path, size: int) -> Iterator[bytes]:
@@ -387,7 +504,7 @@ def _check_id(checkpoint_id: str) -> str:
     return checkpoint_id
 
 
-def _check_key(cache_key: str) -> str:
-    if len(cache_key) != 64 or any(c not in "0123456789abcdef" for c in cache_key):
-        raise ValueError(f"cache key must be a sha256 hex digest, got {cache_key!r}")
-    return cache_key
+def _check_key(digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"cache keys and blobs are sha256 hex digests, got {digest!r}")
+    return digest

@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 
 from bakeline.checkpoints import ConfigMapStore
-from bakeline.checkpoints.configmap import COMPONENT_DATA, LABEL_COMPONENT
+from bakeline.checkpoints.configmap import COMPONENT_BLOB, LABEL_COMPONENT
 from bakeline.checkpoints.manifest import (
     ChecksumMismatchError,
     Manifest,
@@ -53,8 +53,9 @@ def test_checkpoint_across_config_maps_round_trips_and_refuses_damage(
     payload = bytes(range(256)) * 12_000  # 3 MB, incompressible enough: four ConfigMaps
     source = _checkpoint(tmp_path / "out", payload)
     ref = store.put(source, stage="quantize", cache_key="a" * 64)
-    parts = configmaps.list({LABEL_COMPONENT: COMPONENT_DATA})
-    assert len(parts) == 4
+    blob = configmaps.list({LABEL_COMPONENT: COMPONENT_BLOB})
+    parts = [m for m in blob if m.binary_data]
+    assert len(parts) == 4 and len(blob) == 5  # the chunks, then the blob's index
     core = client.CoreV1Api(cluster.api_client())
     assert all(core.read_namespaced_config_map(p.name, namespace).immutable for p in parts)
 

@@ -1,5 +1,6 @@
 """The ConfigMap checkpoint store against an in-memory ConfigMap client: chunking across
-ConfigMaps, sha256 on restore, the index as commit point, the cache index and deletion."""
+ConfigMaps, large files stored once by content, sha256 on restore, the index as commit point,
+the cache index and deletion."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from bakeline.checkpoints import CheckpointStore, ConfigMapData, ConfigMapStore
 from bakeline.checkpoints.configmap import (
+    COMPONENT_BLOB,
     COMPONENT_DATA,
     LABEL_COMPONENT,
     ConfigMapExistsError,
@@ -84,15 +86,19 @@ def _data_maps(client: MemoryConfigMaps) -> list[ConfigMapData]:
     return client.list({LABEL_COMPONENT: COMPONENT_DATA})
 
 
+def _blob_chunks(client: MemoryConfigMaps) -> list[ConfigMapData]:
+    return [m for m in client.list({LABEL_COMPONENT: COMPONENT_BLOB}) if m.binary_data]
+
+
 def test_round_trip_of_a_checkpoint_larger_than_one_config_map(tmp_path: Path) -> None:
     client = MemoryConfigMaps()
     store = ConfigMapStore(client, prefix="job-a")
     assert isinstance(store, CheckpointStore)
-    payload = bytes(range(256)) * 10_000  # 2.5 MB: three data ConfigMaps
+    payload = bytes(range(256)) * 10_000  # 2.5 MB: a blob of three chunks
     source = _checkpoint(tmp_path / "out", payload)
     ref = store.put(source, stage="Quantize_1", cache_key=KEY)
     assert ref.id.startswith("quantize-1-") and ref.size_bytes == len(payload)
-    assert len(_data_maps(client)) == 3
+    assert len(_blob_chunks(client)) == 3 and len(_data_maps(client)) == 1  # + the small files
     assert store.get(ref.id) == ref
     assert [r.id for r in store.list()] == [ref.id]
     manifest = store.restore(ref.id, tmp_path / "restored")
@@ -116,7 +122,7 @@ def test_a_damaged_checkpoint_is_never_restored(tmp_path: Path, damage: str) -> 
     client = MemoryConfigMaps()
     store = ConfigMapStore(client, prefix="s", part_bytes=4096)
     ref = store.put(_checkpoint(tmp_path / "out", b"x" * 10_000), stage="a", cache_key=KEY)
-    part = next(m for m in _data_maps(client) if m.name.endswith("-1"))
+    part = next(m for m in _blob_chunks(client) if m.name.endswith("-1"))
     if damage == "drop-part":
         client.delete(part.name)
     else:
@@ -208,6 +214,55 @@ def test_cache_entries_are_replaced_and_delete_removes_everything(tmp_path: Path
     assert all(two.id not in name for name in client.items)
     with pytest.raises(CheckpointNotFoundError):
         store.remember(KEY, two.id)
+
+
+def test_a_large_file_is_stored_once_for_every_checkpoint_that_carries_it(
+    tmp_path: Path,
+) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096)
+    original = b"o" * 20_000  # carried forward by every stage
+    one = _checkpoint(tmp_path / "one", b"1" * 10_000)
+    (one / "original.pt2").write_bytes(original)
+    two = _checkpoint(tmp_path / "two", b"2" * 10_000)
+    (two / "original.pt2").write_bytes(original)
+    for directory in (one, two):
+        manifest = Manifest.model_validate_json((directory / "manifest.json").read_text())
+        manifest.files.append(file_entry(directory, "original.pt2", "reference"))
+        write_manifest(directory, manifest)
+    first = store.put(one, stage="a")
+    chunks = len(_blob_chunks(client))
+    second = store.put(two, stage="b")
+    assert len(_blob_chunks(client)) == chunks + 3  # two's model only: 10,000 bytes in 4 KiB
+    store.restore(second.id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "original.pt2").read_bytes() == original
+    # Deleting one checkpoint keeps what the other lists, and drops what only it listed.
+    store.delete(first.id)
+    assert len(_blob_chunks(client)) == chunks + 3 - 3
+    store.restore(second.id, tmp_path / "again")
+    assert (tmp_path / "again" / "original.pt2").read_bytes() == original
+    store.delete(second.id)
+    assert client.items == {}
+
+
+def test_a_blob_left_without_its_index_is_completed_by_the_next_put(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096)
+    source = _checkpoint(tmp_path / "out", b"q" * 10_000)
+    ref = store.put(source, stage="a")
+    blob_index = next(
+        m for m in client.list({LABEL_COMPONENT: COMPONENT_BLOB}) if not m.binary_data
+    )
+    store.delete(ref.id)
+    # A writer died after two chunks, one of them torn: no index, so not a blob yet.
+    store.put(source, stage="a")
+    client.items.pop(blob_index.name)
+    torn = next(m for m in _blob_chunks(client) if m.name.endswith("-1"))
+    client.items[torn.name] = ConfigMapData(torn.name, torn.labels, {}, {"chunk": b"q"})
+    client.items.pop(f"s-{ref.id}")
+    again = store.put(source, stage="a")
+    store.restore(again.id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "model.onnx").read_bytes() == b"q" * 10_000
 
 
 def test_ids_and_keys_cannot_name_other_objects(tmp_path: Path) -> None:
