@@ -12,6 +12,8 @@ written to and restored from each store the operator and `bakeline run` use:
 - configmap: `ConfigMapStore` through the stage pods' own client (`KubeConfigMapClient`) on the
   local control plane (etcd and kube-apiserver from pinned Go modules, DESIGN.md section 5).
 
+Checkpoints are written in stage order and kept, as in a bake (the ConfigMap store writes a
+file that an earlier checkpoint of the job holds only once), then each is restored.
 Per store: total and per-stage write and restore seconds, overhead (write + restore) as a
 fraction of the stage's runtime (target <= 5%), and restore versus recompute (restore seconds
 over the stage's runtime: below 1 a rollback target is cheaper to restore than to bake again).
@@ -77,18 +79,22 @@ def stage_checkpoints(report: dict[str, Any]) -> list[tuple[str, float, Path]]:
 def through_store(
     store: CheckpointStore, checkpoints: list[tuple[str, float, Path]], scratch: Path
 ) -> dict[str, dict[str, float]]:
-    """Put then restore every checkpoint (then delete it, so that the next starts alike)."""
+    """Put every checkpoint in stage order, as a bake does (what a store shares between a job's
+    checkpoints is written once), restore each, then delete them all."""
     per_stage: dict[str, dict[str, float]] = {}
+    ids: list[str] = []
     for stage, _, directory in checkpoints:
         start = time.perf_counter()
-        ref = store.put(directory, stage=stage)
-        written = time.perf_counter()
+        ids.append(store.put(directory, stage=stage).id)
+        per_stage[stage] = {"writeSeconds": time.perf_counter() - start}
+    for (stage, _, _), checkpoint_id in zip(checkpoints, ids, strict=True):
         target = scratch / f"restore-{stage}"
-        store.restore(ref.id, target)
-        restored = time.perf_counter()
-        per_stage[stage] = {"writeSeconds": written - start, "restoreSeconds": restored - written}
-        store.delete(ref.id)
+        start = time.perf_counter()
+        store.restore(checkpoint_id, target)
+        per_stage[stage]["restoreSeconds"] = time.perf_counter() - start
         shutil.rmtree(target)
+    for checkpoint_id in ids:
+        store.delete(checkpoint_id)
     return per_stage
 
 
