@@ -7,6 +7,7 @@ repeated after a crash or a lost status write never counts one failure twice.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from bakeline.api.lane import CircuitBreaker
 from bakeline.engine import lanes as admission
 from bakeline.engine.retry import AttemptOutcome
 from bakeline.handlers.clock import epoch, timestamp
-from bakeline.handlers.kube import Kube
+from bakeline.handlers.kube import MAX_DATA_KEY, Kube
 
 _COUNTED_MAX = 32  # pods remembered per entry; more than any threshold a lane may set
 
@@ -31,7 +32,14 @@ class StageOutcome:
 
 
 def circuit_key(lane: str, agent: str) -> str:
-    return f"{lane}.{agent}"
+    """The agent's entry for the lane: `lane.agent`, or the lane's digest in place of a name
+    too long for a ConfigMap data key (a 253-character lane would make every write fail)."""
+    key = f"{lane}.{agent}"
+    return key if len(key) <= MAX_DATA_KEY else f"{_lane_digest(lane)}.{agent}"
+
+
+def _lane_digest(lane: str) -> str:
+    return "lane-" + hashlib.sha256(lane.encode()).hexdigest()[:32]
 
 
 def lane_circuits(
@@ -44,9 +52,10 @@ def lane_circuits(
 def _lane_entries(entries: Mapping[str, Mapping[str, Any]], lane: str) -> dict[str, Any]:
     """The lane's entries by agent: {agent: (Circuit, counted pods)}."""
     found: dict[str, Any] = {}
+    owners = {lane, _lane_digest(lane)}
     for key, entry in entries.items():
         owner, _, agent = key.rpartition(".")
-        if owner == lane:
+        if owner in owners:
             circuit = admission.Circuit(
                 int(entry.get("consecutiveFailures") or 0),
                 epoch(entry.get("openedAt")),

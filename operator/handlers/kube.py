@@ -20,6 +20,9 @@ from bakeline.handlers.informer import Informer
 from bakeline.metrics.collectors import API_REQUESTS
 from bakeline.runtime.pods import LABEL_COMPONENT, LABEL_JOB, label_value
 
+# A ConfigMap data key: at most 253 characters of [-._a-zA-Z0-9].
+MAX_DATA_KEY = 253
+
 log = logging.getLogger("bakeline.kube")
 
 PLURALS = {

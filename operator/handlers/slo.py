@@ -20,7 +20,7 @@ from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.kube import Kube, status_changes
+from bakeline.handlers.kube import MAX_DATA_KEY, Kube, status_changes
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
 
 FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
@@ -29,8 +29,7 @@ FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
 # ---------------------------------------------------------------------------- the ledger
 
 
-# A ConfigMap data key: at most 253 characters of [-._a-zA-Z0-9].
-MAX_LEDGER_KEY = 253
+MAX_LEDGER_KEY = MAX_DATA_KEY
 
 
 def ledger_key(lane: str, job: Mapping[str, Any]) -> str:

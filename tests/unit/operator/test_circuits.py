@@ -52,6 +52,22 @@ def test_failures_open_the_circuit_once_each_and_a_success_closes_it() -> None:
     assert store.data == {}
 
 
+def test_a_lane_name_too_long_for_a_data_key_keeps_its_circuits() -> None:
+    store = FakeCircuitStore()
+    lane = "l" * 253  # a Lane's name may be 253 characters; a data key may not be longer
+    seen = [
+        StageOutcome("GraphOptimizer", AttemptOutcome.TRANSIENT, f"p{i}", "boom") for i in (1, 2)
+    ]
+    circuits = count_outcomes(cast(Kube, store), "ns", lane, POLICY, seen, 100.0)
+    assert circuits["GraphOptimizer"].opened_at == 100.0
+    [key] = store.data
+    assert len(key) <= 253 and key.endswith(".GraphOptimizer")
+    assert [c["agent"] for c in open_circuits(store.data, lane, POLICY, 101.0)] == [
+        "GraphOptimizer"
+    ]
+    assert open_circuits(store.data, lane[:-1], POLICY, 101.0) == []
+
+
 def test_gate_failures_and_clean_successes_write_nothing() -> None:
     store = FakeCircuitStore()
     _count(store, "j-graph-1", AttemptOutcome.GATE_FAILED, 100.0)
