@@ -158,6 +158,8 @@ def test_compare_keeps_the_window_where_the_baseline_ran_fastest() -> None:
     assert calls["n"] == 3 * per_window
     assert len(result.window_medians) == 3
     assert result.p50("base") == min(m["base"] for m in result.window_medians)
-    assert result.p50("base") < 2.5  # ms: the quiet window was kept
+    # The quiet window was kept: by order, not by milliseconds (a loaded machine stretches
+    # every sleep; the suite saw 1 ms sleeps take 6 ms).
+    assert result.p50("base") == result.window_medians[1]["base"]
     assert result.speedup("cand") == pytest.approx(result.p50("base") / result.p50("cand"))
     assert len(result.window_speedups("cand")) == 3
