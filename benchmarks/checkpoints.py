@@ -43,8 +43,8 @@ from kubernetes import client  # noqa: E402
 from bakeline.checkpoints.configmap import ConfigMapStore  # noqa: E402
 from bakeline.checkpoints.manifest import verify_checkpoint  # noqa: E402
 from bakeline.checkpoints.store import CheckpointStore, LocalStore  # noqa: E402
-from bakeline.cli.stage_store import KubeConfigMapClient  # noqa: E402
 from controlplane import running  # noqa: E402
+from support.kube import stage_configmaps  # noqa: E402
 
 JOB = ROOT / "examples" / "bakingjob-minilm.yaml"
 TARGET_OVERHEAD = 0.05
@@ -123,17 +123,13 @@ def on_configmaps(
             NAMESPACE, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bench-owner"))
         )
         assert owner.metadata is not None
-        kube = KubeConfigMapClient(
-            core=core,
-            namespace=NAMESPACE,
-            owner={
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "name": "bench-owner",
-                "uid": owner.metadata.uid,
-            },
-            labels={},
-        )
+        owner_ref = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": "bench-owner",
+            "uid": owner.metadata.uid,
+        }
+        kube = stage_configmaps(plane, NAMESPACE, owner_ref)
         return through_store(ConfigMapStore(kube, prefix="bench"), checkpoints, scratch)
 
 

@@ -20,8 +20,8 @@ import kopf
 from kubernetes import client, config
 
 from bakeline.handlers.informer import Informer
-from bakeline.handlers.jobs import OperatorConfig, reconcile_job
-from bakeline.handlers.kube import POD, RECORD, Kube
+from bakeline.handlers.jobs import TERMINAL, OperatorConfig, admission_decision, reconcile_job
+from bakeline.handlers.kube import POD, RECORD, RECORD_SELECTOR, Kube
 from bakeline.handlers.lanes import reconcile_lane
 from bakeline.handlers.slo import reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
@@ -93,6 +93,11 @@ def configure(
     # install is not granted (kopf would retry them for a minute before carrying on).
     settings.scanning.disabled = True
     settings.execution.max_workers = 8
+    # Filter the core watches on the server: the handlers' label filters are kopf's own,
+    # client-side, so without these every ConfigMap of the namespace (checkpoint chunks of
+    # up to 1 MiB, the SLO ledger) and every pod streamed through the operator and was parsed.
+    settings.watching.label_selectors["", "v1", "configmaps"] = RECORD_SELECTOR
+    settings.watching.label_selectors["", "v1", "pods"] = LABEL_JOB
 
 
 RECONCILERS: dict[str, Callable[[Kube, dict[str, Any]], float | None]] = {
@@ -130,10 +135,31 @@ def reconcile(kind: str, namespace: str, name: str) -> None:
             wake = 10.0
     if wake is not None:
         RUNTIME.wake_later(kind, namespace, name, wake)
+    if kind == "Lane" or (
+        kind == "BakingJob" and _left_its_lane(obj, kube.get(kind, namespace, name))
+    ):
+        wake_admitted(namespace)
     if kind == "BakingJob":
         lane = (obj.get("status") or {}).get("lane") or (obj.get("spec") or {}).get("laneRef")
         if lane:
             RUNTIME.wake_later("Lane", namespace, lane, LANE_REFRESH_S)
+
+
+def _left_its_lane(before: dict[str, Any], after: dict[str, Any] | None) -> bool:
+    """The pass ended a job that held a lane's slot, or sent it back to the queue."""
+    was = before.get("status") or {}
+    now = (after or {}).get("status") or {}
+    return bool(was.get("lane")) and (now.get("phase") in TERMINAL or not now.get("lane"))
+
+
+def wake_admitted(namespace: str) -> None:
+    """Room may have opened in the namespace's lanes (a job ended or left, a lane changed):
+    the jobs the admission decision now admits are looked at at once. Queued jobs poll only
+    slowly by themselves, since each pass of 1,000 queued jobs costs the same as one."""
+    kube = RUNTIME.kube
+    assert kube is not None, "configure() runs at start-up"
+    for name in admission_decision(kube, namespace, time.time()).admit:
+        RUNTIME.wake_later("BakingJob", namespace, name, 0.0)
 
 
 def scheduler_loop() -> None:
@@ -178,6 +204,7 @@ def _job_event(
     _observe("BakingJob", event)
     if type == "DELETED":
         track_job_phase(namespace, name, None)
+        wake_admitted(namespace)  # a running job deleted frees its slot
     elif not _own_status_write(type, body):
         reconcile("BakingJob", namespace, name)
 

@@ -43,6 +43,8 @@ class Informer:
         self._objects: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._tombstones: dict[Key, int] = {}
         self._primed: dict[tuple[str, str], float] = {}  # monotonic time of the last LIST
+        self._listing: dict[tuple[str, str], threading.Event] = {}  # LISTs in flight
+        self._changes: dict[tuple[str, str], int] = {}  # bumped by every change of a kind
         self._lock = threading.Lock()
 
     # ---- feeding
@@ -55,12 +57,18 @@ class Informer:
             if event_type == "DELETED":
                 self._objects.get(key[:2], {}).pop(key[2], None)
                 self._tombstones[key] = max(version, self._tombstones.get(key, 0))
+                self._changed(key[:2])
                 return
             self._store(key, copy.deepcopy(dict(body)), version)
 
-    def store(self, kind: str, body: Mapping[str, Any]) -> None:
-        """An object our own request returned (created or patched)."""
-        self.observe(kind, "MODIFIED", body)
+    def store(self, kind: str, body: dict[str, Any]) -> None:
+        """An object our own request returned (created or patched), kept as it is: a fresh
+        body the caller hands over (copying every status patch's answer cost the operator
+        more CPU than any other part of it under load)."""
+        meta = body.get("metadata") or {}
+        key = (kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        with self._lock:
+            self._store(key, body, _version(body))
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Our own delete succeeded; the watch event will confirm it."""
@@ -75,6 +83,10 @@ class Informer:
         if current is None or version >= _version(current):
             bucket[key[2]] = body
             self._tombstones.pop(key, None)
+            self._changed(key[:2])
+
+    def _changed(self, kind_namespace: tuple[str, str]) -> None:
+        self._changes[kind_namespace] = self._changes.get(kind_namespace, 0) + 1
 
     def prime(
         self,
@@ -90,14 +102,31 @@ class Informer:
         the items and the listing's resourceVersion; cached objects absent from the listing
         and not newer than it are dropped.
         """
-        now = time.monotonic()
-        with self._lock:
-            if now - self._primed.get((kind, namespace), -math.inf) < max_age:
-                return
-        items, listed_at = lister()  # outside the lock: a LIST may take a while
-        self.resync(kind, namespace, items, listed_at)
-        with self._lock:
-            self._primed[(kind, namespace)] = now
+        key = (kind, namespace)
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                last = self._primed.get(key, -math.inf)
+                if now - last < max_age:
+                    return
+                flight = self._listing.get(key)
+                if flight is None:
+                    flight = self._listing[key] = threading.Event()
+                    break
+            # One LIST at a time per kind and namespace: under load, every reconcile thread
+            # found the resync due and listed at once, each LIST slower than the last.
+            if last > -math.inf:
+                return  # primed before: the cache and the watch serve until the LIST lands
+            flight.wait()  # never primed: wait for the first LIST (or take over if it failed)
+        try:
+            items, listed_at = lister()  # outside the lock: a LIST may take a while
+            self.resync(kind, namespace, items, listed_at)
+            with self._lock:
+                self._primed[key] = now
+        finally:
+            with self._lock:
+                del self._listing[key]
+            flight.set()
 
     def resync(
         self,
@@ -119,6 +148,7 @@ class Informer:
             for name, body in list(bucket.items()):
                 if name not in names and _matches(body, labels) and _version(body) <= listed_at:
                     del bucket[name]
+                    self._changed((kind, namespace))
             if labels is None:
                 # A full listing newer than a deletion supersedes its tombstone: this bounds them.
                 for key in [k for k in self._tombstones if k[:2] == (kind, namespace)]:
@@ -129,6 +159,12 @@ class Informer:
     def primed(self, kind: str, namespace: str) -> bool:
         with self._lock:
             return (kind, namespace) in self._primed
+
+    def changes(self, kind: str, namespace: str) -> int:
+        """A counter that moves whenever an object of the kind in the namespace changed:
+        a result computed from them holds while it stands still."""
+        with self._lock:
+            return self._changes.get((kind, namespace), 0)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.handlers.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
+from bakeline.handlers.informer import Informer
 from bakeline.handlers.jobstate import (
     repair_status,
     run_state_from_status,
@@ -56,7 +59,14 @@ log = logging.getLogger("bakeline.jobs")
 # A safety net only: pod events wake a running job, and kopf re-lists after a watch breaks.
 # Polling often costs more than it saves (each look is a full reconcile on a small machine).
 POLL_RUNNING_S = 30.0
-POLL_QUEUED_S = 3.0
+# Queued jobs are woken when room opens (app.wake_admitted); this is the safety net, and how
+# often queuePosition is refreshed.
+POLL_QUEUED_S = 15.0
+# Admission decisions by informer and namespace, with the change counters they were made at.
+_DECISIONS: weakref.WeakKeyDictionary[
+    Informer, dict[str, tuple[tuple[int, int], admission.Admission]]
+] = weakref.WeakKeyDictionary()
+_DECISIONS_LOCK = threading.Lock()
 TERMINAL = {"Succeeded", "Failed"}
 
 
@@ -281,6 +291,53 @@ def _admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) 
         # Enter the queue first, visibly (phase Queued); admission is the next pass's decision.
         lane = obj["spec"].get("laneRef", "standard")
         return _wait(kube, obj, status, "Queued", "Queued", f"queued in lane {lane}")
+    decision = admission_decision(kube, namespace, now)
+    if name in decision.admit:
+        admitted = decision.admit[name]
+        status.update(
+            {
+                "phase": "Running",
+                "lane": admitted,
+                "admittedAt": timestamp(now),
+                "queuePosition": None,
+            }
+        )
+        status.setdefault("queuedAt", timestamp(now))
+        routed = f" (routed from {obj['spec'].get('laneRef')})" if name in decision.route else ""
+        set_condition(
+            status, "Admitted", "True", "Admitted", f"admitted to lane {admitted}{routed}", meta
+        )
+        kube.post_event(obj, "Normal", "Admitted", f"admitted to lane {admitted}{routed}")
+        return None
+    reason = decision.waiting.get(name, admission.LANE_FULL)
+    position = decision.positions.get(name)
+    message = {
+        admission.UNKNOWN_LANE: f"lane {obj['spec'].get('laneRef')!r} does not exist",
+        admission.LANE_HELD: "the lane holds admission (stopPolicy)",
+        admission.LANE_FROZEN: "the lane is frozen by an SLOPolicy and has no fallback lane",
+    }.get(reason, f"waiting in lane {obj['spec'].get('laneRef')}: {reason}")
+    return _wait(kube, obj, status, "Queued", reason, message, position)
+
+
+def admission_decision(kube: Kube, namespace: str, now: float) -> admission.Admission:
+    """The lanes' admission decision over every job of the namespace. With the operator's
+    informer it is computed once per change of a job or lane, not once per queued job's pass:
+    with 1,000 jobs queued, each of their passes listed and sorted all 1,000."""
+    informer = kube.informer
+    if informer is None:
+        return _decide(kube, namespace, now)
+    key = (informer.changes("BakingJob", namespace), informer.changes("Lane", namespace))
+    with _DECISIONS_LOCK:
+        known = _DECISIONS.setdefault(informer, {}).get(namespace)
+    if known is not None and known[0] == key:
+        return known[1]
+    decision = _decide(kube, namespace, now)
+    with _DECISIONS_LOCK:
+        _DECISIONS[informer][namespace] = (key, decision)
+    return decision
+
+
+def _decide(kube: Kube, namespace: str, now: float) -> admission.Admission:
     lanes: list[admission.LaneView] = []
     jobs = kube.list_objects("BakingJob", namespace)
     running: dict[str, list[str]] = {}
@@ -310,32 +367,7 @@ def _admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) 
         lanes.append(
             admission.LaneView(lane_name, lane.spec, tuple(running.get(lane_name, ())), frozen)
         )
-    decision = admission.admit(lanes, queued)
-    if name in decision.admit:
-        admitted = decision.admit[name]
-        status.update(
-            {
-                "phase": "Running",
-                "lane": admitted,
-                "admittedAt": timestamp(now),
-                "queuePosition": None,
-            }
-        )
-        status.setdefault("queuedAt", timestamp(now))
-        routed = f" (routed from {obj['spec'].get('laneRef')})" if name in decision.route else ""
-        set_condition(
-            status, "Admitted", "True", "Admitted", f"admitted to lane {admitted}{routed}", meta
-        )
-        kube.post_event(obj, "Normal", "Admitted", f"admitted to lane {admitted}{routed}")
-        return None
-    reason = decision.waiting.get(name, admission.LANE_FULL)
-    position = decision.positions.get(name)
-    message = {
-        admission.UNKNOWN_LANE: f"lane {obj['spec'].get('laneRef')!r} does not exist",
-        admission.LANE_HELD: "the lane holds admission (stopPolicy)",
-        admission.LANE_FROZEN: "the lane is frozen by an SLOPolicy and has no fallback lane",
-    }.get(reason, f"waiting in lane {obj['spec'].get('laneRef')}: {reason}")
-    return _wait(kube, obj, status, "Queued", reason, message, position)
+    return admission.admit(lanes, queued)
 
 
 def _wait(

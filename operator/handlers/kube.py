@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
+from bakeline.handlers.batching import GroupCommit
 from bakeline.handlers.clock import now_timestamp
 from bakeline.handlers.informer import Informer
 from bakeline.metrics.collectors import API_REQUESTS
@@ -56,11 +57,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.informer = informer
-
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        """A kubernetes-client model (V1Pod, ...) as the API's JSON form."""
-        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
-        return plain
+        self._ledger_writes = GroupCommit(self._write_ledger)
 
     # ---- Bakeline objects
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -127,10 +124,14 @@ class Kube:
 
     # ---- the SLO ledger: one ConfigMap per namespace, one key per finished job
     def record_outcome(self, namespace: str, key: str, entry: dict[str, Any]) -> None:
-        """Store a finished job's outcome records; writing the same key again is harmless."""
-        body: Any = {"data": {key: json.dumps(entry, sort_keys=True)}}
+        """Store a finished job's outcome records; writing the same key again is harmless.
+        Returns once written, merged with other jobs' outcomes written meanwhile."""
+        self._ledger_writes.add(namespace, {key: json.dumps(entry, sort_keys=True)})
+
+    def _write_ledger(self, namespace: str, data: dict[str, Any]) -> None:
+        body: Any = {"data": data}
         try:
-            self.core.patch_namespaced_config_map(LEDGER, namespace, body)
+            _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -147,22 +148,22 @@ class Kube:
                     "data": {},
                 },
             )
-            self.core.patch_namespaced_config_map(LEDGER, namespace, body)
+            _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
 
     def ledger(self, namespace: str) -> dict[str, dict[str, Any]]:
         try:
-            cm: Any = self.core.read_namespaced_config_map(LEDGER, namespace)
+            cm = _json(self.core.read_namespaced_config_map, LEDGER, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return {}
             raise
-        return {key: json.loads(value) for key, value in (cm.data or {}).items()}
+        return {key: json.loads(value) for key, value in (cm.get("data") or {}).items()}
 
     def prune_ledger(self, namespace: str, keys: list[str]) -> None:
         """Drop entries older than every window (a JSON merge patch deletes with null)."""
         if keys:
             body: Any = {"data": dict.fromkeys(keys)}
-            self.core.patch_namespaced_config_map(LEDGER, namespace, body)
+            _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
 
     # ---- the circuit breakers: one ConfigMap per namespace, one key per (lane, agent)
     def circuits(self, namespace: str) -> dict[str, dict[str, Any]]:
@@ -171,7 +172,7 @@ class Kube:
         cached = self.informer.get(CIRCUITS_KIND, namespace, CIRCUITS) if self.informer else None
         if cached is None:
             try:
-                cached = self._plain(self.core.read_namespaced_config_map(CIRCUITS, namespace))
+                cached = _json(self.core.read_namespaced_config_map, CIRCUITS, namespace)
             except ApiException as exc:
                 if exc.status != 404:
                     raise
@@ -190,7 +191,7 @@ class Kube:
         }
         body: Any = {"data": data}
         try:
-            saved = self.core.patch_namespaced_config_map(CIRCUITS, namespace, body)
+            saved = _json(self.core.patch_namespaced_config_map, CIRCUITS, namespace, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -207,9 +208,9 @@ class Kube:
                     "data": {},
                 },
             )
-            saved = self.core.patch_namespaced_config_map(CIRCUITS, namespace, body)
+            saved = _json(self.core.patch_namespaced_config_map, CIRCUITS, namespace, body)
         if self.informer is not None:
-            self.informer.store(CIRCUITS_KIND, self._plain(saved))
+            self.informer.store(CIRCUITS_KIND, saved)
 
     # ---- pods, claims and checkpoint records
     def job_pods(self, namespace: str, job: str, fresh: bool = False) -> dict[str, Any]:
@@ -227,8 +228,8 @@ class Kube:
         return {pod["metadata"]["name"]: pod for pod in pods}
 
     def _list_pods(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], int]:
-        listing: Any = self.core.list_namespaced_pod(namespace, label_selector=selector)
-        return [self._plain(pod) for pod in listing.items], _list_version(listing)
+        listing = _json(self.core.list_namespaced_pod, namespace, label_selector=selector)
+        return list(listing.get("items") or []), _list_version(listing)
 
     def create_pod(self, body: dict[str, Any]) -> bool:
         """Create the pod; False if it already existed (an earlier pass created it)."""
@@ -237,7 +238,12 @@ class Kube:
     def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> bool:
         """Delete a stage pod (its deadline passed, or its job is draining); False if gone."""
         try:
-            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+            _json(
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=grace_seconds,
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -258,8 +264,8 @@ class Kube:
         return self._list_records(namespace, selector)[0]
 
     def _list_records(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], int]:
-        listing: Any = self.core.list_namespaced_config_map(namespace, label_selector=selector)
-        return [self._plain(cm) for cm in listing.items], _list_version(listing)
+        listing = _json(self.core.list_namespaced_config_map, namespace, label_selector=selector)
+        return list(listing.get("items") or []), _list_version(listing)
 
     def create_record(self, body: dict[str, Any]) -> None:
         self._create(self.core.create_namespaced_config_map, body, RECORD)
@@ -291,28 +297,33 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            _json(self.core.create_namespaced_event, meta["namespace"], body)
         except ApiException as exc:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
 
     def _create(self, method: Any, body: dict[str, Any], kind: str | None = None) -> bool:
         try:
-            created = method(body["metadata"]["namespace"], body)
+            created = _json(method, body["metadata"]["namespace"], body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         if kind is not None and self.informer is not None:
-            self.informer.store(kind, self._plain(created))
+            self.informer.store(kind, created)
         return True
 
 
-def _list_version(listing: Any) -> int:
+def _json(method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A core API call's response body as the API's JSON: building the client's models and
+    flattening them again cost seconds of CPU per LIST of a few hundred pods."""
+    response = method(*args, _preload_content=False, **kwargs)
+    body: dict[str, Any] = json.loads(response.data)
+    return body
+
+
+def _list_version(listing: Mapping[str, Any]) -> int:
     """A LIST's resourceVersion as a number (0 when absent or opaque)."""
-    if isinstance(listing, dict):
-        version = (listing.get("metadata") or {}).get("resourceVersion")
-    else:
-        version = getattr(listing.metadata, "resource_version", None)
+    version = (listing.get("metadata") or {}).get("resourceVersion")
     try:
         return int(version or 0)
     except ValueError:

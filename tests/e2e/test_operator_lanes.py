@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from bakeline.checkpoints.configmap import ConfigMapStore
-from bakeline.cli.stage_store import KubeConfigMapClient
 from controlplane import ControlPlane
-from support.kube import apply, condition, get, wait_for
+from support.kube import apply, condition, get, stage_configmaps, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -196,7 +194,7 @@ def test_configmap_lane_keeps_checkpoint_bytes_in_configmaps_and_rolls_back_from
     records = _config_maps(cluster, namespace, "bakeline.io/component=checkpoint")
     assert len(records) >= 9
     store = ConfigMapStore(
-        KubeConfigMapClient(client.CoreV1Api(cluster.api_client()), namespace, {}, {}),
+        stage_configmaps(cluster, namespace),
         prefix=records[0]["data"]["storePrefix"],
     )
     for record in records:

@@ -18,6 +18,7 @@ from bakeline.checkpoints.manifest import (
 )
 from bakeline.cli.stage_store import KubeConfigMapClient
 from controlplane import ControlPlane
+from support.kube import stage_configmaps
 
 pytestmark = pytest.mark.cluster
 
@@ -30,7 +31,7 @@ def _configmaps(cluster: ControlPlane, namespace: str) -> KubeConfigMapClient:
     assert meta is not None
     uid = meta.uid
     reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "job-1", "uid": uid}
-    return KubeConfigMapClient(core, namespace, reference, {})
+    return stage_configmaps(cluster, namespace, reference)
 
 
 def _checkpoint(directory: Path, payload: bytes) -> Path:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from bakeline.cli.stage_store import ApiServer, KubeConfigMapClient
 from controlplane import ControlPlane
 
 T = TypeVar("T")
@@ -85,3 +86,14 @@ def wait_for_condition(
         return obj if cond and cond.get("status") == status else None
 
     return wait_for(probe, timeout, what=f"{resource}/{name} condition {kind}={status}")
+
+
+def stage_configmaps(
+    cluster: ControlPlane,
+    namespace: str,
+    owner: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
+) -> KubeConfigMapClient:
+    """The ConfigMap client stage pods use (bakeline.cli.stage_store), as the admin."""
+    api = ApiServer(cluster.server, cluster.ca_file, lambda: cluster.admin_token)
+    return KubeConfigMapClient(api, namespace, owner or {}, labels or {})

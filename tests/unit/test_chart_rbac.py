@@ -144,7 +144,17 @@ def calls_in_kube_py() -> set[Grant]:
         ):
             continue
         call = parents.get(node)
-        args = call.args if isinstance(call, ast.Call) and call.func is node else []
+        if isinstance(call, ast.Call) and call.func is node:
+            args = call.args
+        elif (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Name)
+            and call.func.id == "_json"
+            and call.args[:1] == [node]
+        ):
+            args = call.args[1:]  # _json(self.core.method, *args): the method's own arguments
+        else:
+            args = []
         if node.value.attr == "core":
             match = _CORE.match(node.attr)
             assert match, f"kube.py calls CoreV1Api.{node.attr}: teach this test its verb"
