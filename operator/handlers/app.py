@@ -135,9 +135,7 @@ def reconcile(kind: str, namespace: str, name: str) -> None:
             wake = 10.0
     if wake is not None:
         RUNTIME.wake_later(kind, namespace, name, wake)
-    if kind == "Lane" or (
-        kind == "BakingJob" and _left_its_lane(obj, kube.get(kind, namespace, name))
-    ):
+    if kind == "BakingJob" and _left_its_lane(obj, kube.get(kind, namespace, name)):
         wake_admitted(namespace)
     if kind == "BakingJob":
         lane = (obj.get("status") or {}).get("lane") or (obj.get("spec") or {}).get("laneRef")
@@ -250,6 +248,7 @@ def _workflow_event(
     _observe("Workflow", event)
     if type != "DELETED" and namespace:
         reconcile("Workflow", namespace, name)
+        wake_admitted(namespace)  # jobs waiting for it may go on
 
 
 @kopf.on.event("bakeline.io", "v1alpha1", "slopolicies")
@@ -266,3 +265,7 @@ def _lane_event(
     _observe("Lane", event)
     if type != "DELETED" and namespace:
         reconcile("Lane", namespace, name)
+        # Changed (opened, widened, unfrozen) or new: waiting jobs may go in. On the lane's
+        # events, not its reconciles: those follow every job pass, and would wake the same
+        # waiting job every few seconds.
+        wake_admitted(namespace)

@@ -227,7 +227,24 @@ def reconcile_job(
     if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
         # The ledger first: if the status write is lost, the next pass writes the same key.
         lane = str(new_status.get("lane") or spec.lane_ref)
-        kube.record_outcome(namespace, ledger_key(lane, obj), outcome_entry(lane, new_status, now))
+        entry = outcome_entry(lane, new_status, now)
+        try:
+            kube.record_outcome(namespace, ledger_key(lane, obj), entry)
+        except ApiException as exc:
+            if exc.status not in (413, 422):
+                raise
+            # The ledger ConfigMap is at its 1 MiB limit: the job still ends (a job stuck
+            # Running for want of a metric is worse); the lost outcome is said out loud.
+            log.warning("SLO ledger of %s refused %s's outcome: %s", namespace, name, exc.reason)
+            events.append(
+                engine.Event(
+                    now,
+                    "",
+                    "OutcomeNotRecorded",
+                    f"the SLO ledger ConfigMap refused this outcome ({_api_message(exc)}); "
+                    "SLOPolicies do not count it",
+                )
+            )
     if status_changes(new_status, observed):
         kube.patch_status("BakingJob", namespace, name, new_status)
     for event in events:
@@ -648,6 +665,13 @@ def _fail_now(
 
 
 def _post(kube: Kube, obj: dict[str, Any], event: engine.Event) -> None:
-    warning = event.kind in ("Failed", "Retrying", "RolledBack", "Fallback", "RerunRefused")
+    warning = event.kind in (
+        "Failed",
+        "Retrying",
+        "RolledBack",
+        "Fallback",
+        "RerunRefused",
+        "OutcomeNotRecorded",
+    )
     prefix = f"stage {event.stage}: " if event.stage else ""
     kube.post_event(obj, "Warning" if warning else "Normal", event.kind, prefix + event.message)

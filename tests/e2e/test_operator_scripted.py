@@ -193,6 +193,37 @@ def test_held_lane_admits_nothing(
     assert done["status"]["phase"] == "Succeeded"
 
 
+def test_a_full_slo_ledger_loses_the_outcome_not_the_job(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    scripted_agent({})
+    full = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "bakeline-slo-ledger",
+            "labels": {"bakeline.io/component": "slo-ledger"},
+        },
+        "data": {"filler": "x" * (1024 * 1024 - 200)},  # the API's limit is 1 MiB of data
+    }
+    single = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "single"},
+        "spec": {"stages": [{"name": "import", "agent": "BakingCoordinator"}]},
+    }
+    apply(cluster, [full, single, LANE, _job("ends", workflowRef="single")], namespace, True)
+    done = _wait_terminal(cluster, "ends", namespace)
+    assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"])
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    [lost] = [e for e in events["items"] if e["reason"] == "OutcomeNotRecorded"]
+    assert lost["type"] == "Warning" and "SLO ledger" in lost["message"]
+    assert lost["involvedObject"]["name"] == "ends"
+
+
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
