@@ -12,6 +12,7 @@ import heapq
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,23 @@ from bakeline.runtime.pods import ANNOTATION_RERUN, LABEL_COMPONENT, LABEL_JOB
 log = logging.getLogger("bakeline.operator")
 
 
+class ObjectLock:
+    """One object's reconcile lock, weakly kept: a table of plain locks grew by one entry per
+    job ever seen, for as long as the operator ran."""
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ObjectLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
 @dataclass
 class Runtime:
     """What the handlers share: the API wrapper, the settings and the wake-up schedule."""
@@ -38,15 +56,21 @@ class Runtime:
     kube: Kube | None = None
     informer: Informer = field(default_factory=Informer)
     config: OperatorConfig = field(default_factory=OperatorConfig)
-    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    locks: weakref.WeakValueDictionary[tuple[str, str], ObjectLock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
     schedule: list[tuple[float, str, str, str]] = field(default_factory=list)
     pending: dict[tuple[str, str, str], float] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def lock_for(self, namespace: str, name: str) -> threading.Lock:
+    def lock_for(self, namespace: str, name: str) -> ObjectLock:
+        """The object's lock; the table forgets it once no thread holds or awaits it."""
         with self.guard:
-            return self.locks.setdefault((namespace, name), threading.Lock())
+            lock = self.locks.get((namespace, name))
+            if lock is None:
+                lock = self.locks[(namespace, name)] = ObjectLock()
+            return lock
 
     def wake_later(self, kind: str, namespace: str, name: str, delay: float) -> None:
         """Look at the object again after `delay`; one pending look per object, the earliest."""
