@@ -406,7 +406,10 @@ class BakingJobStatus(StatusModel):
         default=None, max_length=63, description="The workflow the job runs (default: built-in)."
     )
     queue_position: int | None = Field(
-        default=None, ge=0, description="Jobs ahead in the lane's queue while Queued (0: next)."
+        default=None,
+        ge=0,
+        description="Jobs ahead in the lane's queue while Queued (0: next); refreshed at "
+        "least every 15 s.",
     )
     progress: str | None = Field(
         default=None,
