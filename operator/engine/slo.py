@@ -40,6 +40,7 @@ class OutcomeRecord:
     kind: RecordKind
     ok: bool = True
     seconds: float | None = None
+    count: int = 1  # how many such records: the ledger folds old ones into counts
 
 
 _LATENCY_KIND = {
@@ -66,19 +67,21 @@ class SliSeries:
     """An objective's good/bad events in time order, for windowed counts in O(log n)."""
 
     times: tuple[float, ...]
-    bad_prefix: tuple[int, ...]  # bad_prefix[i]: bad events among the first i
+    bad_prefix: tuple[int, ...]  # bad_prefix[i]: bad events among the first i records
+    total_prefix: tuple[int, ...]  # total_prefix[i]: events among the first i records
 
     @classmethod
     def build(cls, objective: Objective, records: Iterable[OutcomeRecord]) -> SliSeries:
         events = sorted(
-            (record.at, verdict)
+            (record.at, verdict, record.count)
             for record in records
-            if (verdict := judge(objective, record)) is not None
+            if (verdict := judge(objective, record)) is not None and record.count > 0
         )
-        prefix = [0]
-        for _, good in events:
-            prefix.append(prefix[-1] + (0 if good else 1))
-        return cls(tuple(at for at, _ in events), tuple(prefix))
+        bad, total = [0], [0]
+        for _, good, count in events:
+            bad.append(bad[-1] + (0 if good else count))
+            total.append(total[-1] + count)
+        return cls(tuple(at for at, _, _ in events), tuple(bad), tuple(total))
 
     def counts(self, now: float, window: float) -> tuple[int, int]:
         """(good, total) among events in the window (now - window, now]."""
@@ -87,7 +90,8 @@ class SliSeries:
         if hi <= lo:
             return 0, 0
         bad = self.bad_prefix[hi] - self.bad_prefix[lo]
-        return hi - lo - bad, hi - lo
+        total = self.total_prefix[hi] - self.total_prefix[lo]
+        return total - bad, total
 
 
 def budget_remaining(target: float, good: int, total: int) -> float:

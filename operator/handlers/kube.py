@@ -122,7 +122,7 @@ class Kube:
         )
         return [dict(item) for item in listing.get("items", [])]
 
-    # ---- the SLO ledger: one ConfigMap per namespace, one key per finished job
+    # ---- the SLO ledger: one ConfigMap per namespace (handlers/ledger.py says what it holds)
     def record_outcome(self, namespace: str, key: str, entry: dict[str, Any]) -> None:
         """Store a finished job's outcome records; writing the same key again is harmless.
         Returns once written, merged with other jobs' outcomes written meanwhile."""
@@ -150,20 +150,27 @@ class Kube:
             )
             _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
 
-    def ledger(self, namespace: str) -> dict[str, dict[str, Any]]:
+    def read_ledger(self, namespace: str) -> tuple[dict[str, str], str | None]:
+        """The ledger's data by key, and the resourceVersion it was read at."""
         try:
             cm = _json(self.core.read_namespaced_config_map, LEDGER, namespace)
         except ApiException as exc:
             if exc.status == 404:
-                return {}
+                return {}, None
             raise
-        return {key: json.loads(value) for key, value in (cm.get("data") or {}).items()}
+        return dict(cm.get("data") or {}), (cm.get("metadata") or {}).get("resourceVersion")
 
-    def prune_ledger(self, namespace: str, keys: list[str]) -> None:
-        """Drop entries older than every window (a JSON merge patch deletes with null)."""
-        if keys:
-            body: Any = {"data": dict.fromkeys(keys)}
-            _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
+    def patch_ledger(
+        self, namespace: str, data: dict[str, str | None], resource_version: str | None
+    ) -> None:
+        """Write and delete (None) ledger keys, only if the ledger is still at
+        `resource_version` (409 otherwise)."""
+        if not data:
+            return
+        body: Any = {"data": data}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
 
     # ---- the circuit breakers: one ConfigMap per namespace, one key per (lane, agent)
     def circuits(self, namespace: str) -> dict[str, dict[str, Any]]:

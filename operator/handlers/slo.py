@@ -1,16 +1,15 @@
 """Reconcile an SLOPolicy: evaluate its objectives from the durable ledger, burn rates, budget
 policy; freeze and unfreeze the lanes it selects.
 
-The ledger is a ConfigMap with one entry per finished job (written by the job reconcile before
-its final status), so an operator restart loses no counts. A policy's freeze is an entry in
+The outcomes come from the namespace's ledger (handlers/ledger.py), durable across restarts;
+each evaluation also folds the ledger's aged entries and drops those no window reads. A
+policy's freeze is an entry in
 each selected Lane's `status.frozenBy`, written with the lane's resourceVersion so it never
 overwrites a concurrent change.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,68 +19,11 @@ from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.kube import MAX_DATA_KEY, Kube, status_changes
+from bakeline.handlers.kube import Kube, status_changes
+from bakeline.handlers.ledger import fold_ledger, read_ledger, records
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
 
 FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
-
-
-# ---------------------------------------------------------------------------- the ledger
-
-
-MAX_LEDGER_KEY = MAX_DATA_KEY
-
-
-def ledger_key(lane: str, job: Mapping[str, Any]) -> str:
-    """The job's entry in the ledger: readable where the names fit, a digest where they do not
-    (the entry itself names the lane; the job's uid keeps keys apart)."""
-    meta = job["metadata"]
-    key = f"{lane}.{meta['name']}.{meta['uid'][:8]}"
-    if len(key) <= MAX_LEDGER_KEY:
-        return key
-    digest = hashlib.sha256(f"{lane}/{meta['name']}".encode()).hexdigest()[:32]
-    return f"{lane[:200]}.{digest}.{meta['uid'][:8]}"
-
-
-def outcome_entry(lane: str, status: Mapping[str, Any], now: float) -> dict[str, Any]:
-    """A finished job as ledger records: its outcome, queue wait, gate and stage times."""
-    ok = status.get("phase") == "Succeeded"
-    started = epoch(status.get("admittedAt")) or now
-    queued = epoch(status.get("queuedAt")) or started
-    records: list[dict[str, Any]] = [
-        {"kind": slo.RecordKind.JOB, "ok": ok, "seconds": round(now - started, 3)},
-        {"kind": slo.RecordKind.QUEUE, "ok": True, "seconds": round(max(0.0, started - queued), 3)},
-    ]
-    gate_failed = "gate" in (status.get("lastRollbackReason") or "").lower() or any(
-        "gate" in (s.get("message") or "").lower()
-        for s in status.get("stages") or []
-        if s.get("phase") in ("Failed", "RolledBack")
-    )
-    records.append({"kind": slo.RecordKind.GATE, "ok": not gate_failed})
-    for stage in status.get("stages") or []:
-        if stage.get("durationSeconds") is not None:
-            records.append(
-                {"kind": slo.RecordKind.STAGE, "ok": True, "seconds": stage["durationSeconds"]}
-            )
-    return {"lane": lane, "at": now, "records": records}
-
-
-def _records(entries: Mapping[str, Mapping[str, Any]], lanes: set[str]) -> list[slo.OutcomeRecord]:
-    out = []
-    for entry in entries.values():
-        if entry.get("lane") not in lanes:
-            continue
-        at = float(entry["at"])
-        for record in entry.get("records") or []:
-            out.append(
-                slo.OutcomeRecord(
-                    at=at,
-                    kind=slo.RecordKind(record["kind"]),
-                    ok=bool(record.get("ok", True)),
-                    seconds=record.get("seconds"),
-                )
-            )
-    return out
 
 
 # ---------------------------------------------------------------------------- the policy
@@ -123,10 +65,11 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
         return every
     lanes = selected_lanes(kube, policy, namespace)
     lane_names = {lane["metadata"]["name"] for lane in lanes}
-    entries = kube.ledger(namespace)
+    ledger = read_ledger(kube, namespace)
     alerts = policy.spec.burn_rate_alerts or default_burn_rate_alerts()
+    outcomes = records(ledger[0], lane_names)
     reports = [
-        slo.evaluate_objective(objective, _records(entries, lane_names), now, alerts)
+        slo.evaluate_objective(objective, outcomes, now, alerts)
         for objective in policy.spec.objectives
     ]
     mine = [
@@ -141,7 +84,7 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
     worst = min(reports, key=lambda r: r.budget_remaining, default=None)
     for lane in lanes:
         _apply_to_lane(kube, obj, lane, freeze, decision, worst, now)
-    _prune(kube, namespace, entries, policy, alerts, now)
+    fold_ledger(kube, namespace, now, _horizon(policy, alerts), ledger)
 
     status = dict(obj.get("status") or {})
     status["observedGeneration"] = meta.get("generation")
@@ -223,20 +166,11 @@ def _apply_to_lane(
     kube.post_event(policy, event[0], event[1], event[2])
 
 
-def _prune(
-    kube: Kube,
-    namespace: str,
-    entries: Mapping[str, Mapping[str, Any]],
-    policy: SLOPolicy,
-    alerts: list[Any],
-    now: float,
-) -> None:
-    """Forget entries older than every window this policy reads (others may read longer ones:
-    only entries older than 30 days, the longest sensible window, go)."""
-    horizon = max(
+def _horizon(policy: SLOPolicy, alerts: list[Any]) -> float:
+    """How far back this policy reads; others may read further, so entries go only past 30
+    days, the longest sensible window, or past this policy's own longest window."""
+    return max(
         [window_seconds(o.window) for o in policy.spec.objectives]
         + [window_seconds(a.long_window) for a in alerts]
         + [30 * 86400]
     )
-    stale = [key for key, entry in entries.items() if now - float(entry.get("at", now)) > horizon]
-    kube.prune_ledger(namespace, stale)

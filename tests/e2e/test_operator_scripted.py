@@ -224,6 +224,89 @@ def test_a_full_slo_ledger_loses_the_outcome_not_the_job(
     assert lost["involvedObject"]["name"] == "ends"
 
 
+def _old_outcomes(size: int, now: float) -> dict[str, str]:
+    """Nine-stage jobs' ledger entries, as the operator writes them, aged one hour to 20 days
+    and about `size` bytes in all (keys and values, as the API server counts them)."""
+    data: dict[str, str] = {}
+    total, i = 0, 0
+    while True:
+        stages = [{"kind": "stage", "ok": True, "seconds": 12.5 + i % 7} for _ in range(9)]
+        entry = {
+            "lane": "standard",
+            "at": now - 3600 - (i * 997) % (20 * 86400),
+            "records": [
+                {"kind": "job", "ok": i % 10 != 0, "seconds": 140.25},
+                {"kind": "queue", "ok": True, "seconds": 0.5},
+                {"kind": "gate", "ok": True},
+                *stages,
+            ],
+        }
+        key, value = f"standard.old-{i}.{i:08x}", json.dumps(entry, sort_keys=True)
+        if total + len(key) + len(value) > size:
+            return data
+        data[key] = value
+        total += len(key) + len(value)
+        i += 1
+
+
+def test_a_ledger_full_of_old_outcomes_folds_and_counts_every_job(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    scripted_agent({})
+    old = _old_outcomes(1024 * 1024 - 100, datetime.now().timestamp())  # a new entry won't fit
+    ledger = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "bakeline-slo-ledger",
+            "labels": {"bakeline.io/component": "slo-ledger"},
+        },
+        "data": old,
+    }
+    single = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "single"},
+        "spec": {"stages": [{"name": "import", "agent": "BakingCoordinator"}]},
+    }
+    apply(cluster, [ledger, single, LANE, _job("fits", workflowRef="single")], namespace, True)
+    done = _wait_terminal(cluster, "fits", namespace)
+    assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"])
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    assert not [e for e in events["items"] if e["reason"] == "OutcomeNotRecorded"]
+    data = get(cluster, "configmap", "bakeline-slo-ledger", namespace)["data"]
+    assert any(key.startswith("standard.fits.") for key in data)
+    # Folded into buckets: 1,637 entries of 1 MiB become about 200 of 40 KB.
+    assert sum(len(k) + len(v) for k, v in data.items()) < 64 * 1024, len(data)
+
+    # An SLOPolicy reads every job from the folded ledger: 1 in 10 old jobs failed.
+    policy = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "SLOPolicy",
+        "metadata": {"name": "month"},
+        "spec": {
+            "laneSelector": {"names": ["standard"]},
+            "objectives": [
+                {"name": "job-success", "sli": "JobSuccess", "target": 0.8, "window": "30d"}
+            ],
+        },
+    }
+    apply(cluster, policy, namespace)
+    objective = wait_for(
+        lambda: (
+            (get(cluster, "slo", "month", namespace).get("status") or {}).get("objectives")
+            or [None]
+        )[0],
+        60,
+        what="the SLOPolicy to evaluate",
+    )
+    failed = len(range(0, len(old), 10))
+    assert (objective["good"], objective["total"]) == (len(old) + 1 - failed, len(old) + 1)
+
+
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 

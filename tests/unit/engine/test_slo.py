@@ -35,9 +35,9 @@ def _reference_burn_rate(
         if now - window < record.at <= now:
             verdict = judge(objective, record)
             if verdict is True:
-                good += 1
+                good += record.count
             elif verdict is False:
-                bad += 1
+                bad += record.count
     if good + bad == 0:
         return 0.0
     return (bad / (good + bad)) / (1 - objective.target)
@@ -50,6 +50,7 @@ _records = st.lists(
         kind=st.sampled_from(list(RecordKind)),
         ok=st.booleans(),
         seconds=st.one_of(st.none(), st.floats(0, 1000, allow_nan=False)),
+        count=st.integers(0, 50),  # the ledger folds old records into counts
     ),
     max_size=80,
 )

@@ -9,7 +9,7 @@ from bakeline.engine import pipeline as engine
 from bakeline.engine.retry import AttemptOutcome
 from bakeline.handlers.jobstate import repair_status, run_state_from_status, status_from_run_state
 from bakeline.handlers.lanes import lane_status
-from bakeline.handlers.slo import outcome_entry
+from bakeline.handlers.ledger import outcome_entry
 from bakeline.handlers.workflows import workflow_status
 
 PLAN = engine.Plan.from_workflow(default_workflow().spec)
