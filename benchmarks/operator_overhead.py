@@ -4,7 +4,9 @@ Measured in one run, on loopback, with the node harness running a no-op agent:
 - per-stage overhead: a stage's pod seen finished -> the next stage's pod seen created, both by
   one watch client, over `--jobs` jobs of nine stages (p50, p99);
 - the floor: how late the same kind of watch client sees a pod status change it did itself
-  (patch returned -> event seen), p50 and p99 over `--floor-samples` changes;
+  (patch returned -> event seen), p50 and p99 over `--floor-samples` changes once the jobs are
+  done, and under load: sampled every 0.2 s while the jobs run (the operator's delays come
+  from the same API server and CPUs);
 - API requests per stage, counted at the operator's client (bakeline_api_requests_total);
 - throughput: `--throughput-jobs` single-stage jobs created at once in a lane that runs them all
   concurrently, jobs per minute from the first create to the last job finished;
@@ -116,27 +118,57 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def _floor(api: client.CoreV1Api, clock: PodClock, namespace: str, samples: int) -> list[float]:
-    """Watch delay of pod changes: a pod bound to no real node, its annotations patched."""
+def _floor_pod(api: client.CoreV1Api, namespace: str) -> None:
+    """A pod bound to no real node (the harness leaves it alone), for the floor's patches."""
     pod: Any = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "floor"},
         "spec": {
-            "nodeName": "no-such-node",  # the harness leaves it alone
+            "nodeName": "no-such-node",
             "containers": [{"name": "c", "image": "none", "command": ["true"]}],
         },
     }
     api.create_namespaced_pod(namespace, pod)
-    delays = []
-    for index in range(samples):
-        marker = f"m{index}"
-        patch: Any = {"metadata": {"annotations": {"bench/marker": marker}}}
-        sent = time.perf_counter()
-        api.patch_namespaced_pod("floor", namespace, patch)
-        wait_for(functools.partial(clock.changed.get, marker), 10, 0.001, "the watch event")
-        delays.append(clock.changed[marker] - sent)
-    return delays
+
+
+def _floor_sample(api: client.CoreV1Api, clock: PodClock, namespace: str, marker: str) -> float:
+    """Watch delay of one pod change: the floor pod's annotation patched -> the event seen."""
+    patch: Any = {"metadata": {"annotations": {"bench/marker": marker}}}
+    sent = time.perf_counter()
+    api.patch_namespaced_pod("floor", namespace, patch)
+    wait_for(functools.partial(clock.changed.get, marker), 10, 0.001, "the watch event")
+    return clock.changed[marker] - sent
+
+
+def _floor(api: client.CoreV1Api, clock: PodClock, namespace: str, samples: int) -> list[float]:
+    return [_floor_sample(api, clock, namespace, f"m{index}") for index in range(samples)]
+
+
+class FloorUnderLoad:
+    """The floor sampled every `every` seconds while the jobs run: the same API server and
+    CPUs the operator is waiting on, so the two delays are compared under the same load."""
+
+    def __init__(self, api: client.CoreV1Api, clock: PodClock, namespace: str, every: float):
+        self.delays: list[float] = []
+        self._stop = threading.Event()
+        self._args = (api, clock, namespace)
+        self._every = every
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FloorUnderLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        for index in itertools.count():
+            if self._stop.wait(self._every):
+                return
+            self.delays.append(_floor_sample(*self._args, f"load{index}"))
 
 
 def _finished(plane: Any, name: str, namespace: str) -> dict[str, Any] | None:
@@ -246,14 +278,16 @@ def _measure(
         }
         for name in names
     ]
+    _floor_pod(core, namespace)
     started = time.perf_counter()
-    apply(plane, jobs, namespace)
-    statuses = {
-        name: wait_for(
-            functools.partial(_finished, plane, name, namespace), 600, 0.5, f"{name} to finish"
-        )
-        for name in names
-    }
+    with FloorUnderLoad(core, clock, namespace, every=0.2) as loaded:
+        apply(plane, jobs, namespace)
+        statuses = {
+            name: wait_for(
+                functools.partial(_finished, plane, name, namespace), 600, 0.5, f"{name} to finish"
+            )
+            for name in names
+        }
     elapsed = time.perf_counter() - started
     after = _metric_by_labels(metrics_port, "bakeline_api_requests")
     by_kind = {key: value - before.get(key, 0.0) for key, value in after.items()}
@@ -267,6 +301,7 @@ def _measure(
     floor = _floor(core, clock, namespace, args.floor_samples)
     stage_overhead = _percentiles(overheads)
     floor_ms = _percentiles(floor)
+    loaded_ms = _percentiles(loaded.delays)
     stream = Jobs(client.CustomObjectsApi(core.api_client), core, namespace)
     extra: dict[str, Any] = {}
     if args.throughput_jobs or args.soak_seconds:
@@ -293,6 +328,10 @@ def _measure(
         "watch_floor": floor_ms,
         "p99_overhead_over_floor": round(
             stage_overhead["p99_ms"] / max(floor_ms["p99_ms"], 0.1), 1
+        ),
+        "watch_floor_under_load": loaded_ms,
+        "p99_overhead_over_floor_under_load": round(
+            stage_overhead["p99_ms"] / max(loaded_ms["p99_ms"], 0.1), 1
         ),
         "api_requests_per_stage": round(requests / (args.jobs * STAGES), 2),
         "api_requests_per_stage_by_kind": {
