@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,12 @@ def main() -> None:
     parser.add_argument("--throughput-jobs", type=int, default=0)
     parser.add_argument("--present-jobs", type=int, default=0)
     parser.add_argument("--soak-seconds", type=float, default=0)
+    parser.add_argument(
+        "--census",
+        action="store_true",
+        help="count the operator's live objects by type at the soak's start and end "
+        "(benchmarks/object_census.py) and report what grew",
+    )
     args = parser.parse_args()
     namespace = "bench"
     with tempfile.TemporaryDirectory(prefix="bakeline-bench-") as tmp_text:
@@ -224,9 +231,14 @@ def main() -> None:
             metrics_port = free_port()
             env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
             with harness, (tmp / "operator.log").open("wb") as log:
+                launcher = ["bakeline"]
+                args.census_dir = tmp / "census" if args.census else None
+                if args.census:
+                    census = ROOT / "benchmarks" / "object_census.py"
+                    launcher = [sys.executable, str(census), str(tmp / "census")]
                 operator = subprocess.Popen(
                     [
-                        "bakeline",
+                        *launcher,
                         "operator",
                         "-n",
                         namespace,
@@ -319,7 +331,7 @@ def _measure(
         extra["present"] = _present(plane, stream, args.present_jobs, operator.pid)
     if args.soak_seconds:
         _say(f"soak: {args.soak_seconds:.0f} s")
-        extra["soak"] = _soak(plane, stream, args.soak_seconds, operator.pid)
+        extra["soak"] = _soak(plane, stream, args.soak_seconds, operator.pid, args.census_dir)
     return {
         "benchmark": "operator_overhead",
         "jobs": args.jobs,
@@ -519,9 +531,18 @@ def _present(plane: Any, jobs: Jobs, count: int, pid: int) -> dict[str, Any]:
     }
 
 
-def _soak(plane: Any, jobs: Jobs, seconds: float, pid: int, in_flight: int = 10) -> dict[str, Any]:
-    """A steady stream of single-stage jobs for `seconds`; the operator's RSS every 5 s."""
+def _soak(
+    plane: Any,
+    jobs: Jobs,
+    seconds: float,
+    pid: int,
+    census_dir: Path | None = None,
+    in_flight: int = 10,
+) -> dict[str, Any]:
+    """A steady stream of single-stage jobs for `seconds`; the operator's RSS every 5 s; with
+    `census_dir`, a census of its objects after the first half-minute and at the end."""
     _lane(plane, jobs, "wide", 1000, 1000)
+    censuses: list[dict[str, Any]] = []
     counter = itertools.count()
     samples: list[tuple[float, float]] = []
     started = last_sample = time.perf_counter()
@@ -538,7 +559,11 @@ def _soak(plane: Any, jobs: Jobs, seconds: float, pid: int, in_flight: int = 10)
         if now - last_sample >= 5 or not samples:
             samples.append((now - started, _memory_kb(pid, "VmRSS") / 1024))
             last_sample = now
+        if census_dir is not None and not censuses and now - started >= 30:
+            censuses.append(_take_census(census_dir, pid, 0))
         time.sleep(0.5)
+    if census_dir is not None and censuses:
+        censuses.append(_take_census(census_dir, pid, 1))
     times = np.array([t for t, _ in samples])
     rss = np.array([r for _, r in samples])
     half = times >= seconds / 2
@@ -551,6 +576,38 @@ def _soak(plane: Any, jobs: Jobs, seconds: float, pid: int, in_flight: int = 10)
         "rss_last_mb": round(float(rss[-1]), 1),
         "rss_max_mb": round(float(rss.max()), 1),
         "second_half_slope_mb_per_min": round(slope, 2),
+        **({"census": _census_growth(*censuses)} if len(censuses) == 2 else {}),
+    }
+
+
+def _take_census(directory: Path, pid: int, number: int) -> dict[str, Any]:
+    os.kill(pid, signal.SIGUSR2)
+    path = directory / f"census-{number}.json"
+    wait_for(lambda: path.exists() and path.stat().st_size > 0, 120, 0.5, "the census")
+    time.sleep(0.5)  # written in one call; let it finish
+    return dict(json.loads(path.read_text()))
+
+
+def _census_growth(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """What grew between two censuses: object counts and bytes by type, and the allocator."""
+    grown = []
+    for name, (count, size) in last["by_type"].items():
+        before_count, before_size = first["by_type"].get(name, [0, 0])
+        if count > before_count:
+            grown.append((size - before_size, name, count - before_count))
+    grown.sort(reverse=True)
+    allocator = {
+        key: round((last["allocator"].get(key, 0) - first["allocator"].get(key, 0)) / 2**20, 2)
+        for key in ("arena", "hblkhd", "uordblks", "fordblks")
+    }
+    return {
+        "objects_grown": last["objects"] - first["objects"],
+        "threads": [first["threads"], last["threads"]],
+        "top_types": [
+            {"type": name, "count": count, "shallow_kb": round(size / 1024, 1)}
+            for size, name, count in grown[:12]
+        ],
+        "allocator_mb_grown": allocator,
     }
 
 

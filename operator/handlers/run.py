@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +19,28 @@ from bakeline.handlers.kube import Kube
 from bakeline.metrics.collectors import REGISTRY
 
 RECURSION_LIMIT = 50_000
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+log = logging.getLogger("bakeline.operator")
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas, as MALLOC_ARENA_MAX would, unless that is set already.
+
+    glibc gives each thread that contends for the heap an arena of its own, up to 8 per core,
+    and memory freed into one is rarely returned or reused by another thread. With kopf's and
+    the reconcile pool's threads, a 10-minute soak of 1,700 jobs grew the operator's RSS by
+    1.35 MB/min; with two arenas, 0.21 MB/min (BENCHMARKS.md section 2). Called before any
+    thread starts. Returns whether the cap was applied (not on other C libraries).
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # musl, macOS: no such knob
+        return False
 
 
 def run_operator(
@@ -30,6 +54,8 @@ def run_operator(
     """Run until SIGTERM/SIGINT. Watches `namespaces`, or every namespace."""
     if not namespaces and not all_namespaces:
         raise ValueError("name at least one --namespace, or --all-namespaces")
+    if not limit_malloc_arenas():
+        log.debug("malloc arenas left as they are")
     try:
         config.load_incluster_config()
     except config.ConfigException:

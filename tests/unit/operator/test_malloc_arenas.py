@@ -1,0 +1,62 @@
+"""The operator caps glibc's malloc arenas at start-up, unless MALLOC_ARENA_MAX already does."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from bakeline.handlers.run import limit_malloc_arenas
+
+
+def test_a_set_malloc_arena_max_is_left_to_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
+
+
+def test_the_cap_applies_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert platform.libc_ver()[0] == "glibc"  # the operator's image and this machine
+    assert limit_malloc_arenas() is True
+
+
+def test_threads_share_two_arenas_once_capped() -> None:
+    """Eight threads allocating at once: glibc's own count of arenas (malloc_info) stays at
+    the cap with it, and exceeds it without."""
+    program = """
+import ctypes, os, sys, threading
+from bakeline.handlers.run import limit_malloc_arenas
+if sys.argv[1] == "capped":
+    assert limit_malloc_arenas()
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()
+    for _ in range(2000):
+        [bytearray(512) for _ in range(50)]
+threads = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.open_memstream.restype = ctypes.c_void_p
+buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(buf.value.decode().count("<heap nr="))
+"""
+    env = {"PATH": "/usr/bin:/bin"}
+    counts = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", program, mode],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            ).stdout
+        )
+        for mode in ("capped", "free")
+    }
+    assert counts["capped"] <= 2 < counts["free"], counts
