@@ -23,23 +23,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+_MALLINFO2 = (
+    "arena",
+    "ordblks",
+    "smblks",
+    "hblks",
+    "hblkhd",
+    "usmblks",
+    "fsmblks",
+    "uordblks",
+    "fordblks",
+    "keepcost",
+)
+
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2]
 
 
 def _allocator() -> dict[str, int]:
@@ -50,7 +49,7 @@ def _allocator() -> dict[str, int]:
     except (OSError, AttributeError):
         return {}
     # arena + hblkhd: bytes obtained from the OS; uordblks: in use; fordblks: free but kept.
-    return {name: int(getattr(info, name)) for name, _ in _MallInfo2._fields_}
+    return {name: int(getattr(info, name)) for name in _MALLINFO2}
 
 
 def census() -> dict[str, Any]:
