@@ -40,6 +40,22 @@ def _job(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def _job_success_policy(name: str, target: float, window: str, **spec: Any) -> dict[str, Any]:
+    """An SLOPolicy on the standard lane's job success."""
+    return {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "SLOPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "laneSelector": {"names": ["standard"]},
+            "objectives": [
+                {"name": "job-success", "sli": "JobSuccess", "target": target, "window": window}
+            ],
+            **spec,
+        },
+    }
+
+
 def _terminal(cluster: ControlPlane, name: str, namespace: str) -> dict[str, Any] | None:
     job = get(cluster, "bakingjob", name, namespace)
     phase = ((job or {}).get("status") or {}).get("phase")
@@ -193,21 +209,19 @@ def test_held_lane_admits_nothing(
     assert done["status"]["phase"] == "Succeeded"
 
 
-def test_a_full_slo_ledger_loses_the_outcome_not_the_job(
-    cluster: ControlPlane,
-    namespace: str,
-    operator: Any,
-    scripted_agent: Callable[[dict[str, Any]], Path],
-) -> None:
-    scripted_agent({})
-    full = {
+def _single_stage_job_against_ledger(
+    cluster: ControlPlane, namespace: str, name: str, ledger: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Run a one-stage job `name` with the SLO ledger pre-filled; it must succeed whatever
+    the ledger holds. Returns the namespace's Events."""
+    configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": "bakeline-slo-ledger",
             "labels": {"bakeline.io/component": "slo-ledger"},
         },
-        "data": {"filler": "x" * (1024 * 1024 - 200)},  # the API's limit is 1 MiB of data
+        "data": ledger,
     }
     single = {
         "apiVersion": "bakeline.io/v1alpha1",
@@ -215,11 +229,25 @@ def test_a_full_slo_ledger_loses_the_outcome_not_the_job(
         "metadata": {"name": "single"},
         "spec": {"stages": [{"name": "import", "agent": "BakingCoordinator"}]},
     }
-    apply(cluster, [full, single, LANE, _job("ends", workflowRef="single")], namespace, True)
-    done = _wait_terminal(cluster, "ends", namespace)
+    apply(cluster, [configmap, single, LANE, _job(name, workflowRef="single")], namespace, True)
+    done = _wait_terminal(cluster, name, namespace)
     assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"])
-    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
-    [lost] = [e for e in events["items"] if e["reason"] == "OutcomeNotRecorded"]
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    return list(json.loads(events)["items"])
+
+
+def test_a_full_slo_ledger_loses_the_outcome_not_the_job(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    scripted_agent({})
+    # The API's limit is 1 MiB of data; a value that is no outcome cannot be folded.
+    events = _single_stage_job_against_ledger(
+        cluster, namespace, "ends", {"filler": "x" * (1024 * 1024 - 200)}
+    )
+    [lost] = [e for e in events if e["reason"] == "OutcomeNotRecorded"]
     assert lost["type"] == "Warning" and "SLO ledger" in lost["message"]
     assert lost["involvedObject"]["name"] == "ends"
 
@@ -258,44 +286,15 @@ def test_a_ledger_full_of_old_outcomes_folds_and_counts_every_job(
 ) -> None:
     scripted_agent({})
     old = _old_outcomes(1024 * 1024 - 50, datetime.now().timestamp())  # nothing more fits
-    ledger = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": "bakeline-slo-ledger",
-            "labels": {"bakeline.io/component": "slo-ledger"},
-        },
-        "data": old,
-    }
-    single = {
-        "apiVersion": "bakeline.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": "single"},
-        "spec": {"stages": [{"name": "import", "agent": "BakingCoordinator"}]},
-    }
-    apply(cluster, [ledger, single, LANE, _job("fits", workflowRef="single")], namespace, True)
-    done = _wait_terminal(cluster, "fits", namespace)
-    assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"])
-    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
-    assert not [e for e in events["items"] if e["reason"] == "OutcomeNotRecorded"]
+    events = _single_stage_job_against_ledger(cluster, namespace, "fits", old)
+    assert not [e for e in events if e["reason"] == "OutcomeNotRecorded"]
     data = get(cluster, "configmap", "bakeline-slo-ledger", namespace)["data"]
     assert any(key.startswith("standard.fits.") for key in data)
     # Folded into buckets: about 1,700 entries of 1 MiB become about 200 of 40 KB.
     assert sum(len(v) for k, v in data.items() if k != "padding") < 64 * 1024, len(data)
 
     # An SLOPolicy reads every job from the folded ledger: 1 in 10 old jobs failed.
-    policy = {
-        "apiVersion": "bakeline.io/v1alpha1",
-        "kind": "SLOPolicy",
-        "metadata": {"name": "month"},
-        "spec": {
-            "laneSelector": {"names": ["standard"]},
-            "objectives": [
-                {"name": "job-success", "sli": "JobSuccess", "target": 0.8, "window": "30d"}
-            ],
-        },
-    }
-    apply(cluster, policy, namespace)
+    apply(cluster, _job_success_policy("month", 0.8, "30d"), namespace)
     objective = wait_for(
         lambda: (
             (get(cluster, "slo", "month", namespace).get("status") or {}).get("objectives")
@@ -479,25 +478,19 @@ def test_burning_budget_freezes_the_lane_routes_to_fallback_and_recovers(
         {**LANE, "spec": {"maxConcurrentJobs": 3, "fallbackLane": "batch"}},
         {**LANE, "metadata": {"name": "batch"}, "spec": {"maxConcurrentJobs": 3}},
     ]
-    policy = {
-        "apiVersion": "bakeline.io/v1alpha1",
-        "kind": "SLOPolicy",
-        "metadata": {"name": "reliability"},
-        "spec": {
-            "laneSelector": {"names": ["standard"]},
-            "objectives": [
-                {"name": "job-success", "sli": "JobSuccess", "target": 0.99, "window": "40s"}
-            ],
-            # The SRE workbook's fast pair, scaled down from 1h/5m to seconds.
-            "burnRateAlerts": [
-                {"longWindow": "40s", "shortWindow": "10s", "factor": 14.4, "action": "Freeze"}
-            ],
-            "budgetPolicy": {
-                "onExhausted": "Freeze",
-                "unfreeze": {"budgetAbove": 0.5, "afterSeconds": 0},
-            },
+    policy = _job_success_policy(
+        "reliability",
+        0.99,
+        "40s",
+        # The SRE workbook's fast pair, scaled down from 1h/5m to seconds.
+        burnRateAlerts=[
+            {"longWindow": "40s", "shortWindow": "10s", "factor": 14.4, "action": "Freeze"}
+        ],
+        budgetPolicy={
+            "onExhausted": "Freeze",
+            "unfreeze": {"budgetAbove": 0.5, "afterSeconds": 0},
         },
-    }
+    )
     apply(cluster, [*lanes, policy], namespace)
     apply(cluster, [_job(f"bad-{i}") for i in range(3)], namespace)
     for i in range(3):

@@ -13,6 +13,7 @@ from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import GateFailed, InvalidInput
 from bakeline.agents.hardware import cpu_flags, supports, usable_cpus
 from bakeline.agents.pipeline import Chain, StageRunner
+from bakeline.agents.stages import hardware_adapter
 from bakeline.checkpoints.manifest import verify_checkpoint
 
 
@@ -40,10 +41,12 @@ def test_hardware_adapter_records_a_runtime_and_keeps_the_artifact(digits_chain:
 
 
 def test_hardware_adapter_refuses_fp16_without_native_support(
-    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if supports("fp16", cpu_flags()):
-        pytest.skip("this CPU has native fp16")
+    # The CPU as the adapter reads it, less its fp16 flags: the refusal is tested on any CPU.
+    flags = {flag for flag in cpu_flags() if not supports("fp16", {flag})} | {"avx2", "fma"}
+    assert not supports("fp16", flags)
+    monkeypatch.setattr(hardware_adapter, "cpu_flags", lambda: flags)
     with pytest.raises(GateFailed, match="refused fp16") as failure:
         run_stage(
             "HardwareAdapter",
