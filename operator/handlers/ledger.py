@@ -30,6 +30,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from bakeline.api.common import window_seconds
 from bakeline.engine import slo
 from bakeline.handlers.clock import epoch
 from bakeline.handlers.kube import MAX_DATA_KEY, Kube
@@ -252,6 +253,9 @@ def _number(seconds: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+MIN_HORIZON = 30 * 86400.0  # kept at least this long: the longest window most policies use
+
+
 def policy_thresholds(kube: Kube, namespace: str) -> set[float]:
     """The latency thresholds the namespace's SLOPolicies judge by."""
     return {
@@ -260,6 +264,22 @@ def policy_thresholds(kube: Kube, namespace: str) -> set[float]:
         for objective in (policy.get("spec") or {}).get("objectives") or []
         if isinstance(objective.get("thresholdSeconds"), int | float)
     }
+
+
+def horizon(kube: Kube, namespace: str) -> float:
+    """How far back any SLOPolicy of the namespace reads (30 days at least, so a policy
+    created later finds a month of history): entries older than that go."""
+    windows = [MIN_HORIZON]
+    for policy in kube.list_objects("SLOPolicy", namespace):
+        spec = policy.get("spec") or {}
+        named = [o.get("window") for o in spec.get("objectives") or []]
+        named += [a.get("longWindow") for a in spec.get("burnRateAlerts") or []]
+        for window in named:
+            try:
+                windows.append(float(window_seconds(str(window))))
+            except ValueError:  # the schema refuses these; a policy mid-upgrade reads none
+                continue
+    return max(windows)
 
 
 def record_outcome(kube: Kube, namespace: str, key: str, entry: dict[str, Any], now: float) -> None:
@@ -276,23 +296,19 @@ def record_outcome(kube: Kube, namespace: str, key: str, entry: dict[str, Any], 
 
 
 def fold_ledger(
-    kube: Kube,
-    namespace: str,
-    now: float,
-    horizon: float | None = None,
-    read: Ledger | None = None,
-    pressed: bool = False,
+    kube: Kube, namespace: str, now: float, read: Ledger | None = None, pressed: bool = False
 ) -> bool:
-    """Fold (and prune past `horizon`) the namespace's ledger; `read` is a fresh
+    """Fold the namespace's ledger and prune it past its `horizon`; `read` is a fresh
     `read_ledger` result to start from. The patch applies only to the version it was
     computed from, so an outcome written meanwhile is never folded away unseen; returns
     whether a fold landed (False after FOLD_TRIES conflicts: the next evaluation tries again).
     """
     bounds = latency_bounds(policy_thresholds(kube, namespace))
+    keep = horizon(kube, namespace)
     for _ in range(FOLD_TRIES):
         entries, version = read if read is not None else read_ledger(kube, namespace)
         read = None
-        patch = fold(entries, now, horizon, pressed, bounds)
+        patch = fold(entries, now, keep, pressed, bounds)
         if not patch:
             return True
         try:

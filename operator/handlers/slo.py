@@ -14,7 +14,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bakeline.api.common import window_seconds
 from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
 from bakeline.handlers.clock import epoch, timestamp
@@ -84,7 +83,7 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
     worst = min(reports, key=lambda r: r.budget_remaining, default=None)
     for lane in lanes:
         _apply_to_lane(kube, obj, lane, freeze, decision, worst, now)
-    fold_ledger(kube, namespace, now, _horizon(policy, alerts), ledger)
+    fold_ledger(kube, namespace, now, ledger)
 
     status = dict(obj.get("status") or {})
     status["observedGeneration"] = meta.get("generation")
@@ -164,13 +163,3 @@ def _apply_to_lane(
     kube.patch_status("Lane", meta["namespace"], meta["name"], status, meta.get("resourceVersion"))
     kube.post_event(lane, event[0], event[1], event[2])
     kube.post_event(policy, event[0], event[1], event[2])
-
-
-def _horizon(policy: SLOPolicy, alerts: list[Any]) -> float:
-    """How far back this policy reads; others may read further, so entries go only past 30
-    days, the longest sensible window, or past this policy's own longest window."""
-    return max(
-        [window_seconds(o.window) for o in policy.spec.objectives]
-        + [window_seconds(a.long_window) for a in alerts]
-        + [30 * 86400]
-    )

@@ -20,6 +20,8 @@ from bakeline.handlers.ledger import (
     TIERS,
     bucket_key,
     fold,
+    fold_ledger,
+    horizon,
     latency_bounds,
     ledger_key,
     read_ledger,
@@ -221,3 +223,51 @@ def test_values_that_are_not_outcomes_are_left_alone() -> None:
 
     entries, version = read_ledger(_Kube(), "ns")  # type: ignore[arg-type]
     assert list(entries) == ["a.b.c"] and version == "7"
+
+
+class _LedgerKube:
+    """The ledger's API calls over a dict: a ConfigMap's data and its resourceVersion."""
+
+    def __init__(self, entries: dict[str, Entry], policies: list[dict[str, Any]]) -> None:
+        self.data = {key: json.dumps(entry) for key, entry in entries.items()}
+        self.version = 1
+        self.policies = policies
+
+    def list_objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        assert kind == "SLOPolicy"
+        return self.policies
+
+    def read_ledger(self, namespace: str) -> tuple[dict[str, str], str]:
+        return dict(self.data), str(self.version)
+
+    def patch_ledger(self, namespace: str, data: dict[str, str | None], version: str) -> None:
+        assert version == str(self.version)
+        for key, value in data.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self.version += 1
+
+
+def _policy(window: str, long_window: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"objectives": [{"name": "o", "sli": "JobSuccess", "window": window}]}
+    if long_window:
+        spec["burnRateAlerts"] = [{"longWindow": long_window, "shortWindow": "1h"}]
+    return {"spec": spec}
+
+
+def test_the_horizon_is_the_longest_window_any_policy_reads_and_a_month_at_least() -> None:
+    assert horizon(_LedgerKube({}, []), "ns") == 30 * DAY  # type: ignore[arg-type]
+    policies = [_policy("7d"), _policy("90d"), _policy("1d", long_window="120d")]
+    assert horizon(_LedgerKube({}, policies), "ns") == 120 * DAY  # type: ignore[arg-type]
+
+
+def test_a_fold_keeps_what_the_longest_policy_reads_whichever_policy_folds() -> None:
+    raw = _ledger([(40 * DAY, True, 1.0), (60 * DAY, True, 1.0), (DAY, False, 1.0)])
+    kube = _LedgerKube(raw, [_policy("7d"), _policy("90d")])
+    assert fold_ledger(kube, "ns", NOW + 40 * DAY)  # type: ignore[arg-type]
+    entries, _ = read_ledger(kube, "ns")  # type: ignore[arg-type]
+    # Folded 40 days later: 60 + 40 days old is past 90 days; 40 + 40 is not, though a 7-day
+    # policy shares the namespace.
+    assert _counts(entries, JOB_SUCCESS, NOW + 40 * DAY, 1000 * DAY) == (1, 2)
