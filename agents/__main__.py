@@ -1,5 +1,6 @@
 """`bakeline-agent <Agent> --input DIR --output DIR [--params JSON] [--job JSON] [--stage NAME]
 [--termination-log PATH]`; each flag also comes from the pod's environment (BAKELINE_*).
+`bakeline-agent --version` prints the agents' version, which every cache key holds.
 
 Writes the stage's result (JSON, <= 4 KiB) to the termination log and to stdout, logs JSON lines
 on stderr, and exits 0 (succeeded), 2 (invalid input), 3 (gate failed) or 1 (transient error).
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--job", default=env("BAKELINE_JOB"))
     parser.add_argument("--stage", default=env("BAKELINE_STAGE"))
     parser.add_argument(
+        "--version", action="store_true", help="print the agents' version (a cache key part)"
+    )
+    parser.add_argument(
         "--termination-log",
         default=env("BAKELINE_TERMINATION_MESSAGE_PATH", DEFAULT_TERMINATION_LOG),
     )
@@ -61,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal() works only there
         signal.signal(signal.SIGTERM, _on_sigterm)
     args = _parser().parse_args(argv)
+    if args.version:
+        from bakeline.agents.version import agent_version
+
+        sys.stdout.write(f"bakeline-agent {agent_version()}\n")
+        return EXIT_OK
     started = time.monotonic()
     agent_name = args.agent or ""
     stage = args.stage or (kebab(agent_name) if agent_name else "")

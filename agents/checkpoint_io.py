@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakeline.agents import AGENT_VERSION
+from bakeline.agents.version import agent_version
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import Dataset, load_arrays
 from bakeline.checkpoints.manifest import (
@@ -192,7 +192,7 @@ class OutputCheckpoint:
             LineageEntry(
                 stage=stage,
                 agent=agent,
-                agent_version=AGENT_VERSION,
+                agent_version=agent_version(),
                 params=params,
                 input_sha256=src.artifact_sha256 if src else None,
                 output_sha256=artifact_sha,

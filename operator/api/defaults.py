@@ -25,12 +25,12 @@ def default_workflow() -> Workflow:
             on_failure="Retry",
         ),
         # torch.export cannot capture every model; the rest of the chain works on eager models.
-        # Transformer fusions (attention, skip LayerNorm, bias GELU) are kept only where they
-        # measure faster on this node (`fusions: auto`).
+        # Transformer fusions (attention, skip LayerNorm, bias GELU) and padding removal (per-token
+        # layers on the real tokens only) are kept only where they measure faster on this node.
         Stage(
             name="graph",
             agent="GraphOptimizer",
-            params={"level": "basic", "fusions": "auto"},
+            params={"level": "basic", "fusions": "auto", "removePadding": "auto"},
             depends_on=["import"],
             timeout_seconds=900,
             on_failure="Skip",

@@ -163,3 +163,18 @@ def test_compare_keeps_the_window_where_the_baseline_ran_fastest() -> None:
     assert result.p50("base") == result.window_medians[1]["base"]
     assert result.speedup("cand") == pytest.approx(result.p50("base") / result.p50("cand"))
     assert len(result.window_speedups("cand")) == 3
+
+
+def test_the_agents_version_holds_a_digest_of_their_source(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Cache keys hold this version: a changed agent must not reuse its predecessor's results."""
+    from bakeline.agents import AGENT_VERSION
+    from bakeline.agents.__main__ import main
+    from bakeline.agents.version import agent_version
+
+    assert main(["--version"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == ["bakeline-agent", agent_version()]
+    release, digest = agent_version().split("+src.")
+    assert release == AGENT_VERSION and len(digest) == 12 and int(digest, 16) >= 0
