@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakeline.agents.version import agent_version
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import Dataset, load_arrays
+from bakeline.agents.version import agent_version
 from bakeline.checkpoints.manifest import (
     ArtifactFormat,
     ChecksumMismatchError,

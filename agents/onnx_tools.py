@@ -246,3 +246,23 @@ def ort_transformer_fusions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, di
 
     fused, counts = fusions.optimize_for_ort(ir.from_proto(model))
     return ir.to_proto(fused), {name: count for name, count in counts.items() if count}
+
+
+def topological_order(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes ordered so that each comes after the producers of its inputs (a rewrite that
+    appends nodes where first needed may leave them after their readers). ONNX requires it."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(nodes)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            raise ValueError(f"a rewrite left node {remaining[0].name} without its inputs")
+        pending = remaining
+    return ordered

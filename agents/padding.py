@@ -18,12 +18,14 @@ of such nodes without a weight MatMul stay padded: packing them would cost more 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from bakeline.agents.onnx_tools import topological_order
 
 MASK_INPUT = "attention_mask"
 _PREFIX = "unpad_"
@@ -64,17 +66,10 @@ def remove_padding(model: onnx.ModelProto) -> Unpadded | None:
     mask = next((i for i in graph.input if i.name == MASK_INPUT), None)
     if mask is None or len(mask.type.tensor_type.shape.dim) != 2:
         return None
-    batch, sequence = (_dim_key(d) for d in mask.type.tensor_type.shape.dim)
-    if batch is None or sequence is None:
+    batch, sequence = (d.dim_param for d in mask.type.tensor_type.shape.dim)
+    if not batch or not sequence:  # a fixed shape: the exporter's symbolic dims mark the axes
         return None
-    consts = {init.name: init for init in graph.initializer}
-    consts.update(
-        {
-            n.output[0]: n.attribute[0].t
-            for n in graph.node
-            if n.op_type == "Constant" and n.attribute
-        }
-    )
+    consts = _constants(graph)
     shapes = _shapes(model)
     producer = {out: node for node in graph.node for out in node.output}
 
@@ -83,7 +78,7 @@ def remove_padding(model: onnx.ModelProto) -> Unpadded | None:
         return shape is not None and len(shape) == 3 and shape[:2] == [batch, sequence]
 
     packed = _packable_nodes(graph.node, consts, token_shaped)
-    packed = _with_weight_matmul(packed, graph.node, consts, producer)
+    packed = _with_weight_matmul(packed, graph.node, producer)
     if not packed:
         return None
     copy = onnx.ModelProto()
@@ -102,10 +97,6 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
         }
     )
     return consts
-
-
-def _dim_key(dim: onnx.TensorShapeProto.Dimension) -> str | None:
-    return dim.dim_param or None
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[str | int | None]]:
@@ -172,8 +163,7 @@ def _broadcasts_per_feature(init: onnx.TensorProto) -> bool:
 
 def _with_weight_matmul(
     packed: set[str],
-    nodes: object,
-    consts: dict[str, onnx.TensorProto],
+    nodes: Sequence[onnx.NodeProto],
     producer: dict[str, onnx.NodeProto],
 ) -> set[str]:
     """Only the connected runs of packable nodes that hold a weight MatMul."""
@@ -185,7 +175,7 @@ def _with_weight_matmul(
             name = parent[name]
         return name
 
-    for node in nodes:  # type: ignore[attr-defined]
+    for node in nodes:
         if node.name not in packed:
             continue
         for name in node.input:
@@ -193,9 +183,7 @@ def _with_weight_matmul(
             if source is not None and source.name in packed:
                 parent[find(source.name)] = find(node.name)
     with_matmul = {
-        find(node.name)
-        for node in nodes  # type: ignore[attr-defined]
-        if node.name in packed and node.op_type == "MatMul"
+        find(node.name) for node in nodes if node.name in packed and node.op_type == "MatMul"
     }
     return {name for name in packed if find(name) in with_matmul}
 
@@ -315,7 +303,7 @@ def _rewrite(
             restore(out.name)
     graph.initializer.extend(new_inits)
     del graph.node[:]
-    graph.node.extend(_topological(new_nodes, graph))
+    graph.node.extend(topological_order(new_nodes, graph))
     # Recorded types let ONNX Runtime's quantizer read the packed tensors it cannot infer
     # through contrib ops.
     graph.value_info.extend(
@@ -360,26 +348,3 @@ def _index_nodes() -> list[onnx.NodeProto]:
         node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
         nodes.append(node)
     return nodes
-
-
-def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes ordered so that each comes after its inputs' producers (unpack nodes are appended
-    where first needed, which may be after their readers)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    available |= {p for n in nodes if n.op_type == "Constant" for p in n.output}
-    pending = list(nodes)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        progressed = False
-        remaining = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-                progressed = True
-            else:
-                remaining.append(node)
-        if not progressed:
-            raise ValueError(f"padding removal left a cycle at {remaining[0].name}")
-        pending = remaining
-    return ordered

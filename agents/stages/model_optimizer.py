@@ -6,6 +6,10 @@ Params (the fallback ladder a Workflow can walk after a rollback):
     the better one kept; on x86 CPUs without VNNI ONNX Runtime's u8 x s8 kernels saturate a
     16-bit sum, which 7-bit weights never reach, elsewhere the eighth bit wins) | "full" |
     "reduced"; the same kernels run either way, so this costs no speed
+  smoothing: "auto" (default, dynamic mode: the inputs of weight MatMuls with outlier channels
+    are smoothed, SmoothQuant with smoothingAlpha (0.7), see `bakeline.agents.smoothing`; the
+    smoothed and plain models are scored with each weight range on calibration data and the best
+    of the four kept) | "off"
   keepFloat: "none" (default: quantize every eligible layer) | "auto" (sensitivity analysis on
     calibration data: layers whose quantization costs the most cosine stay float, greedily, until
     targetCosineMean / targetCosineMin hold, maxFloatLayers are kept or the next layer would take
@@ -51,6 +55,7 @@ from bakeline.agents.quantize import (
     quantize,
 )
 from bakeline.agents.runtimes import RuntimeConfig
+from bakeline.agents.smoothing import smooth
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
     batch_sizes,
@@ -84,6 +89,8 @@ class ModelParams(StageParams):
     max_float_layers: int = Field(default=6, alias="maxFloatLayers", ge=0)
     max_float_share: float = Field(default=0.12, alias="maxFloatShare", ge=0, le=1)
     sensitivity_samples: int = Field(default=64, alias="sensitivitySamples", ge=4)
+    smoothing: Literal["auto", "off"] = "auto"
+    smoothing_alpha: float = Field(default=0.7, alias="smoothingAlpha", gt=0, lt=1)
 
 
 @register
@@ -108,6 +115,7 @@ class ModelOptimizer(Agent[ModelParams]):
             sensitivity: dict[str, float] = {}
             blockwise = reduced = False
             share = 0.0
+            smoothed_layers: dict[str, float] = {}
             if params.scheme == "none":
                 out.add_copy(named, artifact, "model")
                 layers, mode = 0, "none"
@@ -119,10 +127,14 @@ class ModelOptimizer(Agent[ModelParams]):
                 probe = calibration.head(params.sensitivity_samples)
 
                 def build(
-                    exclude: list[str], target: Path, reduce_range: bool, limit: int | None = None
+                    exclude: list[str],
+                    target: Path,
+                    reduce_range: bool,
+                    limit: int | None = None,
+                    base: Path = named,
                 ) -> dict[str, float]:
                     quantize(
-                        named,
+                        base,
                         target,
                         mode=mode,
                         per_channel=per_channel,
@@ -135,17 +147,39 @@ class ModelOptimizer(Agent[ModelParams]):
                     )
 
                 with Stopwatch() as search:
-                    if params.weight_range == "auto":
-                        # On all of the calibration data: the two differ in a few sentences.
-                        full = build([], tmp / "full.onnx", False)
-                        seven = build([], tmp / "reduced.onnx", True)
-                        reduced = _merit(seven) > _merit(full)
-                        log("weight range scored", full=full, reduced=seven)
+                    bases = {"plain": named}
+                    if mode == "dynamic" and params.smoothing == "auto":
+                        smoothed = smooth(named, calibration, params.smoothing_alpha)
+                        if smoothed is not None:
+                            bases["smoothed"] = save(smoothed.model, tmp / "smoothed.onnx")
+                            smoothed_layers = smoothed.layers
+                    ranges = {"auto": [False, True], "full": [False], "reduced": [True]}
+                    options = [
+                        (base, bits) for base in bases for bits in ranges[params.weight_range]
+                    ]
+                    if len(options) > 1:
+                        # On all of the calibration data: the candidates differ in a few sentences.
+                        scores = {
+                            (base, bits): build(
+                                [], tmp / f"{base}-{bits}.onnx", bits, base=bases[base]
+                            )
+                            for base, bits in options
+                        }
+                        chosen, reduced = max(scores, key=lambda o: _merit(scores[o]))
+                        log(
+                            "weight range and smoothing scored",
+                            scores={f"{b}-{7 if r else 8}bit": m for (b, r), m in scores.items()},
+                        )
                     else:
-                        reduced = params.weight_range == "reduced"
+                        chosen, reduced = options[0]
+                    named = bases[chosen]
+                    if chosen != "smoothed":
+                        smoothed_layers = {}
                     if params.keep_float == "auto":
                         kept, sensitivity = self._auto(
-                            functools.partial(build, reduce_range=reduced, limit=len(probe)),
+                            functools.partial(
+                                build, reduce_range=reduced, limit=len(probe), base=named
+                            ),
                             candidates,
                             params,
                             tmp,
@@ -178,6 +212,7 @@ class ModelOptimizer(Agent[ModelParams]):
                     "quantized",
                     mode=mode,
                     weightRange="reduced" if reduced else "full",
+                    smoothed=smoothed_layers,
                     layers=layers,
                     keptFloat=kept,
                     floatShare=share,
@@ -195,6 +230,7 @@ class ModelOptimizer(Agent[ModelParams]):
             "cosineMean": quality["cosineMean"],
             "cosineMin": quality["cosineMin"],
             "maxAbsError": quality["maxAbsError"],
+            "smoothedLayers": float(len(smoothed_layers)),
         }
         if "agreement" in quality:
             metrics["agreement"] = quality["agreement"]
@@ -217,6 +253,7 @@ class ModelOptimizer(Agent[ModelParams]):
                     "scheme": params.scheme,
                     "mode": mode,
                     "weightBits": 7 if reduced else 8,
+                    "smoothed": smoothed_layers,
                     "keptFloat": kept,
                     "sensitive": "int8-blockwise" if blockwise else "float",
                     "sensitivity": sensitivity,
@@ -224,8 +261,10 @@ class ModelOptimizer(Agent[ModelParams]):
                 "dtype": "fp32" if params.scheme == "none" else "int8",
             },
         )
+        smoothing = f", {len(smoothed_layers)} inputs smoothed" if smoothed_layers else ""
         message = (
-            f"{params.scheme} ({mode}{', 7-bit weights' if reduced else ''}): {layers} layers "
+            f"{params.scheme} ({mode}{', 7-bit weights' if reduced else ''}{smoothing}): "
+            f"{layers} layers "
             f"int8, {len(kept)} sensitive kept "
             f"{'int8-blockwise' if blockwise else 'float'}; "
             f"{size_before / 1e6:.1f} -> {size_after / 1e6:.1f} MB; calibration cosine mean "

@@ -36,8 +36,9 @@ def default_workflow() -> Workflow:
             on_failure="Skip",
         ),
         # Per-channel scales are what hold quality for int8 (baking notes: ~0.99 cosine vs
-        # ~0.965 per tensor); 7-bit weights where they score better (CPUs without VNNI saturate
-        # 8-bit ones); the layers that lose the most, up to 12% of the weights, stay float or
+        # ~0.965 per tensor); activations with outlier channels smoothed into the weights and
+        # 7-bit weights, each where it scores better (CPUs without VNNI saturate 8-bit ones);
+        # the layers that lose the most, up to 12% of the weights, stay float or
         # blockwise int8, whichever is faster here; the fallback keeps as many as a stricter
         # target needs, then no int8 at all.
         Stage(
