@@ -226,11 +226,16 @@ def fuse_sibling_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
+    drop_unused_initializers(graph)
+    return model, fused
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads any more (weights a rewrite replaced)."""
     used = {name for node in graph.node for name in node.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return model, fused
 
 
 def ort_transformer_fusions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bakeline.agents.data import Dataset
-from bakeline.agents.onnx_tools import topological_order
+from bakeline.agents.onnx_tools import drop_unused_initializers, topological_order
 from bakeline.agents.runtimes import RuntimeConfig, ort_session
 
 # A channel this many times the median channel's maximum makes a tensor worth smoothing.
@@ -100,8 +100,5 @@ def smooth(model_path: Path, data: Dataset, alpha: float) -> Smoothed | None:
     ordered = topological_order(list(graph.node), graph)
     del graph.node[:]
     graph.node.extend(ordered)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)
     return Smoothed(model, layers)

@@ -210,10 +210,11 @@ def test_held_lane_admits_nothing(
 
 
 def _single_stage_job_against_ledger(
-    cluster: ControlPlane, namespace: str, name: str, ledger: dict[str, str]
+    cluster: ControlPlane, namespace: str, name: str, ledger: dict[str, str], last_event: str
 ) -> list[dict[str, Any]]:
     """Run a one-stage job `name` with the SLO ledger pre-filled; it must succeed whatever
-    the ledger holds. Returns the namespace's Events."""
+    the ledger holds. Returns the namespace's Events once one of reason `last_event` is there
+    (the operator posts a pass's Events after its status write)."""
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -232,8 +233,13 @@ def _single_stage_job_against_ledger(
     apply(cluster, [configmap, single, LANE, _job(name, workflowRef="single")], namespace, True)
     done = _wait_terminal(cluster, name, namespace)
     assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"])
-    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-    return list(json.loads(events)["items"])
+
+    def listed() -> list[dict[str, Any]] | None:
+        events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+        items = list(json.loads(events)["items"])
+        return items if any(e["reason"] == last_event for e in items) else None
+
+    return wait_for(listed, 30, what=f"a {last_event} Event")
 
 
 def test_a_full_slo_ledger_loses_the_outcome_not_the_job(
@@ -245,7 +251,7 @@ def test_a_full_slo_ledger_loses_the_outcome_not_the_job(
     scripted_agent({})
     # The API's limit is 1 MiB of data; a value that is no outcome cannot be folded.
     events = _single_stage_job_against_ledger(
-        cluster, namespace, "ends", {"filler": "x" * (1024 * 1024 - 200)}
+        cluster, namespace, "ends", {"filler": "x" * (1024 * 1024 - 200)}, "OutcomeNotRecorded"
     )
     [lost] = [e for e in events if e["reason"] == "OutcomeNotRecorded"]
     assert lost["type"] == "Warning" and "SLO ledger" in lost["message"]
@@ -286,7 +292,7 @@ def test_a_ledger_full_of_old_outcomes_folds_and_counts_every_job(
 ) -> None:
     scripted_agent({})
     old = _old_outcomes(1024 * 1024 - 50, datetime.now().timestamp())  # nothing more fits
-    events = _single_stage_job_against_ledger(cluster, namespace, "fits", old)
+    events = _single_stage_job_against_ledger(cluster, namespace, "fits", old, "Succeeded")
     assert not [e for e in events if e["reason"] == "OutcomeNotRecorded"]
     data = get(cluster, "configmap", "bakeline-slo-ledger", namespace)["data"]
     assert any(key.startswith("standard.fits.") for key in data)
