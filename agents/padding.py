@@ -4,8 +4,11 @@ A batch of sentences is padded to its longest one; on MiniLM's evaluation batche
 third of the positions are padding, yet every weight GEMM, layer norm and GELU computes them.
 Only attention mixes positions. This rewrite gathers the real tokens of each [batch, sequence,
 hidden] tensor into one [tokens, hidden] tensor before the per-token layers (its index is the
-attention mask's non-zero positions) and scatters them back, with zeros at the padding, where a
-layer that mixes positions reads them (attention, pooling, reshapes). Outputs are unchanged for
+attention mask's non-zero positions) and scatters them back where a layer that mixes positions
+reads them (attention, pooling, reshapes), with zeros at the padding; where only attention reads
+them (Q, K, V), padding positions hold a copy of a real token instead, which saves a copy of the
+widest tensor of each layer: a masked attention never weighs padded keys, and the rows of padded
+queries are dropped at the next pack. Outputs are unchanged for
 a model that masks its padding, which the caller verifies against the reference; the technique
 is EffectiveTransformer's and FasterTransformer's "remove padding", done here in the graph so
 that any ONNX runtime runs it.
@@ -47,6 +50,11 @@ _LAST_AXIS = frozenset(
         "SkipSimplifiedLayerNormalization",
     }
 )
+
+
+# Ops that move positions around without computing on them, and ops that attend over them.
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Split", "Squeeze", "Unsqueeze"})
+_ATTENTION_OPS = frozenset({"MultiHeadAttention", "Attention"})
 
 
 @dataclass(frozen=True)
@@ -204,8 +212,15 @@ def _rewrite(
     new_nodes: list[onnx.NodeProto] = _index_nodes()
     new_inits = [
         numpy_helper.from_array(np.array(value, dtype=np.int64), p + name)
-        for name, value in (("flat", [-1]), ("zero", [0]), ("one", [1]))
-    ] + [numpy_helper.from_array(np.array([0, 0, 1, 0], dtype=np.int64), p + "pads")]
+        for name, value in (
+            ("flat", [-1]), ("zero", [0]), ("one", [1]), ("origin", 0), ("pads", [0, 0, 1, 0]),
+        )
+    ]  # fmt: skip
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {out.name for out in graph.output}
     token_info: dict[str, tuple[int, int | str | None]] = {}  # name -> (elem type, features)
     packed_inputs: dict[str, str] = {}
     restored: set[str] = set()
@@ -232,18 +247,24 @@ def _rewrite(
             return
         restored.add(name)
         tokens, base = p + name, f"{p}{name}_"
+        if _read_by_attention_only(name, consumers, consts, graph_outputs):
+            # Padding rows copy row 0: one Gather, no zero row to pad in first.
+            rows, inverse = tokens, p + "inverse_copy"
+        else:
+            rows, inverse = base + "rows", p + "inverse"
+            new_nodes.append(
+                helper.make_node("Pad", [tokens, p + "pads"], [rows], name=base + "pad")
+            )
         new_nodes.extend(
             [
-                helper.make_node("Pad", [tokens, p + "pads"], [base + "rows"], name=base + "pad"),
                 helper.make_node(
-                    "Gather", [base + "rows", p + "inverse"], [base + "flat"],
-                    name=base + "scatter", axis=0,
+                    "Gather", [rows, inverse], [base + "flat"], name=base + "scatter", axis=0
                 ),
                 helper.make_node(
                     "Reshape", [base + "flat", p + "padded_shape"], [name], name=base + "restore"
                 ),
             ]
-        )  # fmt: skip
+        )
 
     def per_feature(name: str) -> str:
         """A constant [1, 1, features] broadcasts wrongly onto [tokens, features]: drop its ones."""
@@ -301,6 +322,8 @@ def _rewrite(
     for out in graph.output:
         if out.name in outputs_of_packed:
             restore(out.name)
+    read = {name for node in new_nodes for name in node.input}  # one inverse may go unused
+    new_nodes = [n for n in new_nodes if not n.name.startswith(p + "inv") or n.output[0] in read]
     graph.initializer.extend(new_inits)
     del graph.node[:]
     graph.node.extend(topological_order(new_nodes, graph))
@@ -313,6 +336,38 @@ def _rewrite(
     return Unpadded(model, len(packed), matmuls, len(packed_inputs), len(restored))
 
 
+def _read_by_attention_only(
+    name: str,
+    consumers: dict[str, list[onnx.NodeProto]],
+    consts: dict[str, onnx.TensorProto],
+    outputs: set[str],
+) -> bool:
+    """Whether every path from `name`, through reshapes, transposes and splits, ends in an
+    activation x activation MatMul or an attention op: there padded positions are keys the mask
+    hides or queries whose rows the next pack drops, so their values never count, zero or not.
+    Anything else (a reduction over positions, a graph output) needs zeros at the padding."""
+    readers = consumers.get(name, [])
+    if not readers or name in outputs:
+        return False
+    for node in readers:
+        if node.op_type in _ATTENTION_OPS or node.op_type == "Shape":  # Shape reads no values
+            continue
+        if node.op_type == "MatMul" and not any(i in consts for i in node.input):
+            continue
+        if (
+            node.op_type in _LAYOUT_OPS
+            and node.input[0] == name
+            and all(
+                _read_by_attention_only(out, consumers, consts, outputs)
+                for out in node.output
+                if out
+            )
+        ):
+            continue
+        return False
+    return True
+
+
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
     types = {i.name: i.type.tensor_type.elem_type for i in infos if i.type.HasField("tensor_type")}
@@ -321,21 +376,25 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _index_nodes() -> list[onnx.NodeProto]:
-    """`index`: the flat positions of real tokens; `inverse`: for each flat position, its row in
-    the packed tensor padded with one zero row (padding positions read that row);
-    `padded_shape`: [batch, sequence, -1]."""
+    """`index`: the flat positions of real tokens, and the first position whatever the mask says
+    (the packed tensor always has a row 0); `inverse`: for each flat position, its row in the
+    packed tensor padded with one zero row, which padding positions read; `inverse_copy`: the
+    same with padding reading row 0 instead; `padded_shape`: [batch, sequence, -1]."""
     steps: list[tuple[str, list[str], str, dict[str, int]]] = [
         ("Shape", [MASK_INPUT], "mask_shape", {}),
         ("Concat", ["mask_shape", "flat"], "padded_shape", {"axis": 0}),
         ("Reshape", [MASK_INPUT, "flat"], "mask_flat", {}),
-        ("Cast", ["mask_flat"], "real", {"to": TensorProto.BOOL}),
+        ("Cast", ["mask_flat"], "masked", {"to": TensorProto.BOOL}),
+        ("Cast", ["masked"], "masked_i64", {"to": TensorProto.INT64}),
+        ("ScatterElements", ["masked_i64", "zero", "one"], "real_i64", {"axis": 0}),
+        ("Cast", ["real_i64"], "real", {"to": TensorProto.BOOL}),
         ("NonZero", ["real"], "nonzero", {}),
         ("Reshape", ["nonzero", "flat"], "index", {}),
         ("Shape", ["index"], "count", {}),
-        ("Cast", ["real"], "real_i64", {"to": TensorProto.INT64}),
         ("CumSum", ["real_i64", "zero"], "ends", {}),
         ("Sub", ["ends", "one"], "rank", {}),
         ("Where", ["real", "rank", "count"], "inverse", {}),
+        ("Where", ["real", "rank", "origin"], "inverse_copy", {}),
     ]
     nodes = []
     for op, inputs, output, attributes in steps:

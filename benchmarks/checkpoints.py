@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 # The control plane is test infrastructure; never put ROOT itself on sys.path (operator/ would
 # shadow the standard library's `operator`).
-sys.path[:0] = [str(ROOT / "hack")]
+sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
 
 from kubernetes import client  # noqa: E402
 

@@ -37,7 +37,9 @@ import re
 import shutil
 import string
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -53,6 +55,9 @@ from bakeline.checkpoints.store import CheckpointNotFoundError, CheckpointRef
 
 # Below the API server's 1 MiB limit on a ConfigMap's data, with room for keys and metadata.
 PART_BYTES = 900 * 1024
+# Data ConfigMaps created at once: the API server overlaps concurrent writes (measured against
+# the test control plane: 17.7 MB/s one at a time, 25 with two, 29 with four; reads gain little).
+WRITERS = 4
 LABEL_COMPONENT = "bakeline.io/component"
 LABEL_STORE = "bakeline.io/checkpoint-store"
 LABEL_CHECKPOINT = "bakeline.io/checkpoint"
@@ -137,12 +142,16 @@ class ConfigMapStore:
         prefix: str = "bakeline-ckpt",
         part_bytes: int = PART_BYTES,
         blob_bytes: int | None = None,
+        writers: int = WRITERS,
     ) -> None:
         if not _NAME.match(prefix) or len(prefix) > 40:
             raise ValueError(f"store prefix must be a short DNS label, got {prefix!r}")
         if part_bytes <= 0:
             raise ValueError("part_bytes must be positive")
+        if writers < 1:
+            raise ValueError("writers must be at least 1")
         self.client, self.prefix, self.part_bytes = client, prefix, part_bytes
+        self.writers = writers
         # Files above a quarter of a part are stored by content; smaller ones pack into parts.
         self.blob_bytes = part_bytes // 4 if blob_bytes is None else blob_bytes
 
@@ -178,7 +187,8 @@ class ConfigMapStore:
             raise ValueError(f"checkpoint name {index_name!r} is too long for a ConfigMap")
         ref = CheckpointRef.of(manifest, checkpoint_id, stage, cache_key)
         if self.client.get(index_name) is None:
-            layout = self._write_parts(source, manifest, checkpoint_id)
+            with _Writes(self.writers) as writes:
+                layout = self._write_parts(source, manifest, checkpoint_id, writes)
             index = {
                 MANIFEST_NAME: manifest_bytes.decode(),
                 LAYOUT_NAME: json.dumps(
@@ -202,22 +212,25 @@ class ConfigMapStore:
         return ref
 
     def _write_parts(
-        self, source: Path, manifest: Manifest, checkpoint_id: str
+        self, source: Path, manifest: Manifest, checkpoint_id: str, writes: _Writes
     ) -> dict[str, _Stored]:
+        """Every file's data ConfigMaps, all written (`writes` is drained) when it returns."""
         layout: dict[str, _Stored] = {}
         part: dict[str, bytes] = {}
         size = 0
         parts = 0
         for file_index, entry in enumerate(manifest.files):
             if entry.size_bytes > self.blob_bytes:
-                layout[entry.path] = self._write_blob(source / entry.path, entry.path, entry.sha256)
+                layout[entry.path] = self._write_blob(
+                    source / entry.path, entry.path, entry.sha256, writes
+                )
                 continue
             chunks: list[_Chunk] = []
             digest = hashlib.sha256()
             for chunk_index, data in enumerate(_read_chunks(source / entry.path, self.part_bytes)):
                 digest.update(data)
                 if part and size + len(data) > self.part_bytes:
-                    self._create_part(checkpoint_id, parts, part)
+                    writes.submit(self._create_part, checkpoint_id, parts, part)
                     parts, part, size = parts + 1, {}, 0
                 key = f"f{file_index:04d}.{chunk_index:05d}"
                 part[key] = data
@@ -228,10 +241,11 @@ class ConfigMapStore:
                 raise ChecksumMismatchError(f"{entry.path}: changed while it was being stored")
             layout[entry.path] = chunks
         if part:
-            self._create_part(checkpoint_id, parts, part)
+            writes.submit(self._create_part, checkpoint_id, parts, part)
+        writes.drain()
         return layout
 
-    def _write_blob(self, path: Path, relative: str, sha256: str) -> _Blob:
+    def _write_blob(self, path: Path, relative: str, sha256: str, writes: _Writes) -> _Blob:
         """Store the file by content unless a complete blob of these bytes is there already."""
         index_name = self._blob_name(sha256)
         existing = self.client.get(index_name)
@@ -250,10 +264,13 @@ class ConfigMapStore:
         sizes = []
         for chunk, data in enumerate(_read_chunks(path, self.part_bytes)):
             digest.update(data)
-            self._create_or_replace(self._blob_name(sha256, chunk), labels, {BLOB_KEY: data})
+            writes.submit(
+                self._create_or_replace, self._blob_name(sha256, chunk), labels, {BLOB_KEY: data}
+            )
             sizes.append(len(data))
         if digest.hexdigest() != sha256:
             raise ChecksumMismatchError(f"{relative}: changed while it was being stored")
+        writes.drain()  # the blob's index commits it: only once every chunk is there
         index = {"sha256": sha256, "sizes": json.dumps(sizes)}
         # ConfigMapExistsError: a concurrent writer stored the same bytes.
         with contextlib.suppress(ConfigMapExistsError):
@@ -437,6 +454,43 @@ class ConfigMapStore:
             labels = {LABEL_COMPONENT: COMPONENT_BLOB, LABEL_STORE: self.prefix}
             for found in self.client.list({**labels, LABEL_BLOB: sha256[:32]}):
                 self.client.delete(found.name)
+
+
+class _Writes:
+    """Data ConfigMap creates, up to `writers` in flight, at most twice that many queued (each
+    holds a part's bytes). `drain` waits for all and raises the first failure; leaving the
+    block drains too, or on an error cancels what has not started."""
+
+    def __init__(self, writers: int) -> None:
+        self._pool = ThreadPoolExecutor(writers, "configmap-write") if writers > 1 else None
+        self._slots = threading.BoundedSemaphore(2 * writers)
+        self._pending: list[Future[None]] = []
+
+    def submit(self, create: Callable[..., None], *args: object) -> None:
+        if self._pool is None:
+            create(*args)
+            return
+        self._slots.acquire()
+        future = self._pool.submit(create, *args)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._pending.append(future)
+        if future.done() and future.exception() is not None:
+            self.drain()  # fail early rather than after queueing the rest
+
+    def drain(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = [e for e in (f.exception() for f in pending) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> _Writes:
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=error is not None)
+        if error is None:
+            self.drain()
 
 
 def _ref(index: ConfigMapData) -> CheckpointRef:

@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import ssl
+import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,13 +51,14 @@ class ApiError(Exception):
 
 @dataclass
 class ApiServer:
-    """JSON requests to the API server over one kept-alive HTTPS connection, authenticated
-    with a bearer token that `token` reads afresh for every request (kubelet rotates it)."""
+    """JSON requests to the API server over kept-alive HTTPS connections, one per thread (the
+    store writes several ConfigMaps at once), authenticated with a bearer token that `token`
+    reads afresh for every request (kubelet rotates it)."""
 
     server: str  # https://host:port
     ca_file: Path
     token: Callable[[], str]
-    _connection: http.client.HTTPSConnection | None = field(default=None, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @classmethod
     def in_cluster(cls, account: Path) -> ApiServer:
@@ -83,7 +85,7 @@ class ApiServer:
         headers = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        reused = self._connection is not None
+        reused = getattr(self._local, "connection", None) is not None
         try:
             try:
                 status, data = self._send(method, target, payload, headers)
@@ -109,19 +111,21 @@ class ApiServer:
     def _send(
         self, method: str, target: str, payload: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes]:
-        if self._connection is None:
+        connection: http.client.HTTPSConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
             url = urllib.parse.urlsplit(self.server)
             context = ssl.create_default_context(cafile=str(self.ca_file))
-            self._connection = http.client.HTTPSConnection(
+            connection = http.client.HTTPSConnection(
                 url.hostname or "", url.port or 443, timeout=REQUEST_TIMEOUT_S, context=context
             )
+            self._local.connection = connection
         try:
-            self._connection.request(method, target, body=payload, headers=headers)
-            response = self._connection.getresponse()
+            connection.request(method, target, body=payload, headers=headers)
+            response = connection.getresponse()
             return response.status, response.read()
         except BaseException:
-            self._connection.close()
-            self._connection = None
+            connection.close()
+            self._local.connection = None
             raise
 
 

@@ -4,6 +4,8 @@ the cache index and deletion."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -274,3 +276,67 @@ def test_ids_and_keys_cannot_name_other_objects(tmp_path: Path) -> None:
         store.lookup("not-a-digest")
     with pytest.raises(ValueError):
         ConfigMapStore(MemoryConfigMaps(), prefix="Bad_Prefix")
+
+
+class SlowConfigMaps(MemoryConfigMaps):
+    """Data creates take a while and may fail; records how many ran at once, and what was
+    stored when each index (checkpoint or blob) was created."""
+
+    def __init__(self, fail_chunk: str | None = None) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.fail_chunk = fail_chunk
+        self.stored_at_index: dict[str, set[str]] = {}
+
+    def create(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        data: Mapping[str, str],
+        binary_data: Mapping[str, bytes],
+    ) -> None:
+        if not binary_data:  # an index: what was there when it committed
+            self.stored_at_index[name] = set(self.items)
+            super().create(name, labels, data, binary_data)
+            return
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.02)
+            if name == self.fail_chunk:
+                raise ConnectionError(f"{name}: the API server went away")
+            with self.lock:
+                super().create(name, labels, data, binary_data)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_data_config_maps_are_written_concurrently_and_indexes_only_after_them(
+    tmp_path: Path,
+) -> None:
+    client = SlowConfigMaps()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096, writers=4)
+    ref = store.put(_checkpoint(tmp_path / "out", bytes(range(256)) * 100), stage="a")
+    assert 1 < client.most <= 4
+    data = {n for n, m in client.items.items() if m.binary_data}
+    blob_index = next(n for n in client.stored_at_index if "-blob-" in n)
+    blob_chunks = {n for n in data if n.startswith(blob_index + "-")}
+    assert len(blob_chunks) == 7 and blob_chunks <= client.stored_at_index[blob_index]
+    assert data <= client.stored_at_index[f"s-{ref.id}"]
+    store.restore(ref.id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "model.onnx").read_bytes() == bytes(range(256)) * 100
+
+
+def test_a_failed_data_write_fails_the_put_and_commits_nothing(tmp_path: Path) -> None:
+    source = _checkpoint(tmp_path / "out", bytes(range(256)) * 100)
+    probe = MemoryConfigMaps()
+    ConfigMapStore(probe, prefix="s", part_bytes=4096).put(source, stage="a")
+    chunk = sorted(n for n, m in probe.items.items() if "-blob-" in n and m.binary_data)[3]
+    client = SlowConfigMaps(fail_chunk=chunk)
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096, writers=4)
+    with pytest.raises(ConnectionError, match="went away"):
+        store.put(source, stage="a")
+    assert client.stored_at_index == {} and store.list() == []
