@@ -25,7 +25,8 @@ Params: level ("basic" | "extended" | "all"), fuseSiblingMatMuls (true), fusions
 | "off"), removePadding ("auto" | "on" | "off"), timingRuns (20), maxAbsError (bound on a
 rewrite's deviation from the reference outputs on calibration data; a larger one fails the gate).
 Measures: node counts before/after, training-only ops before/after, weight bytes, deviation,
-fusions applied, the fused / unfused and unpadded / padded latency ratios, packed nodes.
+fusions applied, the fused / unfused and unpadded / padded latency ratios, packed nodes, and
+attention restores and packs done head-major.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from bakeline.agents.onnx_tools import (
     scratch_dir,
     weight_bytes,
 )
-from bakeline.agents.padding import remove_padding
+from bakeline.agents.padding import Unpadded, remove_padding
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import batch_sizes, export_to_onnx, relative_latency, score_file
 from bakeline.agents.timing import Stopwatch
@@ -102,13 +103,13 @@ class GraphOptimizer(Agent[GraphParams]):
                     folded_path = save(variant, Path(tmp) / f"{name}-folded.onnx")
                     paths[name] = Path(tmp) / f"{name}.onnx"
                     ort_offline_optimize(folded_path, paths[name], params.level)
-            unpadded: dict[str, int] = {}
+            unpadded: dict[str, Unpadded] = {}
             if params.remove_padding != "off":
                 for name in list(paths):
                     packed = remove_padding(onnx.load(str(paths[name])))
                     if packed is not None:
                         paths[name + UNPADDED] = save(packed.model, Path(tmp) / f"{name}-u.onnx")
-                        unpadded[name + UNPADDED] = packed.packed_nodes
+                        unpadded[name + UNPADDED] = packed
             chosen, relative = choose_graph(ctx, source, paths, params)
             out.add_copy(paths[chosen], artifact, "model")
             final = onnx.load(str(out.path(artifact)))
@@ -128,7 +129,8 @@ class GraphOptimizer(Agent[GraphParams]):
             "transformerFusions": float(sum(applied.values()) if fused_graph else 0),
             "fusedLatencyRatio": _ratio(relative, chosen, "fused"),
             "paddingRemoved": float(chosen in unpadded),
-            "packedNodes": float(unpadded.get(chosen, 0)),
+            "packedNodes": float(unpadded[chosen].packed_nodes if chosen in unpadded else 0),
+            "headMajorRewrites": float(unpadded[chosen].head_major if chosen in unpadded else 0),
             "unpaddedLatencyRatio": _ratio(relative, chosen, UNPADDED),
             "optimizeSeconds": optimize_time.seconds,
             "maxAbsError": quality["maxAbsError"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,9 @@ def _feeds(lengths: list[int], width: int | None = None) -> dict[str, np.ndarray
     return {"input_ids": np.where(mask == 1, ids, 0), "attention_mask": mask}
 
 
-def _exported(tmp_path: Path, masked: bool = True, fused: bool = False) -> onnx.ModelProto:
+def _exported(
+    tmp_path: Path, masked: bool = True, fused: bool = False, siblings: bool = True
+) -> onnx.ModelProto:
     torch.manual_seed(0)
     module = _Encoder(masked).eval()
     dynamic = {name: {0: "batch", 1: "sequence"} for name in NAMES}
@@ -82,7 +85,8 @@ def _exported(tmp_path: Path, masked: bool = True, fused: bool = False) -> onnx.
     )
     if fused:
         model, _ = ort_transformer_fusions(model)
-    model, _ = fuse_sibling_matmuls(model)
+    if siblings:
+        model, _ = fuse_sibling_matmuls(model)
     return model
 
 
@@ -125,14 +129,15 @@ def test_packed_layers_compute_the_real_tokens_only(tmp_path: Path, plain: onnx.
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["plain", "transformer-fused"])
-def test_what_only_attention_reads_is_restored_without_zeroing_the_padding(
-    tmp_path: Path, fused: bool
-) -> None:
-    """Q, K and V are restored by one Gather (padding copies a real row); what the pooling sums
-    over positions keeps zeros at the padding (a Pad with a zero row first)."""
+def test_attention_reads_its_inputs_without_zeroed_padding(tmp_path: Path, fused: bool) -> None:
+    """Plain attention's heads are gathered straight from the packed rows and its context packed
+    straight from its heads (no split or transpose of the whole tensor); fused attention reads
+    Q, K, V restored by one Gather (padding copies a real row). What the pooling sums over
+    positions keeps zeros at the padding (a Pad with a zero row first)."""
     unpadded = remove_padding(_exported(tmp_path, fused=fused))
     assert unpadded is not None
     graph = unpadded.model.graph
+    ops = Counter(node.op_type for node in graph.node)
     readers: dict[str, list[str]] = {}
     for node in graph.node:
         for name in node.input:
@@ -140,7 +145,25 @@ def test_what_only_attention_reads_is_restored_without_zeroing_the_padding(
     zeroed = {n.output[0] for n in graph.node if n.op_type == "Pad"}
     restored = [n.output[0] for n in graph.node if n.name.endswith("_restore")]
     by_reader = {tuple(readers[name]): f"unpad_{name}_rows" in zeroed for name in restored}
-    assert by_reader == {("Split",): False, ("ReduceSum",): True}
+    if fused:
+        assert unpadded.head_major == 0
+        assert by_reader == {("Split",): False, ("ReduceSum",): True}
+    else:
+        assert unpadded.head_major == 2  # Q, K, V restored; the context packed
+        assert ops["Split"] == 0 and ops["Transpose"] == 1  # K's, for Q x K
+        assert by_reader == {("ReduceSum",): True}
+
+
+def test_separate_q_k_v_projections_are_each_restored_head_major(tmp_path: Path) -> None:
+    model = _exported(tmp_path, siblings=False)
+    feeds = _feeds([2, 7, 4, 1])
+    unpadded = remove_padding(model)
+    assert unpadded is not None and unpadded.head_major == 4  # Q, K and V; the context
+    np.testing.assert_allclose(
+        _outputs(unpadded.model, tmp_path / "u.onnx", feeds),
+        _outputs(model, tmp_path / "p.onnx", feeds),
+        atol=1e-5,
+    )
 
 
 @settings(max_examples=25, deadline=None)
