@@ -46,9 +46,22 @@ class RuntimeConfig(BaseModel):
     allow_spinning: bool = Field(default=False, alias="allowSpinning")
     disabled_optimizers: list[str] = Field(default_factory=list, alias="disabledOptimizers")
     dtype: str = "fp32"
+    # Small batches can run faster on fewer threads (waking a worker costs more than it saves),
+    # large ones slower: a runner keeps one session per thread count and picks by batch size.
+    batch_threads: dict[int, int] = Field(
+        default_factory=dict,
+        alias="threadsByBatchSize",
+        description="intra-op threads for batches of at most this many rows (the smallest such "
+        "key); larger batches use intraOpThreads",
+    )
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)
+
+    def threads_for(self, rows: int) -> int:
+        """The intra-op threads a batch of `rows` runs on."""
+        fits = [size for size in self.batch_threads if rows <= size]
+        return self.batch_threads[min(fits)] if fits else self.intra_op_threads
 
 
 Runner = Callable[[Feeds], np.ndarray]
@@ -87,6 +100,26 @@ def ort_runner(session: ort.InferenceSession) -> Runner:
     def run(feeds: Feeds) -> np.ndarray:
         result = session.run([output], {k: v for k, v in feeds.items() if k in names})
         return np.asarray(result[0])
+
+    return run
+
+
+def onnx_runner(path: Path, config: RuntimeConfig) -> Runner:
+    """ONNX Runtime on `path` under `config`: one session per thread count it names, each batch
+    run by the session its size calls for (the weights are loaded once per session)."""
+    counts = {config.intra_op_threads, *config.batch_threads.values()}
+    if len(counts) == 1:
+        return ort_runner(ort_session(path, config))
+    runners = {
+        threads: ort_runner(
+            ort_session(path, config.model_copy(update={"intra_op_threads": threads}))
+        )
+        for threads in counts
+    }
+
+    def run(feeds: Feeds) -> np.ndarray:
+        rows = next(iter(feeds.values())).shape[0]
+        return runners[config.threads_for(rows)](feeds)
 
     return run
 
@@ -144,7 +177,7 @@ def open_runner(
     if config.intra_op_threads > 0:
         torch.set_num_threads(config.intra_op_threads)
     if format == "onnx":
-        return ort_runner(ort_session(path, config))
+        return onnx_runner(path, config)
     module = load_torch_module(path, format)
     if config.backend == "torch-compile":
         module = torch.compile(module, dynamic=True)  # type: ignore[assignment]

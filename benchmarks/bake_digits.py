@@ -33,8 +33,7 @@ from bakeline.agents.pipeline import run_pipeline
 from bakeline.agents.runtimes import (
     RuntimeConfig,
     load_exported_program,
-    ort_runner,
-    ort_session,
+    onnx_runner,
     torch_runner,
 )
 from bakeline.agents.timing import Method, compare, rotating, timed_config, wait_for_quiet
@@ -93,7 +92,7 @@ def main() -> int:
     variants = {
         "fp32": torch_runner(fp32_module, ["image"]),
         "quantizeDynamic": torch_runner(qdyn_module, ["image"]),
-        "baked": ort_runner(ort_session(package / "model.onnx", timed)),
+        "baked": onnx_runner(package / "model.onnx", timed),
     }
     accuracy = {
         name: float(

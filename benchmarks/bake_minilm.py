@@ -10,7 +10,10 @@
      (`torch.onnx.export`, then `onnxruntime.quantization.quantize_dynamic`, per channel, int8
      weights, its default operator set: MatMul and the embedding Gathers), the recipe ONNX
      Runtime documents (Olive's dynamic quantization pass calls this same function);
-   - baked: `bakeline run`'s model.onnx under its packaged runtime config.
+   - baked: `bakeline run`'s model.onnx under its packaged runtime config (at most --threads
+     threads; where the accelerator found a batch size faster on fewer, it runs on fewer);
+   - ortInt8OneThread: the ortInt8 model on one thread, for reference only (not a peer: the
+     recipe documents no thread setting), so that a thread count is never the only difference.
 3. Times them by THE timing method (`bakeline.agents.timing.compare`, the PerformanceProfiler's
    too): one process, fixed threads, ONNX Runtime sessions with spinning off, interleaved
    blocks, rotating over the evaluation sentences (never used for calibration), median of
@@ -41,7 +44,13 @@ import torch
 
 from bakeline.agents.builtins import minilm
 from bakeline.agents.quality import cosine_rows
-from bakeline.agents.runtimes import RuntimeConfig, ort_runner, ort_session, torch_runner
+from bakeline.agents.runtimes import (
+    RuntimeConfig,
+    onnx_runner,
+    ort_runner,
+    ort_session,
+    torch_runner,
+)
 from bakeline.agents.timing import Method, compare, rotating, timed_config, wait_for_quiet
 
 JOB = Path(__file__).resolve().parent.parent / "examples" / "bakingjob-minilm.yaml"
@@ -176,7 +185,11 @@ def main() -> int:
         "fp32": torch_runner(fp32_module, NAMES),
         "quantizeDynamic": torch_runner(qdyn_module, NAMES),
         "ortInt8": ort_runner(ort_session(peer_path, ort_config)),
-        "baked": ort_runner(ort_session(package / "model.onnx", timed_config(runtime))),
+        "ortInt8OneThread": ort_runner(
+            ort_session(peer_path, ort_config.model_copy(update={"intra_op_threads": 1}))
+        ),
+        # As packaged: with threadsByBatchSize, one session per thread count.
+        "baked": onnx_runner(package / "model.onnx", timed_config(runtime)),
     }
 
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in variants}
@@ -215,6 +228,7 @@ def main() -> int:
         "fp32": weights,
         "quantizeDynamic": state_bytes(qdyn_module),
         "ortInt8": peer_path.stat().st_size,
+        "ortInt8OneThread": peer_path.stat().st_size,
         "baked": (package / "model.onnx").stat().st_size,
     }
     result: dict[str, Any] = {

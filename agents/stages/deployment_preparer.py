@@ -93,6 +93,11 @@ def model_card(
         "",
         f"Runtime: `{json.dumps(runtime)}`.",
     ]
+    if runtime.get("threadsByBatchSize"):
+        lines.append(
+            "Batches of at most N rows run fastest on the threads `threadsByBatchSize` gives for "
+            "N (larger ones on `intraOpThreads`): keep one session per thread count."
+        )
     if (source.directory / TOKENIZER).exists():
         lines.append("Tokenize with `tokenizer.json` (tokenizers library), padding to the longest.")
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]

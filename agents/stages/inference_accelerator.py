@@ -12,9 +12,14 @@ at every target batch size; the fastest (the smallest worst-case latency relativ
 each batch size) among those passing the job's quality gate is kept, with its runtime config
 recorded for the later stages and the package.
 
+Where ONNX Runtime's fastest thread count differs between batch sizes (one thread at batch 1,
+all of them at batch 32 is usual: waking a worker costs more than a small batch saves), the
+candidate that runs each batch size on its fastest count is timed-by-composition and can be kept
+(`threadsByBatchSize` in the runtime config: the runner keeps a session per count).
+
 Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20), batchSizes
 (default job.target.batchSizes), allowSpinning (false), tryFewerThreads (true: also time one
-intra-op thread).
+intra-op thread), threadsByBatchSize (true: allow thread counts per batch size).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class AcceleratorParams(StageParams):
     batch_sizes: list[int] | None = Field(default=None, alias="batchSizes")
     allow_spinning: bool = Field(default=False, alias="allowSpinning")
     try_fewer_threads: bool = Field(default=True, alias="tryFewerThreads")
+    threads_by_batch_size: bool = Field(default=True, alias="threadsByBatchSize")
 
 
 @register
@@ -72,6 +78,7 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         original_path, original_format = source.original()
 
         configs: dict[str, tuple[RuntimeConfig, str, str]] = {}  # name -> config, path, format
+        thread_variants: dict[str, list[str]] = {}  # ONNX Runtime candidate -> its thread counts
         if "onnxruntime" in params.candidates and source.format == "onnx":
             artifact = str(source.artifact)
             # Fewer threads can win for small models: waking a worker costs more than it saves.
@@ -79,6 +86,7 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
             thread_counts = sorted({base.intra_op_threads, *fewer} - {0}) or [0]
             for (name, level, disabled), threads in product(ORT_CANDIDATES, thread_counts):
                 label = name if threads == max(thread_counts) else f"{name}-{threads}thread"
+                thread_variants.setdefault(name, []).append(label)
                 configs[label] = (
                     base.model_copy(
                         update={
@@ -138,11 +146,19 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
                 # Each candidate's least disturbed window: selection compares candidates, not
                 # candidates against a baseline, so no window has to be shared.
                 latency[name][size] = min(m[name] for m in measured.window_medians)
+        if params.threads_by_batch_size:
+            combined = threads_by_batch_size(
+                thread_variants, {n: configs[n][0] for n in runners}, latency, sizes
+            )
+            for name, (config, runs_on) in combined.items():
+                configs[name] = (config, *configs[runs_on[sizes[-1]]][1:])
+                latency[name] = {size: latency[label][size] for size, label in runs_on.items()}
+                quality[name] = quality[runs_on[sizes[-1]]]
         # Minimax: the candidate whose worst batch size is nearest its best latency there (a sum
         # would trade a batch size away, e.g. one thread: fastest at batch 1, slowest at 32).
         relative = {
-            name: max(latency[name][s] / min(latency[n][s] for n in runners) for s in sizes)
-            for name in runners
+            name: max(latency[name][s] / min(latency[n][s] for n in latency) for s in sizes)
+            for name in latency
         }
         chosen = min(relative, key=lambda n: relative[n])
         config, path, fmt = configs[chosen]
@@ -156,7 +172,7 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         }
         if eager:
             metrics["speedupVsEager"] = latency[eager][sizes[0]] / latency[chosen][sizes[0]]
-        for name in runners:
+        for name in latency:
             for size in sizes:
                 metrics[f"{name}.b{size}.p50Ms"] = latency[name][size]
 
@@ -186,8 +202,34 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
             started_at=ctx.started_at,
             attributes={"runtime": config.dump()},
         )
-        timings = ", ".join(f"{n} {latency[n][sizes[0]]:.2f} ms" for n in runners)
+        timings = ", ".join(f"{n} {latency[n][sizes[0]]:.2f} ms" for n in latency)
         message = f"kept {chosen} (batch {sizes[0]} p50: {timings})"
         if failures:
             message += f"; failed: {', '.join(failures)}"
         return StageResult(Outcome(message, metrics), manifest)
+
+
+def threads_by_batch_size(
+    variants: dict[str, list[str]],
+    configs: dict[str, RuntimeConfig],
+    latency: dict[str, dict[int, float]],
+    sizes: list[int],
+) -> dict[str, tuple[RuntimeConfig, dict[int, str]]]:
+    """For each ONNX Runtime candidate timed on several thread counts whose fastest count is not
+    the same at every batch size, one more candidate that runs each size on its fastest (e.g.
+    batch 1 on one thread, batch 32 on two). Returns its name -> its config and, per size, the
+    timed variant it runs as there. `sizes` ascending."""
+    found: dict[str, tuple[RuntimeConfig, dict[int, str]]] = {}
+    for base, labels in variants.items():
+        timed = [label for label in labels if label in configs and label in latency]
+        if len(timed) < 2:
+            continue
+        fastest = {size: min(timed, key=lambda label: latency[label][size]) for size in sizes}
+        if len(set(fastest.values())) < 2:
+            continue
+        largest = configs[fastest[sizes[-1]]]
+        # Batches up to each smaller size run on that size's fastest, larger ones as the largest.
+        by_size = {size: configs[fastest[size]].intra_op_threads for size in sizes[:-1]}
+        config = largest.model_copy(update={"batch_threads": by_size})
+        found[f"{base}+threads-by-batch-size"] = (config, fastest)
+    return found

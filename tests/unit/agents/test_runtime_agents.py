@@ -7,13 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from bakeline.agents import runtimes
 from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import GateFailed, InvalidInput
 from bakeline.agents.hardware import cpu_flags, supports, usable_cpus
 from bakeline.agents.pipeline import Chain, StageRunner
+from bakeline.agents.runtimes import RuntimeConfig
 from bakeline.agents.stages import hardware_adapter
+from bakeline.agents.stages.inference_accelerator import threads_by_batch_size
 from bakeline.checkpoints.manifest import verify_checkpoint
 
 
@@ -177,3 +181,59 @@ def test_deployment_package(digits_chain: Chain) -> None:
 def test_agents_refuse_a_missing_input(tmp_path: Path, run_stage: StageRunner) -> None:
     with pytest.raises(InvalidInput, match="does not exist"):
         run_stage("GraphOptimizer", tmp_path / "out", tmp_path / "nowhere")
+
+
+def test_threads_per_batch_size_combine_each_sizes_fastest_thread_count() -> None:
+    configs = {
+        "ort-all": RuntimeConfig(intra_op_threads=2),
+        "ort-all-1thread": RuntimeConfig(intra_op_threads=1),
+        "ort-basic": RuntimeConfig(intra_op_threads=2, graph_optimization_level="basic"),
+        "ort-basic-1thread": RuntimeConfig(intra_op_threads=1, graph_optimization_level="basic"),
+    }
+    variants = {"ort-all": ["ort-all", "ort-all-1thread"], "ort-basic": list(configs)[2:]}
+    latency = {
+        "ort-all": {1: 1.0, 32: 10.0},
+        "ort-all-1thread": {1: 0.6, 32: 18.0},
+        "ort-basic": {1: 1.2, 32: 12.0},  # two threads fastest at both: nothing to combine
+        "ort-basic-1thread": {1: 1.3, 32: 20.0},
+    }
+    combined = threads_by_batch_size(variants, configs, latency, [1, 32])
+    assert list(combined) == ["ort-all+threads-by-batch-size"]
+    config, runs_on = combined["ort-all+threads-by-batch-size"]
+    assert runs_on == {1: "ort-all-1thread", 32: "ort-all"}
+    assert config.intra_op_threads == 2 and config.batch_threads == {1: 1}
+    # As packaged (runtime.json) and read back: batch 1 on one thread, anything larger on two.
+    again = RuntimeConfig.model_validate(json.loads(json.dumps(config.dump())))
+    assert [again.threads_for(rows) for rows in (1, 2, 32, 64)] == [1, 2, 2, 2]
+
+
+def test_an_onnx_runner_runs_each_batch_on_the_session_for_its_size(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    opened: list[int] = []
+
+    class Session:
+        def __init__(self, threads: int) -> None:
+            self.threads = threads
+
+        def get_inputs(self) -> list[Any]:
+            return [type("Input", (), {"name": "x"})()]
+
+        def get_outputs(self) -> list[Any]:
+            return [type("Output", (), {"name": "y"})()]
+
+        def run(self, _names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return [np.full((len(feeds["x"]), 1), self.threads)]
+
+    def session(_path: Path, config: RuntimeConfig) -> Session:
+        opened.append(config.intra_op_threads)
+        return Session(config.intra_op_threads)
+
+    monkeypatch.setattr(runtimes, "ort_session", session)
+    config = RuntimeConfig(intra_op_threads=2, batch_threads={1: 1, 8: 2})
+    run = runtimes.onnx_runner(tmp_path / "model.onnx", config)
+    assert sorted(opened) == [1, 2]  # one session per thread count, not per size
+    assert [int(run({"x": np.zeros((rows, 3))})[0, 0]) for rows in (1, 4, 8, 32)] == [1, 2, 2, 2]
+    opened.clear()
+    runtimes.onnx_runner(tmp_path / "model.onnx", RuntimeConfig(intra_op_threads=2))
+    assert opened == [2]
