@@ -340,3 +340,41 @@ def test_a_failed_data_write_fails_the_put_and_commits_nothing(tmp_path: Path) -
     with pytest.raises(ConnectionError, match="went away"):
         store.put(source, stage="a")
     assert client.stored_at_index == {} and store.list() == []
+
+
+class SlowReads(MemoryConfigMaps):
+    """Gets take a while; records how many ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def get(self, name: str) -> ConfigMapData | None:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.01)
+            return super().get(name)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_blob_chunks_are_read_ahead_in_order_and_a_missing_one_still_fails(
+    tmp_path: Path,
+) -> None:
+    client = SlowReads()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096, readers=3)
+    payload = bytes(range(256)) * 100  # seven chunks
+    ref = store.put(_checkpoint(tmp_path / "out", payload), stage="a")
+    client.most = 0
+    store.restore(ref.id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "model.onnx").read_bytes() == payload
+    assert 1 < client.most <= 3
+    chunk = sorted(n for n, m in client.items.items() if "-blob-" in n and m.binary_data)[5]
+    del client.items[chunk]
+    with pytest.raises(ChecksumMismatchError, match="blob chunk 5 is missing"):
+        store.restore(ref.id, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
