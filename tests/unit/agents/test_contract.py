@@ -144,7 +144,10 @@ def test_compare_keeps_the_window_where_the_baseline_ran_fastest() -> None:
     dropped, and the speedup is read in the kept window only."""
     method = Method(block=2, settle=1, windows=3, warmup=1)
     per_window = method.warmup + 4 * method.block  # 4 runs, one timed call per block
-    delays = [0.004, 0.001, 0.003]  # the baseline's sleep in each window: window 1 is quiet
+    # The baseline's sleep in each window: window 1 is quiet. Apart by several milliseconds: a
+    # loaded machine stretches short sleeps by that much (1 ms measured 5 ms next to a full
+    # suite).
+    delays = [0.02, 0.002, 0.012]
     calls = {"n": 0}
 
     def baseline(index: int) -> None:

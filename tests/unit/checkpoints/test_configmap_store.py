@@ -4,9 +4,10 @@ the cache index and deletion."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,19 @@ class SlowConfigMaps(MemoryConfigMaps):
         self.fail_chunk = fail_chunk
         self.stored_at_index: dict[str, set[str]] = {}
 
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """One call in flight for its duration (counted in `most`)."""
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.01)
+            yield
+        finally:
+            with self.lock:
+                self.running -= 1
+
     def create(
         self,
         name: str,
@@ -300,18 +314,11 @@ class SlowConfigMaps(MemoryConfigMaps):
             self.stored_at_index[name] = set(self.items)
             super().create(name, labels, data, binary_data)
             return
-        with self.lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-        try:
-            time.sleep(0.02)
+        with self.busy():
             if name == self.fail_chunk:
                 raise ConnectionError(f"{name}: the API server went away")
             with self.lock:
                 super().create(name, labels, data, binary_data)
-        finally:
-            with self.lock:
-                self.running -= 1
 
 
 def test_data_config_maps_are_written_concurrently_and_indexes_only_after_them(
@@ -342,24 +349,12 @@ def test_a_failed_data_write_fails_the_put_and_commits_nothing(tmp_path: Path) -
     assert client.stored_at_index == {} and store.list() == []
 
 
-class SlowReads(MemoryConfigMaps):
-    """Gets take a while; records how many ran at once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lock = threading.Lock()
-        self.running = self.most = 0
+class SlowReads(SlowConfigMaps):
+    """Gets take a while too."""
 
     def get(self, name: str) -> ConfigMapData | None:
-        with self.lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-        try:
-            time.sleep(0.01)
+        with self.busy():
             return super().get(name)
-        finally:
-            with self.lock:
-                self.running -= 1
 
 
 def test_blob_chunks_are_read_ahead_in_order_and_a_missing_one_still_fails(
