@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,44 @@ def test_delete_removes_the_checkpoint_and_its_cache_entries(tmp_path: Path) -> 
     assert store.list() == [] and store.lookup(KEY) is None
     with pytest.raises(CheckpointNotFoundError):
         store.get(ref.id)
+
+
+def test_bytes_two_checkpoints_share_are_stored_once_and_kept_while_one_lists_them(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    first = store.put(_checkpoint(tmp_path / "a", b"weights-a"), stage="a")
+    second = store.put(_checkpoint(tmp_path / "b", b"weights-b"), stage="b")
+    objects = tmp_path / "store" / "objects"
+    # model.onnx differs, sub/ref.npy is the same bytes: three objects, not four.
+    assert len(list(objects.iterdir())) == 3
+    shared = store.path(first.id) / "sub" / "ref.npy"
+    assert shared.samefile(store.path(second.id) / "sub" / "ref.npy")
+    store.delete(first.id)
+    assert len(list(objects.iterdir())) == 2  # first's model went; the shared file stayed
+    store.restore(second.id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "sub" / "ref.npy").read_bytes() == b"reference"
+    assert not (tmp_path / "restored" / "sub" / "ref.npy").samefile(
+        store.path(second.id) / "sub" / "ref.npy"
+    ), "a restore is a copy: writing it must not change the store"
+    store.delete(second.id)
+    assert list(objects.iterdir()) == []
+
+
+def test_a_source_changed_after_its_check_is_refused_and_leaves_no_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    source = _checkpoint(tmp_path / "out")
+    real_copy = shutil.copyfile
+
+    def copy_then_change(src: Path, dst: Path) -> Path:
+        if Path(src).name == "model.onnx":
+            Path(src).write_bytes(b"changed")
+        return Path(real_copy(src, dst))
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_change)
+    with pytest.raises(ChecksumMismatchError, match="changed while it was being stored"):
+        store.put(source, stage="a")
+    assert store.list() == []
+    assert list((tmp_path / "store" / "objects").iterdir()) == []
