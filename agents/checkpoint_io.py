@@ -2,29 +2,36 @@
 
 Every checkpoint carries forward what later stages need: the reference outputs, calibration and
 evaluation data, the tokenizer, earlier reports and the original model (the yardstick for quality
-and speed). Carried files are hard-linked when possible: they are never modified in place.
+and speed). Carried files are hard-linked when possible: they are never modified in place. A
+file the input carries by reference (left in the ConfigMap store it was restored from, named in
+its carried marker) is carried the same way: listed in the output's manifest and marker, never
+read.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakeline.agents.contract import InvalidInput
+from bakeline.agents.contract import ROLE_ORIGINAL, InvalidInput
 from bakeline.agents.data import Dataset, load_arrays
 from bakeline.agents.version import agent_version
 from bakeline.checkpoints.manifest import (
     ArtifactFormat,
     ChecksumMismatchError,
+    FileEntry,
     LineageEntry,
     Manifest,
     ManifestError,
     TensorSpec,
     file_entry,
+    read_carried,
     utc_now,
+    write_carried,
     write_manifest,
 )
 from bakeline.checkpoints.manifest import verify_checkpoint as _verify
@@ -35,7 +42,6 @@ EVALUATION = "evaluation.safetensors"
 REFERENCE = "reference.safetensors"  # arrays "calibration" and "evaluation": reference outputs
 TOKENIZER = "tokenizer.json"
 ROLE_MODEL = "model"
-ROLE_ORIGINAL = "original"
 ROLE_REPORT = "report"
 
 EXTENSIONS: dict[str, str] = {
@@ -50,6 +56,7 @@ EXTENSIONS: dict[str, str] = {
 class InputCheckpoint:
     directory: Path
     manifest: Manifest
+    carried: frozenset[str] = frozenset()  # manifest paths left in the store, not here
 
     @property
     def artifact(self) -> Path:
@@ -72,10 +79,27 @@ class InputCheckpoint:
 
     def original(self) -> tuple[Path, ArtifactFormat]:
         """The model as imported (checkpoint 0): the yardstick for speed comparisons."""
+        relative, format = self._original()
+        if relative in self.carried:
+            raise InvalidInput(
+                f"the original model {relative} was left in the checkpoint store when this "
+                "input was restored: an agent in contract.ORIGINAL_UNREAD may not open it"
+            )
+        return self.directory / relative, format
+
+    def _original(self) -> tuple[str, ArtifactFormat]:
         original = self.manifest.attributes.get("original")
         if not isinstance(original, dict):
-            return self.artifact, self.format
-        return self.directory / str(original["path"]), original["format"]
+            return self.manifest.artifact, self.format
+        return str(original["path"]), original["format"]
+
+    def files(self) -> Iterator[tuple[FileEntry, str, bool]]:
+        """Each file with its role as carried forward (the original model's is `original`) and
+        whether it is the artifact."""
+        original, _ = self._original()
+        for entry in self.manifest.files:
+            role = ROLE_ORIGINAL if entry.path == original else entry.role
+            yield entry, role, entry.path == self.manifest.artifact
 
     def dataset(self, relative: str) -> Dataset:
         if not self.has(relative):
@@ -101,7 +125,8 @@ def open_input(directory: Path | None) -> InputCheckpoint:
     if directory is None or not directory.is_dir():
         raise InvalidInput(f"input checkpoint directory {directory} does not exist")
     try:
-        manifest = _verify(directory)
+        manifest = _verify(directory, carried_ok=True)
+        carried = read_carried(directory)
     except ChecksumMismatchError as exc:
         raise InvalidInput(
             f"input checkpoint {directory} failed sha256 verification: {exc}"
@@ -110,7 +135,9 @@ def open_input(directory: Path | None) -> InputCheckpoint:
         raise InvalidInput(str(exc)) from exc
     if not any(entry.path == manifest.artifact for entry in manifest.files):
         raise InvalidInput(f"manifest artifact {manifest.artifact!r} is not among its files")
-    return InputCheckpoint(directory, manifest)
+    if manifest.artifact in carried:
+        raise InvalidInput(f"the artifact {manifest.artifact!r} was not restored")
+    return InputCheckpoint(directory, manifest, carried)
 
 
 def _place(source: Path, target: Path) -> None:
@@ -130,6 +157,7 @@ class OutputCheckpoint:
     directory: Path
     source: InputCheckpoint | None = None
     _roles: dict[str, str] = field(default_factory=dict)
+    _carried: dict[str, FileEntry] = field(default_factory=dict)  # by reference, not here
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -142,6 +170,7 @@ class OutputCheckpoint:
 
     def add(self, relative: str, role: str) -> Path:
         self._roles[relative] = role
+        self._carried.pop(relative, None)
         return self.directory / relative
 
     def add_copy(self, source: Path, relative: str, role: str) -> Path:
@@ -152,18 +181,16 @@ class OutputCheckpoint:
         """Carry the input's files: data, reports and the original model (not its artifact)."""
         if self.source is None:
             return
-        original, _ = self.source.original()
-        for entry in self.source.manifest.files:
-            src = self.source.directory / entry.path
-            is_artifact = entry.path == self.source.manifest.artifact
-            role = entry.role
-            if src == original:
-                role = ROLE_ORIGINAL
-            elif is_artifact and not keep_model:
+        for entry, role, is_artifact in self.source.files():
+            if is_artifact and role != ROLE_ORIGINAL and not keep_model:
                 continue
             if roles is not None and role not in roles:
                 continue
-            self.add_copy(src, entry.path, role)
+            if entry.path in self.source.carried:
+                self._roles.pop(entry.path, None)
+                self._carried[entry.path] = entry.model_copy(update={"role": role})
+            else:
+                self.add_copy(self.source.directory / entry.path, entry.path, role)
 
     def finish(
         self,
@@ -184,7 +211,8 @@ class OutputCheckpoint:
         if artifact not in self._roles:
             raise ValueError(f"artifact {artifact} was not added to the checkpoint")
         self._roles[artifact] = ROLE_MODEL
-        files = [file_entry(self.directory, rel, role) for rel, role in sorted(self._roles.items())]
+        files = [file_entry(self.directory, rel, role) for rel, role in self._roles.items()]
+        files = sorted([*files, *self._carried.values()], key=lambda entry: entry.path)
         artifact_sha = next(f.sha256 for f in files if f.path == artifact)
         src = self.source.manifest if self.source else None
         lineage = list(src.lineage) if src else []
@@ -215,6 +243,7 @@ class OutputCheckpoint:
             metrics=metrics,
             attributes=merged,
         )
+        write_carried(self.directory, self._carried)
         write_manifest(self.directory, manifest)
         return manifest
 

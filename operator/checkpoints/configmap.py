@@ -14,6 +14,11 @@ One checkpoint is several ConfigMaps, all named from the store's `prefix` and th
                                     each file's chunks are), ref.json (the CheckpointRef)
     PREFIX-key-CACHEKEY             the id stored under a cache key
 
+A stage whose agent never opens the original model restores its input without it
+(`restore(..., leave_roles=...)`): the directory's carried marker names what was left, and a
+`put` of the stage's output refers to the blob already stored instead of reading the file. Of a
+MiniLM bake's eight restores, six need not fetch its 90 MB fp32 original.
+
 The index is the commit point: a checkpoint whose index is missing does not exist, whatever
 data ConfigMaps a crashed writer left. Restore reassembles every file, checks its sha256
 against the manifest and refuses any mismatch; nothing half-restored is left behind.
@@ -49,7 +54,9 @@ from bakeline.checkpoints.manifest import (
     ChecksumMismatchError,
     Manifest,
     ManifestError,
+    read_carried,
     verify_checkpoint,
+    write_carried,
 )
 from bakeline.checkpoints.store import CheckpointNotFoundError, CheckpointRef
 
@@ -182,7 +189,9 @@ class ConfigMapStore:
 
     # ------------------------------------------------------------------ writing
     def put(self, source: Path, *, stage: str, cache_key: str | None = None) -> CheckpointRef:
-        manifest = verify_checkpoint(source)
+        """Store `source`; a file it carries by reference (restored with `leave_roles`) must be
+        a complete blob of this store already, and is not read."""
+        manifest = verify_checkpoint(source, carried_ok=True)
         manifest_bytes = (source / MANIFEST_NAME).read_bytes()
         manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
         checkpoint_id = f"{_slug(stage)}-{manifest_sha[:16]}"
@@ -223,7 +232,11 @@ class ConfigMapStore:
         part: dict[str, bytes] = {}
         size = 0
         parts = 0
+        carried = read_carried(source)
         for file_index, entry in enumerate(manifest.files):
+            if entry.path in carried and not (source / entry.path).is_file():
+                layout[entry.path] = self._stored_blob(entry.path, entry.sha256)
+                continue
             if entry.size_bytes > self.blob_bytes:
                 layout[entry.path] = self._write_blob(
                     source / entry.path, entry.path, entry.sha256, writes
@@ -253,11 +266,10 @@ class ConfigMapStore:
         """Store the file by content unless a complete blob of these bytes is there already."""
         index_name = self._blob_name(sha256)
         existing = self.client.get(index_name)
+        stored = _matching_blob(existing, sha256)
+        if stored is not None:
+            return stored
         if existing is not None:
-            with contextlib.suppress(ManifestError):
-                blob = _blob(existing)
-                if blob.sha256 == sha256:
-                    return blob
             self.client.delete(index_name)  # another file's prefix, or unreadable: rewrite
         labels = {
             LABEL_COMPONENT: COMPONENT_BLOB,
@@ -341,9 +353,13 @@ class ConfigMapStore:
         return manifest, manifest_bytes, files
 
     def _file_chunks(
-        self, checkpoint_id: str, manifest: Manifest, files: dict[str, _Stored]
+        self,
+        checkpoint_id: str,
+        manifest: Manifest,
+        files: dict[str, _Stored],
+        skip: frozenset[str] = frozenset(),
     ) -> Iterator[tuple[str, Iterator[bytes]]]:
-        """Each listed file's chunks, with every data ConfigMap read once."""
+        """Each listed file's chunks but those in `skip`, with every data ConfigMap read once."""
         cache: dict[int, ConfigMapData] = {}
 
         def part(number: int) -> ConfigMapData:
@@ -380,7 +396,8 @@ class ConfigMapStore:
         for entry in manifest.files:
             if entry.path not in files:
                 raise ChecksumMismatchError(f"{entry.path}: listed in the manifest but not stored")
-            yield entry.path, chunks(entry.path)
+            if entry.path not in skip:
+                yield entry.path, chunks(entry.path)
 
     def verify(self, checkpoint_id: str) -> Manifest:
         manifest, _, files = self._load(checkpoint_id)
@@ -390,6 +407,25 @@ class ConfigMapStore:
                 digest.update(data)
             _check(path, digest.hexdigest(), manifest.file(path).sha256)
         return manifest
+
+    def _left(
+        self, manifest: Manifest, files: dict[str, _Stored], leave_roles: frozenset[str]
+    ) -> frozenset[str]:
+        """The files of `leave_roles` a restore may leave in the store: blobs that are there."""
+        left = set()
+        for entry in manifest.files:
+            stored = files.get(entry.path)
+            if entry.role in leave_roles and isinstance(stored, _Blob):
+                self._stored_blob(entry.path, entry.sha256)  # present, or the restore fails now
+                left.add(entry.path)
+        return frozenset(left)
+
+    def _stored_blob(self, path: str, sha256: str) -> _Blob:
+        """The complete blob of these bytes; ChecksumMismatchError when the store has none."""
+        blob = _matching_blob(self.client.get(self._blob_name(sha256)), sha256)
+        if blob is None:
+            raise ChecksumMismatchError(f"{path}: its blob {sha256[:16]} is not in the store")
+        return blob
 
     def lookup(self, cache_key: str) -> CheckpointRef | None:
         entry = self.client.get(self._cache_name(cache_key))
@@ -405,16 +441,24 @@ class ConfigMapStore:
             return None
         return CheckpointRef(**{**asdict(ref), "cache_key": cache_key})
 
-    def restore(self, checkpoint_id: str, destination: Path) -> Manifest:
+    def restore(
+        self, checkpoint_id: str, destination: Path, leave_roles: frozenset[str] = frozenset()
+    ) -> Manifest:
         """Reassemble the checkpoint in `destination`, every file checked against its sha256
-        as it is written; on any mismatch nothing is left there."""
+        as it is written; on any mismatch nothing is left there.
+
+        Blob-stored files of `leave_roles` stay in the store: `destination` lists them in its
+        carried marker (CARRIED_NAME), and a `put` of a checkpoint that carries them forward
+        refers to the same blobs. A stage pod whose agent never opens the original model
+        restores its input this way (bakeline.cli.stage_store)."""
         if destination.exists():
             raise FileExistsError(f"restore target {destination} already exists")
         manifest, manifest_bytes, files = self._load(checkpoint_id)
+        left = self._left(manifest, files, leave_roles)
         destination.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
         try:
-            for path, chunks in self._file_chunks(checkpoint_id, manifest, files):
+            for path, chunks in self._file_chunks(checkpoint_id, manifest, files, skip=left):
                 target = staging / path
                 if not target.resolve().is_relative_to(staging.resolve()):
                     raise ManifestError(f"{path}: a manifest path may not leave the checkpoint")
@@ -426,6 +470,7 @@ class ConfigMapStore:
                         handle.write(data)
                 _check(path, digest.hexdigest(), manifest.file(path).sha256)
             (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
+            write_carried(staging, left)
             staging.replace(destination)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -543,6 +588,18 @@ def _blob(index: ConfigMapData) -> _Blob:
         return _Blob(_check_key(index.data["sha256"]), sizes)
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"ConfigMap {index.name}: blob index does not parse: {exc}") from exc
+
+
+def _matching_blob(index: ConfigMapData | None, sha256: str) -> _Blob | None:
+    """The blob this index commits, if it parses and holds these bytes (names keep only 32 of
+    the sha256's 64 digits)."""
+    if index is None:
+        return None
+    with contextlib.suppress(ManifestError):
+        blob = _blob(index)
+        if blob.sha256 == sha256:
+            return blob
+    return None
 
 
 def _blobs(index: ConfigMapData) -> set[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "manifest.json"
+# Not in the manifest: which of its files are not in this directory but left in the checkpoint
+# store the directory was restored from, and carried by reference (bakeline.checkpoints.configmap).
+CARRIED_NAME = "carried.json"
 SCHEMA_VERSION = 1
 
 ArtifactFormat = Literal["exported-program", "torchscript", "onnx", "safetensors", "package"]
@@ -139,12 +143,45 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
     return path
 
 
-def verify_checkpoint(directory: Path, manifest: Manifest | None = None) -> Manifest:
-    """Check every listed file against its sha256; raise ChecksumMismatchError on any difference."""
+def read_carried(directory: Path) -> frozenset[str]:
+    """The manifest paths this directory carries by reference (none without a marker)."""
+    path = directory / CARRIED_NAME
+    if not path.is_file():
+        return frozenset()
+    try:
+        paths = json.loads(path.read_text())["files"]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise TypeError("files is not a list of paths")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{path} does not parse: {exc}") from exc
+    return frozenset(paths)
+
+
+def write_carried(directory: Path, paths: Iterable[str]) -> None:
+    """Mark `paths` as carried by reference; no marker when there are none."""
+    listed = sorted(set(paths))
+    path = directory / CARRIED_NAME
+    if listed:
+        path.write_text(json.dumps({"files": listed}, indent=2))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def verify_checkpoint(
+    directory: Path, manifest: Manifest | None = None, *, carried_ok: bool = False
+) -> Manifest:
+    """Check every listed file against its sha256; raise ChecksumMismatchError on any difference.
+
+    With `carried_ok`, a file that is missing but named in the directory's carried marker
+    passes: the store it came from holds it, checked there (a present file is always checked).
+    """
     manifest = manifest or read_manifest(directory)
+    carried = read_carried(directory) if carried_ok else frozenset()
     for entry in manifest.files:
         path = directory / entry.path
         if not path.is_file():
+            if entry.path in carried:
+                continue
             raise ChecksumMismatchError(f"{entry.path}: listed in the manifest but missing")
         actual = sha256_file(path)
         if actual != entry.sha256:

@@ -10,7 +10,8 @@ manifest's.
 On lanes with `storage: ConfigMap` the agent still never talks to the API server; this wrapper
 does, through the ConfigMap checkpoint store (bakeline.checkpoints.configmap): before the agent
 it restores the input checkpoint where the agent reads it (every file checked against its
-sha256), after a successful agent it stores the output checkpoint (checked the same way), and
+sha256; the original model stays in the store for agents that never open it, carried by
+reference), after a successful agent it stores the output checkpoint (checked the same way), and
 adds the stored checkpoint's id to the agent's termination message, where the operator reads it
 into the checkpoint record.
 
@@ -44,10 +45,11 @@ class StageStoreError(Exception):
         self.code = code
 
 
-def verify_output(output: Path, termination: Path) -> None:
-    """The agent's checkpoint, in place: every file's sha256, and the artifact's as reported."""
+def verify_output(output: Path, termination: Path, *, carried_ok: bool = False) -> None:
+    """The agent's checkpoint, in place: every file's sha256, and the artifact's as reported.
+    `carried_ok` on ConfigMap lanes: a file carried by reference is checked by the store."""
     try:
-        manifest = verify_checkpoint(output)
+        manifest = verify_checkpoint(output, carried_ok=carried_ok)
     except (ChecksumMismatchError, ManifestError, OSError) as exc:
         raise StageStoreError(
             f"the agent's checkpoint does not verify: {exc}", EXIT_TRANSIENT

@@ -4,12 +4,12 @@ reached with the stage pod's own short-lived token (bakeline.cli.stage says what
 Stage pods talk to the API server over plain HTTPS (`ApiServer`), not through the kubernetes
 client: the store makes four kinds of ConfigMap call, and importing the client alone took
 0.44 s of CPU in every stage pod, more than the wrapper and a no-op agent together (issue #8's
-throughput run: 200 single-stage jobs on two cores).
+throughput run: 200 single-stage jobs on two cores). They speak protobuf
+(bakeline.cli.kube_protobuf): checkpoint bytes travel as bytes, not as base64 inside JSON.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -19,8 +19,9 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from bakeline.agents.contract import roles_left_in_store
 from bakeline.checkpoints.configmap import (
     ConfigMapData,
     ConfigMapExistsError,
@@ -28,6 +29,7 @@ from bakeline.checkpoints.configmap import (
 )
 from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError
 from bakeline.checkpoints.store import CheckpointNotFoundError
+from bakeline.cli import kube_protobuf
 from bakeline.cli.stage import (
     EXIT_INVALID,
     EXIT_TRANSIENT,
@@ -38,6 +40,7 @@ from bakeline.cli.stage import (
     verify_output,
 )
 
+T = TypeVar("T")
 REQUEST_TIMEOUT_S = 60.0
 
 
@@ -72,41 +75,34 @@ class ApiServer:
             lambda: (account / "token").read_text().strip(),
         )
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        query: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """The response's JSON; ApiError for a status of 400 or more."""
-        target = path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json"}
+    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """The response's protobuf bytes (kube_protobuf); ApiError for a status of 400 or more."""
+        status, data = self._exchange(method, path, body, kube_protobuf.CONTENT_TYPE)
+        if status >= 400:
+            message = kube_protobuf.decode_status_message(data)
+            raise ApiError(status, f"{method} {path}: {message or data[:200]!r}")
+        return data
+
+    def _exchange(
+        self, method: str, target: str, payload: bytes | None, content_type: str
+    ) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {self.token()}", "Accept": content_type}
         if payload is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         reused = getattr(self._local, "connection", None) is not None
         try:
             try:
-                status, data = self._send(method, target, payload, headers)
+                return self._send(method, target, payload, headers)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 if not reused:
                     raise
                 # The server closed the idle kept-alive connection: once more on a new one.
                 # Every call the store makes may be repeated (creates of equal bytes get 409).
-                status, data = self._send(method, target, payload, headers)
+                return self._send(method, target, payload, headers)
         except http.client.HTTPException as exc:  # an answer cut short: transient, as OSError
             raise ConnectionError(
-                f"{method} {path}: the API server's answer broke off: {exc}"
+                f"{method} {target}: the API server's answer broke off: {exc}"
             ) from exc
-        try:
-            decoded: dict[str, Any] = json.loads(data) if data else {}
-        except ValueError:
-            decoded = {}
-        if status >= 400:
-            message = decoded.get("message") or data[:200].decode(errors="replace")
-            raise ApiError(status, f"{method} {path}: {message}")
-        return decoded
 
     def _send(
         self, method: str, target: str, payload: bytes | None, headers: dict[str, str]
@@ -150,19 +146,15 @@ class KubeConfigMapClient:
         data: Mapping[str, str],
         binary_data: Mapping[str, bytes],
     ) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": self.namespace,
-                "labels": {**self.labels, **labels},
-                "ownerReferences": [dict(self.owner)],
-            },
-            "data": dict(data),
-            "binaryData": {k: base64.b64encode(v).decode() for k, v in binary_data.items()},
-            "immutable": True,
-        }
+        body = kube_protobuf.encode_configmap(
+            name=name,
+            namespace=self.namespace,
+            labels={**self.labels, **labels},
+            owner_references=[self.owner],
+            data=data,
+            binary_data=binary_data,
+            immutable=True,
+        )
         try:
             self.api.request("POST", self._path, body)
         except ApiError as exc:
@@ -171,18 +163,27 @@ class KubeConfigMapClient:
             raise
 
     def get(self, name: str) -> ConfigMapData | None:
-        try:
-            found = self.api.request("GET", f"{self._path}/{urllib.parse.quote(name)}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return _data(found)
+        """From the API server's watch cache (resourceVersion=0: no etcd read, a restore -40%),
+        a miss confirmed from etcd. What stage pods read is immutable and never replaced under
+        its name once committed (crash debris is replaced before its index is written), so a
+        cached copy is the copy; the cache may only lag behind a create by milliseconds."""
+        path = f"{self._path}/{urllib.parse.quote(name)}"
+        for query in ("?resourceVersion=0", ""):
+            try:
+                found = self.api.request("GET", path + query)
+            except ApiError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            return _decoded(kube_protobuf.decode_configmap, found, f"ConfigMap {name}")
+        return None
 
     def list(self, labels: Mapping[str, str]) -> list[ConfigMapData]:
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        found = self.api.request("GET", self._path, query={"labelSelector": selector})
-        return [_data(item) for item in found.get("items") or []]
+        selector = urllib.parse.urlencode(
+            {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())}
+        )
+        found = self.api.request("GET", f"{self._path}?{selector}")
+        return _decoded(kube_protobuf.decode_configmap_list, found, f"ConfigMaps {selector}")
 
     def delete(self, name: str) -> None:
         try:
@@ -192,14 +193,12 @@ class KubeConfigMapClient:
                 raise
 
 
-def _data(found: Mapping[str, Any]) -> ConfigMapData:
-    meta = found.get("metadata") or {}
-    return ConfigMapData(
-        name=str(meta.get("name") or ""),
-        labels=dict(meta.get("labels") or {}),
-        data=dict(found.get("data") or {}),
-        binary_data={k: base64.b64decode(v) for k, v in (found.get("binaryData") or {}).items()},
-    )
+def _decoded(decode: Callable[[bytes], T], body: bytes, what: str) -> T:
+    """An answer that does not decode is a broken answer: transient, as OSError."""
+    try:
+        return decode(body)
+    except (kube_protobuf.ProtobufError, UnicodeDecodeError) as exc:
+        raise ConnectionError(f"{what}: the API server's answer does not decode: {exc}") from exc
 
 
 def _service_account_dir() -> Path:
@@ -222,9 +221,14 @@ def _store() -> ConfigMapStore:
     return ConfigMapStore(kube, prefix=os.environ["BAKELINE_STORE_PREFIX"])
 
 
-def restore_input(store: ConfigMapStore, checkpoint_id: str, destination: Path) -> None:
+def restore_input(
+    store: ConfigMapStore,
+    checkpoint_id: str,
+    destination: Path,
+    leave_roles: frozenset[str] = frozenset(),
+) -> None:
     try:
-        store.restore(checkpoint_id, destination)
+        store.restore(checkpoint_id, destination, leave_roles)
     except CheckpointNotFoundError as exc:
         raise StageStoreError(
             f"input checkpoint {checkpoint_id} is gone: {exc}", EXIT_INVALID
@@ -237,7 +241,7 @@ def restore_input(store: ConfigMapStore, checkpoint_id: str, destination: Path) 
 
 def store_output(store: ConfigMapStore, output: Path, stage: str, termination: Path) -> None:
     """Store the agent's checkpoint and name it in the termination message."""
-    verify_output(output, termination)
+    verify_output(output, termination, carried_ok=True)
     try:
         ref = store.put(output, stage=stage)
     except (ChecksumMismatchError, ManifestError) as exc:
@@ -261,7 +265,9 @@ def run_with_store(command: Sequence[str], termination: Path) -> int:
             os.environ.get("BAKELINE_INPUT"),
         )
         if input_id and given:
-            restore_input(store, input_id, Path(given))
+            # What the agent never reads stays in the store (its output carries it by sha256).
+            leave = roles_left_in_store(os.environ.get("BAKELINE_AGENT"))
+            restore_input(store, input_id, Path(given), leave)
     except StageStoreError as error:
         return fail(termination, error)
     except (ApiError, OSError, KeyError, ValueError) as error:

@@ -5,6 +5,7 @@ the cache index and deletion."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,9 @@ from bakeline.checkpoints.manifest import (
     ChecksumMismatchError,
     Manifest,
     file_entry,
+    read_carried,
+    read_manifest,
+    verify_checkpoint,
     write_manifest,
 )
 from bakeline.checkpoints.store import CheckpointNotFoundError
@@ -373,3 +377,78 @@ def test_blob_chunks_are_read_ahead_in_order_and_a_missing_one_still_fails(
     with pytest.raises(ChecksumMismatchError, match="blob chunk 5 is missing"):
         store.restore(ref.id, tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def _with_original(directory: Path, original: bytes) -> Path:
+    """A checkpoint of a later stage: it carries the original model (role original)."""
+    (directory / "original.pt2").write_bytes(original)
+    manifest = Manifest.model_validate_json((directory / "manifest.json").read_text())
+    manifest.files.append(file_entry(directory, "original.pt2", "original"))
+    write_manifest(directory, manifest)
+    return directory
+
+
+def test_a_restore_leaves_the_original_in_the_store_and_the_next_put_refers_to_it(
+    tmp_path: Path,
+) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096)
+    original = b"o" * 20_000  # a blob; the small files of the checkpoint are in a part
+    one = _with_original(_checkpoint(tmp_path / "one", b"1" * 10_000), original)
+    first = store.put(one, stage="a")
+    reads: list[str] = []
+    client_get = client.get
+
+    def get(name: str) -> ConfigMapData | None:
+        reads.append(name)
+        return client_get(name)
+
+    client.get = get  # type: ignore[method-assign]
+
+    restored = tmp_path / "restored"
+    store.restore(first.id, restored, leave_roles=frozenset({"original", "data"}))
+    assert not any(name.startswith(store._blob_name(_sha(original)) + "-") for name in reads)
+    assert not (restored / "original.pt2").exists()
+    assert (restored / "sub" / "ref.npy").read_bytes() == b"reference"  # in a part: fetched
+    assert read_carried(restored) == {"original.pt2"}
+    with pytest.raises(ChecksumMismatchError):
+        verify_checkpoint(restored)
+    verify_checkpoint(restored, carried_ok=True)
+
+    # The next stage writes a new model and carries the rest, the original by reference.
+    (restored / "model.onnx").write_bytes(b"2" * 10_000)
+    manifest = read_manifest(restored)
+    manifest.files[[f.path for f in manifest.files].index("model.onnx")] = file_entry(
+        restored, "model.onnx", "model"
+    )
+    write_manifest(restored, manifest)
+    creates = client.creates
+    second = store.put(restored, stage="b")
+    assert client.creates - creates == 3 + 1 + 1 + 1  # the model's chunks and index, part, index
+    store.delete(first.id)  # the original's blob stays: the second lists it
+    store.restore(second.id, tmp_path / "full")
+    assert (tmp_path / "full" / "original.pt2").read_bytes() == original
+    assert not read_carried(tmp_path / "full")
+
+
+def test_what_is_carried_by_reference_must_be_in_the_store(tmp_path: Path) -> None:
+    client = MemoryConfigMaps()
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096)
+    source = _with_original(_checkpoint(tmp_path / "one", b"1" * 10_000), b"o" * 20_000)
+    ref = store.put(source, stage="a")
+    store.restore(ref.id, tmp_path / "sparse", leave_roles=frozenset({"original"}))
+    # Another job's store never saw these bytes: the put fails and commits nothing.
+    other = ConfigMapStore(client, prefix="t", part_bytes=4096)
+    with pytest.raises(ChecksumMismatchError, match=r"original\.pt2: its blob \w+ is not in"):
+        other.put(tmp_path / "sparse", stage="b")
+    assert [r.id for r in other.list()] == []
+    # A blob gone since the checkpoint was written: the restore fails, leaving nothing.
+    for name in [n for n in client.items if n.startswith("s-blob-")]:
+        client.delete(name)
+    with pytest.raises(ChecksumMismatchError):
+        store.restore(ref.id, tmp_path / "again", leave_roles=frozenset({"original"}))
+    assert not (tmp_path / "again").exists()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
