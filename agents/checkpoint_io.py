@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakeline.agents.contract import ROLE_ORIGINAL, InvalidInput
+from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import Dataset, load_arrays
+from bakeline.agents.reads import ROLE_ORIGINAL
 from bakeline.agents.version import agent_version
 from bakeline.checkpoints.manifest import (
     ArtifactFormat,
@@ -83,7 +84,7 @@ class InputCheckpoint:
         if relative in self.carried:
             raise InvalidInput(
                 f"the original model {relative} was left in the checkpoint store when this "
-                "input was restored: an agent in contract.ORIGINAL_UNREAD may not open it"
+                "input was restored: agents in bakeline.agents.reads.ORIGINAL_UNREAD never open it"
             )
         return self.directory / relative, format
 

@@ -24,30 +24,6 @@ TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 MESSAGE_LIMIT = 1536  # characters of the message, before metrics are dropped
 
 
-# The agents that never open their input's original model (InputCheckpoint.original): on
-# ConfigMap lanes the stage wrapper restores their input without it and their output carries it
-# by reference (bakeline.checkpoints.configmap). The other built-in agents, InferenceAccelerator
-# and PerformanceProfiler, time against it; an agent not named here gets every file.
-ORIGINAL_UNREAD = frozenset(
-    {
-        "GraphOptimizer",
-        "ModelOptimizer",
-        "MemoryOptimizer",
-        "HardwareAdapter",
-        "QualityValidator",
-        "DeploymentPreparer",
-    }
-)
-ROLE_ORIGINAL = "original"
-
-
-def roles_left_in_store(agent: str | None) -> frozenset[str]:
-    """The checkpoint file roles `agent` (CamelCase or kebab-case) never reads."""
-    name = (agent or "").replace("-", "").lower()
-    unread = any(name == known.lower() for known in ORIGINAL_UNREAD)
-    return frozenset({ROLE_ORIGINAL}) if unread else frozenset()
-
-
 class AgentFailure(Exception):
     """A stage outcome other than success; carries its status, exit code and metrics."""
 

@@ -45,7 +45,7 @@ sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
 
 from kubernetes import client  # noqa: E402
 
-from bakeline.agents.contract import roles_left_in_store  # noqa: E402
+from bakeline.agents.reads import roles_left_in_store  # noqa: E402
 from bakeline.checkpoints.configmap import ConfigMapStore  # noqa: E402
 from bakeline.checkpoints.manifest import (  # noqa: E402
     read_carried,

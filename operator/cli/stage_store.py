@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bakeline.agents.contract import roles_left_in_store
+from bakeline.agents.reads import roles_left_in_store
 from bakeline.checkpoints.configmap import (
     ConfigMapData,
     ConfigMapExistsError,

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from bakeline.agents.checkpoint_io import open_input
-from bakeline.agents.contract import ORIGINAL_UNREAD, InvalidInput, roles_left_in_store
+from bakeline.agents.contract import InvalidInput
 from bakeline.agents.pipeline import Chain, StageRunner
+from bakeline.agents.reads import ORIGINAL_UNREAD, roles_left_in_store
 from bakeline.agents.stages import REGISTRY
 from bakeline.checkpoints.manifest import (
     ChecksumMismatchError,
