@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import Dataset, load_arrays
 from bakeline.agents.reads import ROLE_ORIGINAL
@@ -189,7 +191,7 @@ class OutputCheckpoint:
                 continue
             if entry.path in self.source.carried:
                 self._roles.pop(entry.path, None)
-                self._carried[entry.path] = entry.model_copy(update={"role": role})
+                self._carried[entry.path] = msgspec.structs.replace(entry, role=role)
             else:
                 self.add_copy(self.source.directory / entry.path, entry.path, role)
 

@@ -54,7 +54,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from controlplane import free_port, running  # noqa: E402
 from support.kube import apply, get, wait_for  # noqa: E402
-from support.node_harness import NodeHarness  # noqa: E402
+from support.node_harness import NodeHarness, scripted_agent_env  # noqa: E402
 
 STAGES = 9
 GROUP, VERSION = "bakeline.io", "v1alpha1"
@@ -98,16 +98,6 @@ class PodClock:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _no_op_agent(directory: Path) -> dict[str, str]:
-    agent = ROOT / "tests" / "support" / "scripted_agent.py"
-    wrapper = directory / "bakeline-agent"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{agent}" "$@"\n')
-    wrapper.chmod(0o755)
-    script = directory / "script.json"
-    script.write_text("{}")
-    return {"PATH": f"{directory}:{os.environ['PATH']}", "SCRIPTED_AGENT_SCRIPT": str(script)}
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -227,7 +217,7 @@ def main() -> None:
             core = client.CoreV1Api(api_client)
             (tmp / "bin").mkdir()
             harness = NodeHarness(api_client, tmp / "node")
-            harness.namespace_env[namespace] = _no_op_agent(tmp / "bin")
+            harness.namespace_env[namespace] = scripted_agent_env(tmp / "bin", tmp / "script.json")
             metrics_port = free_port()
             env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
             with harness, (tmp / "operator.log").open("wb") as log:

@@ -54,6 +54,7 @@ from bakeline.checkpoints.manifest import (
     ChecksumMismatchError,
     Manifest,
     ManifestError,
+    parse_manifest,
     read_carried,
     verify_checkpoint,
     write_carried,
@@ -340,7 +341,7 @@ class ConfigMapStore:
         try:
             manifest_bytes = index.data[MANIFEST_NAME].encode()
             layout = json.loads(index.data[LAYOUT_NAME])
-            manifest = Manifest.model_validate(json.loads(manifest_bytes))
+            manifest = parse_manifest(manifest_bytes)
             files = {path: _parse(stored) for path, stored in layout["files"].items()}
         except (KeyError, TypeError, ValueError) as exc:
             message = f"checkpoint {checkpoint_id!r}: index does not parse: {exc}"

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from controlplane import ControlPlane, free_port
-from support.node_harness import NodeHarness
+from support.node_harness import NodeHarness, scripted_agent_env
 
 
 @pytest.fixture(scope="session")
@@ -100,17 +99,8 @@ def scripted_agent(
     node: NodeHarness, namespace: str, tmp_path: Path
 ) -> Iterator[Callable[[dict[str, Any]], Path]]:
     """Pods of this test's namespace run the scripted agent; call it with the script."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     script_path = tmp_path / "script.json"
-    agent = Path(__file__).resolve().parent.parent / "support" / "scripted_agent.py"
-    wrapper = bin_dir / "bakeline-agent"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{agent}" "$@"\n')
-    wrapper.chmod(0o755)
-    node.namespace_env[namespace] = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "SCRIPTED_AGENT_SCRIPT": str(script_path),
-    }
+    node.namespace_env[namespace] = scripted_agent_env(tmp_path / "bin", script_path)
 
     def write(script: dict[str, Any]) -> Path:
         script_path.write_text(json.dumps(script))

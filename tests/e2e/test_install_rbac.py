@@ -29,13 +29,12 @@ import yaml
 
 from controlplane import ControlPlane, binary_path, free_port, running
 from support.kube import apply, get, wait_for
-from support.node_harness import NodeHarness
+from support.node_harness import NodeHarness, scripted_agent_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bakeline"
-SCRIPTED_AGENT = REPO / "tests" / "support" / "scripted_agent.py"
 RELEASE = "bl"
 SERVICE_ACCOUNT = f"{RELEASE}-bakeline"
 LANE = {
@@ -279,19 +278,6 @@ def test_without_create_on_pods_the_job_never_gets_a_pod(
     )
 
 
-def _scripted_agent_env(workdir: Path) -> dict[str, str]:
-    """What tests/e2e/conftest.py's scripted_agent sets up, for a harness of our own."""
-    bin_dir = workdir / "bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "bakeline-agent"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{SCRIPTED_AGENT}" "$@"\n')
-    wrapper.chmod(0o755)
-    return {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "SCRIPTED_AGENT_SCRIPT": str(workdir / "script.json"),
-    }
-
-
 def test_cluster_wide_install_on_a_fresh_control_plane(tmp_path: Path) -> None:
     # A control plane of its own: an operator watching every namespace of the shared one
     # would also pick up other tests' jobs.
@@ -309,7 +295,7 @@ def test_cluster_wide_install_on_a_fresh_control_plane(tmp_path: Path) -> None:
         kinds = {doc["kind"] for doc in operator.manifest()}
         assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and "Role" not in kinds
         assert "--all-namespaces" in operator.argv()
-        env = _scripted_agent_env(tmp_path)
+        env = scripted_agent_env(tmp_path / "bin", tmp_path / "script.json")
         node.namespace_env.update({"team-a": env, "team-b": env})
         # Cluster-wide, the chart cannot know the namespaces: the README's step for each one
         # that runs ConfigMap lanes binds the stage ClusterRole to a stage ServiceAccount.

@@ -48,9 +48,7 @@ def _checkpoint(directory: Path, payload: bytes) -> Path:
     (directory / "model.onnx").write_bytes(payload)
     (directory / "tokenizer.json").write_text('{"vocab": {}}')
     files = [file_entry(directory, "model.onnx", "model"), file_entry(directory, "tokenizer.json")]
-    manifest = Manifest.model_validate(
-        {"modelName": "m", "artifact": "model.onnx", "format": "onnx", "files": files}
-    )
+    manifest = Manifest(model_name="m", artifact="model.onnx", format="onnx", files=files)
     write_manifest(directory, manifest)
     return directory
 
@@ -105,7 +103,7 @@ def test_a_stage_restored_without_the_original_stores_a_checkpoint_that_restores
     original = bytes(range(256)) * 4_000  # 1 MB: a blob of two chunks
     source = _checkpoint(tmp_path / "one", b"model one")
     (source / "original.pt2").write_bytes(original)
-    manifest = Manifest.model_validate_json((source / "manifest.json").read_text())
+    manifest = read_manifest(source)
     manifest.files.append(file_entry(source, "original.pt2", "original"))
     write_manifest(source, manifest)
     first = store.put(source, stage="quantize")
@@ -170,7 +168,7 @@ def test_bakeline_stage_restores_what_its_agent_reads_and_stores_a_whole_checkpo
     original = bytes(range(256)) * 4_000
     source = _checkpoint(tmp_path / "one", b"model one")
     (source / "original.pt2").write_bytes(original)
-    manifest = Manifest.model_validate_json((source / "manifest.json").read_text())
+    manifest = read_manifest(source)
     manifest.files.append(file_entry(source, "original.pt2", "original"))
     manifest.attributes["original"] = {"path": "original.pt2", "format": "exported-program"}
     write_manifest(source, manifest)

@@ -34,6 +34,8 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
 import threading
 import time
 import urllib.parse
@@ -52,6 +54,27 @@ log = logging.getLogger("node-harness")
 TERMINATION_MESSAGE_LIMIT = 4096
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 STATUS_RETRY_S = 60.0
+SCRIPTED_AGENT = Path(__file__).resolve().parent / "scripted_agent.py"
+
+
+def container_path(*first: Path) -> str:
+    """The PATH a container sees: `first`, then this Python environment's console scripts,
+    then this machine's PATH. An image runs `bakeline` straight from its environment's bin
+    directory; the host's PATH may lack it (an interpreter started by its path) or find a
+    version manager's shim first (pyenv's costs a pod 45 ms of CPU in shell scripts)."""
+    scripts = sysconfig.get_path("scripts")
+    entries = [*map(str, first), scripts, *os.environ.get("PATH", "").split(os.pathsep)]
+    return os.pathsep.join(dict.fromkeys(entry for entry in entries if entry))
+
+
+def scripted_agent_env(bin_dir: Path, script: Path) -> dict[str, str]:
+    """A namespace environment whose `bakeline-agent` is the scripted agent (scripted_agent.py)
+    reading `script`: for NodeHarness.namespace_env."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "bakeline-agent"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{SCRIPTED_AGENT}" "$@"\n')
+    wrapper.chmod(0o755)
+    return {"PATH": container_path(bin_dir), "SCRIPTED_AGENT_SCRIPT": str(script)}
 
 
 def _now() -> str:
@@ -383,7 +406,12 @@ class NodeHarness:
         argv = [rewrite(part) for part in [*container.command, *(container.args or [])]]
         # The harness's own environment stands for the image's; only what the pod spec says is
         # rewritten (a mount at /tmp must not redirect this machine's /tmp paths in PATH).
-        env = {**os.environ, **self.extra_env, **self.namespace_env.get(meta.namespace, {})}
+        env = {
+            **os.environ,
+            "PATH": container_path(),
+            **self.extra_env,
+            **self.namespace_env.get(meta.namespace, {}),
+        }
         env.pop("KUBECONFIG", None)  # the "container" has no admin credentials
         # What kubelet sets in every container: where in-cluster clients find the API server.
         address = urllib.parse.urlsplit(self.api_client.configuration.host)

@@ -82,9 +82,7 @@ def _checkpoint(directory: Path, payload: bytes = b"weights") -> Path:
         file_entry(directory, "sub/ref.npy"),
         file_entry(directory, "empty.txt"),
     ]
-    manifest = Manifest.model_validate(
-        {"modelName": "m", "artifact": "model.onnx", "format": "onnx", "files": files}
-    )
+    manifest = Manifest(model_name="m", artifact="model.onnx", format="onnx", files=files)
     write_manifest(directory, manifest)
     return directory
 
@@ -234,7 +232,7 @@ def test_a_large_file_is_stored_once_for_every_checkpoint_that_carries_it(
     two = _checkpoint(tmp_path / "two", b"2" * 10_000)
     (two / "original.pt2").write_bytes(original)
     for directory in (one, two):
-        manifest = Manifest.model_validate_json((directory / "manifest.json").read_text())
+        manifest = read_manifest(directory)
         manifest.files.append(file_entry(directory, "original.pt2", "reference"))
         write_manifest(directory, manifest)
     first = store.put(one, stage="a")
@@ -382,7 +380,7 @@ def test_blob_chunks_are_read_ahead_in_order_and_a_missing_one_still_fails(
 def _with_original(directory: Path, original: bytes) -> Path:
     """A checkpoint of a later stage: it carries the original model (role original)."""
     (directory / "original.pt2").write_bytes(original)
-    manifest = Manifest.model_validate_json((directory / "manifest.json").read_text())
+    manifest = read_manifest(directory)
     manifest.files.append(file_entry(directory, "original.pt2", "original"))
     write_manifest(directory, manifest)
     return directory

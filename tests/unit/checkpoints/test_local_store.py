@@ -26,9 +26,7 @@ def _checkpoint(directory: Path, payload: bytes = b"weights", extra: bool = Fals
     files = [file_entry(directory, "model.onnx", "model"), file_entry(directory, "sub/ref.npy")]
     if extra:
         (directory / "scratch.tmp").write_bytes(b"not listed")
-    manifest = Manifest.model_validate(
-        {"modelName": "m", "artifact": "model.onnx", "format": "onnx", "files": files}
-    )
+    manifest = Manifest(model_name="m", artifact="model.onnx", format="onnx", files=files)
     write_manifest(directory, manifest)
     return directory
 

@@ -42,9 +42,7 @@ def _manifest_for(output: Path, claimed: bytes) -> None:
     entry = file_entry(output, "model.onnx", "model")
     write_manifest(
         output,
-        Manifest.model_validate(
-            {"modelName": "m", "artifact": "model.onnx", "format": "onnx", "files": [entry]}
-        ),
+        Manifest(model_name="m", artifact="model.onnx", format="onnx", files=[entry]),
     )
 
 
