@@ -16,8 +16,11 @@ import ctypes
 import gc
 import itertools
 import json
+import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
@@ -52,6 +55,32 @@ def _allocator() -> dict[str, int]:
     return {name: int(getattr(info, name)) for name in _MALLINFO2}
 
 
+def _pymalloc() -> dict[str, int]:
+    """Python's own small-object allocator (arenas of 1 MiB, mmapped, not in mallinfo2), from
+    sys._debugmallocstats, which can only write to the C stderr: fd 2 is borrowed meanwhile."""
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode(errors="replace")
+    figures = {}
+    for key in (
+        "arenas allocated current",
+        "bytes in allocated blocks",
+        "bytes in available blocks",
+    ):
+        found = re.search(rf"# {key}\s*=\s*([\d,]+)", text)
+        if found:
+            figures[key.replace(" ", "_")] = int(found.group(1).replace(",", ""))
+    return figures
+
+
 def census() -> dict[str, Any]:
     gc.collect()
     counts: collections.Counter[str] = collections.Counter()
@@ -65,6 +94,9 @@ def census() -> dict[str, Any]:
         "objects": sum(counts.values()),
         "by_type": {name: [counts[name], sizes[name]] for name, _ in counts.most_common(200)},
         "allocator": _allocator(),
+        "pymalloc": _pymalloc(),
+        # Every block Python holds, objects outside the collector's view (str, bytes) included.
+        "allocated_blocks": sys.getallocatedblocks(),
     }
 
 

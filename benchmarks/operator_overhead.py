@@ -566,6 +566,12 @@ def _soak(
         "rss_last_mb": round(float(rss[-1]), 1),
         "rss_max_mb": round(float(rss.max()), 1),
         "second_half_slope_mb_per_min": round(slope, 2),
+        # The last sample of each minute: growth that levels off shows as a plateau.
+        "rss_by_minute_mb": [
+            round(float(rss[times < minute * 60][-1]), 1)
+            for minute in range(1, int(times[-1] // 60) + 2)
+            if (times < minute * 60).any()
+        ],
         **({"census": _census_growth(*censuses)} if len(censuses) == 2 else {}),
     }
 
@@ -590,8 +596,15 @@ def _census_growth(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any
         key: round((last["allocator"].get(key, 0) - first["allocator"].get(key, 0)) / 2**20, 2)
         for key in ("arena", "hblkhd", "uordblks", "fordblks")
     }
+    pymalloc = {
+        key: round((last["pymalloc"].get(key, 0) - value) / (1 if "arenas" in key else 2**20), 2)
+        for key, value in first.get("pymalloc", {}).items()
+    }
     return {
         "objects_grown": last["objects"] - first["objects"],
+        "allocated_blocks_grown": last.get("allocated_blocks", 0)
+        - first.get("allocated_blocks", 0),
+        "pymalloc_grown": pymalloc,
         "threads": [first["threads"], last["threads"]],
         "top_types": [
             {"type": name, "count": count, "shallow_kb": round(size / 1024, 1)}

@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import kopf
@@ -20,6 +21,7 @@ from bakeline.metrics.collectors import REGISTRY
 
 RECURSION_LIMIT = 50_000
 MALLOC_ARENAS = 2
+MALLOC_TRIM_INTERVAL_S = 30.0
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 
 log = logging.getLogger("bakeline.operator")
@@ -43,6 +45,35 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return False
 
 
+def trim_free_heap() -> bool:
+    """Hand the free pages inside glibc's heaps back to the OS (malloc_trim(0)); whether any
+    were. False where the C library has no such call."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def trim_free_heap_every(interval_s: float = MALLOC_TRIM_INTERVAL_S) -> threading.Event:
+    """Call trim_free_heap every `interval_s` on a daemon thread, until the returned event is
+    set.
+
+    glibc returns freed memory to the OS only from the top of a heap. The operator's heap is
+    churned by watch events, LIST answers and status patches, and what is freed between
+    long-lived blocks stays resident: in a 10-minute soak of 3,000 jobs its Python blocks fell
+    by 6.5 MB while glibc's free-but-kept bytes rose by 3.2 MB, and RSS with them (BENCHMARKS.md
+    section 2). A trim walks the heaps in milliseconds.
+    """
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval_s):
+            trim_free_heap()
+
+    threading.Thread(target=run, name="malloc-trim", daemon=True).start()
+    return stop
+
+
 def run_operator(
     namespaces: Sequence[str],
     all_namespaces: bool,
@@ -56,6 +87,7 @@ def run_operator(
         raise ValueError("name at least one --namespace, or --all-namespaces")
     if not limit_malloc_arenas():
         log.debug("malloc arenas left as they are")
+    trim_free_heap_every()
     try:
         config.load_incluster_config()
     except config.ConfigException:

@@ -60,3 +60,45 @@ print(buf.value.decode().count("<heap nr="))
         for mode in ("capped", "free")
     }
     assert counts["capped"] <= 2 < counts["free"], counts
+
+
+def test_freed_heap_between_live_blocks_goes_back_to_the_os() -> None:
+    """50 MB of 1 KiB blocks freed but every 64th: glibc keeps the heap (RSS stays up) until
+    the trimming thread runs, then RSS falls by most of it."""
+    program = """
+import ctypes, sys, time
+from bakeline.handlers.run import trim_free_heap_every
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD 0: trim the top at every free; the middle stays
+def rss_mb():
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+blocks = [libc.malloc(1024) for _ in range(50_000)]
+for block in blocks:
+    ctypes.memset(block, 1, 1024)
+for index, block in enumerate(blocks):
+    if index % 64:
+        libc.free(block)
+before = rss_mb()
+time.sleep(0.3)
+untrimmed = rss_mb()
+stop = trim_free_heap_every(0.05)
+time.sleep(0.5)
+stop.set()
+print(before, untrimmed, rss_mb())
+"""
+    before, untrimmed, after = map(
+        float,
+        subprocess.run(
+            [sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "1"},
+        ).stdout.split(),
+    )
+    assert untrimmed > before - 5, (before, untrimmed)  # nothing returned by itself
+    assert after < untrimmed - 30, (before, untrimmed, after)
