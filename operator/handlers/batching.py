@@ -71,3 +71,23 @@ class GroupCommit:
             self._errors.pop((key, batch), None)  # the last reader drops it
         if error is not None:
             raise error
+
+
+class Throttle:
+    """Yes to one caller per key per interval: work that is cheap to do a little late (folding
+    a namespace's ledger) is done by whichever caller comes first once it is due, and by one
+    caller only. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str, now: float, every: float) -> bool:
+        """Whether `key`'s work is due at `now` (its last `every` seconds ago or more, or never);
+        a yes counts as done at `now`."""
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < every:
+                return False
+            self._last[key] = now
+            return True

@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
-from bakeline.handlers.batching import GroupCommit
+from bakeline.handlers.batching import GroupCommit, Throttle
 from bakeline.handlers.clock import now_timestamp
 from bakeline.handlers.informer import Informer
 from bakeline.metrics.collectors import API_REQUESTS
@@ -58,6 +58,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.informer = informer
         self._ledger_writes = GroupCommit(self._write_ledger)
+        self.ledger_folds = Throttle()  # folds of each namespace's ledger by its writers
 
     # ---- Bakeline objects
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -131,7 +132,7 @@ class Kube:
     def _write_ledger(self, namespace: str, data: dict[str, Any]) -> None:
         body: Any = {"data": data}
         try:
-            _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
+            _discard(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -148,7 +149,7 @@ class Kube:
                     "data": {},
                 },
             )
-            _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
+            _discard(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
 
     def read_ledger(self, namespace: str) -> tuple[dict[str, str], str | None]:
         """The ledger's data by key, and the resourceVersion it was read at."""
@@ -170,7 +171,7 @@ class Kube:
         body: Any = {"data": data}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        _json(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
+        _discard(self.core.patch_namespaced_config_map, LEDGER, namespace, body)
 
     # ---- the circuit breakers: one ConfigMap per namespace, one key per (lane, agent)
     def circuits(self, namespace: str) -> dict[str, dict[str, Any]]:
@@ -326,6 +327,14 @@ def _json(method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, An
     response = method(*args, _preload_content=False, **kwargs)
     body: dict[str, Any] = json.loads(response.data)
     return body
+
+
+def _discard(method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """A core API call whose answer is not needed: the ledger's PATCH answers with the whole
+    ledger (up to 1 MiB), which is read off the connection in chunks and never parsed."""
+    response = method(*args, _preload_content=False, **kwargs)
+    response.drain_conn()
+    response.release_conn()
 
 
 def _list_version(listing: Mapping[str, Any]) -> int:

@@ -39,6 +39,7 @@ log = logging.getLogger("bakeline.ledger")
 
 MAX_LEDGER_KEY = MAX_DATA_KEY
 FOLD_TRIES = 3  # a fold read-modify-writes; jobs' outcomes landing in between make it retry
+FOLD_EVERY_S = 60.0  # how often the writers fold a namespace's ledger, SLOPolicy or not
 
 # (age, width): an entry whose bucket of `width` seconds ended more than `age` seconds ago is
 # folded into it. Widest first; each width divides the next so buckets nest when re-folded.
@@ -284,7 +285,9 @@ def horizon(kube: Kube, namespace: str) -> float:
 
 def record_outcome(kube: Kube, namespace: str, key: str, entry: dict[str, Any], now: float) -> None:
     """Write a finished job's entry. A full ledger (413, 422) is folded as far as it goes and
-    the entry written again; what that still refuses raises to the caller."""
+    the entry written again; what that still refuses raises to the caller. Once a minute a
+    writer also folds the ledger's aged entries, so a namespace that no SLOPolicy evaluates
+    keeps about ten minutes of raw entries, not a full ConfigMap."""
     try:
         kube.record_outcome(namespace, key, entry)
     except ApiException as exc:
@@ -293,6 +296,11 @@ def record_outcome(kube: Kube, namespace: str, key: str, entry: dict[str, Any], 
         log.info("SLO ledger of %s is full; folding it now", namespace)
         fold_ledger(kube, namespace, now, pressed=True)
         kube.record_outcome(namespace, key, entry)
+    if kube.ledger_folds.due(namespace, now, FOLD_EVERY_S):
+        try:
+            fold_ledger(kube, namespace, now)
+        except ApiException as exc:  # the outcome is written; the next minute folds again
+            log.warning("SLO ledger of %s: fold failed: %s", namespace, exc.reason)
 
 
 def fold_ledger(

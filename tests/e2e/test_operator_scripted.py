@@ -314,6 +314,40 @@ def test_a_ledger_full_of_old_outcomes_folds_and_counts_every_job(
     assert (objective["good"], objective["total"]) == (jobs + 1 - failed, jobs + 1)
 
 
+def _jobs_counted(data: dict[str, str]) -> int:
+    """Jobs' outcomes in a ledger's data: one per raw entry, a bucket's job counts."""
+    total = 0
+    for key, value in data.items():
+        if key == "padding":
+            continue
+        entry = json.loads(value)
+        if "width" not in entry:
+            total += 1
+            continue
+        for kind, by_seconds in entry["counts"].items():
+            total += sum(by_seconds.values()) if kind.startswith("job/") else 0
+    return total
+
+
+def test_a_namespace_no_slopolicy_reads_still_folds_its_ledger(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    scripted_agent({})
+    old = _old_outcomes(96 * 1024, datetime.now().timestamp())  # far from full
+    _single_stage_job_against_ledger(cluster, namespace, "now", old, "Succeeded")
+    data = get(cluster, "configmap", "bakeline-slo-ledger", namespace)["data"]
+    # Outcomes older than ten minutes are in buckets without any SLOPolicy asking; the job that
+    # just ended stays raw; no job is lost in the folding.
+    assert [key for key in data if key.startswith("standard.") and ".." not in key] == [
+        key for key in data if key.startswith("standard.now.")
+    ]
+    assert _jobs_counted(data) == _jobs_counted(old) + 1
+    assert sum(map(len, data.values())) < 48 * 1024
+
+
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 

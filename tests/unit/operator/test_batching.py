@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bakeline.handlers.batching import GroupCommit
+from bakeline.handlers.batching import GroupCommit, Throttle
 
 
 class BlockingWriter:
@@ -95,3 +95,20 @@ def test_a_lone_caller_writes_at_once_and_sees_its_own_error() -> None:
 
     with pytest.raises(ConnectionError, match="refused"):
         GroupCommit(refuse).add("ns", {"k": "v"})
+
+
+def test_a_throttle_says_yes_once_per_key_per_interval_to_one_caller() -> None:
+    throttle = Throttle()
+    assert throttle.due("a", 100.0, 60.0) and throttle.due("b", 100.0, 60.0)
+    assert not throttle.due("a", 159.9, 60.0)
+    assert throttle.due("a", 160.0, 60.0) and not throttle.due("a", 160.0, 60.0)
+    answers: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(throttle.due("c", 5.0, 60.0)))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [False] * 7 + [True]

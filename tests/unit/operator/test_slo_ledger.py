@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bakeline.api.slopolicy import Objective
 from bakeline.engine.slo import SliSeries
+from bakeline.handlers.batching import Throttle
 from bakeline.handlers.ledger import (
     MAX_LEDGER_KEY,
     TIERS,
@@ -25,6 +26,7 @@ from bakeline.handlers.ledger import (
     latency_bounds,
     ledger_key,
     read_ledger,
+    record_outcome,
     records,
     round_up,
 )
@@ -232,6 +234,12 @@ class _LedgerKube:
         self.data = {key: json.dumps(entry) for key, entry in entries.items()}
         self.version = 1
         self.policies = policies
+        self.ledger_folds = Throttle()
+        self.folds = 0
+
+    def record_outcome(self, namespace: str, key: str, entry: dict[str, Any]) -> None:
+        self.data[key] = json.dumps(entry)
+        self.version += 1
 
     def list_objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         assert kind == "SLOPolicy"
@@ -248,6 +256,7 @@ class _LedgerKube:
             else:
                 self.data[key] = value
         self.version += 1
+        self.folds += 1
 
 
 def _policy(window: str, long_window: str | None = None) -> dict[str, Any]:
@@ -271,3 +280,21 @@ def test_a_fold_keeps_what_the_longest_policy_reads_whichever_policy_folds() -> 
     # Folded 40 days later: 60 + 40 days old is past 90 days; 40 + 40 is not, though a 7-day
     # policy shares the namespace.
     assert _counts(entries, JOB_SUCCESS, NOW + 40 * DAY, 1000 * DAY) == (1, 2)
+
+
+def test_writers_fold_a_ledger_no_policy_reads_once_a_minute() -> None:
+    hour_old = _ledger([(3600.0, True, 1.0), (3700.0, False, 2.0), (3650.0, True, 3.0)])
+    kube: Any = _LedgerKube(hour_old, [])  # as a Kube
+    record_outcome(kube, "ns", "standard.new.00000000", _outcome(NOW), NOW)
+    entries, _ = read_ledger(kube, "ns")
+    # The hour-old outcomes went into buckets; the new one stays raw (windows <= 10 min exact).
+    assert kube.folds == 1 and "standard.new.00000000" in entries
+    assert not any(key.startswith("standard.job") for key in entries)
+    assert _counts(entries, JOB_SUCCESS, NOW + 1, 30 * DAY) == (3, 4)  # (good, all)
+    for late in (1.0, 59.0):  # within the minute: written, not folded again
+        record_outcome(kube, "ns", f"standard.x{late:.0f}.00000000", _outcome(NOW), NOW + late)
+    assert kube.folds == 1
+    record_outcome(kube, "ns", "standard.y.00000000", _outcome(NOW), NOW + 60)
+    assert kube.folds == 1  # nothing aged past ten minutes meanwhile: nothing to patch
+    record_outcome(kube, "ns", "standard.z.00000000", _outcome(NOW), NOW + 700)
+    assert kube.folds == 2 and len(read_ledger(kube, "ns")[0]) < 5
