@@ -82,7 +82,9 @@ def build_report(
         "startedAt": _iso(started_at),
         "finishedAt": _iso(finished_at),
         "durationSeconds": round(finished_at - started_at, 3),
-        "rollbacks": state.rollbacks,
+        # Of the stages as they stand (a stage run again counts from then on).
+        "rollbacks": sum(e["kind"] == "RolledBack" for e in events),
+        "fallbacks": sum(e["kind"] == "Fallback" for e in events),
         "lastRollbackReason": state.last_rollback_reason or None,
         "stages": stages,
         "events": list(events),
@@ -205,7 +207,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{report['job']}: {report['phase']} in {format_seconds(report['durationSeconds'])}"
-        f" ({report['progress']} stages, {report['rollbacks']} rollbacks) - {report['reason']}"
+        f" ({report['progress']} stages, {report['rollbacks']} rollbacks,"
+        f" {report['fallbacks']} fallbacks) - {report['reason']}"
     )
     result = report.get("result")
     if result:
@@ -295,6 +298,7 @@ def _html(report: Mapping[str, Any]) -> str:
         "</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(str(report['reason']))} &middot; "
         f"{report['progress']} stages &middot; {report['rollbacks']} rollbacks &middot; "
+        f"{report['fallbacks']} fallbacks &middot; "
         f"{report['durationSeconds']:.1f} s</p>"
         + "".join(charts)
         + f"<table><tr><th>stage</th><th>agent</th><th>phase</th><th>tries</th><th>s</th>"

@@ -167,6 +167,9 @@ class _LocalRun:
         self.attempts: list[_Attempt] = []
         self.events: list[Event] = []
         self.outcomes: dict[str, str] = {}  # stage -> outcome of its latest attempt
+        # stage -> when it was last set to run again (--from, a lost checkpoint): its attempts
+        # and events from before then no longer describe it in the report (run.json keeps them)
+        self.rerun_at: dict[str, float] = {}
         self.started_at = self._invoked_at = time.time()
         self.finished_at: float | None = None
         self.state = self._initial_state()
@@ -309,7 +312,7 @@ class _LocalRun:
         if self.options.from_stage is not None:
             base = self._repair(previous) if previous is not None else fresh
             self.started_at = time.time()
-            return reset_from(self.plan, base, self.options.from_stage)
+            return self._rerun(base, self.options.from_stage)
         if previous is not None and previous.phase not in (JobPhase.SUCCEEDED, JobPhase.FAILED):
             return self._repair(previous)
         # A finished run is run afresh; its stages come back from the cache.
@@ -332,6 +335,7 @@ class _LocalRun:
         except (KeyError, TypeError, ValueError):
             return None
         self.outcomes = dict(data.get("outcomes", {}))
+        self.rerun_at = {str(k): float(v) for k, v in data.get("rerunAt", {}).items()}
         self.started_at = float(data.get("startedAt", self.started_at))
         return replace(state, deadline=self._deadline())
 
@@ -360,7 +364,7 @@ class _LocalRun:
             try:
                 self.store.verify(checkpoint.id)
             except (CheckpointNotFoundError, ChecksumMismatchError, ManifestError, ValueError):
-                state = reset_from(self.plan, state, name)
+                state = self._rerun(state, name)
                 break
         return replace(state, phase=JobPhase.RUNNING)
 
@@ -375,8 +379,19 @@ class _LocalRun:
             "attempts": [asdict(a) for a in self.attempts],
             "events": [asdict(e) for e in self.events],
             "outcomes": self.outcomes,
+            "rerunAt": self.rerun_at,
         }
         _write_json(self.workdir / _RUN_FILE, data)
+
+    def _rerun(self, state: RunState, stage: str) -> RunState:
+        """`stage` and what follows it run again."""
+        now = time.time()
+        for name in self._rerun_set(stage):
+            self.rerun_at[name] = now
+        return reset_from(self.plan, state, stage)
+
+    def _rerun_set(self, stage: str) -> frozenset[str]:
+        return frozenset({stage} | descendants(self.plan.graph, [stage]))
 
     def interrupted(self) -> None:
         self.state = self._repair(self.state)
@@ -402,8 +417,10 @@ class _LocalRun:
             workflow=self.job_file.workflow_name,
             plan=self.plan,
             state=self.state,
-            attempts=[asdict(a) for a in self.attempts],
-            events=[asdict(e) for e in self.events],
+            attempts=[
+                asdict(a) for a in self.attempts if a.started_at >= self.rerun_at.get(a.stage, 0)
+            ],
+            events=[asdict(e) for e in self.events if e.at >= self.rerun_at.get(e.stage, 0)],
             started_at=self.started_at,
             finished_at=self.finished_at or time.time(),
             reason=action.reason,
@@ -451,9 +468,7 @@ class _LocalRun:
             return None
         bypass: frozenset[str] = frozenset()
         if self.options.from_stage is not None:
-            bypass = frozenset(
-                {self.options.from_stage} | descendants(self.plan.graph, [self.options.from_stage])
-            )
+            bypass = self._rerun_set(self.options.from_stage)
         model = self.job_doc["model"]
         job = {k: v for k, v in self.job_doc.items() if k != "name"}
         # The file's location is not part of what the agents compute; its bytes are.

@@ -140,12 +140,13 @@ def test_the_default_workflow_runs_then_reruns_from_the_cache(
 
 
 def test_a_failed_gate_rolls_back_and_falls_back_until_quality_holds(
-    tmp_path: Path, agent_env: Path
+    tmp_path: Path, agent_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workdir = tmp_path / "wd"
     assert _run(_job_file(tmp_path, "fake"), "--workdir", workdir) == 0
     report = _report(workdir)
     assert report["phase"] == "Succeeded" and report["rollbacks"] == 2
+    assert "(4/4 stages, 2 rollbacks, 0 fallbacks)" in capsys.readouterr().out
     quantize = next(s for s in report["stages"] if s["name"] == "quantize")
     assert quantize["fallback"] == 2
     assert [a["params"]["accuracy"] for a in quantize["attemptLog"]] == [0.5, 0.8, 0.99]
@@ -158,6 +159,27 @@ def test_a_failed_gate_rolls_back_and_falls_back_until_quality_holds(
     assert report["result"]["speedup"] == 3.5
     assert report["result"]["speedups"] == {"1": 3.5, "32": 1.5}
     assert "Latency p50 (ms): original vs baked" in (workdir / "report.html").read_text()
+
+
+def test_a_stage_whose_own_gate_fails_falls_back_and_the_summary_counts_it(
+    tmp_path: Path, agent_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stages = """\
+- name: import
+  agent: BakingCoordinator
+- name: shrink
+  agent: ModelOptimizer
+  dependsOn: [import]
+  params: {fakeMetrics: {speedup: 1.1}}
+  gate: {metric: speedup, operator: ">=", bound: 2}
+  onFailure: Fallback
+  fallbacks: [{fakeMetrics: {speedup: 1.5}}, {fakeMetrics: {speedup: 2.5}}]
+"""
+    workdir = tmp_path / "wd"
+    assert _run(_job_file(tmp_path, "fake", stages), "--workdir", workdir) == 0
+    report = _report(workdir)
+    assert report["rollbacks"] == 0 and report["fallbacks"] == 2
+    assert "(2/2 stages, 0 rollbacks, 2 fallbacks)" in capsys.readouterr().out
 
 
 def test_an_unreachable_threshold_fails_with_exit_3_and_a_clear_reason(
@@ -267,8 +289,19 @@ def test_from_reruns_a_stage_and_what_follows(tmp_path: Path, agent_env: Path) -
     before = len(_calls(agent_env))
     assert _run(job, "--workdir", workdir, "--from", "validate") == 0
     assert _calls(agent_env)[before:] == ["validate", "package"]
-    phases = _phases(_report(workdir))
-    assert phases == {n: "Succeeded" for n in ("import", "quantize", "validate", "package")}
+    report = _report(workdir)
+    assert _phases(report) == {
+        n: "Succeeded" for n in ("import", "quantize", "validate", "package")
+    }
+    stages = {s["name"]: s for s in report["stages"]}
+    # A stage run again is described by this run: one attempt, its time alone, no earlier
+    # rollbacks; a stage kept from the first run keeps what it went through there.
+    validate = stages["validate"]
+    assert len(validate["attemptLog"]) == 1 and not validate["rollbacks"]
+    assert validate["durationSeconds"] == round(validate["attemptLog"][0]["seconds"], 3)
+    assert len(stages["quantize"]["attemptLog"]) == 3 and len(stages["quantize"]["rollbacks"]) == 2
+    assert report["rollbacks"] == 2
+    assert report["durationSeconds"] < 60
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(
