@@ -27,6 +27,10 @@ ArtifactFormat = Literal["exported-program", "torchscript", "onnx", "safetensors
 class ChecksumMismatchError(ValueError):
     """A file's bytes do not match the sha256 its manifest records."""
 
+    def __init__(self, message: str, sha256: str | None = None) -> None:
+        super().__init__(message)
+        self.sha256 = sha256  # what the manifest records for the file that differs, if one does
+
 
 class ManifestError(ValueError):
     """A checkpoint directory has no manifest, or one that does not parse."""
@@ -202,10 +206,13 @@ def verify_checkpoint(
         if not path.is_file():
             if entry.path in carried:
                 continue
-            raise ChecksumMismatchError(f"{entry.path}: listed in the manifest but missing")
+            raise ChecksumMismatchError(
+                f"{entry.path}: listed in the manifest but missing", entry.sha256
+            )
         actual = sha256_file(path)
         if actual != entry.sha256:
             raise ChecksumMismatchError(
-                f"{entry.path}: sha256 {actual} does not match the manifest's {entry.sha256}"
+                f"{entry.path}: sha256 {actual} does not match the manifest's {entry.sha256}",
+                entry.sha256,
             )
     return manifest

@@ -104,7 +104,8 @@ class LocalStore:
     data splits forward, so a MiniLM bake lists 1 GB of files for about 400 MB of distinct
     bytes, and copying and checking all of it was 5% of the bake's stage time. An object is
     checked against its sha256 once, when it is first stored; every read path still checks
-    each checkpoint's files (restore, verify, lookup).
+    each checkpoint's files (restore, verify, lookup), and bytes found damaged there leave the
+    objects, so no later checkpoint links them.
     """
 
     def __init__(self, root: Path) -> None:
@@ -131,9 +132,12 @@ class LocalStore:
             shutil.copyfile(source / MANIFEST_NAME, staging / MANIFEST_NAME)
             checkpoint_id = f"{_slug(stage)}-{_manifest_digest(staging)[:16]}"
             final = self._checkpoints / checkpoint_id
-            if final.exists():
-                shutil.rmtree(staging)  # same manifest bytes: already stored
+            if final.exists() and _same_files(staging, final, manifest):
+                shutil.rmtree(staging)  # same manifest bytes and stored bytes: already stored
             else:
+                # New, or stored before from bytes since found damaged (`verify` dropped them
+                # from the objects): the fresh copy takes its place.
+                shutil.rmtree(final, ignore_errors=True)
                 staging.replace(final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -176,7 +180,14 @@ class LocalStore:
 
     def verify(self, checkpoint_id: str) -> Manifest:
         self.get(checkpoint_id)
-        return verify_checkpoint(self.path(checkpoint_id))
+        try:
+            return verify_checkpoint(self.path(checkpoint_id))
+        except ChecksumMismatchError as exc:
+            # Checkpoints share objects by hard link: damaged bytes found here are dropped from
+            # the objects, so the next put of that file stores it afresh instead of linking them.
+            if exc.sha256 is not None:
+                (self._objects / _check_key(exc.sha256)).unlink(missing_ok=True)
+            raise
 
     def lookup(self, cache_key: str) -> CheckpointRef | None:
         entry = self._cache / _check_key(cache_key)
@@ -233,6 +244,14 @@ class LocalStore:
             # No checkpoint links it any more (a put in progress links what it finds first).
             if stored.is_file() and stored.stat().st_nlink == 1 and not stored.name.startswith("."):
                 stored.unlink(missing_ok=True)
+
+
+def _same_files(a: Path, b: Path, manifest: Manifest) -> bool:
+    """Whether two checkpoint directories link the same stored file for every entry."""
+    try:
+        return all((a / e.path).samefile(b / e.path) for e in manifest.files)
+    except OSError:
+        return False
 
 
 def _link_or_copy(stored: Path, target: Path) -> None:

@@ -149,3 +149,22 @@ def test_a_source_changed_after_its_check_is_refused_and_leaves_no_object(
         store.put(source, stage="a")
     assert store.list() == []
     assert list((tmp_path / "store" / "objects").iterdir()) == []
+
+
+def test_damaged_bytes_are_never_linked_into_a_new_checkpoint(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    first = store.put(_checkpoint(tmp_path / "a", b"weights-a"), stage="a")
+    # Written in place through the hard link: the stored object is damaged too, same size.
+    (store.path(first.id) / "sub" / "ref.npy").write_bytes(b"refer3nce")
+    with pytest.raises(ChecksumMismatchError, match=r"sub/ref\.npy"):
+        store.verify(first.id)
+    # Another stage's output with that file stores it afresh instead of linking the damage.
+    second = store.put(_checkpoint(tmp_path / "b", b"weights-b"), stage="b")
+    store.verify(second.id)
+    # The same output again replaces the damaged checkpoint under its id.
+    again = store.put(_checkpoint(tmp_path / "a2", b"weights-a"), stage="a")
+    assert again.id == first.id
+    store.verify(again.id)
+    assert (store.path(again.id) / "sub" / "ref.npy").samefile(
+        store.path(second.id) / "sub" / "ref.npy"
+    )
