@@ -149,7 +149,7 @@ def calls_in_kube_py() -> set[Grant]:
         elif (
             isinstance(call, ast.Call)
             and isinstance(call.func, ast.Name)
-            and call.func.id == "_json"
+            and call.func.id in ("_json", "_discard")
             and call.args[:1] == [node]
         ):
             args = call.args[1:]  # _json(self.core.method, *args): the method's own arguments
