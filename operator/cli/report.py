@@ -85,7 +85,7 @@ def build_report(
         # Of the stages as they stand (a stage run again counts from then on).
         "rollbacks": sum(e["kind"] == "RolledBack" for e in events),
         "fallbacks": sum(e["kind"] == "Fallback" for e in events),
-        "lastRollbackReason": state.last_rollback_reason or None,
+        "lastRollbackReason": _last_rollback_reason(events),
         "stages": stages,
         "events": list(events),
         "result": None,
@@ -96,6 +96,13 @@ def build_report(
     if result_dir is not None and final_manifest is not None and str(state.phase) == "Succeeded":
         report["result"] = _result(job, stages, final_manifest, result_dir)
     return report
+
+
+def _last_rollback_reason(events: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the latest of these rollbacks happened: the state's own reason may be a rollback of
+    an earlier run whose stages have since run again."""
+    causes = [e.get("cause") or e["message"] for e in events if e["kind"] == "RolledBack"]
+    return causes[-1] if causes else None
 
 
 def _facts_of(

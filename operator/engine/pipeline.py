@@ -309,6 +309,8 @@ class Event:
     kind: str  # Started, Cached, Succeeded, Retrying, Fallback, RolledBack, Skipped, Failed
     message: str
     checkpoint: str | None = None
+    # For a RolledBack event, the failure that caused it (the job's lastRollbackReason then).
+    cause: str | None = None
 
 
 def next_actions(
@@ -589,6 +591,7 @@ def _roll_back(
             "RolledBack",
             f"{why}; restored {where}, running {name} with fallback {nxt}: {_params(spec, nxt)}",
             target.id if target is not None else None,
+            cause=why,
         )
         new_state = replace(
             state,

@@ -304,6 +304,34 @@ def test_from_reruns_a_stage_and_what_follows(tmp_path: Path, agent_env: Path) -
     assert report["durationSeconds"] < 60
 
 
+def test_a_rerun_without_rollbacks_reports_no_earlier_rollback_reason(
+    tmp_path: Path, agent_env: Path
+) -> None:
+    stages = """\
+    - name: import
+      agent: BakingCoordinator
+    - name: quantize
+      agent: ModelOptimizer
+      dependsOn: [import]
+      params: {accuracy: 0.99}
+      fallbacks: [{accuracy: 0.98}]
+    - name: validate
+      agent: QualityValidator
+      dependsOn: [quantize]
+      params: {fake: {failTimes: 1}}
+      retry: {limit: 0}
+      onFailure: Rollback
+    """
+    job, workdir = _job_file(tmp_path, "flaky", stages), tmp_path / "wd"
+    assert _run(job, "--workdir", workdir) == 0
+    first = _report(workdir)
+    assert first["rollbacks"] == 1 and "validate: flaky failure 1" in first["lastRollbackReason"]
+    # The stage rolled back to runs again, and this time nothing fails.
+    assert _run(job, "--workdir", workdir, "--from", "quantize") == 0
+    again = _report(workdir)
+    assert again["rollbacks"] == 0 and again["lastRollbackReason"] is None
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(
     tmp_path: Path, agent_env: Path
 ) -> None:
