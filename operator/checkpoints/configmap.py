@@ -191,8 +191,9 @@ class ConfigMapStore:
     # ------------------------------------------------------------------ writing
     def put(self, source: Path, *, stage: str, cache_key: str | None = None) -> CheckpointRef:
         """Store `source`; a file it carries by reference (restored with `leave_roles`) must be
-        a complete blob of this store already, and is not read."""
-        manifest = verify_checkpoint(source, carried_ok=True)
+        a complete blob of this store already, and is not read. Each file is hashed once, as it
+        is read to be stored; a mismatch raises before the checkpoint's index commits it."""
+        manifest = verify_checkpoint(source, carried_ok=True, contents=False)
         manifest_bytes = (source / MANIFEST_NAME).read_bytes()
         manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
         checkpoint_id = f"{_slug(stage)}-{manifest_sha[:16]}"
@@ -254,9 +255,8 @@ class ConfigMapStore:
                 part[key] = data
                 size += len(data)
                 chunks.append(_Chunk(parts, key, len(data)))
-            # What was read is what is stored: check it, since the source may be changing.
-            if digest.hexdigest() != entry.sha256:
-                raise ChecksumMismatchError(f"{entry.path}: changed while it was being stored")
+            # The hash of what was read and stored: a source may be changing as it is read.
+            _check(entry.path, digest.hexdigest(), entry.sha256)
             layout[entry.path] = chunks
         if part:
             writes.submit(self._create_part, checkpoint_id, parts, part)
@@ -285,8 +285,7 @@ class ConfigMapStore:
                 self._create_or_replace, self._blob_name(sha256, chunk), labels, {BLOB_KEY: data}
             )
             sizes.append(len(data))
-        if digest.hexdigest() != sha256:
-            raise ChecksumMismatchError(f"{relative}: changed while it was being stored")
+        _check(relative, digest.hexdigest(), sha256)
         writes.drain()  # the blob's index commits it: only once every chunk is there
         index = {"sha256": sha256, "sizes": json.dumps(sizes)}
         # ConfigMapExistsError: a concurrent writer stored the same bytes.

@@ -192,12 +192,18 @@ def write_carried(directory: Path, paths: Iterable[str]) -> None:
 
 
 def verify_checkpoint(
-    directory: Path, manifest: Manifest | None = None, *, carried_ok: bool = False
+    directory: Path,
+    manifest: Manifest | None = None,
+    *,
+    carried_ok: bool = False,
+    contents: bool = True,
 ) -> Manifest:
     """Check every listed file against its sha256; raise ChecksumMismatchError on any difference.
 
     With `carried_ok`, a file that is missing but named in the directory's carried marker
     passes: the store it came from holds it, checked there (a present file is always checked).
+    Without `contents`, only that every listed file is there: for a caller that hashes each
+    file as it reads it to store it (the ConfigMap store), so the bytes are read once.
     """
     manifest = manifest or read_manifest(directory)
     carried = read_carried(directory) if carried_ok else frozenset()
@@ -209,6 +215,8 @@ def verify_checkpoint(
             raise ChecksumMismatchError(
                 f"{entry.path}: listed in the manifest but missing", entry.sha256
             )
+        if not contents:
+            continue
         actual = sha256_file(path)
         if actual != entry.sha256:
             raise ChecksumMismatchError(

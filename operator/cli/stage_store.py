@@ -241,7 +241,7 @@ def restore_input(
 
 def store_output(store: ConfigMapStore, output: Path, stage: str, termination: Path) -> None:
     """Store the agent's checkpoint and name it in the termination message."""
-    verify_output(output, termination, carried_ok=True)
+    verify_output(output, termination, by_store=True)
     try:
         ref = store.put(output, stage=stage)
     except (ChecksumMismatchError, ManifestError) as exc:

@@ -162,13 +162,26 @@ def test_an_edited_manifest_is_refused(tmp_path: Path) -> None:
         store.restore(ref.id, tmp_path / "restored")
 
 
-def test_a_source_that_does_not_match_its_manifest_is_not_stored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("blob_bytes", [1_000_000, 4096], ids=["packed", "by-content"])
+def test_a_source_that_does_not_match_its_manifest_is_not_stored(
+    tmp_path: Path, blob_bytes: int
+) -> None:
+    """Each file is hashed as it is stored, so data may be written before the mismatch is
+    found; neither the checkpoint's index nor a blob's index commits it."""
     client = MemoryConfigMaps()
-    source = _checkpoint(tmp_path / "out")
-    (source / "model.onnx").write_bytes(b"tampered")
-    with pytest.raises(ChecksumMismatchError):
-        ConfigMapStore(client, prefix="s").put(source, stage="a")
-    assert client.items == {}
+    store = ConfigMapStore(client, prefix="s", part_bytes=4096, blob_bytes=blob_bytes)
+    payload = bytes(range(256)) * 80  # 20 KB: several parts, or a blob of several chunks
+    source = _checkpoint(tmp_path / "out", payload)
+    (source / "model.onnx").write_bytes(payload[:-1] + b"!")
+    with pytest.raises(ChecksumMismatchError, match=r"model\.onnx: sha256 .* the manifest's"):
+        store.put(source, stage="a")
+    assert store.list() == []
+    assert not [m.name for m in client.items.values() if m.data]  # no index of any kind
+    # What the failed put left does not stand in for the right bytes.
+    (source / "model.onnx").write_bytes(payload)
+    ref = store.put(source, stage="a")
+    store.restore(ref.id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "model.onnx").read_bytes() == payload
 
 
 def test_the_index_is_the_commit_point(tmp_path: Path) -> None:
