@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         log("stage crashed", level="error", traceback=traceback.format_exc())
         code = EXIT_ERROR
     result.duration_seconds = time.monotonic() - started
-    message = result.to_message()
+    message = result.to_text()
     write_termination(Path(args.termination_log), result)
     log("stage finished", status=result.status, exitCode=code, message=result.message)
     sys.stdout.write(message + "\n")

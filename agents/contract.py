@@ -1,6 +1,7 @@
 """The contract every agent keeps: job spec, params, outcome, exit codes, termination message.
 
-Exit codes (DESIGN.md §3): 0 success, 2 invalid input (never retried), 3 gate failed (the
+Exit codes and the termination message are `bakeline.contract`'s, which the operator and
+`bakeline run` read too: 0 success, 2 invalid input (never retried), 3 gate failed (the
 operator rolls back / falls back), anything else transient (retried with backoff).
 """
 
@@ -14,14 +15,18 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_INVALID_INPUT = 2
-EXIT_GATE_FAILED = 3
+from bakeline.contract import (
+    EXIT_FAILED,
+    EXIT_GATE_FAILED,
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    Status,
+)
+from bakeline.contract import TerminationMessage as Result
 
-Status = Literal["succeeded", "invalid-input", "gate-failed", "error"]
-TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
-MESSAGE_LIMIT = 1536  # characters of the message, before metrics are dropped
+EXIT_ERROR = EXIT_FAILED  # transient: the operator (or `bakeline run`) retries with backoff
+
+__all__ = ["EXIT_GATE_FAILED", "EXIT_INVALID_INPUT", "EXIT_OK", "Result"]
 
 
 class AgentFailure(Exception):
@@ -137,58 +142,10 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class Result:
-    agent: str
-    stage: str
-    status: Status
-    message: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    artifact_sha256: str | None = None
-    format: str | None = None
-    size_bytes: int | None = None
-    duration_seconds: float = 0.0
-
-    def to_message(self, limit: int = TERMINATION_LIMIT) -> str:
-        """The JSON termination message, at most `limit` bytes: a long message is cut first,
-        then metrics are dropped from the end, then the message shrinks further."""
-        message = self.message
-        if len(message) > MESSAGE_LIMIT:  # room for metrics: the message says why, briefly
-            message = message[: MESSAGE_LIMIT - 1] + "…"
-        body: dict[str, Any] = {
-            "agent": self.agent,
-            "stage": self.stage,
-            "status": self.status,
-            "message": message,
-            "metrics": {k: _finite(v) for k, v in self.metrics.items()},
-            "artifactSha256": self.artifact_sha256,
-            "format": self.format,
-            "sizeBytes": self.size_bytes,
-            "durationSeconds": round(self.duration_seconds, 3),
-        }
-        text = json.dumps(body, separators=(",", ":"))
-        metrics = dict(body["metrics"])
-        while len(text.encode()) > limit and metrics:
-            metrics.popitem()  # the first metrics are the headline ones: drop from the end
-            body["metrics"] = metrics
-            text = json.dumps(body, separators=(",", ":"))
-        while len(text.encode()) > limit:
-            body["message"] = body["message"][: max(0, len(body["message"]) // 2 - 1)] + "…"
-            text = json.dumps(body, separators=(",", ":"))
-        return text
-
-
-def _finite(value: float) -> float | None:
-    number = float(value)
-    if number != number or number in (float("inf"), float("-inf")):
-        return None  # JSON has no NaN/Infinity
-    return round(number, 6)
-
-
 def write_termination(path: Path, result: Result) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(result.to_message())
+        path.write_text(result.to_text())
     except OSError:
         pass  # outside a pod /dev/termination-log may not be writable; stdout still has it
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import bakeline
+from bakeline.contract import EXIT_INVALID_INPUT  # stdlib only: `bakeline stage` starts fast
 
-# Imported where used: `bakeline stage` starts in every stage pod and must start fast.
-EXIT_INVALID = 2
+# The rest is imported where used: `bakeline stage` starts in every stage pod.
 
 # Lets tests and agent developers swap the agents (e.g. a checkout's `python -m ...`).
 _AGENT_COMMAND_ENV = "BAKELINE_AGENT_COMMAND"
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent = given[1:] if given[:1] == ["--"] else given
         if not agent:
             print("bakeline stage: give the agent command after --", file=sys.stderr)
-            return EXIT_INVALID
+            return EXIT_INVALID_INPUT
         return run_stage(agent)
     from bakeline.cli.manifests import InputError, load_job_file
     from bakeline.cli.run import RunOptions, run_job
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_job(load_job_file(args.file), options, sys.stderr, sys.stdout)
     except InputError as exc:
         print(f"bakeline run: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_INVALID_INPUT
 
 
 if __name__ == "__main__":

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bakeline.api import BakeResult, BakingJob, QualityResult
+from bakeline.api import BakingJob
 from bakeline.checkpoints.manifest import Manifest
 from bakeline.cli.progress import format_seconds
-from bakeline.engine.pipeline import QUALITY_RESULT_METRIC, Plan, RunState
-
-# The profiler's per-batch metrics: b1.speedup, b1.p50Ms, b1.originalP50Ms, ...
-_PER_BATCH = re.compile(r"^b(\d+)\.(speedup|p50Ms|originalP50Ms)$")
+from bakeline.contract import per_batch
+from bakeline.engine.pipeline import Plan, RunState
+from bakeline.engine.result import FinalArtifact, bake_result
 
 
 def build_report(
@@ -94,7 +92,7 @@ def build_report(
         else None,
     }
     if result_dir is not None and final_manifest is not None and str(state.phase) == "Succeeded":
-        report["result"] = _result(job, stages, final_manifest, result_dir)
+        report["result"] = _result(job, plan, state, final_manifest, result_dir)
     return report
 
 
@@ -116,55 +114,22 @@ def _facts_of(
 
 
 def _result(
-    job: BakingJob, stages: Sequence[Mapping[str, Any]], manifest: Manifest, result_dir: Path
+    job: BakingJob, plan: Plan, state: RunState, manifest: Manifest, result_dir: Path
 ) -> dict[str, Any]:
-    metrics: dict[str, float] = {}
-    for stage in stages:  # later stages win: the profiler's speedups, the validator's quality
-        metrics.update(stage["metrics"])
-    metrics.update(manifest.metrics)
-    speedups = _per_batch(metrics, "speedup")
-    first_batch = str(job.spec.target.batch_sizes[0])
-    speedup = metrics.get("speedup", speedups.get(first_batch))
-    quality = _quality(job, metrics)
-    original = next((s["checkpoint"]["sizeBytes"] for s in stages if s.get("checkpoint")), None)
+    """The result, decided by the engine as the operator decides status.result."""
     attributes = manifest.attributes
-    bake = BakeResult(
-        artifact=str(result_dir / manifest.artifact),
+    artifact = FinalArtifact(
+        location=str(result_dir / manifest.artifact),
         format=manifest.format,
         sha256=manifest.artifact_sha256,
         size_bytes=manifest.file(manifest.artifact).size_bytes,
-        original_size_bytes=original,
-        speedup=speedup,
-        speedups=speedups,
         runtime=_attribute(attributes, ("runtime", "backend"), ("runtime",), ("backend",)),
         precision=_attribute(
             attributes, ("quantization", "scheme"), ("precision",), ("dtype",), ("runtime", "dtype")
         ),
-        quality=quality,
     )
+    bake = bake_result(plan, state, job.spec.target, job.spec.quality, artifact, manifest.metrics)
     return {**bake.to_wire(), "manifest": str(result_dir / "manifest.json")}
-
-
-def _quality(job: BakingJob, metrics: Mapping[str, float]) -> QualityResult | None:
-    wanted = job.spec.quality
-    value = metrics.get(QUALITY_RESULT_METRIC[wanted.metric])
-    if value is None:
-        return None
-    passed = (
-        value <= wanted.threshold if wanted.metric == "max-abs-error" else value >= wanted.threshold
-    )
-    return QualityResult(
-        metric=wanted.metric, value=value, threshold=wanted.threshold, passed=passed
-    )
-
-
-def _per_batch(metrics: Mapping[str, float], kind: str) -> dict[str, float]:
-    """{batch size: value} of one per-batch metric, e.g. speedup."""
-    return {
-        match.group(1): value
-        for key, value in metrics.items()
-        if (match := _PER_BATCH.match(key)) and match.group(2) == kind
-    }
 
 
 def _attribute(attributes: Mapping[str, Any], *paths: tuple[str, ...]) -> str | None:
@@ -275,7 +240,7 @@ def _html(report: Mapping[str, Any]) -> str:
     metrics: dict[str, float] = {}
     for stage in stages:
         metrics.update(stage["metrics"])
-    baked, original = _per_batch(metrics, "p50Ms"), _per_batch(metrics, "originalP50Ms")
+    baked, original = per_batch(metrics, "p50Ms"), per_batch(metrics, "originalP50Ms")
     batches = sorted(set(baked) & set(original), key=int)
     if batches:
         charts.append(

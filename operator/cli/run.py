@@ -32,6 +32,7 @@ from bakeline.checkpoints.store import CheckpointNotFoundError, CheckpointRef, L
 from bakeline.cli.manifests import InputError, JobFile
 from bakeline.cli.progress import Progress, format_seconds
 from bakeline.cli.report import build_report, summary_table, write_report
+from bakeline.contract import EXIT_INTERRUPTED
 from bakeline.engine.cache import canonical_json
 from bakeline.engine.dag import descendants
 from bakeline.engine.pipeline import (
@@ -55,6 +56,7 @@ from bakeline.engine.pipeline import (
     stage_started,
 )
 from bakeline.engine.predict import DurationSample, estimate_remaining, fit_durations
+from bakeline.engine.result import job_verdict
 from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.runtime.local import (
     LocalRunner,
@@ -63,12 +65,6 @@ from bakeline.runtime.local import (
     host_fingerprint,
     job_document,
 )
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INVALID = 2
-EXIT_GATE_FAILED = 3
-EXIT_INTERRUPTED = 130
 
 _RUN_FILE = "run.json"
 _HISTORY_FILE = "history.json"
@@ -435,17 +431,14 @@ class _LocalRun:
         shutil.rmtree(self.workdir / "work", ignore_errors=True)
         paths = write_report(self.report, self.workdir)
         self.progress.event(f"report: {paths[0]}  chart: {paths[1]}")
-        if action.phase is JobPhase.SUCCEEDED:
-            self.progress.event(f"{self.name} succeeded: {action.reason}")
-            return EXIT_OK
-        self.progress.event(f"{self.name} FAILED: {action.reason}")
         failed = [n for n in self.plan.order if self.state.stages[n].phase is StagePhase.FAILED]
         last = self.outcomes.get(failed[0]) if failed else None
-        if last == AttemptOutcome.GATE_FAILED:
-            return EXIT_GATE_FAILED
-        if last == AttemptOutcome.INVALID_INPUT:
-            return EXIT_INVALID
-        return EXIT_FAILED
+        verdict = job_verdict(action.phase, AttemptOutcome(last) if last else None)
+        if verdict.succeeded:
+            self.progress.event(f"{self.name} succeeded: {action.reason}")
+        else:
+            self.progress.event(f"{self.name} FAILED: {action.reason}")
+        return verdict.exit_code
 
     def _checkpoint_facts(self, checkpoint: CheckpointInfo) -> dict[str, Any]:
         facts: dict[str, Any] = {

@@ -7,14 +7,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from bakeline.contract import HOST_DEPENDENT_AGENTS
+
 # Bump when the key's composition changes, so old cache entries stop matching.
 _KEY_SCHEMA = 1
 
 # Agents whose output depends on the machine they ran on (what it supports, how fast it is):
 # their keys also name the host, so a result measured on one machine is never reused on another.
-HARDWARE_DEPENDENT_AGENTS = frozenset(
-    {"HardwareAdapter", "InferenceAccelerator", "PerformanceProfiler"}
-)
+HARDWARE_DEPENDENT_AGENTS = HOST_DEPENDENT_AGENTS
 
 
 def canonical_json(value: Any) -> str:

@@ -31,6 +31,7 @@ from bakeline.api.bakingjob import Quality
 from bakeline.api.validation import topological_order
 from bakeline.api.workflow import QUALITY_METRIC, GateOperator, WorkflowSpec
 from bakeline.api.workflow import Gate as GateSpec
+from bakeline.contract import QUALITY_METRIC_KEYS
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS, cache_key, canonical_json
 from bakeline.engine.dag import ancestors, descendants
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds
@@ -65,11 +66,7 @@ class FailureStrategy(StrEnum):
 
 
 # The result metric that carries each quality metric of a job (the agents' camelCase names).
-QUALITY_RESULT_METRIC: Mapping[str, str] = {
-    "cosine": "cosineMean",
-    "accuracy": "accuracy",
-    "max-abs-error": "maxAbsError",
-}
+QUALITY_RESULT_METRIC: Mapping[str, str] = QUALITY_METRIC_KEYS
 
 DONE_PHASES = frozenset({StagePhase.SUCCEEDED, StagePhase.CACHED, StagePhase.SKIPPED})
 _GOOD_PHASES = frozenset({StagePhase.SUCCEEDED, StagePhase.CACHED})

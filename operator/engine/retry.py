@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-EXIT_OK = 0
-EXIT_INVALID_INPUT = 2
-EXIT_GATE_FAILED = 3
+from bakeline.contract import EXIT_GATE_FAILED, EXIT_INVALID_INPUT, EXIT_OK
 
 
 class AttemptOutcome(StrEnum):

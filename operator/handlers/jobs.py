@@ -28,6 +28,7 @@ from bakeline.api.defaults import default_workflow
 from bakeline.api.lane import Lane, LaneSpec
 from bakeline.api.validation import validate_workflow
 from bakeline.api.workflow import WorkflowSpec
+from bakeline.contract import parse_termination
 from bakeline.engine import lanes as admission
 from bakeline.engine import pipeline as engine
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
@@ -628,11 +629,9 @@ def _running_pods_unseen(status: Mapping[str, Any], pods: Mapping[str, Any], job
 
 
 def _parse_result(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    """The termination message in wire form, as the contract's one parser reads it."""
+    parsed = parse_termination(text)
+    return parsed.to_wire() if parsed is not None else {}
 
 
 def _job_document(job: bj.BakingJob) -> dict[str, Any]:

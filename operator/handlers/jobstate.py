@@ -12,8 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bakeline.api.bakingjob import Quality, Target
+from bakeline.contract import TerminationMessage, parse_termination
 from bakeline.engine import pipeline as engine
 from bakeline.engine.predict import estimate_remaining, fit_durations
+from bakeline.engine.result import FinalArtifact, bake_result
 from bakeline.handlers.clock import epoch, now_timestamp, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.runtime import pods as manifests
@@ -134,7 +137,7 @@ def status_from_run_state(
     if phase is engine.JobPhase.SUCCEEDED:
         status["finishedAt"] = status.get("finishedAt") or now_timestamp()
         record = load_record(current.id) if current else None
-        status["result"] = _result(record, current)
+        status["result"] = _result(obj, plan, state, record, current)
         set_condition(
             status, "Succeeded", "True", "Baked", f"artifact {current.id if current else ''}", meta
         )
@@ -180,22 +183,32 @@ def _estimate_end(plan: engine.Plan, state: engine.RunState) -> float:
 
 
 def _result(
-    record: Mapping[str, Any] | None, current: engine.CheckpointInfo | None
+    obj: Mapping[str, Any],
+    plan: engine.Plan,
+    state: engine.RunState,
+    record: Mapping[str, Any] | None,
+    current: engine.CheckpointInfo | None,
 ) -> dict[str, Any]:
+    """status.result, decided by the engine as `bakeline run` decides it, from the final
+    checkpoint's record (the final stage's termination message) and the stages' metrics."""
     data = (record or {}).get("data") or {}
-    result = json.loads(data.get("result.json") or "{}")
-    metrics = result.get("metrics") or {}
-    out: dict[str, Any] = {
-        "artifact": data.get("path") or (current.id if current else ""),
-        "format": str(result.get("format") or "unknown")[:64],
-    }
-    if result.get("sizeBytes") is not None:
-        out["sizeBytes"] = int(result["sizeBytes"])
-    speedups = {k: float(v) for k, v in metrics.items() if k.startswith("speedup")}
-    if speedups:
-        out["speedups"] = dict(list(speedups.items())[:16])
-        out["speedup"] = max(speedups.values())
-    return out
+    final = parse_termination(data.get("result.json")) or TerminationMessage()
+    spec = obj.get("spec") or {}
+    artifact = FinalArtifact(
+        location=data.get("path") or (current.id if current else ""),
+        format=final.format or "unknown",
+        sha256=data.get("artifactSha256") or final.artifact_sha256,
+        size_bytes=final.size_bytes,
+    )
+    result = bake_result(
+        plan,
+        state,
+        Target.model_validate(spec.get("target") or {}),
+        Quality.model_validate(spec.get("quality") or {}),
+        artifact,
+        final.metrics,
+    )
+    return result.to_wire()
 
 
 def repair_status(

@@ -16,62 +16,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from bakeline.checkpoints.manifest import sha256_file
+from bakeline.contract import TERMINATION_LIMIT, TerminationMessage, parse_termination
 
-TERMINATION_LOG_LIMIT = 4096  # bytes, as Kubernetes keeps for a termination message
 _KILL_GRACE_SECONDS = 5.0
 _LOG_TAIL_LINES = 20
 
 
 class ModelSourceError(ValueError):
     """The job's model source cannot be used on this machine."""
-
-
-@dataclass(frozen=True)
-class AgentResult:
-    """The JSON an agent leaves in its termination log."""
-
-    agent: str = ""
-    stage: str = ""
-    status: str = ""
-    message: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    artifact_sha256: str | None = None
-    format: str | None = None
-    size_bytes: int | None = None
-    duration_seconds: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> AgentResult | None:
-        """The result in `text`, or None when it is not the contract's JSON object."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        metrics = data.get("metrics") or {}
-        return cls(
-            agent=str(data.get("agent", "")),
-            stage=str(data.get("stage", "")),
-            status=str(data.get("status", "")),
-            message=str(data.get("message", "")),
-            metrics={
-                str(k): float(v)
-                for k, v in (metrics.items() if isinstance(metrics, dict) else ())
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            },
-            artifact_sha256=_opt_str(data.get("artifactSha256")),
-            format=_opt_str(data.get("format")),
-            size_bytes=_opt_int(data.get("sizeBytes")),
-            duration_seconds=_opt_float(data.get("durationSeconds")),
-        )
 
 
 @dataclass(frozen=True)
@@ -92,7 +51,7 @@ class StageRun:
     exit_code: int | None  # None when killed by a signal we did not send
     timed_out: bool
     seconds: float
-    result: AgentResult | None
+    result: TerminationMessage | None
     log_tail: str
 
     @property
@@ -295,13 +254,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _read_result(path: Path) -> AgentResult | None:
+def _read_result(path: Path) -> TerminationMessage | None:
     try:
         with path.open("rb") as handle:
-            data = handle.read(TERMINATION_LOG_LIMIT)
+            data = handle.read(TERMINATION_LIMIT)
     except OSError:
         return None
-    return AgentResult.parse(data.decode("utf-8", errors="replace"))
+    return parse_termination(data)
 
 
 def _tail(path: Path) -> str:
@@ -317,15 +276,3 @@ def _installed_version() -> str:
         return metadata.version("bakeline")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _opt_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _opt_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -24,6 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from bakeline.contract import (
+    QUALITY_METRIC_KEYS,
+    TerminationMessage,
+    per_batch_key,
+    status_of_exit,
+)
+
 
 def main() -> int:
     stage = os.environ["BAKELINE_STAGE"]
@@ -62,13 +69,16 @@ def main() -> int:
         source = hashlib.sha256(given.read_bytes()).hexdigest() if given.is_file() else "none"
     payload = f"{stage}:{json.dumps(params, sort_keys=True)}:{source}"
     metrics = {
-        "attempt": attempt,
+        "attempt": float(attempt),
         "fallback": 1.0 if params else 0.0,
         # What a passing QualityValidator reports, whatever the job's quality metric.
-        "cosineMean": 1.0,
-        "accuracy": 1.0,
-        "maxAbsError": 0.0,
+        QUALITY_METRIC_KEYS["cosine"]: 1.0,
+        QUALITY_METRIC_KEYS["accuracy"]: 1.0,
+        QUALITY_METRIC_KEYS["max-abs-error"]: 0.0,
     }
+    result = TerminationMessage(
+        agent=sys.argv[1] if len(sys.argv) > 1 else "", stage=stage, status=status_of_exit(code)
+    )
     if code == 0:
         output.mkdir(parents=True, exist_ok=True)
         artifact = output / "model.bin"
@@ -88,22 +98,13 @@ def main() -> int:
             "createdAt": "2026-01-01T00:00:00Z",
         }
         (output / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
-        result = {
-            "status": "succeeded",
-            "artifactSha256": digest,
-            "format": "onnx",
-            "sizeBytes": len(payload),
-            "metrics": {**metrics, "speedupBatch1": 2.0},
-        }
+        result.artifact_sha256, result.format, result.size_bytes = digest, "onnx", len(payload)
+        # What a DeploymentPreparer reports of the profiler's measurements.
+        metrics[per_batch_key(1, "speedup")] = 2.0
     else:
-        status = {2: "invalid-input", 3: "gate-failed"}.get(code, "error")
-        result = {
-            "status": status,
-            "message": f"scripted {status} (exit {code})",
-            "metrics": metrics,
-        }
-    result.update({"agent": sys.argv[1] if len(sys.argv) > 1 else "", "stage": stage})
-    Path(os.environ["BAKELINE_TERMINATION_MESSAGE_PATH"]).write_text(json.dumps(result))
+        result.message = f"scripted {result.status} (exit {code})"
+    result.metrics = metrics
+    Path(os.environ["BAKELINE_TERMINATION_MESSAGE_PATH"]).write_text(result.to_text())
     return code
 
 

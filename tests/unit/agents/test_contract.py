@@ -100,7 +100,7 @@ def test_termination_message_fits_4kib_and_keeps_headline_metrics() -> None:
         123,
         1.5,
     )
-    text = result.to_message()
+    text = result.to_text()
     assert len(text.encode()) <= 4096
     body = json.loads(text)
     assert body["status"] == "succeeded" and body["artifactSha256"] == "a" * 64
@@ -109,7 +109,7 @@ def test_termination_message_fits_4kib_and_keeps_headline_metrics() -> None:
 
 
 def test_nan_metrics_become_null_json() -> None:
-    body = json.loads(Result("A", "s", "error", "", {"x": float("nan")}).to_message())
+    body = json.loads(Result("A", "s", "error", "", {"x": float("nan")}).to_text())
     assert body["metrics"]["x"] is None
 
 

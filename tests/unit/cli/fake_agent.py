@@ -31,6 +31,7 @@ from bakeline.checkpoints.manifest import (
     utc_now,
     write_manifest,
 )
+from bakeline.contract import TerminationMessage, status_of_exit
 
 
 def main() -> int:
@@ -62,16 +63,23 @@ def main() -> int:
     if calls == 1:
         time.sleep(float(fake.get("sleepFirst", 0)))
 
-    def finish(code: int, message: str, **extra: object) -> int:
-        result = {
-            "agent": args.agent,
-            "stage": args.stage,
-            "status": "ok" if code == 0 else "failed",
-            "message": message,
-            "durationSeconds": time.time() - started,
-            **extra,
-        }
-        args.termination_log.write_text(json.dumps(result))
+    def finish(
+        code: int,
+        message: str,
+        metrics: dict[str, float] | None = None,
+        artifact: tuple[str, str, int] | None = None,  # sha256, format, size
+    ) -> int:
+        result = TerminationMessage(
+            agent=args.agent,
+            stage=args.stage,
+            status=status_of_exit(code),
+            message=message,
+            metrics=metrics or {},
+            duration_seconds=time.time() - started,
+        )
+        if artifact is not None:
+            result.artifact_sha256, result.format, result.size_bytes = artifact
+        args.termination_log.write_text(result.to_text())
         print(message, file=sys.stderr)
         return code
 
@@ -130,14 +138,7 @@ def main() -> int:
             metrics=metrics,
         ),
     )
-    return finish(
-        0,
-        "done",
-        metrics=metrics,
-        artifactSha256=entry.sha256,
-        format="safetensors",
-        sizeBytes=entry.size_bytes,
-    )
+    return finish(0, "done", metrics, (entry.sha256, "safetensors", entry.size_bytes))
 
 
 if __name__ == "__main__":

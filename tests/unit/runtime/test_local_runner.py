@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bakeline.checkpoints.manifest import verify_checkpoint
+from bakeline.contract import parse_termination
 from bakeline.runtime.local import (
-    AgentResult,
     LocalRunner,
     ModelSourceError,
     StageInvocation,
@@ -97,9 +97,9 @@ def test_the_agent_version_comes_from_the_agent(runner: LocalRunner) -> None:
 
 
 def test_a_garbled_termination_log_is_no_result() -> None:
-    assert AgentResult.parse("not json") is None
-    assert AgentResult.parse("[1]") is None
-    parsed = AgentResult.parse('{"metrics": {"a": 1, "b": "x", "c": true}, "sizeBytes": 5}')
+    assert parse_termination("not json") is None
+    assert parse_termination("[1]") is None
+    parsed = parse_termination('{"metrics": {"a": 1, "b": "x", "c": true}, "sizeBytes": 5}')
     assert parsed is not None and parsed.metrics == {"a": 1.0} and parsed.size_bytes == 5
 
 

@@ -1,0 +1,78 @@
+"""bakeline.contract: the one termination message, its parser, metric names and agent traits."""
+
+from __future__ import annotations
+
+import json
+
+from bakeline import contract
+from bakeline.agents.stages import resolve
+from bakeline.api.names import AGENTS
+from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
+
+
+def test_a_termination_message_round_trips_through_the_one_parser() -> None:
+    sent = contract.TerminationMessage(
+        agent="DeploymentPreparer",
+        stage="package",
+        status="succeeded",
+        message="packaged",
+        metrics={"b1.speedup": 2.5, "accuracy": 0.99},
+        artifact_sha256="a" * 64,
+        format="onnx",
+        size_bytes=1234,
+        duration_seconds=1.5,
+        store={"prefix": "job-store", "id": "package-1"},
+    )
+    assert contract.parse_termination(sent.to_text()) == sent
+    assert contract.parse_termination(sent.to_text().encode()) == sent
+
+
+def test_the_parser_refuses_what_is_not_the_contract() -> None:
+    for text in (None, "", "Traceback (most recent call last):", "[1]", "3", b"\xff\xfe"):
+        assert contract.parse_termination(text) is None
+    parsed = contract.parse_termination(
+        '{"metrics": {"a": 1, "b": "x", "c": true}, "sizeBytes": "5", "store": 3}'
+    )
+    assert parsed is not None
+    assert parsed.metrics == {"a": 1.0} and parsed.size_bytes is None and parsed.store is None
+
+
+def test_the_message_fits_the_limit_keeping_the_first_metrics() -> None:
+    metrics = {f"b{i}.speedup": float(i) for i in range(1, 2000)}
+    text = contract.TerminationMessage("A", "s", "succeeded", "m" * 10_000, metrics).to_text()
+    assert len(text.encode()) <= contract.TERMINATION_LIMIT
+    body = json.loads(text)
+    assert "b1.speedup" in body["metrics"] and "b1999.speedup" not in body["metrics"]
+    tiny = contract.TerminationMessage("A", "s", "error", "é" * 5000).to_text(limit=200)
+    assert len(tiny.encode()) <= 200
+
+
+def test_per_batch_metric_names() -> None:
+    key = contract.per_batch_key(64, "speedup")
+    assert key == "b64.speedup"
+    metrics = {key: 2.0, "b1.speedup": 3.0, "b1.p50Ms": 0.1, "onnx.b1.p50Ms": 0.2, "speedup": 9}
+    assert contract.per_batch(metrics, "speedup") == {"64": 2.0, "1": 3.0}
+    assert contract.per_batch(metrics, "p50Ms") == {"1": 0.1}
+
+
+def test_exit_codes_have_their_statuses() -> None:
+    assert contract.status_of_exit(contract.EXIT_OK) == "succeeded"
+    assert contract.status_of_exit(contract.EXIT_INVALID_INPUT) == "invalid-input"
+    assert contract.status_of_exit(contract.EXIT_GATE_FAILED) == "gate-failed"
+    assert contract.status_of_exit(contract.EXIT_FAILED) == "error"
+    assert contract.status_of_exit(137) == "error"
+
+
+def test_every_agent_has_one_row_of_traits_that_matches_the_agent() -> None:
+    assert tuple(contract.AGENT_TRAITS) == AGENTS
+    for name, traits in contract.AGENT_TRAITS.items():
+        agent = resolve(name)
+        assert agent.name == name
+        assert agent.needs_input == traits.needs_input, name
+        assert agent.metrics == traits.headline_metrics, name
+    assert HARDWARE_DEPENDENT_AGENTS == contract.HOST_DEPENDENT_AGENTS
+    assert {
+        "HardwareAdapter",
+        "InferenceAccelerator",
+        "PerformanceProfiler",
+    } == contract.HOST_DEPENDENT_AGENTS
