@@ -82,7 +82,9 @@ def test_job_runs_nine_stages_and_records_checkpoints(
     assert status["progress"] == "9/9"
     assert [s["phase"] for s in status["stages"]] == ["Succeeded"] * 9
     assert all(s["durationSeconds"] >= 0 for s in status["stages"])
-    assert status["result"]["speedup"] == 2.0
+    assert status["result"]["speedup"] == 2.0  # the scripted agent's b1.speedup
+    assert status["result"]["speedups"] == {"1": 2.0}
+    assert status["result"]["quality"]["passed"]
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
     names = sorted(p["metadata"]["name"] for p in pods["items"])
     assert names == sorted(f"bake-{s['name']}-1" for s in status["stages"])

@@ -1,0 +1,97 @@
+"""One job, one meaning: the operator and `bakeline run` report the same result of the same
+stage outputs.
+
+`bakeline run` bakes the digits example with the real agents; then the operator runs the same
+job in a cluster whose stage pods replay those agents' checkpoints and termination messages
+(tests/support/replay_agent.py), so both drivers see exactly what the real DeploymentPreparer
+produced. Their results must agree: speedup per batch size, quality value and pass, size,
+sha256; and `kubectl get bj` shows the speedup.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane import ControlPlane
+from support.kube import get, wait_for
+from support.node_harness import NodeHarness, container_path
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPLAY_AGENT = Path(__file__).resolve().parents[1] / "support" / "replay_agent.py"
+AGREED = ("speedup", "speedups", "quality", "sizeBytes", "sha256", "format", "originalSizeBytes")
+
+
+@pytest.fixture(scope="module")
+def baked_locally(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("digits-local")
+    command = shutil.which("bakeline") or pytest.fail("the bakeline command is not installed")
+    done = subprocess.run(
+        [
+            command,
+            "run",
+            str(repo_root / "examples" / "bakingjob-digits.yaml"),
+            "--workdir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return workdir
+
+
+def test_the_operator_and_bakeline_run_agree_on_the_real_agents_result(
+    cluster: ControlPlane,
+    namespace: str,
+    node: NodeHarness,
+    operator: Any,
+    repo_root: Path,
+    baked_locally: Path,
+    tmp_path: Path,
+) -> None:
+    local = json.loads((baked_locally / "report.json").read_text())["result"]
+    assert local["speedups"].keys() == {"1", "64"}, local  # the job's two batch sizes
+    assert local["quality"]["metric"] == "accuracy" and local["quality"]["passed"]
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "bakeline-agent"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPLAY_AGENT}" "$@"\n')
+    wrapper.chmod(0o755)
+    node.namespace_env[namespace] = {
+        "PATH": container_path(bin_dir),
+        "REPLAY_WORKDIR": str(baked_locally),
+    }
+    try:
+        examples = repo_root / "examples"
+        for name in ("lanes.yaml", "workflow-default.yaml", "bakingjob-digits.yaml"):
+            cluster.kubectl("apply", "-n", namespace, "-f", str(examples / name))
+
+        def finished() -> dict[str, Any] | None:
+            job = get(cluster, "bj", "digits-cnn", namespace) or {}
+            phase = (job.get("status") or {}).get("phase")
+            return job if phase in ("Succeeded", "Failed") else None
+
+        job = wait_for(finished, 300, interval=1, what="the replayed digits job to finish")
+    finally:
+        node.namespace_env.pop(namespace, None)
+    status = job["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1) + operator.log()
+    cluster_result = status["result"]
+    for key in AGREED:
+        assert cluster_result.get(key) == local.get(key), (key, cluster_result, local)
+
+    table = cluster.kubectl("get", "bj", "digits-cnn", "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    speedup = row.split()[header.split().index("SPEEDUP")]
+    assert float(speedup) == pytest.approx(local["speedup"]), table
