@@ -33,10 +33,11 @@ from pathlib import Path
 from types import FrameType
 
 from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError, verify_checkpoint
+from bakeline.contract import EXIT_FAILED, EXIT_INVALID_INPUT, TERMINATION_LIMIT
 
-TERMINATION_BYTES = 4096
-EXIT_TRANSIENT = 1
-EXIT_INVALID = 2
+TERMINATION_BYTES = TERMINATION_LIMIT
+EXIT_TRANSIENT = EXIT_FAILED
+EXIT_INVALID = EXIT_INVALID_INPUT
 
 
 class StageStoreError(Exception):

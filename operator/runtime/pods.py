@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bakeline.api.common import API_VERSION, GROUP
+from bakeline.contract import TERMINATION_MESSAGE_PATH
 
 LABEL_JOB = f"{GROUP}/job"
 LABEL_STAGE = f"{GROUP}/stage"
@@ -34,7 +35,6 @@ MANAGER = "bakeline"
 
 CHECKPOINT_MOUNT = "/checkpoints"
 TMP_MOUNT = "/tmp"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 AGENT_CONTAINER = "agent"
 # The image's non-root user (Dockerfile); pods run as it under PodSecurity `restricted`.
 AGENT_UID = 65532
