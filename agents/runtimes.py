@@ -1,8 +1,9 @@
 """Turning a model file into something that runs: ONNX Runtime sessions and torch modules.
 
-Loading never unpickles: ONNX is protobuf; TorchScript archives go through TorchScript's own
-restricted loader; ExportedPrograms are loaded with `torch.load` forced to `weights_only=True`
-(torch.export.load would otherwise fall back to full unpickling for some archives).
+Every torch archive is vetted from its bytes (`bakeline.agents.vetting`) before torch opens it:
+an ExportedProgram or TorchScript file that would make torch unpickle an object, load native
+code or evaluate a string is refused first. `torch.load` is also forced to `weights_only=True`
+while an ExportedProgram loads, as a second wall behind the vetting.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from bakeline.agents.data import Dataset, Feeds
+from bakeline.agents.vetting import vet_or_raise
 
 Backend = Literal["onnxruntime", "torch-eager", "torch-compile"]
 OptLevel = Literal["disabled", "basic", "extended", "all"]
@@ -143,16 +145,16 @@ def weights_only_loading() -> Iterator[None]:
 
 def load_torch_module(path: Path, format: str) -> torch.nn.Module:
     if format == "exported-program":
-        with weights_only_loading():
-            program = torch.export.load(str(path))
-        return program.module()
+        return load_exported_program(path).module()
     if format == "torchscript":
+        vet_or_raise(path, "torchscript")
         scripted: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         return scripted
     raise ValueError(f"{format} is not a torch format")
 
 
 def load_exported_program(path: Path) -> torch.export.ExportedProgram:
+    vet_or_raise(path, "exported-program")
     with weights_only_loading():
         return torch.export.load(str(path))
 

@@ -2,8 +2,10 @@
 
 Sources: `builtin` (minilm-l6, digits-cnn: they bring their own calibration and held-out evaluation
 data) or a local file resolved by the runner (`model.localPath`, checked against `model.sha256`):
-an ExportedProgram (.pt2), a TorchScript archive or an ONNX model. Nothing is ever unpickled: a
-pickle, or a `torch.save` archive of a whole module, is refused (exit 2).
+an ExportedProgram (.pt2), a TorchScript archive or an ONNX model. The file is copied into the
+checkpoint, its copy checked against the sha256 and vetted from its bytes
+(`bakeline.agents.vetting`) before any loader opens it: a pickle, a `torch.save` archive, or an
+archive that would make torch unpickle, load native code or evaluate a string is refused (exit 2).
 
 Params:
   calibrationSamples / evaluationSamples (int): sizes of synthetic data for user models.
@@ -20,7 +22,6 @@ tokenizer where the model has one.
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,14 @@ from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import _dynamic_shapes
 from bakeline.agents.runtimes import (
     load_exported_program,
+    load_torch_module,
     open_runner,
     run_dataset,
     torch_runner,
 )
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.timing import Stopwatch
+from bakeline.agents.vetting import VettingError, vet_model_file
 from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
 
 
@@ -57,34 +60,6 @@ class CoordinatorParams(StageParams):
     input_shapes: dict[str, list[int]] | None = Field(default=None, alias="inputShapes")
     dataset: str | None = None
     seed: int = 0
-
-
-def sniff_format(path: Path) -> ArtifactFormat:
-    """Tell the format from the bytes (never from the name); refuse anything pickled."""
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if head[:1] == b"\x80":
-        raise InvalidInput(f"{path.name} is a Python pickle: refused (pickles can run code)")
-    if head == b"PK\x03\x04":
-        names = zipfile.ZipFile(path).namelist()
-        if any(n.endswith("/archive_format") for n in names) and any(
-            "/models/" in n and n.endswith(".json") for n in names
-        ):
-            return "exported-program"
-        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-            return "torchscript"
-        raise InvalidInput(
-            f"{path.name} is a zip archive that is neither an ExportedProgram nor TorchScript "
-            "(a torch.save pickle of a module?): refused; export it with torch.export.save"
-        )
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise InvalidInput(
-            f"{path.name} is not an ExportedProgram, TorchScript or ONNX model: {exc}"
-        ) from exc
-    return "onnx"
 
 
 def weights_fingerprint(tensors: dict[str, np.ndarray]) -> str:
@@ -243,20 +218,40 @@ class BakingCoordinator(Agent[CoordinatorParams]):
     ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
         if not path.is_file():
             raise InvalidInput(f"model file {path} does not exist")
-        actual = sha256_file(path)
+        # Copy first, then hash and vet the copy: the bytes checked are the bytes loaded, even
+        # if the source changes meanwhile.
+        incoming = directory / ".incoming"
+        incoming.mkdir(exist_ok=True)
+        staged = incoming / path.name
+        staged.write_bytes(path.read_bytes())
+        actual = sha256_file(staged)
         if sha256 and actual != sha256.lower():
+            staged.unlink()
             raise InvalidInput(
                 f"model file sha256 {actual} does not match job.model.sha256 {sha256}"
             )
-        fmt = sniff_format(path)
+        try:
+            vetted = vet_model_file(staged, data_folder=path.resolve().parent)
+        except VettingError:
+            staged.unlink()
+            raise
+        fmt: ArtifactFormat = vetted.format
         artifact = artifact_name(fmt, "original")
         target = directory / artifact
-        target.write_bytes(path.read_bytes())
+        if vetted.external_data:
+            # Vetted to lie inside the model's own folder; folded into one file so the
+            # checkpoint holds all of the model.
+            model = onnx.load(str(path), load_external_data=True)
+            onnx.save(model, str(target))
+            staged.unlink()
+        else:
+            staged.replace(target)
+        incoming.rmdir()
         try:
             inputs, outputs, weights = _signature(target, fmt, params)
         except InvalidInput:
             raise
-        except Exception as exc:  # what a hostile or damaged file makes the loaders raise
+        except Exception as exc:  # what a damaged file makes the loaders raise
             raise InvalidInput(f"{path.name} does not load as {fmt}: {exc}") from exc
         names = [spec.name for spec in inputs]
         try:
@@ -337,7 +332,7 @@ def _signature(
             )
         weights = {k: v.detach().numpy() for k, v in program.state_dict.items()}
         return inputs, [], weights
-    module: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    module = load_torch_module(path, "torchscript")
     if not shapes:
         raise InvalidInput("TorchScript records no input shapes: pass params.inputShapes")
     inputs = [TensorSpec(name=n, dtype="float32", shape=["batch", *s]) for n, s in shapes.items()]

@@ -14,6 +14,7 @@ import os
 import platform
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class LocalRunner:
         self._env = dict(env) if env is not None else None
         self._poll_seconds = poll_seconds
         self._version: str | None = None
+        self._home: tempfile.TemporaryDirectory[str] | None = None
 
     def agent_version(self) -> str:
         """The agents' version, part of every cache key: `<command> --version`, else the
@@ -170,9 +172,65 @@ class LocalRunner:
         )
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ) if self._env is None else dict(self._env)
+        """An explicit `env` as given; otherwise this process's environment less anything
+        that could be a credential (`agent_environment`), with a HOME of the agents' own."""
+        if self._env is not None:
+            env = dict(self._env)
+        else:
+            if self._home is None:
+                self._home = tempfile.TemporaryDirectory(prefix="bakeline-agent-home-")
+            env = agent_environment(os.environ, home=self._home.name)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
+
+
+# What an agent inherits from `bakeline run`'s environment: where programs and libraries are,
+# language and thread settings, and Bakeline's own. Everything else (cloud keys, KUBECONFIG,
+# tokens, proxies with passwords) stays behind: the import stage opens files from outside.
+_INHERITED = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUNBUFFERED",
+        "PYTHONHASHSEED",
+        "PYTHONDONTWRITEBYTECODE",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "LD_LIBRARY_PATH",
+        "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES",
+    }
+)
+_INHERITED_PREFIXES = (
+    "LC_",
+    "OMP_",
+    "MKL_",
+    "KMP_",
+    "GOMP_",
+    "OPENBLAS_",
+    "BAKELINE_",
+    "TORCHINDUCTOR_",
+    "SCRIPTED_AGENT_",  # the test suite's scripted agent reads its script from here
+)
+
+
+def agent_environment(parent: Mapping[str, str], home: str) -> dict[str, str]:
+    """The environment an agent process gets: `parent` filtered by name, HOME replaced."""
+    env = {
+        key: value
+        for key, value in parent.items()
+        if key in _INHERITED or key.startswith(_INHERITED_PREFIXES)
+    }
+    env["HOME"] = home
+    return env
 
 
 def host_fingerprint() -> str:

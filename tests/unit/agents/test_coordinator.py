@@ -13,7 +13,7 @@ from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import load_arrays
 from bakeline.agents.pipeline import Chain, StageRunner
-from bakeline.agents.stages.coordinator import sniff_format
+from bakeline.agents.vetting import vet_model_file
 from bakeline.checkpoints.manifest import sha256_file
 
 
@@ -81,8 +81,8 @@ def test_a_pickle_is_refused(tmp_path: Path, run_stage: StageRunner) -> None:
 def test_a_torch_save_of_a_module_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "module.pt"
     torch.save(torch.nn.Linear(2, 2), path)  # a zip whose data.pkl would rebuild the class
-    with pytest.raises(InvalidInput, match="neither an ExportedProgram nor TorchScript"):
-        sniff_format(path)
+    with pytest.raises(InvalidInput, match=r"is a torch\.save archive"):
+        vet_model_file(path)
 
 
 def test_a_checksum_mismatch_is_refused(
@@ -97,7 +97,7 @@ def test_garbage_is_not_a_model(tmp_path: Path) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(np.arange(100, dtype=np.uint8).tobytes())
     with pytest.raises(InvalidInput, match="not an ExportedProgram, TorchScript or ONNX"):
-        sniff_format(junk)
+        vet_model_file(junk)
 
 
 def test_unknown_builtin_and_missing_model(tmp_path: Path, run_stage: StageRunner) -> None:
