@@ -7,22 +7,32 @@ On lanes with `storage: Volume` the output stays on the job's claim: every file 
 against its sha256 in the manifest, and the termination message's artifactSha256 against the
 manifest's.
 
-On lanes with `storage: ConfigMap` the agent still never talks to the API server; this wrapper
-does, through the ConfigMap checkpoint store (bakeline.checkpoints.configmap): before the agent
-it restores the input checkpoint where the agent reads it (every file checked against its
-sha256; the original model stays in the store for agents that never open it, carried by
-reference), after a successful agent it stores the output checkpoint (checked the same way), and
-adds the stored checkpoint's id to the agent's termination message, where the operator reads it
-into the checkpoint record.
+On lanes with `storage: ConfigMap` the agent, which opens model files from outside, runs in a
+container that holds no token and knows nothing of the store (issue 23). The store's I/O
+(bakeline.cli.stage_store, through bakeline.checkpoints.configmap) runs in containers of its own
+that mount the pod's token: `bakeline stage restore`, an init container, restores the input
+checkpoint where the agent reads it (every file checked against its sha256; the original model
+stays in the store for agents that never open it, carried by reference); `bakeline stage store`,
+beside the agent, waits for it to finish, stores its output checkpoint (checked the same way)
+and writes the agent's termination message with the stored checkpoint's id added, where the
+operator reads it into the checkpoint record.
 
-Exit codes: the agent's own when it failed; 2 when the input checkpoint is missing or corrupt
-(not worth retrying: the operator rolls back or fails the stage); 1 when the agent's output does
-not verify (a torn or wrong write: retried) or the API refused a read or write (transient:
-retried).
+The two containers meet on a shared emptyDir (`BAKELINE_HANDOFF`): the agent's wrapper holds
+an exclusive flock on `agent.lock` from before the agent starts until its container ends (the
+kernel drops it however the process dies, OOM kill included), says `agent.started` once it
+holds it, and leaves `outcome.json` (exit code and termination message) before it exits. The
+store container waits for `agent.started`, then for the lock: what follows the lock is final.
+
+Exit codes: the agent's own when it failed (the store container repeats it); 2 when the input
+checkpoint is missing or corrupt (not worth retrying: the operator rolls back or fails the
+stage); 1 when the agent's output does not verify (a torn or wrong write: retried), the API
+refused a read or write, or the agent's container ended without an outcome (transient: retried).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -38,6 +48,12 @@ from bakeline.contract import EXIT_FAILED, EXIT_INVALID_INPUT, TERMINATION_LIMIT
 TERMINATION_BYTES = TERMINATION_LIMIT
 EXIT_TRANSIENT = EXIT_FAILED
 EXIT_INVALID = EXIT_INVALID_INPUT
+# The handoff between the agent's container and the store's (ConfigMap lanes).
+HANDOFF_LOCK = "agent.lock"
+HANDOFF_STARTED = "agent.started"
+HANDOFF_OUTCOME = "outcome.json"
+# The steps of the store's own containers: `bakeline stage restore` and `bakeline stage store`.
+STEPS = ("restore", "store")
 
 
 class StageStoreError(Exception):
@@ -73,20 +89,44 @@ def fail(termination: Path, error: StageStoreError) -> int:
 
 
 def run_stage(command: Sequence[str]) -> int:
-    """Restore the input, run the agent (forwarding SIGTERM), verify and store the output."""
+    """Run the agent and verify its output (Volume lanes), or hand its outcome to the store
+    container (ConfigMap lanes: `BAKELINE_HANDOFF`); `restore` and `store` are the store
+    containers' steps."""
     termination = Path(os.environ["BAKELINE_TERMINATION_MESSAGE_PATH"])
-    if "BAKELINE_STORE_PREFIX" not in os.environ:  # storage: Volume
-        code = run_agent(command)
-        if code != 0:
-            return code
-        try:
-            verify_output(Path(os.environ["BAKELINE_OUTPUT"]), termination)
-        except StageStoreError as error:
-            return fail(termination, error)
-        return 0
-    from bakeline.cli.stage_store import run_with_store
+    if list(command) in ([step] for step in STEPS):
+        from bakeline.cli.stage_store import run_restore, run_store
 
-    return run_with_store(command, termination)
+        return run_restore(termination) if command[0] == "restore" else run_store(termination)
+    handoff = os.environ.get("BAKELINE_HANDOFF")
+    if handoff:
+        return run_handing_off(command, Path(handoff), termination)
+    code = run_agent(command)
+    if code != 0:
+        return code
+    try:
+        verify_output(Path(os.environ["BAKELINE_OUTPUT"]), termination)
+    except StageStoreError as error:
+        return fail(termination, error)
+    return 0
+
+
+def run_handing_off(command: Sequence[str], handoff: Path, termination: Path) -> int:
+    """The agent's container on a ConfigMap lane: run the agent under the handoff lock, then
+    leave its exit code and termination message for the store container. The lock's file
+    descriptor is not inherited by the agent (Python opens files close-on-exec), so the lock
+    is this process's: released when it exits, never held on by what the agent started."""
+    lock = os.open(handoff / HANDOFF_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    (handoff / HANDOFF_STARTED).touch()
+    code = run_agent(command)
+    message = b""
+    with contextlib.suppress(OSError):
+        message = termination.read_bytes()[:TERMINATION_BYTES]
+    outcome = {"exitCode": code, "message": message.decode(errors="replace")}
+    partial = handoff / f".{HANDOFF_OUTCOME}.{os.getpid()}"
+    partial.write_text(json.dumps(outcome))
+    partial.replace(handoff / HANDOFF_OUTCOME)  # whole or absent, never torn
+    return code
 
 
 def run_agent(command: Sequence[str]) -> int:

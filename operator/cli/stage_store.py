@@ -1,5 +1,7 @@
-"""`bakeline stage` on lanes with `storage: ConfigMap`: the job's ConfigMap checkpoint store,
-reached with the stage pod's own short-lived token (bakeline.cli.stage says what and why).
+"""`bakeline stage restore` and `bakeline stage store`, the store containers of stage pods on
+lanes with `storage: ConfigMap`: the job's ConfigMap checkpoint store, reached with the stage
+pod's own short-lived token, which the agent's container never holds (bakeline.cli.stage says
+what and why).
 
 Stage pods talk to the API server over plain HTTPS (`ApiServer`), not through the kubernetes
 client: the store makes four kinds of ConfigMap call, and importing the client alone took
@@ -10,13 +12,17 @@ throughput run: 200 single-stage jobs on two cores). They speak protobuf
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
+import signal
 import ssl
+import sys
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,15 +39,21 @@ from bakeline.cli import kube_protobuf
 from bakeline.cli.stage import (
     EXIT_INVALID,
     EXIT_TRANSIENT,
+    HANDOFF_LOCK,
+    HANDOFF_OUTCOME,
+    HANDOFF_STARTED,
     TERMINATION_BYTES,
     StageStoreError,
     fail,
-    run_agent,
     verify_output,
 )
 
 T = TypeVar("T")
 REQUEST_TIMEOUT_S = 60.0
+# The agent's container starts before the store's (kubelet starts a pod's containers in order,
+# and the wrapper takes the lock before it imports anything heavy): a container that has not
+# said so by then never will (it failed to start, or died first).
+AGENT_START_TIMEOUT_S = 180.0
 
 
 class ApiError(Exception):
@@ -241,6 +253,7 @@ def restore_input(
 
 def store_output(store: ConfigMapStore, output: Path, stage: str, termination: Path) -> None:
     """Store the agent's checkpoint and name it in the termination message."""
+    _refuse_links(output)
     verify_output(output, termination, by_store=True)
     try:
         ref = store.put(output, stage=stage)
@@ -256,34 +269,90 @@ def store_output(store: ConfigMapStore, output: Path, stage: str, termination: P
     termination.write_text(text)
 
 
-def run_with_store(command: Sequence[str], termination: Path) -> int:
-    """Restore the input from the store, run the agent, verify and store its output."""
+def _refuse_links(output: Path) -> None:
+    """The agent wrote `output`; this process holds the token. A symlink there could name a
+    file of this container's (its token) for the store to read and keep: only plain files and
+    directories are stored."""
+    for path in [output, *output.rglob("*")]:
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise StageStoreError(
+                f"the agent's checkpoint holds {path.relative_to(output.parent)}, which is not "
+                "a plain file or directory",
+                EXIT_TRANSIENT,
+            )
+
+
+def run_restore(termination: Path) -> int:
+    """`bakeline stage restore`: the input checkpoint from the store, where the agent reads it."""
     try:
+        input_id, given = os.environ["BAKELINE_STORE_INPUT_ID"], os.environ["BAKELINE_INPUT"]
         store = _store()
-        input_id, given = (
-            os.environ.get("BAKELINE_STORE_INPUT_ID"),
-            os.environ.get("BAKELINE_INPUT"),
-        )
-        if input_id and given:
-            # What the agent never reads stays in the store (its output carries it by sha256).
-            leave = roles_left_in_store(os.environ.get("BAKELINE_AGENT"))
-            restore_input(store, input_id, Path(given), leave)
+        # What the agent never reads stays in the store (its output carries it by sha256).
+        leave = roles_left_in_store(os.environ.get("BAKELINE_AGENT"))
+        restore_input(store, input_id, Path(given), leave)
     except StageStoreError as error:
         return fail(termination, error)
     except (ApiError, OSError, KeyError, ValueError) as error:
         return fail(
             termination, StageStoreError(f"could not restore the input: {error}", EXIT_TRANSIENT)
         )
-    code = run_agent(command)
+    return 0
+
+
+def wait_for_agent(
+    handoff: Path, start_timeout: float = AGENT_START_TIMEOUT_S
+) -> tuple[int | None, str]:
+    """The agent's exit code and termination message once its container has ended; None for
+    the code when the container ended without leaving one (killed, or its wrapper failed)."""
+    deadline = time.monotonic() + start_timeout
+    while not (handoff / HANDOFF_STARTED).exists():
+        if time.monotonic() > deadline:
+            raise StageStoreError(
+                f"the agent's container did not start within {start_timeout:.0f} s", EXIT_TRANSIENT
+            )
+        time.sleep(0.05)
+    lock = os.open(handoff / HANDOFF_LOCK, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # blocks while the agent's container runs
+    finally:
+        os.close(lock)
+    try:
+        outcome = json.loads((handoff / HANDOFF_OUTCOME).read_bytes()[: 4 * TERMINATION_BYTES])
+    except (OSError, ValueError):
+        outcome = None
+    # Written by the agent's container, the agent's own: taken as data, never trusted further.
+    if not isinstance(outcome, dict) or type(outcome.get("exitCode")) is not int:
+        return None, ""
+    return int(outcome["exitCode"]), str(outcome.get("message") or "")
+
+
+def run_store(termination: Path) -> int:
+    """`bakeline stage store`: once the agent has finished, store its checkpoint if it
+    succeeded. Exits as the agent did when it failed (nothing stored), 1 when its container
+    left no outcome or storing failed, 0 with the checkpoint stored."""
+    # PID 1 ignores SIGTERM without a handler: a deleted pod's store stops at once.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+    try:
+        code, message = wait_for_agent(Path(os.environ["BAKELINE_HANDOFF"]))
+    except StageStoreError as error:
+        return fail(termination, error)
+    if code is None:
+        gone = "the agent's container ended without an outcome (killed?): nothing stored"
+        return fail(termination, StageStoreError(gone, EXIT_TRANSIENT))
+    termination.write_text(message[:TERMINATION_BYTES])
     if code != 0:
-        return code
+        print(f"bakeline stage: the agent exited {code}: nothing stored", file=sys.stderr)
+        return code if 0 < code < 256 else EXIT_TRANSIENT
     try:
         store_output(
-            store, Path(os.environ["BAKELINE_OUTPUT"]), os.environ["BAKELINE_STAGE"], termination
+            _store(),
+            Path(os.environ["BAKELINE_OUTPUT"]),
+            os.environ["BAKELINE_STAGE"],
+            termination,
         )
     except StageStoreError as error:
         return fail(termination, error)
-    except (ApiError, OSError, ValueError) as error:
+    except (ApiError, OSError, KeyError, ValueError) as error:
         return fail(
             termination, StageStoreError(f"could not store the checkpoint: {error}", EXIT_TRANSIENT)
         )

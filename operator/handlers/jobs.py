@@ -608,12 +608,9 @@ def _unfinished(pods: Mapping[str, Any]) -> list[str]:
 
 
 def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The agent container's terminated state ({} while it has none)."""
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated")
-        if terminated:
-            return dict(terminated)
-    return {}
+    """The attempt's terminated state ({} while it has none): on ConfigMap lanes, a failed
+    restore's, a failed agent's or the store container's (manifests.terminated_state)."""
+    return manifests.terminated_state(pod)
 
 
 def _running_pods_unseen(status: Mapping[str, Any], pods: Mapping[str, Any], job: str) -> bool:

@@ -35,7 +35,20 @@ MANAGER = "bakeline"
 
 CHECKPOINT_MOUNT = "/checkpoints"
 TMP_MOUNT = "/tmp"
+HANDOFF_MOUNT = "/handoff"
 AGENT_CONTAINER = "agent"
+# ConfigMap lanes: the store's I/O runs in containers of its own, the only ones with a token.
+RESTORE_CONTAINER = "restore"  # an init container: the input checkpoint, before the agent
+STORE_CONTAINER = "store"  # beside the agent: its output, once the agent has finished
+# On stage pods: which store they use, so that a NetworkPolicy can let only ConfigMap lanes'
+# pods reach the API server.
+LABEL_STORAGE = f"{GROUP}/storage"
+# The store containers' own footprint (chunks of 900 KiB, four writes in flight); set so that
+# a namespace whose ResourceQuota demands requests and limits admits the pod.
+STORE_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "512Mi"},
+}
 # The image's non-root user (Dockerfile); pods run as it under PodSecurity `restricted`.
 AGENT_UID = 65532
 DEFAULT_VOLUME_SIZE = "1Gi"
@@ -128,7 +141,8 @@ TOKEN_SECONDS = 3600
 
 def _token_volume() -> dict[str, Any]:
     """A bound, short-lived ServiceAccount token with the CA and namespace, as kubelet mounts
-    for automount, but only in pods that store checkpoints through the API."""
+    for automount, but only in the containers that store checkpoints through the API (never
+    the agent's: a token's pod name, in its claims, ties its writes to the pod's job)."""
     return {
         "name": "api-token",
         "projected": {
@@ -208,16 +222,22 @@ def build_stage_pod(
     `stageDefaults` in wire form (resources, nodeSelector, tolerations, image);
     `model_mount` (from `model_source_mount`) gives the first stage the user's model file.
 
-    `storage` is the lane's store. Volume: the job's claim holds every checkpoint. ConfigMap:
-    `bakeline stage` restores the input checkpoint (its id in the job's ConfigMap store:
-    `input_store_id`) into an emptyDir where the agent reads it, and stores the agent's output
-    when it succeeds, with the pod's own short-lived token (its only API access: the stage
-    ServiceAccount may create and read ConfigMaps, nothing else).
+    `storage` is the lane's store. Volume: the job's claim holds every checkpoint; one
+    container, no token. ConfigMap: the agent, which opens model files from outside, never
+    holds a credential (issue 23). Its container `agent` has no token and no store settings;
+    the store's I/O runs beside it, with the pod's own short-lived token: the init container
+    `restore` puts the input checkpoint (its id in the job's ConfigMap store:
+    `input_store_id`) into an emptyDir where the agent reads it, and the container `store`
+    waits for the agent's outcome on a shared emptyDir (`bakeline stage store`), then stores
+    its output and names it in its own termination message. `terminated_state` says which
+    container's terminated state is the attempt's.
     """
     meta = job["metadata"]
     job_name = meta["name"]
     defaults = dict(stage_defaults or {})
     output = checkpoint_id(stage, attempt)
+    image = defaults.get("image") or image
+    configmap = storage == "ConfigMap"
     env = [
         {"name": "BAKELINE_AGENT", "value": agent},
         {"name": "BAKELINE_STAGE", "value": stage},
@@ -231,34 +251,25 @@ def build_stage_pod(
     ]
     if input_checkpoint is not None:
         env.insert(2, {"name": "BAKELINE_INPUT", "value": f"{CHECKPOINT_MOUNT}/{input_checkpoint}"})
-    # `bakeline stage` checks the agent's checkpoint against its sha256s before the pod succeeds.
-    command = ["bakeline", "stage", "--", "bakeline-agent", agent]
-    if storage == "ConfigMap":
-        env += [
-            {"name": "BAKELINE_STORE_PREFIX", "value": checkpoint_store_prefix(job_name)},
-            {"name": "BAKELINE_STORE_OWNER", "value": json.dumps(owner_reference(job))},
-            {"name": "BAKELINE_STORE_LABELS", "value": json.dumps(job_labels(job_name))},
-            {"name": "BAKELINE_SERVICE_ACCOUNT_DIR", "value": SERVICE_ACCOUNT_MOUNT},
-        ]
-    container: dict[str, Any] = {
-        "name": AGENT_CONTAINER,
-        "image": defaults.get("image") or image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "env": env,
-        "volumeMounts": [
+    if configmap:
+        env.append({"name": "BAKELINE_HANDOFF", "value": HANDOFF_MOUNT})
+    # `bakeline stage` checks the agent's checkpoint against its sha256s before the pod succeeds
+    # (on ConfigMap lanes the store container does, as it stores each file).
+    container = _container(
+        AGENT_CONTAINER,
+        image,
+        ["bakeline", "stage", "--", "bakeline-agent", agent],
+        env,
+        [
             {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
             {"name": "tmp", "mountPath": TMP_MOUNT},
         ],
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": restricted_container_security(),
-    }
+    )
     if defaults.get("resources"):
         container["resources"] = defaults["resources"]
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        # Agents never talk to the API server; `bakeline stage` gets an explicit token below.
+        # No container gets a token unless it mounts `api-token` (the store's, below).
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": restricted_pod_security(),
@@ -271,14 +282,46 @@ def build_stage_pod(
             {"name": "tmp", "emptyDir": {}},
         ],
     }
-    if storage == "ConfigMap":
+    if configmap:
         spec["volumes"][0] = {"name": "checkpoints", "emptyDir": {}}
-        spec["volumes"].append(_token_volume())
-        container["volumeMounts"].append(
-            {"name": "api-token", "mountPath": SERVICE_ACCOUNT_MOUNT, "readOnly": True}
+        spec["volumes"] += [
+            {"name": "handoff", "emptyDir": {"sizeLimit": "1Mi"}},
+            # The store's scratch space, not the agent's /tmp: nothing the agent leaves there
+            # is read by a process that holds the token.
+            {"name": "store-tmp", "emptyDir": {}},
+            _token_volume(),
+        ]
+        container["volumeMounts"].append({"name": "handoff", "mountPath": HANDOFF_MOUNT})
+        store_env = _store_env(job, stage, output)
+        # Reads the agent's output and the handoff, writes nothing there.
+        store = _container(
+            STORE_CONTAINER,
+            image,
+            ["bakeline", "stage", "store"],
+            store_env,
+            [
+                {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT, "readOnly": True},
+                {"name": "handoff", "mountPath": HANDOFF_MOUNT, "readOnly": True},
+                *_store_mounts(),
+            ],
         )
-        if input_store_id is not None:
-            env.append({"name": "BAKELINE_STORE_INPUT_ID", "value": input_store_id})
+        spec["containers"].append(store)
+        if input_store_id and input_checkpoint is not None:
+            restore_env = [
+                {"name": "BAKELINE_AGENT", "value": agent},  # what it reads decides what to fetch
+                {"name": "BAKELINE_INPUT", "value": f"{CHECKPOINT_MOUNT}/{input_checkpoint}"},
+                {"name": "BAKELINE_STORE_INPUT_ID", "value": input_store_id},
+                *store_env,
+            ]
+            spec["initContainers"] = [
+                _container(
+                    RESTORE_CONTAINER,
+                    image,
+                    ["bakeline", "stage", "restore"],
+                    restore_env,
+                    [{"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}, *_store_mounts()],
+                )
+            ]
     if model_mount is not None:
         volume, mount, _ = model_mount
         spec["volumes"].append(volume)
@@ -296,6 +339,7 @@ def build_stage_pod(
         LABEL_STAGE: label_value(stage),
         LABEL_ATTEMPT: str(attempt),
         LABEL_COMPONENT: "stage",
+        LABEL_STORAGE: "ConfigMap" if configmap else "Volume",
     }
     return {
         "apiVersion": "v1",
@@ -309,6 +353,84 @@ def build_stage_pod(
         },
         "spec": spec,
     }
+
+
+def _container(
+    name: str,
+    image: str,
+    command: list[str],
+    env: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": env,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container_security(),
+    }
+    if name != AGENT_CONTAINER:
+        container["resources"] = json.loads(json.dumps(STORE_RESOURCES))
+    return container
+
+
+def _store_env(job: Mapping[str, Any], stage: str, output: str) -> list[dict[str, Any]]:
+    """What the restore and store containers read: the job's store and where the token is."""
+    job_name = job["metadata"]["name"]
+    return [
+        {"name": "BAKELINE_STAGE", "value": stage},
+        {"name": "BAKELINE_OUTPUT", "value": f"{CHECKPOINT_MOUNT}/{output}"},
+        {"name": "BAKELINE_HANDOFF", "value": HANDOFF_MOUNT},
+        {"name": "BAKELINE_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+        {"name": "HOME", "value": TMP_MOUNT},
+        {"name": "TMPDIR", "value": TMP_MOUNT},
+        {"name": "BAKELINE_STORE_PREFIX", "value": checkpoint_store_prefix(job_name)},
+        {"name": "BAKELINE_STORE_OWNER", "value": json.dumps(owner_reference(job))},
+        {"name": "BAKELINE_STORE_LABELS", "value": json.dumps(job_labels(job_name))},
+        {"name": "BAKELINE_SERVICE_ACCOUNT_DIR", "value": SERVICE_ACCOUNT_MOUNT},
+    ]
+
+
+def _store_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "store-tmp", "mountPath": TMP_MOUNT},
+        {"name": "api-token", "mountPath": SERVICE_ACCOUNT_MOUNT, "readOnly": True},
+    ]
+
+
+def terminated_state(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The terminated state that is a stage attempt's outcome ({} while there is none).
+
+    A failed init container's (`restore`: its input is gone or corrupt, or the API refused);
+    else the agent container's when it failed (its exit code, its reason such as OOMKilled,
+    its termination message); else the store container's, whose message is the agent's result
+    with the stored checkpoint's id, and whose exit code says whether storing it succeeded;
+    else the agent container's (Volume lanes: the only one).
+    """
+    status = pod.get("status") or {}
+    for container in status.get("initContainerStatuses") or []:
+        state = (container.get("state") or {}).get("terminated")
+        if state and state.get("exitCode") != 0:
+            return dict(state)
+    states: dict[str, dict[str, Any]] = {}
+    for container in status.get("containerStatuses") or []:
+        state = (container.get("state") or {}).get("terminated")
+        if state:
+            states[str(container.get("name") or "")] = state
+    agent = states.get(AGENT_CONTAINER)
+    if agent and agent.get("exitCode") != 0:
+        return dict(agent)
+    store = states.get(STORE_CONTAINER)
+    if store:
+        return dict(store)
+    if agent:
+        return dict(agent)
+    # A pod of another shape (none the operator builds): its first terminated container.
+    return dict(next(iter(states.values()), {}))
 
 
 def build_checkpoint_claim(

@@ -181,25 +181,40 @@ def test_bakeline_stage_restores_what_its_agent_reads_and_stores_a_whole_checkpo
     shutil.copy(cluster.ca_file, account / "ca.crt")
     (tmp_path / "agent.py").write_text(AGENT)
     owner = configmaps.owner
-    env = {
-        **os.environ,
-        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-        "KUBERNETES_SERVICE_PORT": cluster.server.rsplit(":", 1)[1],
-        "BAKELINE_SERVICE_ACCOUNT_DIR": str(account),
+    (tmp_path / "handoff").mkdir()
+    common = {
         "BAKELINE_AGENT": agent,
         "BAKELINE_STAGE": "validate",
         "BAKELINE_INPUT": str(tmp_path / "input"),
         "BAKELINE_OUTPUT": str(tmp_path / "output"),
-        "BAKELINE_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log"),
+        "BAKELINE_HANDOFF": str(tmp_path / "handoff"),
+    }
+    # The store's containers: the token, the store's settings, a termination log each.
+    store_env = {
+        **os.environ,
+        **common,
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": cluster.server.rsplit(":", 1)[1],
+        "BAKELINE_SERVICE_ACCOUNT_DIR": str(account),
         "BAKELINE_STORE_PREFIX": "job-1",
         "BAKELINE_STORE_INPUT_ID": first.id,
         "BAKELINE_STORE_OWNER": json.dumps(dict(owner)),
         "BAKELINE_STORE_LABELS": json.dumps({"bakeline.io/job": "job-1"}),
     }
+    # The agent's container: none of that.
+    agent_env = {**os.environ, **common}
     (tmp_path / "output").mkdir()
-    command = ["bakeline", "stage", "--", sys.executable, str(tmp_path / "agent.py")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+
+    def step(env: dict[str, str], log: str, *command: str) -> None:
+        env = {**env, "BAKELINE_TERMINATION_MESSAGE_PATH": str(tmp_path / log)}
+        done = subprocess.run(
+            ["bakeline", "stage", *command], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+
+    step(store_env, "restore-log", "restore")
+    step(agent_env, "agent-log", "--", sys.executable, str(tmp_path / "agent.py"))
+    step(store_env, "termination-log", "store")
     result = json.loads((tmp_path / "termination-log").read_text())
     assert ("original.pt2" in result["message"].split()) is restored_original
     assert ("carried.json" in result["message"].split()) is not restored_original

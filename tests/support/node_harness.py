@@ -1,26 +1,32 @@
 """A test harness that plays a node: it runs pods bound to a fake Node as local processes.
 
 There is no kubelet or scheduler on the test control plane. This harness registers a Node,
-binds pending pods to it, runs each pod's single container command as a local process and
-writes pod status back the way a kubelet does (Running, then Succeeded or Failed with the
-exit code, reason and termination message). It is test code, not product.
+binds pending pods to it, runs each container's command as a local process (init containers
+one after another, each to completion; then the regular containers all at once) and writes pod
+status back the way a kubelet does: Pending while initializing, Running, then Succeeded or
+Failed, with each container's exit code, reason and termination message in
+initContainerStatuses and containerStatuses. It is test code, not product.
 
 What it maps:
 - env (literal values, fieldRef to the pod's metadata and node, configMapKeyRef, secretKeyRef),
   envFrom configMapRef;
 - volumes: configMap and secret as files, persistentVolumeClaim as one shared directory per
-  (namespace, claim), emptyDir as a private directory, projected (configMaps, a bound
-  ServiceAccount token from the TokenRequest API, downward API namespace/name/uid; the
-  kube-root-ca.crt that kube-controller-manager would publish comes from the plane's CA);
+  (namespace, claim), emptyDir as a directory shared by the pod's containers, projected
+  (configMaps, a bound ServiceAccount token from the TokenRequest API, downward API
+  namespace/name/uid; the kube-root-ca.crt that kube-controller-manager would publish comes
+  from the plane's CA); each container sees only the volumes it mounts (its paths are
+  rewritten to them, no other container's), a token included;
 - KUBERNETES_SERVICE_HOST/PORT in every container, pointing at the API server;
-- container paths (volume mount paths and terminationMessagePath) are rewritten in the command,
-  the args, the env values and workingDir to the local directories standing in for them, since
-  the process shares this machine's filesystem;
-- `activeDeadlineSeconds`: the process is killed and the pod fails with DeadlineExceeded;
-- deleting a pod kills its process, then the pod is removed (grace period 0) as a kubelet does.
+- container paths (volume mount paths and terminationMessagePath, one file per container) are
+  rewritten in the command, the args, the env values and workingDir to the local directories
+  standing in for them, since the process shares this machine's filesystem;
+- `activeDeadlineSeconds`: the processes are killed and the pod fails with DeadlineExceeded;
+- deleting a pod kills its processes, then the pod is removed (grace period 0) as a kubelet does.
 
-Not mapped: images (the process runs in this Python environment), init containers, more than
-one container, restart policies other than Never (a pod runs once), users and read-only roots.
+Not mapped: images (the process runs in this Python environment), restart policies other than
+Never (a pod runs once; no sidecars), users, read-only roots and mounts, and isolation: the
+processes share this machine's filesystem and could open each other's files by their local
+paths. What a container is given is recorded (`container_env`) for tests to check.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
@@ -86,18 +93,29 @@ class UnsupportedPodError(ValueError):
 
 
 @dataclass
-class RunningPod:
-    namespace: str
+class RunningContainer:
     name: str
-    uid: str
+    image: str
     process: subprocess.Popen[bytes]
     started_at: str
     termination_file: Path
     log_file: Path
     fallback_to_logs: bool
+
+
+@dataclass
+class RunningPod:
+    namespace: str
+    name: str
+    uid: str
     deadline: float | None
+    started_at: str
+    containers: list[RunningContainer] = field(default_factory=list)  # started so far
     killed_for: str = ""
     deleted: bool = False
+
+    def running(self) -> list[RunningContainer]:
+        return [c for c in self.containers if c.process.poll() is None]
 
 
 @dataclass
@@ -115,6 +133,7 @@ class NodeHarness:
     _pods: dict[str, RunningPod] = field(default_factory=dict, repr=False)
     _handled: set[str] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _envs: dict[tuple[str, str, str], dict[str, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api_client)
@@ -146,16 +165,30 @@ class NodeHarness:
             thread.join(timeout=15)
 
     # ------------------------------------------------------------------ queries for tests
-    def pid_of(self, namespace: str, name: str) -> int | None:
+    def pid_of(self, namespace: str, name: str, container: str | None = None) -> int | None:
+        """The process of a running container: `container`, or the pod's first running one."""
         with self._lock:
             for pod in self._pods.values():
                 if (pod.namespace, pod.name) == (namespace, name):
-                    return pod.process.pid
+                    for running in pod.running():
+                        if container in (None, running.name):
+                            return running.process.pid
         return None
 
-    def logs(self, namespace: str, name: str) -> str:
-        path = self.workdir / "pods" / namespace / name / "log"
-        return path.read_text(errors="replace") if path.is_file() else ""
+    def logs(self, namespace: str, name: str, container: str | None = None) -> str:
+        """A container's output, or every container's (init containers first)."""
+        folder = self.workdir / "pods" / namespace / name / "logs"
+        if container is not None:
+            path = folder / container
+            return path.read_text(errors="replace") if path.is_file() else ""
+        paths = sorted(folder.glob("*"), key=lambda path: path.stat().st_mtime_ns)
+        return "".join(path.read_text(errors="replace") for path in paths if path.is_file())
+
+    def container_env(self, namespace: str, name: str, container: str) -> dict[str, str] | None:
+        """The environment a container's process was started with (None if it never was)."""
+        with self._lock:
+            env = self._envs.get((namespace, name, container))
+        return dict(env) if env is not None else None
 
     def evict(self, namespace: str, name: str) -> bool:
         """Evict a running pod as a kubelet under memory pressure does: the process is killed
@@ -276,18 +309,93 @@ class NodeHarness:
 
     # ------------------------------------------------------------------ running
     def _run_pod(self, pod: Any) -> None:
-        meta = pod.metadata
+        meta, spec = pod.metadata, pod.spec
         pod_dir = self.workdir / "pods" / meta.namespace / meta.name
         shutil.rmtree(pod_dir, ignore_errors=True)
-        pod_dir.mkdir(parents=True)
-        log_file = pod_dir / "log"
+        (pod_dir / "logs").mkdir(parents=True)
+        deadline = spec.active_deadline_seconds
+        running = RunningPod(
+            namespace=meta.namespace,
+            name=meta.name,
+            uid=meta.uid,
+            deadline=time.monotonic() + deadline if deadline else None,
+            started_at=_now(),
+        )
+        inits, mains = list(spec.init_containers or []), list(spec.containers or [])
         try:
-            container, argv, env, cwd, termination_file = self._prepare(pod, pod_dir)
+            volumes = self._materialize_volumes(pod, pod_dir)
+            prepared = {c.name: self._prepare(pod, pod_dir, volumes, c) for c in [*inits, *mains]}
         except (UnsupportedPodError, ApiException) as exc:
             reason = "CreateContainerConfigError"
-            message = _api_message(exc) if isinstance(exc, ApiException) else str(exc)
-            self._write_terminated(pod, 128, reason, message[:1024], _now(), failed_reason=reason)
+            message = (_api_message(exc) if isinstance(exc, ApiException) else str(exc))[:1024]
+            failed = _terminated_state(128, reason, message, running.started_at, pod)
+            states = {c.name: failed for c in mains}
+            self._write_status(pod, running, "Failed", {}, states, reason, message)
             return
+        with self._lock:
+            self._pods[meta.uid] = running
+        try:
+            self._run_containers(pod, pod_dir, running, prepared)
+        finally:
+            with self._lock:
+                self._pods.pop(meta.uid, None)
+
+    def _run_containers(
+        self,
+        pod: Any,
+        pod_dir: Path,
+        running: RunningPod,
+        prepared: dict[str, tuple[list[str], dict[str, str], str, Path]],
+    ) -> None:
+        inits, mains = list(pod.spec.init_containers or []), list(pod.spec.containers)
+        init_states: dict[str, dict[str, Any]] = {}
+        for container in inits:  # one after another, each to completion
+            running_now = {**init_states, container.name: _running_state()}
+            self._write_status(pod, running, "Pending", running_now, {})
+            started = self._start(pod, pod_dir, container, prepared[container.name], running)
+            code = started.process.wait() if started else 128
+            if running.deleted:
+                return
+            init_states[container.name] = self._terminated(pod_dir, started, code, pod)
+            if _exit_code(init_states[container.name]) != 0 or running.killed_for:
+                self._finish(pod, running, init_states, {})
+                return
+        states: dict[str, dict[str, Any]] = {}
+        waits: queue.Queue[tuple[RunningContainer, int]] = queue.Queue()
+        for container in mains:  # all at once, in their order
+            started = self._start(pod, pod_dir, container, prepared[container.name], running)
+            if started is None:
+                states[container.name] = self._terminated(pod_dir, None, 128, pod)
+                continue
+            states[container.name] = _running_state(started.started_at)
+            threading.Thread(
+                target=lambda c=started: waits.put((c, c.process.wait())), daemon=True
+            ).start()
+        self._write_status(pod, running, "Running", init_states, states)
+        for _ in range(sum("running" in state for state in states.values())):
+            finished, code = waits.get()
+            if running.deleted:
+                return
+            states[finished.name] = self._terminated(pod_dir, finished, code, pod)
+            if any("running" in state for state in states.values()):
+                self._write_status(pod, running, "Running", init_states, states)
+        if not running.deleted:
+            self._finish(pod, running, init_states, states)
+
+    def _start(
+        self,
+        pod: Any,
+        pod_dir: Path,
+        container: Any,
+        prepared: tuple[list[str], dict[str, str], str, Path],
+        running: RunningPod,
+    ) -> RunningContainer | None:
+        """The container's process, started; None when it could not be (its log says why)."""
+        meta = pod.metadata
+        argv, env, cwd, termination_file = prepared
+        log_file = pod_dir / "logs" / container.name
+        with self._lock:
+            self._envs[(meta.namespace, meta.name, container.name)] = env
         started_at = _now()
         with log_file.open("wb") as sink:
             try:
@@ -301,70 +409,75 @@ class NodeHarness:
                     start_new_session=True,  # a process group: kill takes its children too
                 )
             except OSError as exc:
-                message = f"failed to start {argv[0]!r}: {exc}"
-                self._write_terminated(pod, 128, "StartError", message, started_at)
-                return
-        deadline = pod.spec.active_deadline_seconds
-        running = RunningPod(
-            namespace=meta.namespace,
-            name=meta.name,
-            uid=meta.uid,
+                sink.write(f"failed to start {argv[0]!r}: {exc}\n".encode())
+                return None
+        started = RunningContainer(
+            name=container.name,
+            image=container.image,
             process=process,
             started_at=started_at,
             termination_file=termination_file,
             log_file=log_file,
             fallback_to_logs=container.termination_message_policy == "FallbackToLogsOnError",
-            deadline=time.monotonic() + deadline if deadline else None,
         )
         with self._lock:
-            self._pods[meta.uid] = running
-        self._write_running(pod, started_at, container.name, container.image)
-        exit_code = process.wait()
-        with self._lock:
-            self._pods.pop(meta.uid, None)
-        if running.deleted:
-            return
-        self._finish(pod, running, exit_code)
+            running.containers.append(started)
+        if running.killed_for:  # the pod was killed while this one started
+            self._kill(running, running.killed_for)
+        return started
 
-    def _finish(self, pod: Any, running: RunningPod, exit_code: int) -> None:
+    def _terminated(
+        self, pod_dir: Path, container: RunningContainer | None, exit_code: int, pod: Any
+    ) -> dict[str, Any]:
+        """A finished container's state, as a kubelet reports it."""
+        if container is None:
+            return _terminated_state(128, "StartError", "failed to start", _now(), pod)
         # A process killed by signal N reports -N; a container runtime reports 128 + N.
         code = 128 - exit_code if exit_code < 0 else exit_code
         message = ""
-        if running.termination_file.is_file():
-            message = running.termination_file.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(
+        if container.termination_file.is_file():
+            message = container.termination_file.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(
                 errors="replace"
             )
-        if not message and code != 0 and running.fallback_to_logs:
-            tail = running.log_file.read_bytes()[-2048:].decode(errors="replace")
+        if not message and code != 0 and container.fallback_to_logs:
+            tail = container.log_file.read_bytes()[-2048:].decode(errors="replace")
             message = "\n".join(tail.splitlines()[-80:])
+        # The scripted agent's stand-in for the kernel's OOM killer (see scripted_agent.py).
+        oom = code == 137 and (pod_dir / ".oom-killed").is_file()
+        reason = "OOMKilled" if oom else "Completed" if code == 0 else "Error"
+        return _terminated_state(code, reason, message, container.started_at, pod)
+
+    def _finish(
+        self,
+        pod: Any,
+        running: RunningPod,
+        init_states: dict[str, dict[str, Any]],
+        states: dict[str, dict[str, Any]],
+    ) -> None:
+        """The pod's final status. After a failed init container the others never start: a
+        kubelet leaves them waiting."""
+        init_failed = any(_exit_code(state) != 0 for state in init_states.values())
+        for container in pod.spec.containers:
+            if init_failed:
+                states[container.name] = {"waiting": {"reason": "PodInitializing"}}
+        failed = any(
+            _exit_code(state) not in (None, 0)
+            for state in [*init_states.values(), *states.values()]
+        )
         if running.killed_for == "evicted":
-            self._write_terminated(
-                pod,
-                code,
-                "Error",
-                message,
-                running.started_at,
-                failed_reason="Evicted",
-                failed_message="The node was low on resource: memory. Threshold quantity: 100Mi, "
-                "available: 42Mi. Container agent was using 900Mi, request is 0.",
+            message = (
+                "The node was low on resource: memory. Threshold quantity: 100Mi, "
+                "available: 42Mi. Container agent was using 900Mi, request is 0."
             )
-        elif code == 137 and (running.log_file.parent / ".oom-killed").is_file():
-            # The scripted agent's stand-in for the kernel's OOM killer (see scripted_agent.py).
-            self._write_terminated(pod, code, "OOMKilled", message, running.started_at)
+            self._write_status(pod, running, "Failed", init_states, states, "Evicted", message)
         elif running.killed_for == "deadline":
-            self._write_terminated(
-                pod,
-                code,
-                "DeadlineExceeded",
-                message,
-                running.started_at,
-                failed_reason="DeadlineExceeded",
-                failed_message="Pod was active on the node longer than the specified deadline",
+            message = "Pod was active on the node longer than the specified deadline"
+            self._write_status(
+                pod, running, "Failed", init_states, states, "DeadlineExceeded", message
             )
         else:
-            self._write_terminated(
-                pod, code, "Completed" if code == 0 else "Error", message, running.started_at
-            )
+            phase = "Failed" if failed else "Succeeded"
+            self._write_status(pod, running, phase, init_states, states)
 
     def _deadline_loop(self) -> None:
         while not self._stop.wait(0.2):
@@ -375,32 +488,28 @@ class NodeHarness:
                 self._kill(pod, "deadline")
 
     def _kill(self, pod: RunningPod, why: str) -> None:
-        if pod.process.poll() is not None:
-            return
         pod.killed_for = pod.killed_for or why
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pod.process.pid, signal.SIGTERM)
-        try:
-            pod.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        with self._lock:
+            alive = pod.running()
+        for container in alive:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pod.process.pid, signal.SIGKILL)
+                os.killpg(container.process.pid, signal.SIGTERM)
+        for container in alive:
+            try:
+                container.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(container.process.pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ pod spec -> process
-    def _prepare(self, pod: Any, pod_dir: Path) -> tuple[Any, list[str], dict[str, str], str, Path]:
-        spec, meta = pod.spec, pod.metadata
-        if spec.init_containers:
-            raise UnsupportedPodError("node harness: init containers are not supported")
-        if len(spec.containers) != 1:
-            raise UnsupportedPodError("node harness: exactly one container is supported")
-        container = spec.containers[0]
-        if not container.command:
-            raise UnsupportedPodError(
-                "node harness: the container must state its command (there is no image entrypoint)"
-            )
-        mounts = self._materialize_volumes(pod, pod_dir)
+    def _prepare(
+        self, pod: Any, pod_dir: Path, volumes: dict[str, Path], container: Any
+    ) -> tuple[list[str], dict[str, str], str, Path]:
+        meta = pod.metadata
+        mounts = _mounts(container, volumes)
         termination_path = container.termination_message_path or DEFAULT_TERMINATION_PATH
-        termination_file = pod_dir / "termination-log"
+        termination_file = pod_dir / "termination" / container.name
+        termination_file.parent.mkdir(exist_ok=True)
         mounts[termination_path] = termination_file
         rewrite = _path_rewriter(mounts)
         argv = [rewrite(part) for part in [*container.command, *(container.args or [])]]
@@ -421,7 +530,7 @@ class NodeHarness:
             {key: rewrite(value) for key, value in self._container_env(pod, container).items()}
         )
         cwd = rewrite(container.working_dir) if container.working_dir else str(pod_dir)
-        return container, argv, env, cwd, termination_file
+        return argv, env, cwd, termination_file
 
     def _container_env(self, pod: Any, container: Any) -> dict[str, str]:
         meta = pod.metadata
@@ -473,6 +582,7 @@ class NodeHarness:
         return self.core.read_namespaced_config_map(name, namespace)
 
     def _materialize_volumes(self, pod: Any, pod_dir: Path) -> dict[str, Path]:
+        """Every volume of the pod, by name: its local directory, shared by its containers."""
         meta = pod.metadata
         volumes: dict[str, Path] = {}
         for volume in pod.spec.volumes or []:
@@ -500,13 +610,7 @@ class NodeHarness:
                     f"node harness: volume {volume.name!r} has a type it does not emulate"
                 )
             volumes[volume.name] = target
-        mounts: dict[str, Path] = {}
-        for mount in pod.spec.containers[0].volume_mounts or []:
-            if mount.name not in volumes:
-                raise UnsupportedPodError(f"volumeMount {mount.name!r} names no volume")
-            source = volumes[mount.name]
-            mounts[mount.mount_path] = source / mount.sub_path if mount.sub_path else source
-        return mounts
+        return volumes
 
     def _project(self, pod: Any, projected: Any, target: Path) -> None:
         """A projected volume: configMaps, a bound ServiceAccount token, downward API fields."""
@@ -571,86 +675,49 @@ class NodeHarness:
                 raise UnsupportedPodError("node harness: projected source type not emulated")
 
     # ------------------------------------------------------------------ status
-    def _write_running(self, pod: Any, started_at: str, name: str, image: str) -> None:
-        conditions = [
-            {"type": kind, "status": "True", "lastTransitionTime": started_at}
-            for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-        ]
-        status = {
-            "phase": "Running",
-            "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
-            "startTime": started_at,
-            "conditions": conditions,
-            "containerStatuses": [
-                {
-                    "name": name,
-                    "image": image,
-                    "imageID": "",
-                    "containerID": f"harness://{pod.metadata.uid}",
-                    "ready": True,
-                    "started": True,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": started_at}},
-                }
-            ],
-        }
-        self._patch_status(pod, status)
-
-    def _write_terminated(
+    def _write_status(
         self,
         pod: Any,
-        exit_code: int,
-        reason: str,
-        message: str,
-        started_at: str,
-        failed_reason: str | None = None,
-        failed_message: str | None = None,
+        running: RunningPod,
+        phase: str,
+        init_states: dict[str, dict[str, Any]],
+        states: dict[str, dict[str, Any]],
+        reason: str | None = None,
+        message: str | None = None,
     ) -> None:
-        container = pod.spec.containers[0]
-        finished = _now()
-        terminated: dict[str, Any] = {
-            "exitCode": exit_code,
-            "reason": reason,
-            "startedAt": started_at,
-            "finishedAt": finished,
-            "containerID": f"harness://{pod.metadata.uid}",
-        }
-        if message:
-            terminated["message"] = message
-        phase = "Succeeded" if exit_code == 0 and failed_reason is None else "Failed"
+        """The pod's status as a kubelet writes it: phase, conditions and every container's
+        state (one not started yet is waiting)."""
+        now = _now()
+        done = phase in ("Succeeded", "Failed")
+        ready = phase == "Running" and all("running" in state for state in states.values())
+        initialized = bool(states) and not any("waiting" in state for state in states.values())
+        conditions: list[dict[str, Any]] = [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": _true(initialized), "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": _true(ready), "lastTransitionTime": now},
+            {"type": "Ready", "status": _true(ready), "lastTransitionTime": now},
+        ]
+        if done:
+            for condition in conditions[2:]:
+                condition["reason"] = "PodCompleted"
         status: dict[str, Any] = {
             "phase": phase,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "PodCompleted",
-                    "lastTransitionTime": finished,
-                },
-                {
-                    "type": "ContainersReady",
-                    "status": "False",
-                    "reason": "PodCompleted",
-                    "lastTransitionTime": finished,
-                },
-            ],
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "startTime": running.started_at,
+            "conditions": conditions,
             "containerStatuses": [
-                {
-                    "name": container.name,
-                    "image": container.image,
-                    "imageID": "",
-                    "containerID": f"harness://{pod.metadata.uid}",
-                    "ready": False,
-                    "started": False,
-                    "restartCount": 0,
-                    "state": {"terminated": terminated},
-                }
+                _container_status(pod, c, states.get(c.name), "ContainerCreating")
+                for c in pod.spec.containers
             ],
         }
-        if failed_reason:
-            status["reason"] = failed_reason
-            status["message"] = failed_message or message
+        if pod.spec.init_containers:
+            status["initContainerStatuses"] = [
+                _container_status(pod, c, init_states.get(c.name), "PodInitializing")
+                for c in pod.spec.init_containers
+            ]
+        if reason:
+            status["reason"], status["message"] = reason, message or ""
         self._patch_status(pod, status)
 
     def _patch_status(self, pod: Any, status: dict[str, Any]) -> None:
@@ -670,6 +737,62 @@ class NodeHarness:
                 if time.monotonic() > deadline or self._stop.is_set():
                     raise
                 time.sleep(0.5)
+
+
+def _true(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def _exit_code(state: dict[str, Any]) -> int | None:
+    """A terminated state's exit code; None for one still waiting or running."""
+    terminated = state.get("terminated")
+    return int(terminated["exitCode"]) if terminated else None
+
+
+def _running_state(started_at: str | None = None) -> dict[str, Any]:
+    return {"running": {"startedAt": started_at or _now()}}
+
+
+def _terminated_state(
+    code: int, reason: str, message: str, started_at: str, pod: Any
+) -> dict[str, Any]:
+    terminated: dict[str, Any] = {
+        "exitCode": code,
+        "reason": reason,
+        "startedAt": started_at,
+        "finishedAt": _now(),
+        "containerID": f"harness://{pod.metadata.uid}",
+    }
+    if message:
+        terminated["message"] = message
+    return {"terminated": terminated}
+
+
+def _container_status(
+    pod: Any, container: Any, state: dict[str, Any] | None, waiting: str
+) -> dict[str, Any]:
+    state = state or {"waiting": {"reason": waiting}}
+    return {
+        "name": container.name,
+        "image": container.image,
+        "imageID": "",
+        "containerID": f"harness://{pod.metadata.uid}/{container.name}",
+        "ready": "running" in state,
+        "started": "running" in state,
+        "restartCount": 0,
+        "state": state,
+    }
+
+
+def _mounts(container: Any, volumes: dict[str, Path]) -> dict[str, Path]:
+    """The container's own mounts: container path -> local path (no other container's)."""
+    mounts: dict[str, Path] = {}
+    for mount in container.volume_mounts or []:
+        if mount.name not in volumes:
+            raise UnsupportedPodError(f"volumeMount {mount.name!r} names no volume")
+        source = volumes[mount.name]
+        mounts[mount.mount_path] = source / mount.sub_path if mount.sub_path else source
+    return mounts
 
 
 def _api_message(exc: ApiException) -> str:
