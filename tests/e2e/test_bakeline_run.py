@@ -159,3 +159,65 @@ def test_an_unreachable_gate_rolls_back_then_fails_with_a_clear_reason(
 
 def _default_stages() -> list[Stage]:
     return list(default_workflow().spec.stages)
+
+
+def _url_job(name: str, model: Path, workflow: dict[str, Any] | None = None) -> str:
+    job = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "BakingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": {"url": {"url": f"file://{model}", "sha256": sha256_file(model)}}},
+            **({"workflowRef": workflow["metadata"]["name"]} if workflow else {}),
+        },
+    }
+    return yaml.safe_dump_all([workflow, job] if workflow else [job])
+
+
+def test_a_pt2_torch_wrote_for_the_digits_cnn_bakes_as_a_user_file(
+    baked: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The vetting refuses the hostile, not the ordinary: the program torch.export.save wrote
+    in the import stage, handed back as an outside file, passes and bakes through all nine."""
+    _, workdir = baked
+    written = Path(_report(workdir)["stages"][0]["checkpoint"]["path"]) / "original.pt2"
+    model = tmp_path / "digits.pt2"
+    shutil.copy(written, model)
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(_url_job("user-digits", model))
+    done = _bakeline("run", manifest, "--workdir", tmp_path / "work")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = _report(tmp_path / "work")
+    assert report["phase"] == "Succeeded" and report["progress"] == "9/9"
+    assert "imported digits" in report["stages"][0]["message"]
+
+
+def test_a_pt2_torch_wrote_for_minilm_passes_vetting_and_imports(tmp_path: Path) -> None:
+    """MiniLM (90 MB, dynamic batch and sequence, guards and shape expressions in its program)
+    as torch.export.save writes it: vetted, loaded and run on reference data as a user file."""
+    only_import = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "import-only"},
+        "spec": {"stages": [{"name": "import", "agent": "BakingCoordinator"}]},
+    }
+    builtin = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "BakingJob",
+        "metadata": {"name": "minilm-export"},
+        "spec": {"model": {"source": {"builtin": "minilm-l6"}}, "workflowRef": "import-only"},
+    }
+    first = tmp_path / "export.yaml"
+    first.write_text(yaml.safe_dump_all([only_import, builtin]))
+    done = _bakeline("run", first, "--workdir", tmp_path / "export")
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = Path(_report(tmp_path / "export")["stages"][0]["checkpoint"]["path"])
+    model = tmp_path / "minilm.pt2"
+    shutil.copy(written / "original.pt2", model)
+    second = tmp_path / "user.yaml"
+    second.write_text(_url_job("user-minilm", model, only_import))
+    done = _bakeline("run", second, "--workdir", tmp_path / "user")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stage = _report(tmp_path / "user")["stages"][0]
+    assert stage["phase"] == "Succeeded", stage
+    assert "imported minilm" in stage["message"] and "exported-program" in stage["message"]
