@@ -16,6 +16,7 @@ from bakeline.runtime.local import (
     LocalRunner,
     ModelSourceError,
     StageInvocation,
+    agent_environment,
     job_document,
 )
 
@@ -128,3 +129,41 @@ def test_job_documents_resolve_local_model_files(tmp_path: Path) -> None:
         )
     with pytest.raises(ModelSourceError, match="not available"):
         job_document("j", {"source": {"pvc": {"claimName": "c", "path": "m"}}}, {}, {}, tmp_path)
+
+
+def test_agents_inherit_no_credentials_from_bakeline_runs_environment(tmp_path: Path) -> None:
+    """The import stage opens outside files: what it could send anywhere stays behind."""
+    parent = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "2",
+        "BAKELINE_CHAOS_SEED": "9",
+        "HOME": "/root",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "KUBECONFIG": "/root/.kube/config",
+        "GITHUB_TOKEN": "ghp_x",
+        "HF_TOKEN": "hf_x",
+        "HTTPS_PROXY": "http://user:pass@proxy:3128",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/root/key.json",
+    }
+    env = agent_environment(parent, home=str(tmp_path))
+    assert env == {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "2",
+        "BAKELINE_CHAOS_SEED": "9",
+        "HOME": str(tmp_path),
+    }
+
+
+def test_a_runner_without_an_explicit_env_filters_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setenv("FAKE_AGENT_STATE", str(tmp_path / "state"))
+    runner = LocalRunner([sys.executable, "-c", "import os; print(dict(os.environ))"])
+    env = runner._environment()
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "FAKE_AGENT_STATE" not in env
+    assert env["HOME"] != str(Path.home()) and Path(env["HOME"]).is_dir()
+    assert env["PATH"]
