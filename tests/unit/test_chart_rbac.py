@@ -18,8 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
+from bakeline.checkpoints import configmap
 from bakeline.handlers import kube
-from bakeline.runtime.pods import owner_reference
+from bakeline.runtime.pods import (
+    LABEL_MANAGED_BY,
+    MANAGER,
+    build_stage_pod,
+    checkpoint_store_prefix,
+    owner_reference,
+)
 from controlplane import TOOLS, build_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -254,6 +261,15 @@ def test_namespaced_mode_is_a_role_per_namespace_and_nothing_cluster_scoped() ->
     docs = render(*MODES["namespaces"], namespace="ops")
     kinds = [doc["kind"] for doc in docs]
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    # Cluster-scoped only the stage token's admission policy, which can be left out.
+    cluster_scoped = {
+        kind
+        for kind in kinds
+        if "namespace" not in next(doc for doc in docs if doc["kind"] == kind)["metadata"]
+    }
+    assert cluster_scoped == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    off = render(*MODES["namespaces"], "--set", "stagePods.admissionPolicy.enabled=false")
+    assert all("namespace" in doc["metadata"] for doc in off)
     roles = {doc["metadata"]["namespace"] for doc in docs if doc["kind"] == "Role"}
     bindings = [
         doc
@@ -350,3 +366,116 @@ def test_chart_crds_are_the_generated_crds() -> None:
     assert not stale, (
         f"charts/bakeline/crds is stale: cp crds/*.yaml charts/bakeline/crds/ ({stale})"
     )
+
+
+# ---------------------------------------------------------------------------- stage pods' fences
+
+
+def _stage_pod(storage: str) -> dict[str, Any]:
+    """A stage pod as the operator builds it, for the policies' selectors to be checked on."""
+    job = {"metadata": {"name": "digits", "namespace": "ops", "uid": "u"}}
+    return build_stage_pod(
+        job,
+        stage="quantize",
+        agent="ModelOptimizer",
+        attempt=1,
+        params={},
+        job_document={},
+        input_checkpoint="graph-1",
+        image="i",
+        storage=storage,
+        input_store_id="graph-0123456789abcdef",
+    )
+
+
+def _selects(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
+    wanted = policy["spec"]["podSelector"]["matchLabels"].items()
+    return wanted <= pod["metadata"]["labels"].items()
+
+
+def test_stage_pods_get_no_ingress_and_no_egress_but_the_api_server_for_configmap_lanes() -> None:
+    given = "stagePods.networkPolicy.apiServer.cidrs={10.0.0.10/32,fd00::1/128}"
+    docs = render("--set", given, "--set", "watch.namespaces={team-a,team-b}", namespace="ops")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in policies} == {
+        (ns, name)
+        for ns in ("team-a", "team-b")
+        for name in ("rel-bakeline-stage", "rel-bakeline-stage-store")
+    }
+    configmap, volume = _stage_pod("ConfigMap"), _stage_pod("Volume")
+    for policy in policies:
+        spec = policy["spec"]
+        if policy["metadata"]["name"].endswith("-stage"):
+            # Every stage pod: both directions on, nothing allowed.
+            assert spec["policyTypes"] == ["Ingress", "Egress"]
+            assert spec["ingress"] == [] and spec["egress"] == []
+            assert _selects(policy, configmap) and _selects(policy, volume)
+        else:
+            # ConfigMap lanes' pods alone: the API server's addresses and ports, nothing else.
+            assert spec["policyTypes"] == ["Egress"] and "ingress" not in spec
+            assert spec["egress"] == [
+                {
+                    "to": [
+                        {"ipBlock": {"cidr": "10.0.0.10/32"}},
+                        {"ipBlock": {"cidr": "fd00::1/128"}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+                }
+            ]
+            assert _selects(policy, configmap) and not _selects(policy, volume)
+    # Not told the API server (`helm template` cannot look it up): no egress at all.
+    plain = [d for d in render(namespace="ops") if d["kind"] == "NetworkPolicy"]
+    assert [p["metadata"]["name"] for p in plain] == ["rel-bakeline-stage"]
+    # Off, and cluster-wide with the namespaces named.
+    off = render("--set", "stagePods.networkPolicy.enabled=false")
+    assert not [d for d in off if d["kind"] == "NetworkPolicy"]
+    wide = render(*MODES["all-namespaces"], "--set", "stagePods.networkPolicy.namespaces={ml}")
+    assert {d["metadata"]["namespace"] for d in wide if d["kind"] == "NetworkPolicy"} == {"ml"}
+
+
+def _admission(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    [policy] = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
+    [binding] = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    return policy, binding
+
+
+def test_stage_token_writes_are_fenced_by_an_admission_policy_on_the_stores_own_labels() -> None:
+    docs = render(*MODES["namespaces"], namespace="ops")
+    policy, binding = _admission(docs)
+    assert (
+        policy["metadata"]["name"]
+        == binding["spec"]["policyName"]
+        == "ops-rel-bakeline-stage-store"
+    )
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], sorted(rule["operations"])) == (["configmaps"], ["CREATE", "UPDATE"])
+    [condition] = policy["spec"]["matchConditions"]
+    assert f"':{STAGE_ACCOUNT}'" in condition["expression"]
+    [selector] = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert selector["key"] == "kubernetes.io/metadata.name"
+    assert sorted(selector["values"]) == ["team-a", "team-b"]
+    # What it demands is what the store writes: its labels and components, the job's owner
+    # reference, the pod's name in the token. A renamed label fails here, not in a cluster.
+    text = yaml.safe_dump(policy["spec"])
+    for needed in (
+        configmap.LABEL_STORE,
+        configmap.LABEL_COMPONENT,
+        configmap.COMPONENT_INDEX,
+        configmap.COMPONENT_DATA,
+        configmap.COMPONENT_BLOB,
+        configmap.COMPONENT_CACHE,
+        LABEL_MANAGED_BY,
+        MANAGER,
+        owner_reference({"metadata": {"name": "j", "uid": "u"}})["apiVersion"],
+        "authentication.kubernetes.io/pod-name",
+        "immutable",
+    ):
+        assert needed in text, needed
+    assert checkpoint_store_prefix("digits") == "digits-store"  # what expectedStore computes
+    # Cluster-wide: every namespace; and off when asked (it takes a cluster admin to install).
+    _, wide = _admission(render(*MODES["all-namespaces"]))
+    assert "matchResources" not in wide["spec"]
+    off = render("--set", "stagePods.admissionPolicy.enabled=false")
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]

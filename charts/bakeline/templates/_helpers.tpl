@@ -121,3 +121,31 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 {{- fail "watch.allNamespaces and watch.namespaces exclude each other: set one" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Where stage pods of ConfigMap lanes reach the API server, for their NetworkPolicy (JSON:
+{"cidrs": [...], "ports": [...]}): stagePods.networkPolicy.apiServer, or, when it names no
+CIDR, the endpoints of the `kubernetes` Service as `helm install` finds them (policies see
+traffic after the Service's address is translated). `helm template` finds none.
+*/}}
+{{- define "bakeline.apiServerEgress" -}}
+{{- $given := .Values.stagePods.networkPolicy.apiServer }}
+{{- $cidrs := $given.cidrs }}
+{{- $ports := $given.ports }}
+{{- if not $cidrs }}
+{{- $endpoints := lookup "v1" "Endpoints" "default" "kubernetes" }}
+{{- range $subset := (($endpoints | default dict).subsets | default list) }}
+{{- range $address := ($subset.addresses | default list) }}
+{{- $cidrs = append $cidrs (printf "%s/%s" $address.ip (ternary "128" "32" (contains ":" $address.ip))) }}
+{{- end }}
+{{- $found := list }}
+{{- range $port := ($subset.ports | default list) }}
+{{- $found = append $found $port.port }}
+{{- end }}
+{{- if $found }}
+{{- $ports = $found }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson (dict "cidrs" $cidrs "ports" $ports) }}
+{{- end }}
