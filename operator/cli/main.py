@@ -92,11 +92,16 @@ def _add_cluster_commands(commands: Any) -> None:
     rerun.add_argument("--namespace", "-n", default=None, help="default: the context's")
     stage = commands.add_parser(
         "stage",
-        help="(in stage pods) run an agent, then store its checkpoint as ConfigMaps",
-        description="The command of stage pods on lanes with storage ConfigMap: runs the "
-        "agent command given after --, then stores its output checkpoint through the API.",
+        help="(in stage pods) run an agent and check its checkpoint; restore or store one",
+        description="The commands of stage pods' containers. `-- AGENT...`: runs the agent and "
+        "checks its checkpoint (Volume lanes), or hands its outcome to the store container "
+        "(ConfigMap lanes). `restore`: restores the input checkpoint from the ConfigMap store; "
+        "`store`: stores the agent's output once it has finished (both with the pod's token, "
+        "which the agent's container never holds).",
     )
-    stage.add_argument("agent_command", nargs=argparse.REMAINDER, help="-- bakeline-agent ...")
+    stage.add_argument(
+        "agent_command", nargs=argparse.REMAINDER, help="-- bakeline-agent ... | restore | store"
+    )
 
 
 def _cluster_command(args: argparse.Namespace) -> int:
