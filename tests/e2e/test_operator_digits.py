@@ -36,7 +36,10 @@ def test_digits_job_is_queued_runs_nine_stages_and_succeeds(
     assert all(s["phase"] in ("Succeeded", "Skipped") for s in stages)
     assert all(s["durationSeconds"] > 0 for s in stages if s["phase"] == "Succeeded")
     result = status["result"]
-    assert result["sizeBytes"] > 0 and result["format"]
+    assert result["sizeBytes"] > 0 and result["format"] and len(result["sha256"]) == 64
+    assert set(result["speedups"]) == {"1", "64"}  # the job's batch sizes, from b1.speedup ...
+    assert result["speedup"] == result["speedups"]["1"] > 0
+    assert result["quality"]["metric"] == "accuracy" and result["quality"]["passed"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
 
     events = json.loads(
@@ -63,6 +66,8 @@ def test_digits_job_is_queued_runs_nine_stages_and_succeeds(
     for column in ("PHASE", "LANE", "PROGRESS", "SPEEDUP", "AGE"):
         assert column in header
     assert "Succeeded" in row and "express" in row and "9/9" in row
+    speedup = row.split()[header.split().index("SPEEDUP")]
+    assert float(speedup) == pytest.approx(result["speedup"]), table
     described = cluster.kubectl("describe", "bj", "digits-cnn", "-n", namespace).stdout
     for stage in ("import", "quantize", "validate", "package"):
         assert f"stage {stage}:" in described
