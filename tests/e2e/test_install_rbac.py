@@ -7,7 +7,10 @@ ServiceAccount (a token from `kubectl create token`, never the admin):
   403, and giving the verb back un-sticks it;
 - cluster-wide mode (ClusterRole) on a control plane of its own, CRDs installed by Helm;
 - GitOps: `kubectl apply --server-side -f crds/ -f examples/` twice changes nothing, and after
-  the operator has reconciled every example there is still no diff (it writes status only).
+  the operator has reconciled every example there is still no diff (it writes status only);
+- a ConfigMap lane's stage pods, split so that the agent's container holds no token (issue 23),
+  bake a job under the chart's stage Role, admission policy and NetworkPolicies, and the token
+  their store containers hold is refused every write outside the job's store.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bakeline.runtime import pods as manifests
 from controlplane import ControlPlane, binary_path, free_port, running
 from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness, scripted_agent_env
@@ -105,6 +110,11 @@ class ChartOperator:
 
     def install(self, *values: str) -> None:
         self.cluster.helm("install", RELEASE, str(CHART), "-n", self.namespace, *values)
+
+    def upgrade(self, *values: str) -> None:
+        self.cluster.helm(
+            "upgrade", RELEASE, str(CHART), "-n", self.namespace, "--reuse-values", *values
+        )
 
     def manifest(self) -> list[dict[str, Any]]:
         text = self.cluster.helm("get", "manifest", RELEASE, "-n", self.namespace).stdout
@@ -432,3 +442,180 @@ def test_gitops_apply_twice_changes_nothing_and_the_operator_writes_status_only(
     apply(cluster, express, namespace, server_side=True)
     drift = _diff(cluster, namespace, tmp_path, monkeypatch)
     assert drift.returncode == 1 and "maxConcurrentJobs" in drift.stdout, drift.stdout
+
+
+# What kube-apiserver publishes for the `kubernetes` Service where it advertises a routable
+# address (this plane's is loopback, which it does not publish).
+API_SERVER_SLICE = {
+    "apiVersion": "discovery.k8s.io/v1",
+    "kind": "EndpointSlice",
+    "metadata": {
+        "name": "kubernetes",
+        "namespace": "default",
+        "labels": {"kubernetes.io/service-name": "kubernetes"},
+    },
+    "addressType": "IPv4",
+    "endpoints": [{"addresses": ["10.96.7.7"], "conditions": {"ready": True}}],
+    "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+}
+
+
+def _kubectl_as(
+    cluster: ControlPlane, token: str, *args: str, body: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """kubectl with `token` as the only credential."""
+    server = ["--server", cluster.server, "--certificate-authority", str(cluster.ca_file)]
+    return subprocess.run(
+        [
+            str(binary_path("kubectl")),
+            "--kubeconfig",
+            "/dev/null",
+            *server,
+            "--token",
+            token,
+            *args,
+        ],
+        input=json.dumps(body) if body is not None else None,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_configmap_lane_bakes_with_the_token_kept_from_the_agents_container(
+    cluster: ControlPlane,
+    namespace: str,
+    chart_operator: ChartOperator,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+    node: NodeHarness,
+) -> None:
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    manifest = chart_operator.manifest()
+    kinds = {doc["kind"] for doc in manifest}
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
+    policies = {d["metadata"]["name"]: d for d in manifest if d["kind"] == "NetworkPolicy"}
+    # Every stage pod: no ingress, no egress. This plane's API server advertises a loopback
+    # address, which it does not publish as the `kubernetes` Service's endpoints: the chart
+    # found none, so ConfigMap lanes got no egress rule either.
+    assert set(policies) == {f"{SERVICE_ACCOUNT}-stage"}
+    assert policies[f"{SERVICE_ACCOUNT}-stage"]["spec"]["egress"] == []
+    # Published, `helm upgrade` finds them: the API server alone, for ConfigMap lanes' pods.
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(API_SERVER_SLICE))
+    chart_operator.upgrade()
+    policies = {
+        d["metadata"]["name"]: d for d in chart_operator.manifest() if d["kind"] == "NetworkPolicy"
+    }
+    assert policies[f"{SERVICE_ACCOUNT}-stage-store"]["spec"]["egress"] == [
+        {
+            "to": [{"ipBlock": {"cidr": "10.96.7.7/32"}}],
+            "ports": [{"protocol": "TCP", "port": 6443}],
+        }
+    ]
+    # Given, the values win (what `helm template` and GitOps need).
+    address = urllib.parse.urlsplit(cluster.server)
+    chart_operator.upgrade(
+        "--set",
+        f"stagePods.networkPolicy.apiServer.cidrs={{{address.hostname}/32}}",
+        "--set",
+        f"stagePods.networkPolicy.apiServer.ports={{{address.port}}}",
+    )
+    policies = {
+        d["metadata"]["name"]: d for d in chart_operator.manifest() if d["kind"] == "NetworkPolicy"
+    }
+    assert policies[f"{SERVICE_ACCOUNT}-stage-store"]["spec"]["egress"] == [
+        {
+            "to": [{"ipBlock": {"cidr": f"{address.hostname}/32"}}],
+            "ports": [{"protocol": "TCP", "port": address.port}],
+        }
+    ]
+    store_policy = policies[f"{SERVICE_ACCOUNT}-stage-store"]["spec"]["podSelector"]
+    assert store_policy["matchLabels"][manifests.LABEL_STORAGE] == "ConfigMap"
+
+    # A transient failure too: the store container of a failed attempt stores nothing.
+    scripted_agent({"graph": [1, 0]})
+    chart_operator.start()
+    lane = {**LANE, "spec": {**LANE["spec"], "storage": {"type": "ConfigMap"}}}
+    apply(cluster, [lane, job("split")], namespace)
+    assert wait_finished(cluster, "split", namespace, chart_operator, 240) == "Succeeded"
+    assert chart_operator.denials() == [], chart_operator.denials()
+    obj = get(cluster, "bakingjob", "split", namespace)
+    assert {s["name"]: s["attempt"] for s in obj["status"]["stages"]}["graph"] == 2
+    records = json.loads(
+        cluster.kubectl(
+            "get",
+            "configmaps",
+            "-n",
+            namespace,
+            "-l",
+            "bakeline.io/component=checkpoint",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
+    assert len(records) == 9 and all(r["data"]["storage"] == "ConfigMap" for r in records)
+
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    assert len(pods["items"]) == 10  # nine stages, one retried; each admitted under `restricted`
+    token_file = None
+    for pod in pods["items"]:
+        name, spec = pod["metadata"]["name"], pod["spec"]
+        containers = {c["name"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+        expected = {"agent", "store"} | ({"restore"} if "initContainers" in spec else set())
+        assert set(containers) == expected, name
+        assert spec["automountServiceAccountToken"] is False
+        agent_mounts = {m["mountPath"] for m in containers["agent"]["volumeMounts"]}
+        assert manifests.SERVICE_ACCOUNT_MOUNT not in agent_mounts, name
+        # What the agent's process was given: no token, no store, no path to either.
+        agent_env = node.container_env(namespace, name, "agent")
+        assert agent_env is not None
+        assert not [k for k in agent_env if k.startswith(("BAKELINE_STORE", "BAKELINE_SERVICE"))]
+        assert not [v for v in agent_env.values() if "api-token" in v]
+        store_env = node.container_env(namespace, name, "store")
+        assert store_env is not None
+        token_file = Path(store_env["BAKELINE_SERVICE_ACCOUNT_DIR"]) / "token"
+        assert token_file.is_file()
+        statuses = {c["name"]: c["state"] for c in pod["status"]["containerStatuses"]}
+        agent_code = statuses["agent"]["terminated"]["exitCode"]
+        store_state = statuses["store"]["terminated"]
+        # The store exits as the agent did; its message names the stored checkpoint.
+        assert store_state["exitCode"] == agent_code, (name, store_state)
+        if agent_code == 0:
+            assert json.loads(store_state["message"])["store"]["id"]
+        for init in pod["status"].get("initContainerStatuses") or []:
+            assert init["state"]["terminated"]["exitCode"] == 0
+
+    # A store container's token, used for anything but its job's store, is refused.
+    assert token_file is not None
+    token = token_file.read_text().strip()
+    refused = {
+        "a ConfigMap of its choosing": {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "evil"},
+            "data": {"k": "v"},
+        },
+        "a checkpoint record": {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": manifests.checkpoint_record_name("split", "graph-9"),
+                "labels": {"bakeline.io/component": "checkpoint", "bakeline.io/job": "split"},
+                "ownerReferences": [manifests.owner_reference(obj)],
+            },
+            "data": {"checkpoint": "graph-9"},
+            "immutable": True,
+        },
+    }
+    for what, body in refused.items():
+        answer = _kubectl_as(cluster, token, "create", "-n", namespace, "-f", "-", body=body)
+        assert answer.returncode != 0, what
+        # RBAC lets it create ConfigMaps: the chart's admission policy is what refuses these.
+        assert "ValidatingAdmissionPolicy" in answer.stderr, answer.stderr
+        print(f"the stage token, creating {what}: {answer.stderr.strip()}")
+    record = records[0]["metadata"]["name"]
+    delete = _kubectl_as(cluster, token, "delete", "configmap", "-n", namespace, record)
+    assert delete.returncode != 0 and "forbidden" in delete.stderr, delete.stderr
+    # The control: the same token reads, as a restore does.
+    assert _kubectl_as(cluster, token, "get", "configmap", "-n", namespace, record).returncode == 0

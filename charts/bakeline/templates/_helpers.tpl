@@ -125,26 +125,40 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 {{/*
 Where stage pods of ConfigMap lanes reach the API server, for their NetworkPolicy (JSON:
 {"cidrs": [...], "ports": [...]}): stagePods.networkPolicy.apiServer, or, when it names no
-CIDR, the endpoints of the `kubernetes` Service as `helm install` finds them (policies see
-traffic after the Service's address is translated). `helm template` finds none.
+CIDR, the endpoints of the `kubernetes` Service as `helm install` finds them (its EndpointSlice,
+else its Endpoints: policies see traffic after the Service's address is translated). `helm
+template` finds none; nor does a cluster whose API server advertises a loopback address.
 */}}
 {{- define "bakeline.apiServerEgress" -}}
 {{- $given := .Values.stagePods.networkPolicy.apiServer }}
 {{- $cidrs := $given.cidrs }}
 {{- $ports := $given.ports }}
 {{- if not $cidrs }}
+{{- $found := dict "cidrs" list "ports" list }}
+{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" }}
+{{- range $endpoint := (($slice | default dict).endpoints | default list) }}
+{{- range $ip := ($endpoint.addresses | default list) }}
+{{- $_ := set $found "cidrs" (append $found.cidrs (printf "%s/%s" $ip (ternary "128" "32" (contains ":" $ip)))) }}
+{{- end }}
+{{- end }}
+{{- range $port := (($slice | default dict).ports | default list) }}
+{{- $_ := set $found "ports" (append $found.ports $port.port) }}
+{{- end }}
+{{- if not $found.cidrs }}
+{{- /* Clusters that publish no EndpointSlice for it (before 1.19, or by choice). */}}
 {{- $endpoints := lookup "v1" "Endpoints" "default" "kubernetes" }}
 {{- range $subset := (($endpoints | default dict).subsets | default list) }}
 {{- range $address := ($subset.addresses | default list) }}
-{{- $cidrs = append $cidrs (printf "%s/%s" $address.ip (ternary "128" "32" (contains ":" $address.ip))) }}
+{{- $_ := set $found "cidrs" (append $found.cidrs (printf "%s/%s" $address.ip (ternary "128" "32" (contains ":" $address.ip)))) }}
 {{- end }}
-{{- $found := list }}
 {{- range $port := ($subset.ports | default list) }}
-{{- $found = append $found $port.port }}
+{{- $_ := set $found "ports" (append $found.ports $port.port) }}
 {{- end }}
-{{- if $found }}
-{{- $ports = $found }}
 {{- end }}
+{{- end }}
+{{- $cidrs = $found.cidrs }}
+{{- if $found.ports }}
+{{- $ports = $found.ports | uniq }}
 {{- end }}
 {{- end }}
 {{- toJson (dict "cidrs" $cidrs "ports" $ports) }}
