@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 from pydantic import AwareDatetime, Field, StringConstraints
 
@@ -20,13 +21,13 @@ from bakeline.api.common import (
     conditions_field,
     observed_generation_field,
 )
-from bakeline.api.lane import StoreType
 from bakeline.api.names import AgentName
 from bakeline.api.workflow import MAX_STAGES
 
 BUILTIN_MODELS = ("minilm-l6", "digits-cnn")
 BuiltinModel = Literal["minilm-l6", "digits-cnn"]
-ModelFormat = Literal["auto", "safetensors", "exported-program", "onnx"]
+# What the BakingCoordinator loads (safetensors holds weights without a graph: nothing to bake).
+ModelFormat = Literal["auto", "exported-program", "torchscript", "onnx"]
 Device = Literal["cpu", "cuda"]
 QualityMetric = Literal["cosine", "accuracy", "max-abs-error"]
 JobPhase = Literal[
@@ -70,14 +71,29 @@ class PvcModel(WireModel):
     )
 
 
+URL_IN_CLUSTER_MESSAGE = (
+    "a url model source cannot be baked in a cluster: the operator does not download models "
+    "(https://, http://) and a stage pod cannot read a file:// path; put the file in a "
+    "ConfigMap (configMap) or on a PersistentVolumeClaim (pvc), or bake it on one machine with "
+    "`bakeline run`"
+)
+
+
+def _url_has_host(url: str) -> bool:
+    return not url.startswith(("https://", "http://")) or bool(urlparse(url).hostname)
+
+
 class UrlModel(WireModel):
-    """A model downloaded over HTTPS; its bytes must match sha256."""
+    """A model file by address, for `bakeline run` (file://); its bytes must match sha256.
+
+    The API server refuses url sources (`URL_IN_CLUSTER_MESSAGE`), so the rules below are
+    `bakeline run`'s alone: one mistake, one message."""
 
     url: str = Field(
         min_length=1,
         max_length=2048,
-        description="https:// (or http://) address of the model file; file:// for "
-        "`bakeline run` on one machine (a stage pod cannot read it).",
+        description="file:// path of the model file, for `bakeline run` on one machine. A "
+        "cluster refuses url sources: the operator does not download models.",
     )
     # Required, but checked by a rule so the API server's message says why (see cel_rules).
     sha256: str | None = Field(
@@ -89,27 +105,23 @@ class UrlModel(WireModel):
 
     cel_rules = (
         Rule(
-            "self.url.startsWith('https://') || self.url.startsWith('http://') || "
-            "self.url.startsWith('file://')",
+            None,
             "url must start with https://, http:// or file://",
             lambda u: u.url.startswith(("https://", "http://", "file://")),
-            field_path=".url",
         ),
+        Rule(None, "an https:// or http:// url needs a host", lambda u: _url_has_host(u.url)),
         Rule(
-            "has(self.sha256)",
+            None,
             "a url source needs sha256: Bakeline never loads model bytes it cannot verify",
             lambda u: u.sha256 is not None,
-            field_path=".sha256",
-            reason="FieldValueRequired",
         ),
         Rule(
-            f"!has(self.sha256) || self.sha256.matches('{SHA256_PATTERN}')",
+            None,
             "sha256 must be 64 lowercase hex characters",
             lambda u: (
                 u.sha256 is None
                 or (len(u.sha256) == 64 and all(c in "0123456789abcdef" for c in u.sha256))
             ),
-            field_path=".sha256",
         ),
     )
 
@@ -135,6 +147,14 @@ class ModelSource(WireModel):
             "set exactly one of builtin, configMap, pvc or url",
             lambda m: sum(x is not None for x in (m.builtin, m.config_map, m.pvc, m.url)) == 1,
         ),
+        # The cluster's limit, not the job's: `bakeline run` reads file:// sources.
+        Rule(
+            "!has(self.url)",
+            URL_IN_CLUSTER_MESSAGE,
+            None,
+            field_path=".url",
+            shows="self.url.url",
+        ),
     )
 
 
@@ -146,8 +166,8 @@ class ModelSpec(WireModel):
     )
     format: ModelFormat = Field(
         default="auto",
-        description="Format of the model file: safetensors, exported-program (torch.export) or "
-        "onnx; auto detects it. Pickled files are never loaded.",
+        description="Format of the model file: exported-program (torch.export .pt2), torchscript "
+        "or onnx; auto detects it from the file's bytes. Pickled files are never loaded.",
     )
 
 
@@ -177,6 +197,17 @@ class Target(WireModel):
     )
 
 
+DATASET_MESSAGE = (
+    "quality.dataset takes builtin only: no agent reads another dataset yet (that comes with "
+    "its own issue); until then a job naming one is refused rather than gated on data it did "
+    "not ask for"
+)
+OUTPUT_MESSAGE = (
+    "spec.output is not delivered yet (it comes with its own issue): the artifact stays in the "
+    "job's final checkpoint, named by status.result.artifact; remove spec.output"
+)
+
+
 class Quality(WireModel):
     """How close the baked model's outputs must stay to the original's."""
 
@@ -184,10 +215,9 @@ class Quality(WireModel):
         default="builtin",
         min_length=1,
         max_length=253,
-        pattern=r"^(builtin|configmap/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$",
-        description="Evaluation inputs: builtin (the set that comes with a builtin model), or "
-        "configmap/<name> (a ConfigMap in the job's namespace with JSON lines under "
-        "samples.jsonl).",
+        description="Evaluation inputs: builtin, the calibration and evaluation data the "
+        "BakingCoordinator derives for the model. Other datasets are not read yet and are "
+        "refused.",
     )
     metric: QualityMetric = Field(
         default="cosine",
@@ -203,6 +233,13 @@ class Quality(WireModel):
 
     cel_rules = (
         Rule(
+            "self.dataset == 'builtin'",
+            DATASET_MESSAGE,
+            lambda q: q.dataset == "builtin",
+            field_path=".dataset",
+            shows="self.dataset",
+        ),
+        Rule(
             "self.metric == 'max-abs-error' || (self.threshold > 0.0 && self.threshold <= 1.0)",
             "threshold for cosine and accuracy is a fraction in (0, 1], e.g. 0.98",
             lambda q: q.metric == "max-abs-error" or 0.0 < q.threshold <= 1.0,
@@ -212,12 +249,8 @@ class Quality(WireModel):
 
 
 class Checkpoints(WireModel):
-    """Checkpoint storage of this job."""
+    """Checkpoint retention of this job (where checkpoints live is the lane's storage)."""
 
-    store: StoreType | None = Field(
-        default=None,
-        description="ConfigMap or Volume; empty uses the lane's storage.type.",
-    )
     retain: int = Field(
         default=3,
         ge=0,
@@ -282,14 +315,14 @@ class BakingJobSpec(WireModel):
     target: Target = Field(default_factory=Target, description="Device and budgets.")
     quality: Quality = Field(default_factory=Quality, description="The quality gate.")
     checkpoints: Checkpoints = Field(
-        default_factory=Checkpoints, description="Checkpoint storage and retention."
+        default_factory=Checkpoints, description="Checkpoint retention."
     )
     deadline_seconds: int | None = Field(
         default=None,
         ge=60,
         le=604800,
-        description="Seconds from creation after which an unfinished job fails (reason "
-        "DeadlineExceeded); empty: no deadline.",
+        description="Seconds from admission, or from the latest `bakeline rerun`, after which "
+        "an unfinished job fails (reason DeadlineExceeded); empty: no deadline.",
     )
     suspend: bool = Field(
         default=False,
@@ -298,7 +331,17 @@ class BakingJobSpec(WireModel):
     )
     output: Output | None = Field(
         default=None,
-        description="Where the artifact goes besides the final checkpoint; empty: only there.",
+        description="Where the artifact goes besides the final checkpoint. Not delivered yet: "
+        "refused when set.",
+    )
+
+    cel_rules = (
+        Rule(
+            "!has(self.output)",
+            OUTPUT_MESSAGE,
+            lambda s: s.output is None,
+            field_path=".output",
+        ),
     )
 
 
@@ -451,6 +494,11 @@ class BakingJobStatus(StatusModel):
         max_length=128,
         description="The last bakeline.io/rerun-from annotation acted on (STAGE@TIME, as "
         "`bakeline rerun` writes it): that stage and every stage after it ran again.",
+    )
+    rerun_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the operator acted on rerunRequest: the rerun's deadlineSeconds "
+        "count from then.",
     )
     conditions: list[Condition] = conditions_field("Admitted, Progressing, Succeeded, Failed")
 

@@ -7,6 +7,7 @@ Python attributes are snake_case; the wire format is camelCase (`model_dump(by_a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -68,17 +69,38 @@ def quantity_value(quantity: int | str) -> Decimal:
 WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[smhd]$"
 
 
-def named_schema(pattern: str, max_length: int, message: str) -> WithJsonSchema:
-    """A name's schema: the pattern, and a CEL rule that says in words what the pattern means
-    (the API server's own message for a pattern is the regular expression)."""
+def cel_string(text: str) -> str:
+    """`text` as a CEL string literal."""
+    return json.dumps(text)
+
+
+def cel_quoted(expression: str) -> str:
+    """CEL: the string `expression` in double quotes, as a message shows a value."""
+    return f"'\"' + {expression} + '\"'"
+
+
+def shown_message(expression: str, message: str) -> str:
+    """A messageExpression: the offending value (CEL `expression`, a string), then `message`."""
+    return f"{cel_quoted(expression)} + {cel_string(' ' + message)}"
+
+
+def named_schema(
+    pattern: str, max_length: int, message: str, min_length: int = 1
+) -> WithJsonSchema:
+    """A name's schema: a CEL rule that says in words what the pattern means and shows the
+    value (the API server's own message for a pattern is the regular expression, and a
+    pattern beside the rule would report one mistake twice)."""
     return WithJsonSchema(
         {
             "type": "string",
-            "minLength": 1,
+            "minLength": min_length,
             "maxLength": max_length,
-            "pattern": pattern,
             "x-kubernetes-validations": [
-                {"rule": f"self.matches(r'{pattern}')", "message": message}
+                {
+                    "rule": f"self.matches(r'{pattern}')",
+                    "message": message,
+                    "messageExpression": shown_message("self", message),
+                }
             ],
         }
     )
@@ -102,6 +124,31 @@ ObjectName = Annotated[
     StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN),
     named_schema(DNS_SUBDOMAIN, 253, OBJECT_NAME_MESSAGE),
 ]
+# Label keys and values (metav1 validation): a key is an optional DNS-subdomain prefix and '/',
+# then a name of at most 63 characters; a value is empty or such a name.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + _LABEL_NAME + "$"
+)
+LABEL_VALUE_PATTERN = r"^(" + _LABEL_NAME + ")?$"
+LABEL_KEY_MESSAGE = (
+    "is not a label key: an optional DNS prefix and '/', then at most 63 letters, digits, "
+    "'-', '_' and '.', starting and ending with a letter or digit"
+)
+LABEL_VALUE_MESSAGE = (
+    "is not a label value: empty, or at most 63 letters, digits, '-', '_' and '.', starting "
+    "and ending with a letter or digit (no ',', '=' or spaces)"
+)
+LabelKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN),
+    named_schema(LABEL_KEY_PATTERN, 317, LABEL_KEY_MESSAGE),
+]
+LabelValue = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN),
+    named_schema(LABEL_VALUE_PATTERN, 63, LABEL_VALUE_MESSAGE, min_length=0),
+]
 QUANTITY_MESSAGE = "must be a non-negative amount such as 500m, 2 or 4Gi"
 Quantity = Annotated[
     Annotated[int, Field(ge=0)]
@@ -112,12 +159,13 @@ Quantity = Annotated[
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "minimum": 0,  # for the integer form; the pattern has no sign for the string form
             "maxLength": 64,
-            "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
+            # The rule, not a pattern beside it: one mistake, one message, with the value.
             "x-kubernetes-validations": [
                 {
                     "rule": f"type(self) == int || string(self).matches(r'{QUANTITY_PATTERN}')",
                     "message": QUANTITY_MESSAGE,
+                    "messageExpression": shown_message("string(self)", QUANTITY_MESSAGE),
                 }
             ],
         }
@@ -143,6 +191,7 @@ def window_seconds(window: str) -> int:
     return int(window[:-1]) * units[window[-1]]
 
 
+WINDOW_MESSAGE = "must be a positive whole number with one unit s, m, h or d, such as 30d, 6h or 5m"
 Window = Annotated[
     str,
     StringConstraints(pattern=WINDOW_PATTERN, max_length=16),
@@ -153,8 +202,8 @@ Window = Annotated[
             "x-kubernetes-validations": [
                 {
                     "rule": f"self.matches('{WINDOW_PATTERN}')",
-                    "message": "must be a positive whole number with one unit s, m, h or d, "
-                    "such as 30d, 6h or 5m",
+                    "message": WINDOW_MESSAGE,
+                    "messageExpression": shown_message("self", WINDOW_MESSAGE),
                 }
             ],
         }
@@ -166,17 +215,28 @@ Window = Annotated[
 class Rule:
     """A cross-field rule, checked twice from one definition: by the API server as CEL
     (`x-kubernetes-validations` in the CRD) and by pydantic in Python, so `bakeline run` and the
-    API server reject the same objects with the same message."""
+    API server reject the same objects with the same message.
 
-    cel: str
+    A rule that only one side checks says why: `check=None` is a limit of the cluster (the
+    operator cannot do what `bakeline run` does, e.g. read a file:// model), `cel=None` a check
+    the API server needs not repeat because a cluster-only rule refuses the whole field."""
+
+    cel: str | None
     message: str
-    check: Callable[[Any], bool]
+    check: Callable[[Any], bool] | None
     # Which field the API server names in the error, relative to the object the rule is on.
     field_path: str | None = None
     reason: Literal["FieldValueInvalid", "FieldValueRequired"] | None = None
+    # CEL (a string) of the offending value, which the API server's message then shows first.
+    shows: str | None = None
 
     def entry(self) -> dict[str, str]:
+        assert self.cel is not None
         entry = {"rule": self.cel, "message": self.message}
+        if self.shows is not None:
+            entry["messageExpression"] = (
+                f"{cel_quoted(self.shows)} + {cel_string(': ' + self.message)}"
+            )
         if self.field_path is not None:
             entry["fieldPath"] = self.field_path
         if self.reason is not None:
@@ -187,7 +247,9 @@ class Rule:
 def _rules_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     rules: tuple[Rule, ...] = cls.__dict__.get("cel_rules", ())
     if rules:
-        schema.setdefault("x-kubernetes-validations", []).extend(r.entry() for r in rules)
+        entries = [r.entry() for r in rules if r.cel is not None]
+        if entries:
+            schema.setdefault("x-kubernetes-validations", []).extend(entries)
 
 
 class WireModel(BaseModel):
@@ -207,7 +269,11 @@ class WireModel(BaseModel):
         # validate_workflow reports the graph rules itself, with a path per offending stage.
         skip = (info.context or {}).get("skip_rules", ())
         rules = type(self).__dict__.get("cel_rules", ())
-        broken = [rule.message for rule in rules if rule not in skip and not rule.check(self)]
+        broken = [
+            rule.message
+            for rule in rules
+            if rule not in skip and rule.check is not None and not rule.check(self)
+        ]
         broken += self._list_duplicates()
         if broken:
             raise ValueError("; ".join(broken))

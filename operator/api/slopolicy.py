@@ -6,15 +6,20 @@ both the long and the short window burn faster than `factor` times the sustainab
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
 from bakeline.api.common import (
     AGE_COLUMN,
+    LABEL_KEY_MESSAGE,
+    LABEL_KEY_PATTERN,
     WINDOW_PATTERN,
     Condition,
+    LabelKey,
     LabelName,
+    LabelValue,
     PrinterColumn,
     Resource,
     ResourceInfo,
@@ -37,14 +42,19 @@ MAX_OBJECTIVES = 8
 MAX_ALERTS = 8
 
 
+def _label_key_ok(key: str) -> bool:
+    prefix, _, _ = key.rpartition("/")
+    return len(prefix) <= 253 and re.fullmatch(LABEL_KEY_PATTERN, key) is not None
+
+
 class LabelSelectorRequirement(WireModel):
     """One label requirement (metav1.LabelSelectorRequirement)."""
 
-    key: str = Field(min_length=1, max_length=316, description="The label key.")
+    key: LabelKey = Field(description="The label key.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
         description="In, NotIn, Exists or DoesNotExist."
     )
-    values: list[str] = Field(
+    values: list[LabelValue] = Field(
         default_factory=list,
         max_length=32,
         description="Values for In and NotIn; empty for Exists and DoesNotExist.",
@@ -69,7 +79,7 @@ class LaneSelector(WireModel):
         description="Lane names.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    match_labels: dict[str, str] | None = Field(
+    match_labels: dict[str, LabelValue] | None = Field(
         default=None,
         max_length=16,
         description="Lanes whose labels include all of these; {} selects every lane.",
@@ -91,6 +101,14 @@ class LaneSelector(WireModel):
             "!has(self.names) || (!has(self.matchLabels) && !has(self.matchExpressions))",
             "laneSelector takes lane names or a label selector, not both",
             lambda s: s.names is None or (s.match_labels is None and s.match_expressions is None),
+        ),
+        Rule(
+            f"!has(self.matchLabels) || self.matchLabels.all(k, k.matches(r'{LABEL_KEY_PATTERN}'))",
+            "matchLabels has a key that " + LABEL_KEY_MESSAGE,
+            lambda s: all(_label_key_ok(k) for k in s.match_labels or {}),
+            field_path=".matchLabels",
+            # No messageExpression showing the key: map keys have no length bound, so the API
+            # server estimates filtering them beyond its cost budget.
         ),
     )
 

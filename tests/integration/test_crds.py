@@ -372,6 +372,9 @@ def test_invalid_manifest_is_rejected(
     assert result.returncode != 0, f"accepted: {message}"
     assert case["field"] in message, message
     assert case["rule"] in message, message
+    if "shows" in case:  # the value, quoted by a messageExpression, and the mistake said once
+        assert f'"{case["shows"]}"' in message, message
+        assert message.count(f"{case['field']}: ") == 1, message
 
 
 def test_no_invalid_manifest_was_stored(crds: ControlPlane, scratch: str) -> None:

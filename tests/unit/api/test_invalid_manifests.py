@@ -39,6 +39,9 @@ def test_there_are_at_least_thirty_cases_with_unique_ids() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
 def test_models_reject(case: dict[str, Any]) -> None:
+    if case.get("server"):  # a limit of the cluster: `bakeline run` accepts it
+        MODELS[case["manifest"]["kind"]].model_validate(case["manifest"])
+        return
     with pytest.raises(ValidationError) as error:
         MODELS[case["manifest"]["kind"]].model_validate(case["manifest"])
     if "message" in case:
@@ -76,5 +79,7 @@ def test_every_cel_rule_is_exercised_by_a_case() -> None:
         for rule in model.__dict__.get("cel_rules", ())
     }
     assert len(messages) >= 20
-    uncovered = {m for m in messages if not any(case["rule"] in m for case in CASES)}
+    # A rule `bakeline run` alone checks (no CEL) is exercised by a case's `message`.
+    said = [case["rule"] for case in CASES] + [case.get("message", "") for case in CASES]
+    uncovered = {m for m in messages if not any(words and words in m for words in said)}
     assert uncovered == set()
