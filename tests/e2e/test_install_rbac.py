@@ -503,7 +503,10 @@ def test_configmap_lane_bakes_with_the_token_kept_from_the_agents_container(
     assert policies[f"{SERVICE_ACCOUNT}-stage"]["spec"]["egress"] == []
     # Published, `helm upgrade` finds them: the API server alone, for ConfigMap lanes' pods.
     cluster.kubectl("apply", "-f", "-", input=json.dumps(API_SERVER_SLICE))
-    chart_operator.upgrade()
+    try:
+        chart_operator.upgrade()
+    finally:  # the plane is shared: other tests' installs must not find it
+        cluster.kubectl("delete", "endpointslice", "kubernetes", "-n", "default")
     policies = {
         d["metadata"]["name"]: d for d in chart_operator.manifest() if d["kind"] == "NetworkPolicy"
     }

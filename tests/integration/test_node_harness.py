@@ -177,3 +177,130 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _container(name: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "bakeline:test",
+        "command": [sys.executable, "-c", code],
+        **extra,
+    }
+
+
+def _states(pod: dict[str, Any], key: str = "containerStatuses") -> dict[str, dict[str, Any]]:
+    return {c["name"]: c["state"] for c in pod["status"].get(key) or []}
+
+
+def test_init_containers_run_in_order_then_the_containers_together(
+    cluster: ControlPlane, namespace: str, node: NodeHarness
+) -> None:
+    # Each init container appends to a shared emptyDir; the two containers meet there: the
+    # second waits for a file the first writes, so they must run at the same time.
+    append = "open('/work/order','a').write('{}\\n'); open('/dev/termination-log','w').write('{}')"
+    meet = (
+        "import os, time\n"
+        "open('/work/{me}', 'w').write('here')\n"
+        "while not os.path.exists('/work/{other}'): time.sleep(0.05)\n"
+        "open('/dev/termination-log', 'w').write(open('/work/order').read().strip())\n"
+        "raise SystemExit({code})"
+    )
+    mount = {"volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "split"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "work", "emptyDir": {}}],
+            "initContainers": [
+                _container("first", append.format("first", "one"), **mount),
+                _container("second", append.format("second", "two"), **mount),
+            ],
+            "containers": [
+                _container("left", meet.format(me="left", other="right", code=0), **mount),
+                _container("right", meet.format(me="right", other="left", code=3), **mount),
+            ],
+        },
+    }
+    apply(cluster, pod, namespace)
+    done = wait_for(lambda: _finished(cluster, "split", namespace), 60, what="split to finish")
+    assert done["status"]["phase"] == "Failed"  # one container exited 3
+    inits = _states(done, "initContainerStatuses")
+    assert [inits[n]["terminated"]["message"] for n in ("first", "second")] == ["one", "two"]
+    states = _states(done)
+    assert states["left"]["terminated"]["exitCode"] == 0
+    assert states["left"]["terminated"]["message"] == "first\nsecond"
+    assert states["right"]["terminated"]["exitCode"] == 3
+    assert states["right"]["terminated"]["reason"] == "Error"
+
+
+def test_a_failed_init_container_fails_the_pod_and_the_containers_never_start(
+    cluster: ControlPlane, namespace: str, node: NodeHarness
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "noinit"},
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [
+                _container(
+                    "restore",
+                    "open('/dev/termination-log','w').write('input gone'); raise SystemExit(2)",
+                )
+            ],
+            "containers": [_container("main", "open('/tmp/never-ran-harness', 'w')")],
+        },
+    }
+    apply(cluster, pod, namespace)
+    done = wait_for(lambda: _finished(cluster, "noinit", namespace), 60, what="noinit to fail")
+    assert done["status"]["phase"] == "Failed"
+    restore = _states(done, "initContainerStatuses")["restore"]["terminated"]
+    assert (restore["exitCode"], restore["message"]) == (2, "input gone")
+    assert _states(done)["main"] == {"waiting": {"reason": "PodInitializing"}}
+    assert node.container_env(namespace, "noinit", "main") is None  # never started
+
+
+def test_a_projected_token_reaches_only_the_containers_that_mount_it(
+    cluster: ControlPlane, namespace: str, node: NodeHarness
+) -> None:
+    cluster.kubectl("create", "serviceaccount", "store", "-n", namespace)
+    token = {
+        "name": "api-token",
+        "projected": {
+            "sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]
+        },
+    }
+    mount = {"name": "api-token", "mountPath": "/var/run/secrets/tok", "readOnly": True}
+    report = (
+        "import os; p = os.environ.get('TOKEN_DIR', '') + '/token';"
+        "open('/dev/termination-log','w').write(str(os.path.isfile(p)))"
+    )
+    env = [{"name": "TOKEN_DIR", "value": "/var/run/secrets/tok"}]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "tokens"},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": "store",
+            "automountServiceAccountToken": False,
+            "volumes": [token],
+            "containers": [
+                _container("agent", report, env=env),
+                _container("store", report, env=env, volumeMounts=[mount]),
+            ],
+        },
+    }
+    apply(cluster, pod, namespace)
+    done = wait_for(lambda: _finished(cluster, "tokens", namespace), 60, what="tokens to finish")
+    states = _states(done)
+    # The path resolves to the token only where it is mounted.
+    assert states["store"]["terminated"]["message"] == "True"
+    assert states["agent"]["terminated"]["message"] == "False"
+    agent_env = node.container_env(namespace, "tokens", "agent")
+    store_env = node.container_env(namespace, "tokens", "store")
+    assert agent_env is not None and store_env is not None
+    assert agent_env["TOKEN_DIR"] == "/var/run/secrets/tok"  # not rewritten: no such mount
+    assert store_env["TOKEN_DIR"] != "/var/run/secrets/tok"
