@@ -539,7 +539,8 @@ def test_configmap_lane_bakes_with_the_token_kept_from_the_agents_container(
     # A transient failure too: the store container of a failed attempt stores nothing.
     scripted_agent({"graph": [1, 0]})
     chart_operator.start()
-    lane = {**LANE, "spec": {**LANE["spec"], "storage": {"type": "ConfigMap"}}}
+    lane: dict[str, Any] = json.loads(json.dumps(LANE))
+    lane["spec"]["storage"] = {"type": "ConfigMap"}  # the default, said outright
     apply(cluster, [lane, job("split")], namespace)
     assert wait_finished(cluster, "split", namespace, chart_operator, 240) == "Succeeded"
     assert chart_operator.denials() == [], chart_operator.denials()
@@ -592,7 +593,7 @@ def test_configmap_lane_bakes_with_the_token_kept_from_the_agents_container(
     # A store container's token, used for anything but its job's store, is refused.
     assert token_file is not None
     token = token_file.read_text().strip()
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "a ConfigMap of its choosing": {
             "apiVersion": "v1",
             "kind": "ConfigMap",

@@ -390,7 +390,7 @@ def _stage_pod(storage: str) -> dict[str, Any]:
 
 def _selects(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
     wanted = policy["spec"]["podSelector"]["matchLabels"].items()
-    return wanted <= pod["metadata"]["labels"].items()
+    return bool(wanted <= pod["metadata"]["labels"].items())
 
 
 def test_stage_pods_get_no_ingress_and_no_egress_but_the_api_server_for_configmap_lanes() -> None:
