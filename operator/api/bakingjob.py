@@ -67,6 +67,7 @@ class PvcModel(WireModel):
             "path is relative to the volume's root and has no '..' segments",
             lambda p: _relative_path_ok(p.path),
             field_path=".path",
+            shows="self.path",
         ),
     )
 
@@ -272,6 +273,7 @@ class PvcOutput(WireModel):
             "path is relative to the volume's root and has no '..' segments",
             lambda p: _relative_path_ok(p.path),
             field_path=".path",
+            shows="self.path",
         ),
     )
 

@@ -111,6 +111,7 @@ class Toleration(WireModel):
             "a toleration with operator Exists matches any value: remove value",
             lambda t: t.operator != "Exists" or t.value is None,
             field_path=".value",
+            shows="self.value",
         ),
     )
 
@@ -232,8 +233,9 @@ class LaneSpec(WireModel):
     )
     fallback_lane: LabelName | None = Field(
         default=None,
-        description="Lane (same namespace) that takes this lane's new jobs while it is frozen "
-        "by an SLOPolicy or held.",
+        description="Lane (same namespace) that takes this lane's new jobs while it is held "
+        "(stopPolicy) or frozen by an SLOPolicy whose action is Fallback; a Freeze or "
+        "HoldAndDrain freeze keeps them waiting in this lane.",
     )
     stage_defaults: StageDefaults = Field(
         default_factory=StageDefaults,
@@ -270,6 +272,12 @@ class FrozenBy(StatusModel):
         default="", max_length=1024, description="Why, e.g. 'budget exhausted: 0.0% left'."
     )
     since: AwareDatetime | None = Field(default=None, description="When the freeze began.")
+    action: Literal["Freeze", "HoldAndDrain", "Fallback"] | None = Field(
+        default=None,
+        description="What the freeze does: Freeze admits no new job; HoldAndDrain also stops "
+        "running jobs at their next stage boundary; Fallback routes new jobs to the "
+        "fallbackLane (with none, it admits nothing, as Freeze). Empty: Freeze.",
+    )
 
 
 class OpenCircuit(StatusModel):
@@ -340,6 +348,7 @@ class Lane(Resource):
                 lane.spec.fallback_lane is None or lane.spec.fallback_lane != lane.metadata.name
             ),
             field_path=".spec.fallbackLane",
+            shows="self.spec.fallbackLane",
         ),
     )
 

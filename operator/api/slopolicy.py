@@ -189,6 +189,7 @@ class BurnRateAlert(WireModel):
             "shortWindow must be shorter than longWindow",
             lambda a: window_seconds(a.short_window) < window_seconds(a.long_window),
             field_path=".shortWindow",
+            shows="self.shortWindow + ' (longWindow ' + self.longWindow + ')'",
         ),
     )
 
