@@ -26,6 +26,7 @@ from bakeline.agents.runtimes import (
     Runner,
     RuntimeConfig,
     load_exported_program,
+    load_torch_module,
     open_runner,
     run_dataset,
 )
@@ -45,7 +46,7 @@ def export_to_onnx(checkpoint: InputCheckpoint, target: Path) -> Path:
     if checkpoint.format == "exported-program":
         module = load_exported_program(checkpoint.artifact)
     elif checkpoint.format == "torchscript":
-        module = torch.jit.load(str(checkpoint.artifact), map_location="cpu")  # type: ignore[no-untyped-call]
+        module = load_torch_module(checkpoint.artifact, "torchscript")
     else:
         raise InvalidInput(f"cannot build a graph from a {checkpoint.format} artifact")
     export_onnx(
