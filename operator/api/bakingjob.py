@@ -491,6 +491,11 @@ class BakingJobStatus(StatusModel):
         default=None, description="Predicted end, from the duration predictor."
     )
     result: BakeResult | None = Field(default=None, description="The artifact, once Succeeded.")
+    stage_pods_retry_at: AwareDatetime | None = Field(
+        default=None,
+        description="While stage pods are refused or cannot start (condition "
+        "StagePodsBlocked): when the operator tries again.",
+    )
     rerun_request: str | None = Field(
         default=None,
         max_length=128,
@@ -502,7 +507,9 @@ class BakingJobStatus(StatusModel):
         description="When the operator acted on rerunRequest: the rerun's deadlineSeconds "
         "count from then.",
     )
-    conditions: list[Condition] = conditions_field("Admitted, Progressing, Succeeded, Failed")
+    conditions: list[Condition] = conditions_field(
+        "Admitted, Progressing, Succeeded, Failed, StagePodsBlocked"
+    )
 
 
 class BakingJob(Resource):

@@ -389,6 +389,26 @@ def stage_cached(
     return _with(state, stage, updated, phase=JobPhase.RUNNING), [event]
 
 
+def stage_not_started(
+    state: RunState, stage: str, now: float, message: str
+) -> tuple[RunState, list[Event]]:
+    """The attempt's pod never ran the agent (refused by the API server, or a node could not
+    start it: a missing ServiceAccount, a quota, a policy): not the agent's failure, so the
+    stage waits to start again without spending a retry. The driver decides when."""
+    current = state.stages[stage]
+    if current.phase is not StagePhase.RUNNING:
+        return state, []
+    waiting = replace(
+        current,
+        phase=StagePhase.PENDING,
+        attempt=max(current.attempt - 1, 0),
+        started_at=None,
+        finished_at=None,
+        message=message,
+    )
+    return _with(state, stage, waiting), [Event(now, stage, "PodNotStarted", message)]
+
+
 def stage_finished(
     plan: Plan,
     state: RunState,

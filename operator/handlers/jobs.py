@@ -10,7 +10,6 @@ operator restart) anywhere and simply run again.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import threading
 import time
@@ -34,6 +33,7 @@ from bakeline.engine import pipeline as engine
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.dag import descendants
 from bakeline.engine.retry import AttemptOutcome, classify_exit
+from bakeline.handlers import stagepods
 from bakeline.handlers.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
@@ -185,10 +185,14 @@ def reconcile_job(
         bypass=bypass | {s.name for s in plan.stages if s.agent in HARDWARE_DEPENDENT_AGENTS},
     )
     wake: float | None = None
+    pods_wait = stagepods.wait_seconds(status, now)
     for action in engine.next_actions(plan, state, now, cache, blocked):
         if isinstance(action, engine.StartStage):
             if draining:
                 continue  # the lane drains: no new stage; the job goes back to the queue below
+            if pods_wait is not None:  # stage pods were refused or did not start: back off
+                wake = pods_wait if wake is None else min(wake, pods_wait)
+                continue
             if circuits.get(action.agent, admission.Circuit()).opened_at is not None:
                 trial_started(kube, namespace, lane_name, action.agent, now)
                 events.append(
@@ -211,6 +215,12 @@ def reconcile_job(
     _count(namespace, plan, events)
     by_checkpoint = {cid: records[cid] for cid in records}
     new_status = status_from_run_state(obj, plan, state, status, by_checkpoint.get)
+    pod_trouble = next((e.message for e in events if e.kind in stagepods.EVENT_KINDS), None)
+    if pod_trouble is not None:
+        delay = stagepods.block(new_status, pod_trouble, now, meta)
+        wake = delay if wake is None else min(wake, delay)
+    elif any(e.kind == "Started" for e in events):
+        stagepods.unblock(new_status, meta)
     running = any(s.phase is engine.StagePhase.RUNNING for s in state.stages.values())
     if draining and not running and new_status.get("phase") not in TERMINAL:
         _requeue(new_status, lane_name, meta)
@@ -242,7 +252,8 @@ def reconcile_job(
                     now,
                     "",
                     "OutcomeNotRecorded",
-                    f"the SLO ledger ConfigMap refused this outcome ({_api_message(exc)}); "
+                    "the SLO ledger ConfigMap refused this outcome "
+                    f"({stagepods.api_message(exc)}); "
                     "SLOPolicies do not count it",
                 )
             )
@@ -449,6 +460,9 @@ def _observe(
         return state, []  # being deleted: the next pass sees it gone
     if pod_status.get("phase") not in ("Succeeded", "Failed"):
         return state, []
+    cause = stagepods.not_started(pod)
+    if cause is not None:  # the installation's gap, not the agent's: no outcome is counted
+        return engine.stage_not_started(state, stage, now, cause)
     terminated = _terminated(pod)
     code = terminated.get("exitCode")
     text = str(terminated.get("message") or "")
@@ -545,26 +559,13 @@ def _start(
     try:
         kube.create_pod(pod)
     except ApiException as exc:
-        if exc.status not in (400, 422):
-            # Forbidden (RBAC, quota, a ServiceAccount not there yet) can change without the
-            # job changing: the pass is retried with backoff and the denial logged.
+        refused = stagepods.refusal(exc, pod["metadata"]["name"])
+        if refused is None:
             raise
-        # Invalid for good (a policy or webhook refused this pod): the attempt fails with the
-        # API server's words instead of the operator retrying it forever.
-        state, started = engine.stage_started(state, action.stage, now)
-        refused = f"pod {pod['metadata']['name']} refused: {_api_message(exc)}"
-        state, ended = engine.stage_finished(
-            plan, state, action.stage, AttemptOutcome.INVALID_INPUT, now, message=refused
-        )
-        return state, started + ended
+        # The cluster's configuration refused it (RBAC, a ServiceAccount, a quota, a policy):
+        # not the agent's failure and not the job's; the job says why and tries again later.
+        return state, [engine.Event(now, action.stage, "PodNotCreated", refused)]
     return engine.stage_started(state, action.stage, now)
-
-
-def _api_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (TypeError, ValueError):
-        return str(exc.reason)
 
 
 def _storage_for(
@@ -671,6 +672,7 @@ def _post(kube: Kube, obj: dict[str, Any], event: engine.Event) -> None:
         "Fallback",
         "RerunRefused",
         "OutcomeNotRecorded",
+        *stagepods.EVENT_KINDS,
     )
     prefix = f"stage {event.stage}: " if event.stage else ""
     kube.post_event(obj, "Warning" if warning else "Normal", event.kind, prefix + event.message)
