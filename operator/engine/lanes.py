@@ -2,13 +2,15 @@
 
 Admission answers, for the jobs waiting in lanes: which start now, which move to a fallback lane,
 which wait and why, and which running jobs must stop at their next stage boundary. It never lets
-a lane run more than its `maxConcurrentJobs`.
+a lane run more than its `maxConcurrentJobs`. An SLOPolicy's freeze acts as its action says:
+Freeze admits nothing, HoldAndDrain also drains, Fallback routes new jobs to the fallbackLane.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from bakeline.api.lane import CircuitBreaker, LaneSpec
 from bakeline.engine.retry import AttemptOutcome
@@ -18,10 +20,26 @@ LANE_FULL = "LaneFull"  # every running slot is taken
 QUEUE_FULL = "QueueFull"  # beyond maxQueuedJobs
 LANE_HELD = "LaneHeld"
 LANE_FROZEN = "LaneFrozen"
+NO_FALLBACK = "NoFallbackLane"  # an SLOPolicy's Fallback on a lane with no fallbackLane
 UNKNOWN_LANE = "LaneNotFound"
 NOT_READY = "NotReady"  # the job itself cannot start yet (e.g. its agent's circuit is open)
 BLOCKED = "BlockedByHead"  # StrictFIFO: a job ahead of it cannot start
 CAPACITY = "OperatorAtCapacity"
+
+
+# What an SLOPolicy's freeze does to a lane (the `action` of its `frozenBy` entry), strongest
+# first: HoldAndDrain stops admission and drains; Freeze stops admission; Fallback routes new
+# jobs to the lane's fallbackLane.
+FreezeAction = Literal["HoldAndDrain", "Freeze", "Fallback"]
+FREEZE_ACTIONS: tuple[FreezeAction, ...] = ("HoldAndDrain", "Freeze", "Fallback")
+
+
+def freeze_in_force(actions: Iterable[str | None]) -> FreezeAction | None:
+    """The action a lane frozen by these `frozenBy` actions is under: the strongest; None when
+    there are none. An entry without an action (written before actions were recorded) is a
+    Freeze."""
+    given = {a or "Freeze" for a in actions}
+    return next((a for a in FREEZE_ACTIONS if a in given), None)
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,18 @@ class LaneView:
     spec: LaneSpec
     running: tuple[str, ...] = ()  # jobs of this lane running now
     frozen: bool = False  # an SLOPolicy froze it
+    freeze: FreezeAction = "Freeze"  # what that freeze does (freeze_in_force), when frozen
+
+    @property
+    def drains(self) -> bool:
+        """Its running jobs stop at their next stage boundary and go back to the queue."""
+        return lane_drains(self.spec, self.freeze if self.frozen else None)
+
+    @property
+    def routes_on(self) -> bool:
+        """Its new jobs may go on to its fallbackLane: it is held by its stopPolicy or frozen
+        with Fallback. A Freeze or HoldAndDrain freeze keeps them waiting here."""
+        return not self.frozen or self.freeze == "Fallback"
 
 
 @dataclass(frozen=True)
@@ -71,19 +101,14 @@ def admit(
     result = Admission()
     lane_of: dict[str, str] = {}
     for job in queued:
-        target = _route(by_name, job.lane)
+        target, why = _route(by_name, job.lane)
         if target is None:
-            lane = by_name.get(job.lane)
-            result.waiting[job.name] = (
-                UNKNOWN_LANE if lane is None else LANE_FROZEN if lane.frozen else LANE_HELD
-            )
+            result.waiting[job.name] = why
             continue
         if target != job.lane:
             result.route[job.name] = target
         lane_of[job.name] = target
-    drain = tuple(
-        name for lane in lanes if lane.spec.stop_policy == "HoldAndDrain" for name in lane.running
-    )
+    drain = tuple(name for lane in lanes if lane.drains for name in lane.running)
     result = replace(result, drain=drain)
     running_total = sum(len(lane.running) for lane in lanes)
     free_total = None if capacity is None else max(capacity - running_total, 0)
@@ -120,20 +145,33 @@ def admit(
     return result
 
 
-def _route(lanes: Mapping[str, LaneView], name: str) -> str | None:
-    """The lane a new job of `name` goes to: itself when open, else its fallback chain's first
-    open lane; None when there is none."""
+def lane_drains(spec: LaneSpec, freeze: FreezeAction | None) -> bool:
+    """Whether a lane with this spec, under this SLO freeze (None: none), stops its running jobs
+    at their next stage boundary: its own stopPolicy HoldAndDrain, or an SLOPolicy's."""
+    return spec.stop_policy == "HoldAndDrain" or freeze == "HoldAndDrain"
+
+
+def _route(lanes: Mapping[str, LaneView], name: str) -> tuple[str | None, str]:
+    """The lane a new job of `name` goes to: itself when open, else on along the fallback chain
+    while each closed lane lets its jobs go on (held, or frozen with Fallback); (None, why it
+    waits) when no open lane is reached."""
     seen: set[str] = set()
     current: str | None = name
+    why = UNKNOWN_LANE
     while current is not None and current not in seen:
         seen.add(current)
         lane = lanes.get(current)
         if lane is None:
-            return None
+            return None, why
         if not lane.frozen and lane.spec.stop_policy == "None":
-            return current
+            return current, ""
+        if not lane.routes_on:
+            return None, LANE_FROZEN
+        if lane.frozen and lane.spec.fallback_lane is None:
+            return None, NO_FALLBACK
+        why = LANE_FROZEN if lane.frozen else LANE_HELD
         current = lane.spec.fallback_lane
-    return None
+    return None, why
 
 
 # ---- circuit breaker ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from bakeline.api.slopolicy import (
     SloState,
     default_burn_rate_alerts,
 )
+from bakeline.engine.lanes import FreezeAction, freeze_in_force
 
 
 class RecordKind(StrEnum):
@@ -175,6 +176,12 @@ class BudgetDecision:
     actions: tuple[BudgetAction, ...]  # what the selected lanes get now, strongest first
     unfreeze: bool  # lift the freeze this policy had set
     reason: str
+
+    @property
+    def freeze(self) -> FreezeAction | None:
+        """The freeze the selected lanes are under now: the strongest action but Notify (None:
+        no freeze). It is recorded on each lane, where admission reads it."""
+        return freeze_in_force(a for a in self.actions if a != "Notify")
 
 
 # Strongest first: a lane that must drain need not also be told to freeze.

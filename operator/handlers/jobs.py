@@ -168,14 +168,16 @@ def reconcile_job(
                 # Readable at once by this pass's cache lookups and status.
                 records[body["data"]["checkpoint"]] = body
     lane_name = str(status.get("lane") or spec.lane_ref)
-    lane_spec = _lane_spec(kube.get("Lane", namespace, lane_name))
+    lane_obj = kube.get("Lane", namespace, lane_name)
+    lane_spec = _lane_spec(lane_obj)
     policy = lane_spec.circuit_breaker
     if outcomes:
         circuits = count_outcomes(kube, namespace, lane_name, policy, outcomes, now)
     else:
         circuits = lane_circuits(kube.circuits(namespace), lane_name)
     blocked = admission.blocked_agents(circuits, now, policy)
-    draining = lane_spec.stop_policy == "HoldAndDrain"
+    freeze = _freeze_in_force(lane_obj)
+    draining = admission.lane_drains(lane_spec, freeze)
 
     cache = engine.CacheContext(
         model_sha256=(spec.model.source.url.sha256 if spec.model.source.url else None),
@@ -223,9 +225,12 @@ def reconcile_job(
         stagepods.unblock(new_status, meta)
     running = any(s.phase is engine.StagePhase.RUNNING for s in state.stages.values())
     if draining and not running and new_status.get("phase") not in TERMINAL:
-        _requeue(new_status, lane_name, meta)
+        why = (
+            "an SLOPolicy's HoldAndDrain" if freeze == "HoldAndDrain" else "stopPolicy HoldAndDrain"
+        )
+        _requeue(new_status, lane_name, why, meta)
         events.append(
-            engine.Event(now, "", "Drained", f"lane {lane_name} drains: back in the queue")
+            engine.Event(now, "", "Drained", f"lane {lane_name} drains ({why}): back in the queue")
         )
         wake = POLL_QUEUED_S
     if new_status.get("phase") in TERMINAL and running:
@@ -343,7 +348,9 @@ def _admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) 
     message = {
         admission.UNKNOWN_LANE: f"lane {obj['spec'].get('laneRef')!r} does not exist",
         admission.LANE_HELD: "the lane holds admission (stopPolicy)",
-        admission.LANE_FROZEN: "the lane is frozen by an SLOPolicy and has no fallback lane",
+        admission.LANE_FROZEN: "the lane is frozen by an SLOPolicy (Freeze or HoldAndDrain)",
+        admission.NO_FALLBACK: "an SLOPolicy routes the lane's jobs to its fallback lane "
+        "(Fallback), and it has none",
     }.get(reason, f"waiting in lane {obj['spec'].get('laneRef')}: {reason}")
     return _wait(kube, obj, status, "Queued", reason, message, position)
 
@@ -392,9 +399,15 @@ def _decide(kube: Kube, namespace: str, now: float) -> admission.Admission:
         except ValidationError:
             continue
         lane_name = lane_obj["metadata"]["name"]
-        frozen = bool((lane_obj.get("status") or {}).get("frozenBy"))
+        freeze = _freeze_in_force(lane_obj)
         lanes.append(
-            admission.LaneView(lane_name, lane.spec, tuple(running.get(lane_name, ())), frozen)
+            admission.LaneView(
+                lane_name,
+                lane.spec,
+                tuple(running.get(lane_name, ())),
+                frozen=freeze is not None,
+                freeze=freeze or "Freeze",
+            )
         )
     return admission.admit(lanes, queued)
 
@@ -582,6 +595,12 @@ def _storage_for(
     return "Volume", None
 
 
+def _freeze_in_force(lane: Mapping[str, Any] | None) -> admission.FreezeAction | None:
+    """What the SLOPolicies that froze the lane make it do (None: not frozen)."""
+    frozen_by = ((lane or {}).get("status") or {}).get("frozenBy") or []
+    return admission.freeze_in_force(entry.get("action") for entry in frozen_by)
+
+
 def _lane_spec(lane: Mapping[str, Any] | None) -> LaneSpec:
     """The lane's spec; defaults when it vanished after admission or does not parse."""
     try:
@@ -590,11 +609,11 @@ def _lane_spec(lane: Mapping[str, Any] | None) -> LaneSpec:
         return LaneSpec()
 
 
-def _requeue(status: dict[str, Any], lane: str, meta: Mapping[str, Any]) -> None:
+def _requeue(status: dict[str, Any], lane: str, why: str, meta: Mapping[str, Any]) -> None:
     """A drained job leaves its lane at a stage boundary; its stages and checkpoints stay, so
     it resumes where it stopped when admitted again."""
     status.update(phase="Queued", lane=None, admittedAt=None)
-    message = f"lane {lane} is draining (stopPolicy HoldAndDrain); resumes from its checkpoints"
+    message = f"lane {lane} is draining ({why}); resumes from its checkpoints"
     set_condition(status, "Admitted", "False", "Drained", message, dict(meta))
 
 

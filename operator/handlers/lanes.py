@@ -1,7 +1,8 @@
 """Reconcile a Lane's status: running and queued counts and its conditions.
 
 `frozenBy` belongs to the SLOPolicies that freeze the lane; this pass keeps it as it is and
-derives `frozen` and the Frozen condition from it.
+derives `frozen` and the Frozen condition from it (`set_frozen`, which the SLOPolicy pass uses
+too).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bakeline.api.lane import Lane, LaneSpec
+from bakeline.engine import lanes as admission
 from bakeline.handlers.circuits import open_circuits
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.kube import Kube, status_changes
@@ -39,13 +41,12 @@ def lane_status(
         and (j.get("spec") or {}).get("laneRef", "standard") == name
         and not (j.get("spec") or {}).get("suspend")
     ]
-    frozen_by = status.get("frozenBy") or []
-    policy = _spec(lane).circuit_breaker
+    spec = lane_spec(lane)
+    policy = spec.circuit_breaker
     status["openCircuits"] = open_circuits(circuits or {}, name, policy, now)
     status["observedGeneration"] = meta.get("generation")
     status["running"] = len(running)
     status["queued"] = len(queued)
-    status["frozen"] = bool(frozen_by)
     stop = (lane.get("spec") or {}).get("stopPolicy", "None")
     if stop != "None":
         set_condition(status, "Ready", "False", stop, f"stopPolicy {stop}: admission held", meta)
@@ -53,12 +54,35 @@ def lane_status(
         limit = (lane.get("spec") or {}).get("maxConcurrentJobs", 1)
         message = f"{len(running)}/{limit} running, {len(queued)} queued"
         set_condition(status, "Ready", "True", "Admitting", message, meta)
-    if frozen_by:
-        why = "; ".join(f"{f.get('policy')}: {f.get('reason', '')}" for f in frozen_by)
-        set_condition(status, "Frozen", "True", "ErrorBudgetBurn", why, meta)
-    else:
-        set_condition(status, "Frozen", "False", "Healthy", "", meta)
+    set_frozen(status, spec, meta)
     return status
+
+
+def set_frozen(status: dict[str, Any], spec: LaneSpec, meta: Mapping[str, Any]) -> None:
+    """`frozen` and the Frozen condition from `frozenBy` (the SLOPolicies'): which policies
+    froze the lane and what the freeze in force does; a Fallback freeze on a lane without a
+    fallbackLane says that its new jobs wait instead (reason NoFallbackLane)."""
+    frozen_by = status.get("frozenBy") or []
+    status["frozen"] = bool(frozen_by)
+    action = admission.freeze_in_force(f.get("action") for f in frozen_by)
+    if action is None:
+        set_condition(status, "Frozen", "False", "Healthy", "", dict(meta))
+        return
+    why = "; ".join(
+        f"{f.get('policy')} ({f.get('action') or 'Freeze'}): {f.get('reason', '')}"
+        for f in frozen_by
+    )
+    reason = "ErrorBudgetBurn"
+    if action == "Fallback" and spec.fallback_lane is None:
+        reason = "NoFallbackLane"
+        effect = "Fallback without a fallbackLane: new jobs wait, as under Freeze"
+    else:
+        effect = {
+            "Freeze": "new jobs wait",
+            "HoldAndDrain": "new jobs wait; running jobs stop at their next stage boundary",
+            "Fallback": f"new jobs go to lane {spec.fallback_lane}",
+        }[action]
+    set_condition(status, "Frozen", "True", reason, f"{effect}. {why}", dict(meta))
 
 
 def lane_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -89,7 +113,8 @@ def _ready(status: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _spec(lane: Mapping[str, Any]) -> LaneSpec:
+def lane_spec(lane: Mapping[str, Any]) -> LaneSpec:
+    """The lane's spec; the defaults when it does not parse."""
     try:
         return Lane.model_validate(lane).spec
     except ValidationError:

@@ -3,9 +3,9 @@ policy; freeze and unfreeze the lanes it selects.
 
 The outcomes come from the namespace's ledger (handlers/ledger.py), durable across restarts;
 each evaluation also folds the ledger's aged entries and drops those no window reads. A
-policy's freeze is an entry in
-each selected Lane's `status.frozenBy`, written with the lane's resourceVersion so it never
-overwrites a concurrent change.
+policy's freeze is an entry in each selected Lane's `status.frozenBy`, with the action it takes
+(Freeze, HoldAndDrain or Fallback: admission reads it), written with the lane's resourceVersion
+so it never overwrites a concurrent change.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from bakeline.engine import slo
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.handlers.kube import Kube, status_changes
+from bakeline.handlers.lanes import lane_spec, set_frozen
 from bakeline.handlers.ledger import fold_ledger, read_ledger, records
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
-
-FREEZING = {"Freeze", "HoldAndDrain", "Fallback"}
-
 
 # ---------------------------------------------------------------------------- the policy
 
@@ -79,10 +77,10 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
     ]
     frozen_since = min((epoch(e.get("since")) or now for e in mine), default=None)
     decision = slo.decide_budget_policy(reports, policy.spec.budget_policy, frozen_since, now)
-    freeze = bool(FREEZING & set(decision.actions))
+    freeze = decision.freeze is not None
     worst = min(reports, key=lambda r: r.budget_remaining, default=None)
     for lane in lanes:
-        _apply_to_lane(kube, obj, lane, freeze, decision, worst, now)
+        _apply_to_lane(kube, obj, lane, decision, worst, now)
     fold_ledger(kube, namespace, now, ledger)
 
     status = dict(obj.get("status") or {})
@@ -125,41 +123,46 @@ def _apply_to_lane(
     kube: Kube,
     policy: dict[str, Any],
     lane: dict[str, Any],
-    freeze: bool,
     decision: slo.BudgetDecision,
     worst: slo.ObjectiveReport | None,
     now: float,
 ) -> None:
+    """Set, change or lift this policy's `frozenBy` entry on the lane; its `action` is what
+    admission and the lane's jobs read (engine/lanes.py)."""
     name = policy["metadata"]["name"]
     status = dict(lane.get("status") or {})
     entries = list(status.get("frozenBy") or [])
     mine = [e for e in entries if e.get("policy") == name]
-    if freeze and not mine:
+    action = decision.freeze
+    lane_name = lane["metadata"]["name"]
+    if action is not None and not mine:
         entries.append(
             {
                 "policy": name,
                 "objective": worst.objective.name if worst else None,
                 "reason": decision.reason[:1024],
                 "since": timestamp(now),
+                "action": action,
             }
         )
-        event = ("Warning", "Frozen", f"lane {lane['metadata']['name']} frozen: {decision.reason}")
+        event = ("Warning", "Frozen", f"lane {lane_name} frozen ({action}): {decision.reason}")
+    elif action is not None and (mine[0].get("action") or "Freeze") != action:
+        # Still frozen, now with another action (an alert escalated): the freeze keeps its age.
+        entries = [
+            {**e, "action": action, "reason": decision.reason[:1024]}
+            if e.get("policy") == name
+            else e
+            for e in entries
+        ]
+        event = ("Warning", "Frozen", f"lane {lane_name} now {action}: {decision.reason}")
     elif mine and decision.unfreeze:
         entries = [e for e in entries if e.get("policy") != name]
-        event = ("Normal", "Unfrozen", f"lane {lane['metadata']['name']}: {decision.reason}")
+        event = ("Normal", "Unfrozen", f"lane {lane_name}: {decision.reason}")
     else:
         return
     meta = lane["metadata"]
     status["frozenBy"] = entries
-    status["frozen"] = bool(entries)
-    set_condition(
-        status,
-        "Frozen",
-        "True" if entries else "False",
-        "ErrorBudgetBurn" if entries else "Healthy",
-        "; ".join(f"{e['policy']}: {e.get('reason', '')}" for e in entries),
-        meta,
-    )
+    set_frozen(status, lane_spec(lane), meta)
     kube.patch_status("Lane", meta["namespace"], meta["name"], status, meta.get("resourceVersion"))
     kube.post_event(lane, event[0], event[1], event[2])
     kube.post_event(policy, event[0], event[1], event[2])

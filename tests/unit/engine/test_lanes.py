@@ -8,13 +8,17 @@ from hypothesis import strategies as st
 from bakeline.api.lane import CircuitBreaker, LaneSpec
 from bakeline.engine.lanes import (
     BLOCKED,
+    LANE_FROZEN,
     LANE_FULL,
+    NO_FALLBACK,
     QUEUE_FULL,
     Circuit,
+    FreezeAction,
     LaneView,
     QueuedJob,
     admit,
     blocked_agents,
+    freeze_in_force,
     record_outcome,
     trial_started,
 )
@@ -22,9 +26,13 @@ from bakeline.engine.retry import AttemptOutcome
 
 
 def _lane(
-    name: str = "std", running: tuple[str, ...] = (), frozen: bool = False, **spec: object
+    name: str = "std",
+    running: tuple[str, ...] = (),
+    frozen: bool = False,
+    freeze: FreezeAction = "Freeze",
+    **spec: object,
 ) -> LaneView:
-    return LaneView(name, LaneSpec.model_validate(spec), running, frozen)
+    return LaneView(name, LaneSpec.model_validate(spec), running, frozen, freeze)
 
 
 def test_priority_queueing_orders_by_priority_then_age() -> None:
@@ -65,11 +73,11 @@ def test_queue_limit_held_and_drained_lanes() -> None:
     assert drained.admit == {} and drained.drain == ("r",)
 
 
-def test_a_frozen_lane_routes_new_jobs_to_its_fallback_lane() -> None:
+def test_a_fallback_freeze_routes_new_jobs_to_the_fallback_lane() -> None:
     lanes = [
-        _lane("fast", frozen=True, fallbackLane="slow", maxConcurrentJobs=3),
+        _lane("fast", frozen=True, freeze="Fallback", fallbackLane="slow", maxConcurrentJobs=3),
         _lane("slow", maxConcurrentJobs=1),
-        _lane("lonely", frozen=True),
+        _lane("lonely", frozen=True, freeze="Fallback"),
     ]
     jobs = [
         QueuedJob("a", "fast", created_at=1),
@@ -80,7 +88,49 @@ def test_a_frozen_lane_routes_new_jobs_to_its_fallback_lane() -> None:
     decision = admit(lanes, jobs)
     assert decision.route == {"a": "slow", "b": "slow"}
     assert decision.admit == {"a": "slow"}
-    assert decision.waiting == {"b": LANE_FULL, "c": "LaneFrozen", "d": "LaneNotFound"}
+    # With no fallbackLane a Fallback freeze admits nothing, and says why.
+    assert decision.waiting == {"b": LANE_FULL, "c": NO_FALLBACK, "d": "LaneNotFound"}
+
+
+def test_a_freeze_admits_nothing_and_routes_nowhere_while_running_jobs_go_on() -> None:
+    lanes = [
+        _lane(
+            "fast", ("r",), frozen=True, freeze="Freeze", fallbackLane="slow", maxConcurrentJobs=3
+        ),
+        _lane("slow", maxConcurrentJobs=3),
+    ]
+    decision = admit(lanes, [QueuedJob("a", "fast")])
+    assert decision.admit == {} and decision.route == {}
+    assert decision.waiting == {"a": LANE_FROZEN}
+    assert decision.drain == ()
+
+
+def test_a_hold_and_drain_freeze_admits_nothing_and_drains_its_running_jobs() -> None:
+    lanes = [
+        _lane("fast", ("r1", "r2"), True, "HoldAndDrain", fallbackLane="slow", maxConcurrentJobs=3),
+        _lane("slow", ("s",), maxConcurrentJobs=3),
+    ]
+    decision = admit(lanes, [QueuedJob("a", "fast")])
+    assert decision.admit == {} and decision.waiting == {"a": LANE_FROZEN}
+    assert decision.drain == ("r1", "r2")
+
+
+def test_a_held_lane_routes_on_until_a_freeze_stops_the_chain() -> None:
+    lanes = [
+        _lane("held", stopPolicy="Hold", fallbackLane="fallback"),
+        _lane("fallback", frozen=True, freeze="Fallback", fallbackLane="frozen"),
+        _lane("frozen", frozen=True, freeze="Freeze", fallbackLane="open"),
+        _lane("open"),
+    ]
+    decision = admit(lanes, [QueuedJob("a", "held"), QueuedJob("b", "fallback")])
+    assert decision.waiting == {"a": LANE_FROZEN, "b": LANE_FROZEN}
+
+
+def test_the_strongest_freeze_is_in_force() -> None:
+    assert freeze_in_force([]) is None
+    assert freeze_in_force(["Fallback", None]) == "Freeze"  # no action recorded: Freeze
+    assert freeze_in_force(["Fallback", "HoldAndDrain", "Freeze"]) == "HoldAndDrain"
+    assert freeze_in_force(["Fallback"]) == "Fallback"
 
 
 def test_operator_capacity_serves_higher_priority_lanes_first() -> None:
@@ -107,6 +157,7 @@ def _scenarios(draw: st.DrawFn) -> tuple[list[LaneView], list[QueuedJob]]:
                 f"lane{i}",
                 running=running,
                 frozen=draw(st.booleans()),
+                freeze=draw(st.sampled_from(["Freeze", "HoldAndDrain", "Fallback"])),
                 maxConcurrentJobs=limit,
                 maxQueuedJobs=limit + draw(st.integers(0, 5)),
                 queueing=draw(st.sampled_from(["Priority", "StrictFIFO"])),
@@ -141,6 +192,10 @@ def test_a_lane_never_exceeds_its_concurrency(
         assert len(lane.running) + len(admitted) <= lane.spec.max_concurrent_jobs
         if admitted:
             assert not lane.frozen and lane.spec.stop_policy == "None"
+        if lane.frozen and lane.freeze != "Fallback":
+            # Freeze and HoldAndDrain route nowhere: the lane's new jobs wait in it.
+            assert not [job for job in jobs if job.lane == lane.name and job.name in decision.route]
+        assert set(lane.running) <= set(decision.drain) or not lane.drains
     if capacity is not None:
         running = sum(len(lane.running) for lane in lanes)
         assert len(decision.admit) <= max(capacity - running, 0)

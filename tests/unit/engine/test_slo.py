@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bakeline.api.common import window_seconds
-from bakeline.api.slopolicy import BudgetPolicy, BurnRateAlert, Objective, Unfreeze
+from bakeline.api.slopolicy import BudgetAction, BudgetPolicy, BurnRateAlert, Objective, Unfreeze
 from bakeline.engine.slo import (
+    BudgetDecision,
     OutcomeRecord,
     RecordKind,
     budget_remaining,
@@ -155,3 +157,20 @@ def test_firing_alerts_apply_their_own_actions_strongest_first() -> None:
     report = evaluate_objective(JOB_SUCCESS, records, now=100.0, alerts=alerts)
     decision = decide_budget_policy([report], BudgetPolicy(on_exhausted="Fallback"), None, 100.0)
     assert decision.actions == ("HoldAndDrain", "Fallback", "Notify")
+    assert decision.freeze == "HoldAndDrain"  # the freeze recorded on each lane
+
+
+@pytest.mark.parametrize(
+    ("actions", "freeze"),
+    [
+        ((), None),
+        (("Notify",), None),
+        (("Fallback", "Notify"), "Fallback"),
+        (("Freeze", "Fallback"), "Freeze"),
+        (("HoldAndDrain", "Freeze"), "HoldAndDrain"),
+    ],
+)
+def test_the_freeze_a_decision_records_is_its_strongest_action_but_notify(
+    actions: tuple[BudgetAction, ...], freeze: str | None
+) -> None:
+    assert BudgetDecision("Burning", actions, False, "").freeze == freeze

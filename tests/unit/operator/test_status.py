@@ -84,6 +84,25 @@ def test_lane_status_counts_running_and_queued_jobs() -> None:
     assert {c["type"]: c["status"] for c in frozen["conditions"]}["Frozen"] == "True"
 
 
+def test_the_frozen_condition_says_what_the_freeze_does() -> None:
+    lane: dict[str, Any] = {
+        "metadata": {"name": "std", "generation": 1},
+        "spec": {"fallbackLane": "batch"},
+    }
+
+    def frozen(action: str, **spec: object) -> dict[str, str]:
+        body = {**lane, "spec": {**lane["spec"], **spec}}
+        entry = {"policy": "p", "reason": "burn", "action": action}
+        status = lane_status({**body, "status": {"frozenBy": [entry]}}, [])
+        return next(c for c in status["conditions"] if c["type"] == "Frozen")
+
+    assert frozen("Fallback")["message"].startswith("new jobs go to lane batch")
+    assert frozen("Freeze")["message"].startswith("new jobs wait")
+    assert "stop at their next stage boundary" in frozen("HoldAndDrain")["message"]
+    orphan = frozen("Fallback", fallbackLane=None)
+    assert orphan["reason"] == "NoFallbackLane" and "as under Freeze" in orphan["message"]
+
+
 def test_workflow_status_gives_order_or_problems() -> None:
     good = workflow_status(
         {"metadata": {"generation": 1}, "spec": default_workflow().spec.to_wire()}, []
