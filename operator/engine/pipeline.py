@@ -287,6 +287,10 @@ class WaitUntil:
     reason: str
 
 
+# FinishJob's reason when the job's deadline passed (the driver's DeadlineExceeded).
+DEADLINE_EXCEEDED = "deadline exceeded"
+
+
 @dataclass(frozen=True)
 class FinishJob:
     phase: JobPhase
@@ -332,7 +336,7 @@ def next_actions(
     if all(s.phase in DONE_PHASES for s in stages.values()):
         return [FinishJob(JobPhase.SUCCEEDED, "all stages done", state.current_checkpoint(plan))]
     if state.deadline is not None and now >= state.deadline:
-        return [FinishJob(JobPhase.FAILED, "deadline exceeded", state.current_checkpoint(plan))]
+        return [FinishJob(JobPhase.FAILED, DEADLINE_EXCEEDED, state.current_checkpoint(plan))]
     blocked = blocked_agents or {}
     actions: list[Action] = []
     waits: list[WaitUntil] = []
@@ -369,7 +373,8 @@ def stage_started(state: RunState, stage: str, now: float) -> tuple[RunState, li
         finished_at=None,
         message="",
     )
-    event = Event(now, stage, "Started", f"attempt {updated.attempt}")
+    # The attempt as the pod and status count it (a rerun's or fallback's too), not per params.
+    event = Event(now, stage, "Started", f"attempt {updated.attempts_total}")
     return _with(state, stage, updated, phase=JobPhase.RUNNING), [event]
 
 
@@ -449,7 +454,8 @@ def stage_finished(
             now,
             stage,
             "Retrying",
-            f"attempt {current.attempt} failed ({message or outcome}); retry in {delay:.0f}s",
+            f"attempt {current.attempts_total} failed ({message or outcome}); "
+            f"retry in {delay:.0f}s",
         )
         return _with(state, stage, waiting), [event]
     return _fail(plan, state, stage, finished, outcome, now)
@@ -467,6 +473,14 @@ def reset_from(plan: Plan, state: RunState, stage: str) -> RunState:
         for n, s in state.stages.items()
     }
     return replace(state, stages=stages, phase=JobPhase.RUNNING, message="")
+
+
+def run_deadline(deadline_seconds: int | None, *began: float | None) -> float | None:
+    """When the job's current run fails for time: `deadline_seconds` after it began, the latest
+    of `began` (its admission, its latest rerun: a rerun gets a window of its own); None with no
+    deadline or no start yet."""
+    starts = [t for t in began if t is not None]
+    return max(starts) + deadline_seconds if starts and deadline_seconds else None
 
 
 def finish(state: RunState, action: FinishJob) -> RunState:

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -154,7 +154,7 @@ def reconcile_job(
         events = [engine.Event(now, "", "Repaired", "status rebuilt from checkpoints and pods")]
     state = run_state_from_status(plan, status, records, spec.deadline_seconds)
     if rerun and rerun != status.get("rerunRequest"):
-        state, events = _rerun(plan, state, status, rerun, now)
+        state, events = _rerun(plan, state, status, rerun, spec.deadline_seconds, now)
     bypass = _rerun_stages(plan, status.get("rerunRequest"))
     new_records: list[dict[str, Any]] = []
     outcomes: list[StageOutcome] = []
@@ -273,9 +273,15 @@ def reconcile_job(
 
 
 def _rerun(
-    plan: engine.Plan, state: engine.RunState, status: dict[str, Any], request: str, now: float
+    plan: engine.Plan,
+    state: engine.RunState,
+    status: dict[str, Any],
+    request: str,
+    deadline_seconds: int | None,
+    now: float,
 ) -> tuple[engine.RunState, list[engine.Event]]:
-    """Act once on a `bakeline.io/rerun-from: STAGE@TIME` annotation."""
+    """Act once on a `bakeline.io/rerun-from: STAGE@TIME` annotation. The rerun is a run of its
+    own: its deadline window starts now, and the last run's end and result are cleared."""
     status["rerunRequest"] = request
     stage = request.split("@", 1)[0]
     if stage not in plan.order:
@@ -283,12 +289,13 @@ def _rerun(
         return state, [
             engine.Event(now, "", "RerunRefused", f"no stage {stage!r}; stages: {known}")
         ]
-    for key in ("finishedAt", "result"):
-        status.pop(key, None)
+    # None, not absent: the status is merge-patched, and an absent key would keep the old value.
+    status.update(finishedAt=None, result=None, rerunAt=timestamp(now))
     status["conditions"] = [
         c for c in status.get("conditions") or [] if c.get("type") not in ("Succeeded", "Failed")
     ]
     state = engine.reset_from(plan, state, stage)
+    state = replace(state, deadline=engine.run_deadline(deadline_seconds, now))
     return state, [engine.Event(now, stage, "Rerun", f"running {stage} and what follows again")]
 
 

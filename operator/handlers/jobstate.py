@@ -69,8 +69,9 @@ def run_state_from_status(
     phase_text = status.get("phase") or "Pending"
     known = {p.value for p in engine.JobPhase}
     job_phase = engine.JobPhase(phase_text) if phase_text in known else engine.JobPhase.PENDING
-    admitted = epoch(status.get("admittedAt"))
-    deadline = admitted + deadline_seconds if admitted and deadline_seconds else None
+    deadline = engine.run_deadline(
+        deadline_seconds, epoch(status.get("admittedAt")), epoch(status.get("rerunAt"))
+    )
     return engine.RunState(
         stages=stages,
         phase=job_phase,
@@ -144,9 +145,8 @@ def status_from_run_state(
         set_condition(status, "Progressing", "False", "Succeeded", "all stages done", meta)
     elif phase is engine.JobPhase.FAILED:
         status["finishedAt"] = status.get("finishedAt") or now_timestamp()
-        set_condition(
-            status, "Failed", "True", "StageFailed", state.message or "a stage failed", meta
-        )
+        reason = "DeadlineExceeded" if state.message == engine.DEADLINE_EXCEEDED else "StageFailed"
+        set_condition(status, "Failed", "True", reason, state.message or "a stage failed", meta)
         set_condition(
             status, "Progressing", "False", "Failed", state.message or "a stage failed", meta
         )

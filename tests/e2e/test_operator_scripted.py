@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime
@@ -412,6 +413,53 @@ def test_rerun_from_a_stage_runs_it_and_what_follows_again(
     attempts = {s["name"]: s["attempt"] for s in second["stages"]}
     assert attempts["validate"] == attempts["profile"] == attempts["package"] == 2
     assert attempts["import"] == attempts["quantize"] == 1
+
+
+def test_a_rerun_after_the_deadline_has_a_window_of_its_own(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    scripted_agent({})
+    apply(cluster, [LANE, _job("late", deadlineSeconds=60)], namespace)
+    first = _wait_terminal(cluster, "late", namespace)["status"]
+    assert first["phase"] == "Succeeded"
+    # Wait until the job is older than its deadline, then rerun its last stage.
+    time.sleep(max(0.0, _epoch(first["admittedAt"]) + 62 - time.time()))
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    done = subprocess.run(
+        ["bakeline", "rerun", "late", "--from", "package", "-n", namespace],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=operator.log_path.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    phases: list[str] = []
+
+    def rerun_finished() -> dict[str, Any] | None:
+        status = (get(cluster, "bj", "late", namespace) or {}).get("status") or {}
+        if status.get("rerunRequest"):
+            phases.append(str(status.get("phase")))
+        return status if status.get("rerunRequest") and status.get("phase") == "Succeeded" else None
+
+    second = wait_for(rerun_finished, 60, what="the rerun to finish")
+    assert "Failed" not in phases, phases
+    # The status describes the rerun: its end, its result, its attempts.
+    assert _epoch(second["rerunAt"]) > _epoch(first["finishedAt"])
+    assert _epoch(second["finishedAt"]) >= _epoch(second["rerunAt"])
+    assert second["currentCheckpoint"] == "package-2" and second["result"]
+    assert (condition({"status": second}, "Succeeded") or {})["status"] == "True"
+    assert condition({"status": second}, "Failed") is None
+    listing = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    started = [
+        e["message"]
+        for e in listing["items"]
+        if e["reason"] == "Started" and e["involvedObject"]["name"] == "late"
+    ]
+    assert "stage package: attempt 2" in started, started
 
 
 def _scrape(port: int) -> dict[str, dict[str, float]]:

@@ -8,6 +8,7 @@ from bakeline.api import Quality, default_workflow
 from bakeline.api.validation import WorkflowInvalidError
 from bakeline.engine.cache import cache_key
 from bakeline.engine.pipeline import (
+    DEADLINE_EXCEEDED,
     CacheContext,
     CheckpointInfo,
     Event,
@@ -24,6 +25,7 @@ from bakeline.engine.pipeline import (
     WaitUntil,
     next_actions,
     reset_from,
+    run_deadline,
     stage_cached,
     stage_finished,
     stage_started,
@@ -258,7 +260,7 @@ def test_start_actions_carry_the_cache_key_and_a_hit_marks_the_stage_cached() ->
 def test_reset_from_reruns_a_stage_and_everything_after_it() -> None:
     plan = _chain(
         StagePlan("a", "GraphOptimizer"),
-        StagePlan("b", "ModelOptimizer"),
+        StagePlan("b", "ModelOptimizer", retry=RetryPolicy(limit=1)),
         StagePlan("c", "MemoryOptimizer"),
     )
     state = RunState.initial(plan)
@@ -272,6 +274,21 @@ def test_reset_from_reruns_a_stage_and_everything_after_it() -> None:
     ]
     (action,) = next_actions(plan, state, 0.0)
     assert isinstance(action, StartStage) and action.stage == "b" and action.input == _ckpt("a")
+    # The rerun's attempt is the second of b: Events say so, as the pod's name (b-2) does.
+    state, (started,) = stage_started(state, "b", 1.0)
+    assert state.stages["b"].attempts_total == 2 and started.message == "attempt 2"
+    state, (retrying,) = stage_finished(plan, state, "b", FLAKY, 2.0)
+    assert retrying.message.startswith("attempt 2 failed")
+
+
+def test_a_rerun_gets_a_deadline_window_of_its_own() -> None:
+    assert run_deadline(None, 10.0) is None and run_deadline(60, None) is None
+    assert run_deadline(60, 10.0) == 70.0
+    assert run_deadline(60, 10.0, 500.0) == 560.0  # admitted at 10, rerun at 500
+    plan = _chain(StagePlan("a", "GraphOptimizer"))
+    state = RunState.initial(plan, deadline=run_deadline(60, 10.0, 500.0))
+    (start,) = next_actions(plan, state, 520.0)
+    assert isinstance(start, StartStage)
 
 
 def test_an_open_circuit_makes_the_job_wait_until_the_trial() -> None:
@@ -286,7 +303,7 @@ def test_the_deadline_fails_the_job() -> None:
     plan = _chain(StagePlan("a", "GraphOptimizer"))
     state = RunState.initial(plan, deadline=100.0)
     (end,) = next_actions(plan, state, 100.0)
-    assert isinstance(end, FinishJob) and end.reason == "deadline exceeded"
+    assert isinstance(end, FinishJob) and end.reason == DEADLINE_EXCEEDED
 
 
 def test_without_fail_fast_independent_branches_finish_before_the_job_fails() -> None:

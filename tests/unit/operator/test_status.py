@@ -53,6 +53,19 @@ def test_status_round_trips_through_the_run_state() -> None:
     assert rebuilt.stages["graph"].attempts_total == 1
 
 
+def test_the_deadline_counts_from_the_latest_rerun_and_a_passed_one_says_so() -> None:
+    admitted = {"admittedAt": "2026-01-01T00:00:00Z"}
+    state = run_state_from_status(PLAN, admitted, {}, 60)
+    assert state.deadline == 1767225600.0 + 60
+    rerun = {**admitted, "rerunAt": "2026-01-02T00:00:00Z"}
+    assert run_state_from_status(PLAN, rerun, {}, 60).deadline == 1767225600.0 + 86400 + 60
+    (end,) = engine.next_actions(PLAN, state, state.deadline or 0.0)
+    assert isinstance(end, engine.FinishJob)
+    failed = status_from_run_state(JOB, PLAN, engine.finish(state, end), {}, lambda _: None)
+    reasons = {c["type"]: c["reason"] for c in failed["conditions"]}
+    assert failed["phase"] == "Failed" and reasons["Failed"] == "DeadlineExceeded"
+
+
 def test_a_claimed_checkpoint_without_its_record_is_not_trusted() -> None:
     status = {"stages": [{"name": "import", "phase": "Succeeded", "checkpoint": "import-1"}]}
     state = run_state_from_status(PLAN, status, {}, None)
