@@ -2,7 +2,9 @@
 
 Per agent, duration ~ a + b * model size (MB), fitted by least squares on past runs and pulled
 towards a prior (a few seconds plus a little per MB) so one or two observations cannot produce a
-wild line. With no history at all the prior alone answers.
+wild line. With no history at all the prior alone answers. The operator keeps each namespace's
+history (the newest finished jobs' `JobDurations`) in a ConfigMap; `bakeline run` in its work
+directory.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from bakeline.engine.pipeline import Plan, RunState, StagePhase
 
 _MB = 1024.0 * 1024.0
 # Seconds at 0 MB and seconds per MB of input when nothing has been observed: what the nine
@@ -69,6 +73,63 @@ def fit_durations(samples: Iterable[DurationSample]) -> DurationModel:
         )
         coefficients[agent] = (float(solution[0]), float(solution[1]))
     return DurationModel(coefficients)
+
+
+@dataclass(frozen=True)
+class JobDurations:
+    """What one finished job teaches the predictor, as a namespace keeps it."""
+
+    at: float  # when the job ended; the newest entries are kept
+    workflow: str  # the Workflow it ran ("" for the built-in default)
+    model: str  # its model source's identity (a digest)
+    model_bytes: int | None  # the model's size as imported; None if no stage imported it
+    samples: tuple[DurationSample, ...]
+
+
+def stage_samples(plan: Plan, state: RunState) -> tuple[DurationSample, ...]:
+    """Each stage that ran to success (a cache hit did not run): its agent, the size of the
+    model it read (its input checkpoint; for a stage with no input, its own output: the model
+    as imported) and its seconds."""
+    samples = []
+    for stage in plan.stages:
+        done = state.stages[stage.name]
+        if done.phase is not StagePhase.SUCCEEDED or done.started_at is None:
+            continue
+        if done.finished_at is None:
+            continue
+        source = plan.primary_input(stage.name)
+        read = state.stages[source].checkpoint if source else done.checkpoint
+        size = read.size_bytes if read else 0
+        samples.append(DurationSample(stage.agent, size, done.finished_at - done.started_at))
+    return tuple(samples)
+
+
+def imported_size(plan: Plan, state: RunState) -> int | None:
+    """The model's size as the job's first stage imported it; None before it has."""
+    first = state.stages[plan.stages[0].name].checkpoint if plan.stages else None
+    return first.size_bytes if first else None
+
+
+def entries_to_drop(ended: Mapping[str, float], keep: int) -> list[str]:
+    """The keys of a bounded history to drop: all but the `keep` newest by end time."""
+    newest = sorted(ended, key=lambda key: (-ended[key], key))
+    return sorted(newest[keep:])
+
+
+def latest_model_bytes(
+    history: Iterable[JobDurations], model: str | None = None, workflow: str | None = None
+) -> int | None:
+    """The size of the model the newest job of `model` (or of `workflow`) imported; None if no
+    job in the history did."""
+    sized = [
+        job
+        for job in history
+        if job.model_bytes is not None
+        and (model is None or job.model == model)
+        and (workflow is None or job.workflow == workflow)
+    ]
+    newest = max(sized, key=lambda job: job.at, default=None)
+    return newest.model_bytes if newest else None
 
 
 def estimate_remaining(

@@ -32,11 +32,18 @@ from bakeline.engine import lanes as admission
 from bakeline.engine import pipeline as engine
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.dag import descendants
+from bakeline.engine.predict import latest_model_bytes
 from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.handlers import stagepods
 from bakeline.handlers.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
 from bakeline.handlers.clock import epoch, timestamp
 from bakeline.handlers.conditions import set_condition
+from bakeline.handlers.durations import (
+    duration_history,
+    model_identity,
+    namespace_predictor,
+    remember_durations,
+)
 from bakeline.handlers.informer import Informer
 from bakeline.handlers.jobstate import (
     repair_status,
@@ -216,7 +223,15 @@ def reconcile_job(
 
     _count(namespace, plan, events)
     by_checkpoint = {cid: records[cid] for cid in records}
-    new_status = status_from_run_state(obj, plan, state, status, by_checkpoint.get)
+    new_status = status_from_run_state(
+        obj,
+        plan,
+        state,
+        status,
+        by_checkpoint.get,
+        namespace_predictor(kube, namespace),
+        0 if state.current_checkpoint(plan) else _model_bytes(kube, obj),
+    )
     pod_trouble = next((e.message for e in events if e.kind in stagepods.EVENT_KINDS), None)
     if pod_trouble is not None:
         delay = stagepods.block(new_status, pod_trouble, now, meta)
@@ -241,6 +256,7 @@ def reconcile_job(
     if state.deadline is not None and new_status.get("phase") not in TERMINAL:
         wake = min(wake if wake is not None else POLL_RUNNING_S, max(0.5, state.deadline - now))
     if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
+        remember_durations(kube, obj, plan, state, now)
         # The ledger first: if the status write is lost, the next pass writes the same key.
         lane = str(new_status.get("lane") or spec.lane_ref)
         entry = outcome_entry(lane, new_status, now)
@@ -600,6 +616,14 @@ def _storage_for(
     if data.get("storage") == "ConfigMap":
         return "ConfigMap", str(data.get("storeId") or "")
     return "Volume", None
+
+
+def _model_bytes(kube: Kube, obj: Mapping[str, Any]) -> int:
+    """The job's model size before its first checkpoint tells: what an earlier job of the same
+    model imported (0 when none did)."""
+    source = ((obj.get("spec") or {}).get("model") or {}).get("source") or {}
+    history = duration_history(kube, obj["metadata"]["namespace"])
+    return latest_model_bytes(history, model=model_identity(source)) or 0
 
 
 def _freeze_in_force(lane: Mapping[str, Any] | None) -> admission.FreezeAction | None:

@@ -15,7 +15,7 @@ from typing import Any
 from bakeline.api.bakingjob import Quality, Target
 from bakeline.contract import TerminationMessage, parse_termination
 from bakeline.engine import pipeline as engine
-from bakeline.engine.predict import estimate_remaining, fit_durations
+from bakeline.engine.predict import DurationModel, estimate_remaining, fit_durations
 from bakeline.engine.result import FinalArtifact, bake_result
 from bakeline.handlers.clock import epoch, now_timestamp, timestamp
 from bakeline.handlers.conditions import set_condition
@@ -88,8 +88,13 @@ def status_from_run_state(
     state: engine.RunState,
     previous: Mapping[str, Any],
     load_record: RecordLoader,
+    durations: DurationModel | None = None,
+    model_bytes: int = 0,
 ) -> dict[str, Any]:
-    """The job's new status: stages, progress, phase, conditions and, at the end, the result."""
+    """The job's new status: stages, progress, phase, conditions and, at the end, the result.
+
+    `durations` predicts `estimatedCompletion` (the prior alone when None); `model_bytes` is
+    the job's model size until its first checkpoint tells."""
     meta = obj["metadata"]
     status = dict(previous)
     stages = []
@@ -151,7 +156,10 @@ def status_from_run_state(
             status, "Progressing", "False", "Failed", state.message or "a stage failed", meta
         )
     else:
-        status["estimatedCompletion"] = timestamp(_estimate_end(plan, state))
+        durations = durations or fit_durations([])
+        status["estimatedCompletion"] = timestamp(
+            _estimate_end(plan, state, durations, model_bytes)
+        )
         running = [n for n, s in state.stages.items() if s.phase is engine.StagePhase.RUNNING]
         reason = "RollingBack" if phase is engine.JobPhase.ROLLING_BACK else "StagesRunning"
         what = f"running {', '.join(running)}" if running else "between stages"
@@ -159,12 +167,14 @@ def status_from_run_state(
     return status
 
 
-def _estimate_end(plan: engine.Plan, state: engine.RunState) -> float:
+def _estimate_end(
+    plan: engine.Plan, state: engine.RunState, durations: DurationModel, model_bytes: int
+) -> float:
     """When the job should end: the duration predictor over the stages still to run, sized by
-    the latest checkpoint (the model as it is now)."""
+    the latest checkpoint (the model as it is now), or `model_bytes` before there is one."""
     now = time.time()
     current = state.current_checkpoint(plan)
-    size = current.size_bytes if current else 0
+    size = current.size_bytes if current else model_bytes
     pending = [
         stage.agent
         for stage in plan.stages
@@ -179,7 +189,7 @@ def _estimate_end(plan: engine.Plan, state: engine.RunState) -> float:
         ),
         None,
     )
-    return now + estimate_remaining(fit_durations([]), pending, size, running)
+    return now + estimate_remaining(durations, pending, size, running)
 
 
 def _result(

@@ -36,6 +36,8 @@ COMPONENT = "bakeline-operator"
 LEDGER = "bakeline-slo-ledger"
 CIRCUITS = "bakeline-circuits"
 CIRCUITS_KIND = "Circuits"  # the informer's name for it (kept from our own reads and writes)
+DURATIONS = "bakeline-stage-durations"
+DURATIONS_KIND = "Durations"  # the informer's name for it, as for the circuits
 
 
 POD = "Pod"
@@ -205,20 +207,46 @@ class Kube:
                 raise
             self._create(
                 self.core.create_namespaced_config_map,
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": {
-                        "name": CIRCUITS,
-                        "namespace": namespace,
-                        "labels": {LABEL_COMPONENT: "circuits"},
-                    },
-                    "data": {},
-                },
+                _own_configmap(CIRCUITS, namespace, "circuits"),
             )
             saved = _json(self.core.patch_namespaced_config_map, CIRCUITS, namespace, body)
         if self.informer is not None:
             self.informer.store(CIRCUITS_KIND, saved)
+
+    # ---- finished jobs' stage durations: one ConfigMap per namespace (handlers/durations.py)
+    def durations(self, namespace: str) -> dict[str, str]:
+        """The namespace's duration history by key; the operator is its only writer, so after
+        one read its own writes keep the copy in memory current."""
+        cached = self.informer.get(DURATIONS_KIND, namespace, DURATIONS) if self.informer else None
+        if cached is None:
+            try:
+                cached = _json(self.core.read_namespaced_config_map, DURATIONS, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                cached = {"metadata": {"name": DURATIONS, "namespace": namespace}, "data": {}}
+            if self.informer is not None:
+                self.informer.store(DURATIONS_KIND, cached)
+        return dict(cached.get("data") or {})
+
+    def save_durations(self, namespace: str, data: dict[str, str | None]) -> None:
+        """Write history entries (None deletes one)."""
+        if not data:
+            return
+        body: Any = {"data": data}
+        # The names stay literal at each call: the chart's RBAC is derived from them.
+        try:
+            saved = _json(self.core.patch_namespaced_config_map, DURATIONS, namespace, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._create(
+                self.core.create_namespaced_config_map,
+                _own_configmap(DURATIONS, namespace, "durations"),
+            )
+            saved = _json(self.core.patch_namespaced_config_map, DURATIONS, namespace, body)
+        if self.informer is not None:
+            self.informer.store(DURATIONS_KIND, saved)
 
     # ---- pods, claims and checkpoint records
     def job_pods(self, namespace: str, job: str, fresh: bool = False) -> dict[str, Any]:
@@ -319,6 +347,16 @@ class Kube:
         if kind is not None and self.informer is not None:
             self.informer.store(kind, created)
         return True
+
+
+def _own_configmap(name: str, namespace: str, component: str) -> dict[str, Any]:
+    """An empty ConfigMap of the operator's own, labelled with what it holds."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": {LABEL_COMPONENT: component}},
+        "data": {},
+    }
 
 
 def _json(method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -1,29 +1,22 @@
-"""Reconcile a Workflow: validity (Ready or Invalid with every problem), order, predictions."""
+"""Reconcile a Workflow: validity (Ready or Invalid with every problem), order, predictions
+(from the namespace's finished jobs, handlers/durations.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from bakeline.api.validation import topological_order, validate_workflow
-from bakeline.engine.predict import DurationSample, critical_path_seconds, fit_durations
+from bakeline.engine.predict import DurationModel, critical_path_seconds, latest_model_bytes
 from bakeline.handlers.conditions import set_condition
+from bakeline.handlers.durations import duration_history, namespace_predictor
 from bakeline.handlers.kube import Kube, status_changes
 
 
-def duration_samples(jobs: list[dict[str, Any]]) -> list[DurationSample]:
-    """Past stage runs of the namespace's jobs: what the duration predictor learns from."""
-    samples = []
-    for job in jobs:
-        for stage in (job.get("status") or {}).get("stages") or []:
-            seconds = stage.get("durationSeconds")
-            if stage.get("phase") == "Succeeded" and stage.get("agent") and seconds is not None:
-                size = int((stage.get("metrics") or {}).get("sizeBytes") or 0)
-                samples.append(DurationSample(stage["agent"], size, float(seconds)))
-    return samples
-
-
-def workflow_status(obj: dict[str, Any], samples: list[DurationSample]) -> dict[str, Any]:
-    """The status a Workflow should have; pure, so tests check it directly."""
+def workflow_status(
+    obj: dict[str, Any], durations: DurationModel, model_bytes: int = 0
+) -> dict[str, Any]:
+    """The status a Workflow should have; pure, so tests check it directly. Stage durations are
+    predicted by `durations` for a model of `model_bytes`."""
     meta = obj["metadata"]
     spec = obj.get("spec") or {}
     status = dict(obj.get("status") or {})
@@ -40,10 +33,9 @@ def workflow_status(obj: dict[str, Any], samples: list[DurationSample]) -> dict[
         set_condition(status, "Ready", "False", "Invalid", message, meta)
         set_condition(status, "Invalid", "True", problems[0].reason, message, meta)
         return status
-    model = fit_durations(samples)
     order = topological_order(spec)
     agents = {s["name"]: s["agent"] for s in stages}
-    predicted = {name: round(model.predict(agents[name], 0), 1) for name in order}
+    predicted = {name: round(durations.predict(agents[name], model_bytes), 1) for name in order}
     depends = {s["name"]: s.get("dependsOn") or [] for s in stages}
     status["order"] = order
     status["predictedDurations"] = predicted
@@ -55,8 +47,10 @@ def workflow_status(obj: dict[str, Any], samples: list[DurationSample]) -> dict[
 
 def reconcile_workflow(kube: Kube, obj: dict[str, Any]) -> None:
     meta = obj["metadata"]
-    samples = duration_samples(kube.list_objects("BakingJob", meta["namespace"]))
-    status = workflow_status(obj, samples)
+    # Sized as the model of the newest job that ran this workflow: what it bakes here.
+    history = duration_history(kube, meta["namespace"])
+    size = latest_model_bytes(history, workflow=meta["name"]) or 0
+    status = workflow_status(obj, namespace_predictor(kube, meta["namespace"]), size)
     if status_changes(status, obj.get("status") or {}):
         kube.patch_status("Workflow", meta["namespace"], meta["name"], status)
         if status["problems"]:

@@ -17,6 +17,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bakeline.engine.predict import (
+    DurationModel,
+    DurationSample,
+    estimate_remaining,
+    fit_durations,
+)
 from controlplane import ControlPlane
 from support.kube import apply, condition, get, wait_for, wait_for_condition
 
@@ -349,6 +355,45 @@ def test_a_namespace_no_slopolicy_reads_still_folds_its_ledger(
     ]
     assert _jobs_counted(data) == _jobs_counted(old) + 1
     assert sum(map(len, data.values())) < 48 * 1024
+
+
+def test_the_eta_of_a_second_job_comes_from_the_first_jobs_durations(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    # The second job's import takes a while, so that its first estimate can be read meanwhile.
+    scripted_agent({"jobs": {"second": {"sleep": {"import": 5}}}})
+    apply(cluster, [LANE, _job("first")], namespace)
+    assert _wait_terminal(cluster, "first", namespace)["status"]["phase"] == "Succeeded"
+    kept = cluster.kubectl(
+        "get", "configmap", "bakeline-stage-durations", "-n", namespace, "-o", "json"
+    ).stdout
+    [entry] = [json.loads(value) for value in json.loads(kept)["data"].values()]
+    assert len(entry["stages"]) == 9 and entry["modelBytes"] is not None
+    learned = fit_durations(DurationSample(*stage) for stage in entry["stages"])
+    apply(cluster, _job("second"), namespace)
+
+    def first_estimate() -> tuple[float, float] | None:
+        status = (get(cluster, "bj", "second", namespace) or {}).get("status") or {}
+        running = [s for s in status.get("stages") or [] if s.get("phase") == "Running"]
+        if status.get("estimatedCompletion") and running and running[0]["name"] == "import":
+            return _epoch(running[0]["startedAt"]), _epoch(status["estimatedCompletion"])
+        return None
+
+    started, eta = wait_for(first_estimate, 60, interval=0.1, what="the second job's ETA")
+    # Every stage still to run, sized by the model the first job imported (the same model).
+    agents = [stage[0] for stage in entry["stages"]]
+    size = entry["modelBytes"]
+
+    def expected(model: DurationModel) -> float:
+        return estimate_remaining(model, agents[1:], size, running=(agents[0], 0.0))
+
+    # Whole-second timestamps and a pass that may come a moment after the pod started.
+    assert abs((eta - started) - expected(learned)) < 3.0, (eta - started, expected(learned))
+    assert abs(expected(fit_durations([])) - expected(learned)) > 8.0, "nothing learned"
+    assert _wait_terminal(cluster, "second", namespace)["status"]["phase"] == "Succeeded"
 
 
 def _epoch(stamp: str) -> float:

@@ -99,8 +99,8 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "list", "watch"]
-# The SLO ledger (job outcomes by key) and the circuit breakers (failures by lane and agent),
-# one of each per namespace, are the only ConfigMaps it changes.
+# The SLO ledger (job outcomes by key), the circuit breakers (failures by lane and agent) and
+# the stage durations, one of each per namespace, are the only ConfigMaps it changes.
 - apiGroups: [""]
   resources: ["configmaps"]
   resourceNames: ["bakeline-slo-ledger"]
@@ -108,6 +108,11 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 - apiGroups: [""]
   resources: ["configmaps"]
   resourceNames: ["bakeline-circuits"]
+  verbs: ["get", "patch"]
+# Finished jobs' stage durations, one per namespace: what the duration predictor learns from.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: ["bakeline-stage-durations"]
   verbs: ["get", "patch"]
 # Events on the jobs (kubectl describe bj), posted by the operator and by kopf.
 - apiGroups: [""]

@@ -6,6 +6,7 @@ from typing import Any
 
 from bakeline.api.defaults import default_workflow
 from bakeline.engine import pipeline as engine
+from bakeline.engine.predict import fit_durations
 from bakeline.engine.retry import AttemptOutcome
 from bakeline.handlers.jobstate import repair_status, run_state_from_status, status_from_run_state
 from bakeline.handlers.lanes import lane_status
@@ -117,10 +118,12 @@ def test_the_frozen_condition_says_what_the_freeze_does() -> None:
 
 
 def test_workflow_status_gives_order_or_problems() -> None:
-    good = workflow_status(
-        {"metadata": {"generation": 1}, "spec": default_workflow().spec.to_wire()}, []
-    )
+    default = {"metadata": {"generation": 1}, "spec": default_workflow().spec.to_wire()}
+    good = workflow_status(default, fit_durations([]))
     assert good["order"][0] == "import" and good["predictedTotalSeconds"] > 0
+    # Sized by the model it bakes: the prior's seconds per MB add up.
+    bigger = workflow_status(default, fit_durations([]), 100 * 1024 * 1024)
+    assert bigger["predictedTotalSeconds"] > good["predictedTotalSeconds"] + 100
     cyclic = {
         "metadata": {"generation": 1},
         "spec": {
@@ -130,7 +133,7 @@ def test_workflow_status_gives_order_or_problems() -> None:
             ]
         },
     }
-    bad = workflow_status(cyclic, [])
+    bad = workflow_status(cyclic, fit_durations([]))
     assert bad["order"] == [] and any(p["reason"] == "Cycle" for p in bad["problems"])
 
 
