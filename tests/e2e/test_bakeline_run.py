@@ -192,9 +192,12 @@ def test_a_pt2_torch_wrote_for_the_digits_cnn_bakes_as_a_user_file(
     assert "imported digits" in report["stages"][0]["message"]
 
 
-def test_a_pt2_torch_wrote_for_minilm_passes_vetting_and_imports(tmp_path: Path) -> None:
-    """MiniLM (90 MB, dynamic batch and sequence, guards and shape expressions in its program)
-    as torch.export.save writes it: vetted, loaded and run on reference data as a user file."""
+def test_a_pt2_torch_wrote_for_minilm_bakes_as_a_user_file_on_its_data(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """MiniLM (90 MB; dynamic batch and sequence, so guards and shape expressions in its
+    program) as torch.export.save writes it, handed in as an outside file with real tokenized
+    sentences as its data: vetted, loaded and baked through all nine stages."""
     only_import = {
         "apiVersion": "bakeline.io/v1alpha1",
         "kind": "Workflow",
@@ -214,10 +217,17 @@ def test_a_pt2_torch_wrote_for_minilm_passes_vetting_and_imports(tmp_path: Path)
     written = Path(_report(tmp_path / "export")["stages"][0]["checkpoint"]["path"])
     model = tmp_path / "minilm.pt2"
     shutil.copy(written / "original.pt2", model)
+    data = tmp_path / "sentences.safetensors"  # held-out sentences, tokenized, right-padded
+    shutil.copy(written / "evaluation.safetensors", data)
+    workflow = yaml.safe_load((repo_root / "examples" / "workflow-default.yaml").read_text())
+    workflow["metadata"] = {"name": "with-data"}
+    for stage in workflow["spec"]["stages"]:
+        if stage["agent"] == "BakingCoordinator":
+            stage["params"] = {"dataset": str(data)}
     second = tmp_path / "user.yaml"
-    second.write_text(_url_job("user-minilm", model, only_import))
+    second.write_text(_url_job("user-minilm", model, workflow))
     done = _bakeline("run", second, "--workdir", tmp_path / "user")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    stage = _report(tmp_path / "user")["stages"][0]
-    assert stage["phase"] == "Succeeded", stage
-    assert "imported minilm" in stage["message"] and "exported-program" in stage["message"]
+    report = _report(tmp_path / "user")
+    assert report["phase"] == "Succeeded" and report["progress"] == "9/9"
+    assert "imported minilm as exported-program" in report["stages"][0]["message"]
