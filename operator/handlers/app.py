@@ -161,6 +161,12 @@ def reconcile(kind: str, namespace: str, name: str) -> None:
         RUNTIME.wake_later(kind, namespace, name, wake)
     if kind == "BakingJob" and _left_its_lane(obj, kube.get(kind, namespace, name)):
         wake_admitted(namespace)
+    if kind == "BakingJob" and _ended(obj, kube.get(kind, namespace, name)):
+        workflow = (obj.get("spec") or {}).get("workflowRef")
+        if workflow:
+            # The job's durations joined the namespace's history: its workflow's predictions
+            # follow them (handlers/durations.py).
+            RUNTIME.wake_later("Workflow", namespace, workflow, LANE_REFRESH_S)
     if kind == "BakingJob":
         lane = (obj.get("status") or {}).get("lane") or (obj.get("spec") or {}).get("laneRef")
         if lane:
@@ -172,6 +178,12 @@ def _left_its_lane(before: dict[str, Any], after: dict[str, Any] | None) -> bool
     was = before.get("status") or {}
     now = (after or {}).get("status") or {}
     return bool(was.get("lane")) and (now.get("phase") in TERMINAL or not now.get("lane"))
+
+
+def _ended(before: dict[str, Any], after: dict[str, Any] | None) -> bool:
+    """The pass finished the job (Succeeded or Failed)."""
+    was = (before.get("status") or {}).get("phase")
+    return was not in TERMINAL and ((after or {}).get("status") or {}).get("phase") in TERMINAL
 
 
 def wake_admitted(namespace: str) -> None:

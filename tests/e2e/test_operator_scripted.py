@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bakeline.api.defaults import default_workflow
 from bakeline.engine.predict import (
     DurationModel,
     DurationSample,
@@ -365,7 +366,13 @@ def test_the_eta_of_a_second_job_comes_from_the_first_jobs_durations(
 ) -> None:
     # The second job's import takes a while, so that its first estimate can be read meanwhile.
     scripted_agent({"jobs": {"second": {"sleep": {"import": 5}}}})
-    apply(cluster, [LANE, _job("first")], namespace)
+    workflow: dict[str, Any] = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "nine"},
+        "spec": default_workflow().spec.to_wire(),
+    }
+    apply(cluster, [LANE, workflow, _job("first", workflowRef="nine")], namespace)
     assert _wait_terminal(cluster, "first", namespace)["status"]["phase"] == "Succeeded"
     kept = cluster.kubectl(
         "get", "configmap", "bakeline-stage-durations", "-n", namespace, "-o", "json"
@@ -373,7 +380,16 @@ def test_the_eta_of_a_second_job_comes_from_the_first_jobs_durations(
     [entry] = [json.loads(value) for value in json.loads(kept)["data"].values()]
     assert len(entry["stages"]) == 9 and entry["modelBytes"] is not None
     learned = fit_durations(DurationSample(*stage) for stage in entry["stages"])
-    apply(cluster, _job("second"), namespace)
+    # The Workflow's predictions follow, for the model its last job baked.
+    stages = {s["name"]: s["agent"] for s in workflow["spec"]["stages"]}
+    predicted = {n: round(learned.predict(a, entry["modelBytes"]), 1) for n, a in stages.items()}
+
+    def workflow_learned() -> bool:
+        status = (get(cluster, "workflow", "nine", namespace) or {}).get("status") or {}
+        return status.get("predictedDurations") == predicted
+
+    wait_for(workflow_learned, 30, what="the workflow's predictions to learn")
+    apply(cluster, _job("second", workflowRef="nine"), namespace)
 
     def first_estimate() -> tuple[float, float] | None:
         status = (get(cluster, "bj", "second", namespace) or {}).get("status") or {}
