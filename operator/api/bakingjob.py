@@ -256,8 +256,10 @@ class Checkpoints(WireModel):
         default=3,
         ge=0,
         le=MAX_STAGES,
-        description="Checkpoints kept after the job finishes, newest first; all are kept while "
-        "it runs, since a rollback may need any of them.",
+        description="Checkpoints kept after the job finishes, newest first, besides the "
+        "result's (always kept); the others' records and ConfigMap store objects are deleted. "
+        "All are kept while it runs, since a rollback may need any of them. `bakeline run` "
+        "keeps every checkpoint: its work directory is its cache.",
     )
 
 

@@ -43,7 +43,7 @@ import shutil
 import string
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -487,14 +487,20 @@ class ConfigMapStore:
         return sorted(refs, key=lambda ref: (ref.created_at, ref.id))
 
     def delete(self, checkpoint_id: str) -> None:
-        index = self.client.get(self._index_name(checkpoint_id))
-        blobs = _blobs(index) if index is not None else set()
-        # The index first: from then on the checkpoint does not exist, whatever is left.
-        self.client.delete(self._index_name(checkpoint_id))
-        selector = {LABEL_STORE: self.prefix, LABEL_CHECKPOINT: checkpoint_id}
-        for component in (COMPONENT_DATA, COMPONENT_CACHE):
-            for found in self.client.list({**selector, LABEL_COMPONENT: component}):
-                self.client.delete(found.name)
+        self.delete_all([checkpoint_id])
+
+    def delete_all(self, checkpoint_ids: Iterable[str]) -> None:
+        """Delete checkpoints, then the blobs no checkpoint left lists (one listing for all)."""
+        blobs: set[str] = set()
+        for checkpoint_id in checkpoint_ids:
+            index = self.client.get(self._index_name(checkpoint_id))
+            blobs |= _blobs(index) if index is not None else set()
+            # The index first: from then on the checkpoint does not exist, whatever is left.
+            self.client.delete(self._index_name(checkpoint_id))
+            selector = {LABEL_STORE: self.prefix, LABEL_CHECKPOINT: checkpoint_id}
+            for component in (COMPONENT_DATA, COMPONENT_CACHE):
+                for found in self.client.list({**selector, LABEL_COMPONENT: component}):
+                    self.client.delete(found.name)
         if not blobs:
             return
         indexes = self.client.list({LABEL_COMPONENT: COMPONENT_INDEX, LABEL_STORE: self.prefix})

@@ -52,6 +52,7 @@ from bakeline.handlers.jobstate import (
 )
 from bakeline.handlers.kube import Kube, status_changes
 from bakeline.handlers.ledger import ledger_key, outcome_entry, record_outcome
+from bakeline.handlers.retention import prune_checkpoints
 from bakeline.metrics.collectors import (
     CACHE_HITS,
     ROLLBACKS,
@@ -278,6 +279,11 @@ def reconcile_job(
                     "SLOPolicies do not count it",
                 )
             )
+    if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
+        # retain counts once the job has finished: while it runs a rollback may need any.
+        needed = {str(new_status.get("currentCheckpoint") or "")}
+        retain = spec.checkpoints.retain
+        events += prune_checkpoints(kube, obj, plan, records, retain, needed, now)
     if status_changes(new_status, observed):
         kube.patch_status("BakingJob", namespace, name, new_status)
     for event in events:

@@ -306,6 +306,27 @@ class Kube:
     def create_record(self, body: dict[str, Any]) -> None:
         self._create(self.core.create_namespaced_config_map, body, RECORD)
 
+    # ---- retention (spec.checkpoints.retain): records and the ConfigMap store's objects
+    def list_configmaps(
+        self, namespace: str, labels: str | None = None, fields: str | None = None
+    ) -> list[dict[str, Any]]:
+        """ConfigMaps by label and field selector, from the API server."""
+        listing = _json(
+            self.core.list_namespaced_config_map,
+            namespace,
+            label_selector=labels,
+            field_selector=fields,
+        )
+        return list(listing.get("items") or [])
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        """Delete a checkpoint record or store object; one already gone is no error."""
+        try:
+            _discard(self.core.delete_namespaced_config_map, name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     # ---- events
     def post_event(self, obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on `obj`, shown by `kubectl describe`; failures are only logged."""

@@ -95,10 +95,11 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
   resources: ["persistentvolumeclaims"]
   verbs: ["create"]
 # Checkpoint records (immutable ConfigMaps), watched (by label) to repair status and find
-# cache hits; create also makes each namespace's SLO ledger on first use.
+# cache hits; create also makes each namespace's SLO ledger on first use; delete prunes a
+# finished job's checkpoints beyond spec.checkpoints.retain (records and store objects).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "list", "watch"]
+  verbs: ["create", "list", "watch", "delete"]
 # The SLO ledger (job outcomes by key), the circuit breakers (failures by lane and agent) and
 # the stage durations, one of each per namespace, are the only ConfigMaps it changes.
 - apiGroups: [""]
