@@ -155,6 +155,10 @@ QUALITY_METRIC_KEYS: Mapping[str, str] = {
     "max-abs-error": "maxAbsError",
 }
 LOWER_IS_BETTER = frozenset({"max-abs-error"})
+# 1.0 when the import stage made up the evaluation inputs (the job gave no data of its own);
+# the quality validator's verdict is then `QUALITY_VERIFIED` 0.0: it measured noise.
+SYNTHETIC_INPUTS = "syntheticInputs"
+QUALITY_VERIFIED = "qualityVerified"
 
 
 def per_batch_key(batch_size: int, kind: str) -> str:
@@ -215,8 +219,8 @@ AGENT_TRAITS: Mapping[str, AgentTraits] = {
     for t in (
         _traits(
             "BakingCoordinator",
-            ("model",),
-            ("parameters", SIZE_BYTES, "calibrationSamples", "evaluationSamples"),
+            ("model", "quality"),  # quality: a gate on accuracy needs labels, refused at import
+            ("parameters", SIZE_BYTES, "calibrationSamples", "evaluationSamples", SYNTHETIC_INPUTS),
             needs_input=False,
         ),
         _traits(
@@ -249,7 +253,7 @@ AGENT_TRAITS: Mapping[str, AgentTraits] = {
         _traits(
             "QualityValidator",
             ("quality",),
-            ("cosineMean", "cosineMin", "accuracy", "maxAbsError", "threshold"),
+            ("cosineMean", "cosineMin", "accuracy", "maxAbsError", "threshold", QUALITY_VERIFIED),
         ),
         _traits(
             "PerformanceProfiler",

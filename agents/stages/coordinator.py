@@ -52,6 +52,7 @@ from bakeline.agents.stages.base import Agent, StageContext, StageResult, regist
 from bakeline.agents.timing import Stopwatch
 from bakeline.agents.vetting import VettingError, vet_model_file
 from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
+from bakeline.contract import SYNTHETIC_INPUTS
 
 
 class CoordinatorParams(StageParams):
@@ -86,7 +87,13 @@ class BakingCoordinator(Agent[CoordinatorParams]):
     name = "BakingCoordinator"
     params_model = CoordinatorParams
     writes = ("original.*", CALIBRATION, EVALUATION, REFERENCE)
-    metrics = ("parameters", "sizeBytes", "calibrationSamples", "evaluationSamples")
+    metrics = (
+        "parameters",
+        "sizeBytes",
+        "calibrationSamples",
+        "evaluationSamples",
+        SYNTHETIC_INPUTS,
+    )
     needs_input = False
 
     def run(self, ctx: StageContext, params: CoordinatorParams) -> StageResult:
@@ -108,6 +115,13 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 "job.model.localPath"
             )
         artifact, fmt, calibration, evaluation, metrics, extra = imported
+        # A gate on accuracy needs labels: say so now, not after the bake.
+        if ctx.job.quality.metric == "accuracy" and evaluation.labels is None:
+            raise InvalidInput(
+                "quality.metric accuracy needs labelled evaluation data, and this model's has "
+                "no labels: give a dataset with `__labels__`, or gate on cosine or max-abs-error"
+            )
+        metrics[SYNTHETIC_INPUTS] = float(not spec.builtin and not params.dataset)
 
         runner = extra.pop("runner")
         with Stopwatch() as ref_time:
@@ -161,10 +175,11 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             model_name=extra.pop("name"),
             task=extra.pop("task"),
         )
+        made_up = " synthetic (no data of the job's)" if metrics[SYNTHETIC_INPUTS] else ""
         message = (
             f"imported {manifest.model_name} as {fmt} ({int(metrics['parameters'])} parameters); "
-            f"reference outputs on {len(calibration)} calibration + {len(evaluation)} evaluation "
-            "samples"
+            f"reference outputs on {len(calibration)} calibration + {len(evaluation)} evaluation"
+            f"{made_up} samples"
         )
         return StageResult(Outcome(message, metrics), manifest)
 

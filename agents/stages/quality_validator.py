@@ -17,6 +17,7 @@ from bakeline.agents.contract import GateFailed, Outcome, QualityMetric, StagePa
 from bakeline.agents.runtimes import open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import quality_gate, runtime_config, score, write_report
+from bakeline.contract import QUALITY_VERIFIED, SYNTHETIC_INPUTS
 
 
 class QualityParams(StageParams):
@@ -29,7 +30,14 @@ class QualityParams(StageParams):
 class QualityValidator(Agent[QualityParams]):
     name = "QualityValidator"
     params_model = QualityParams
-    metrics = ("cosineMean", "cosineMin", "accuracy", "maxAbsError", "threshold")
+    metrics = (
+        "cosineMean",
+        "cosineMin",
+        "accuracy",
+        "maxAbsError",
+        "threshold",
+        QUALITY_VERIFIED,
+    )
 
     def run(self, ctx: StageContext, params: QualityParams) -> StageResult:
         source = ctx.open_input()
@@ -39,10 +47,21 @@ class QualityValidator(Agent[QualityParams]):
         )
         measured = score(runner, source, "evaluation")
         ok, why = gate.check(measured)
-        metrics = {**measured, "threshold": gate.threshold, "passed": float(ok)}
+        synthetic = any(entry.metrics.get(SYNTHETIC_INPUTS) for entry in source.manifest.lineage)
+        metrics = {
+            **measured,
+            "threshold": gate.threshold,
+            "passed": float(ok),
+            QUALITY_VERIFIED: float(not synthetic),
+        }
         if gate.min_threshold is not None:
             metrics["minThreshold"] = gate.min_threshold
-        where = f"on {int(measured['samples'])} held-out evaluation samples"
+        where = (
+            f"on {int(measured['samples'])} synthetic evaluation inputs: quality unverified "
+            "(the job gave no data of its own)"
+            if synthetic
+            else f"on {int(measured['samples'])} held-out evaluation samples"
+        )
         if not ok:
             raise GateFailed(f"quality gate failed ({gate.metric}): {why} {where}", metrics)
         out = ctx.output(source)

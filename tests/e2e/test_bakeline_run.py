@@ -190,6 +190,9 @@ def test_a_pt2_torch_wrote_for_the_digits_cnn_bakes_as_a_user_file(
     report = _report(tmp_path / "work")
     assert report["phase"] == "Succeeded" and report["progress"] == "9/9"
     assert "imported digits" in report["stages"][0]["message"]
+    # No data of the user's: the gate measured made-up inputs, and says so.
+    validate = next(s for s in report["stages"] if s["agent"] == "QualityValidator")
+    assert "synthetic evaluation inputs: quality unverified" in validate["message"], validate
 
 
 def test_a_pt2_torch_wrote_for_minilm_bakes_as_a_user_file_on_its_data(
@@ -231,3 +234,5 @@ def test_a_pt2_torch_wrote_for_minilm_bakes_as_a_user_file_on_its_data(
     report = _report(tmp_path / "user")
     assert report["phase"] == "Succeeded" and report["progress"] == "9/9"
     assert "imported minilm as exported-program" in report["stages"][0]["message"]
+    validate = next(s for s in report["stages"] if s["agent"] == "QualityValidator")
+    assert "held-out evaluation samples" in validate["message"], validate

@@ -68,7 +68,19 @@ def test_a_user_onnx_file_is_imported_with_synthetic_data(
     assert result.manifest.format == "onnx"
     assert [t.name for t in result.manifest.inputs] == ["image"]
     assert result.outcome.metrics["evaluationSamples"] == 24
+    assert result.outcome.metrics["syntheticInputs"] == 1.0  # said everywhere it matters
+    assert "synthetic" in result.outcome.message
     assert result.outcome.metrics["parameters"] > 30_000
+
+
+def test_a_gate_on_accuracy_without_labels_is_refused_at_import(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    """Not after the bake: synthetic inputs have no labels to be accurate against."""
+    onnx_file = digits_chain.dirs["GraphOptimizer"] / "model.onnx"
+    job = {**_job(onnx_file, sha256_file(onnx_file)), "quality": {"metric": "accuracy"}}
+    with pytest.raises(InvalidInput, match="accuracy needs labelled evaluation data"):
+        run_stage("BakingCoordinator", tmp_path / "user", job=job)
 
 
 def test_a_pickle_is_refused(tmp_path: Path, run_stage: StageRunner) -> None:
