@@ -97,7 +97,13 @@ def namespace_predictor(kube: Kube, namespace: str) -> DurationModel:
 def _learned(kube: Kube, namespace: str) -> tuple[tuple[JobDurations, ...], DurationModel]:
     """The parsed history and the model fitted to it, parsed and fitted again only when the
     history changed (every running job's pass asks)."""
-    data = kube.durations(namespace)
+    try:
+        data = kube.durations(namespace)
+    except ApiException as exc:
+        # Estimates are no reason to stop a job (an operator newer than its RBAC, say): the
+        # prior answers until the history can be read.
+        log.warning("stage durations of %s unreadable: %s", namespace, exc.reason)
+        data = {}
     with _FITTED_LOCK:
         known = _FITTED.get(namespace)
     if known is not None and known[0] == data:

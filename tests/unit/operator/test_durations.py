@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from kubernetes.client.exceptions import ApiException
+
 from bakeline.engine import pipeline as engine
+from bakeline.engine.predict import fit_durations
 from bakeline.engine.retry import AttemptOutcome
 from bakeline.handlers import durations
 from bakeline.handlers.kube import Kube
@@ -70,6 +73,15 @@ def test_the_history_is_bounded_to_the_newest_jobs(monkeypatch: Any) -> None:
         durations.remember_durations(cast(Kube, store), _job(f"j{i}"), PLAN, _finished(1.0), i)
     kept = sorted(job.at for job in durations.duration_history(cast(Kube, store), "ns"))
     assert kept == [2.0, 3.0, 4.0] and len(store.data) == 3
+
+
+def test_a_history_it_may_not_read_leaves_the_prior_to_answer() -> None:
+    class Forbidden(FakeDurationStore):
+        def durations(self, namespace: str) -> dict[str, str]:
+            raise ApiException(status=403, reason="Forbidden")
+
+    model = durations.namespace_predictor(cast(Kube, Forbidden()), "elsewhere")
+    assert model.predict("GraphOptimizer", 0) == fit_durations([]).predict("GraphOptimizer", 0)
 
 
 def test_an_entry_that_does_not_parse_is_skipped() -> None:
