@@ -262,7 +262,8 @@ def reconcile_job(
         lane = str(new_status.get("lane") or spec.lane_ref)
         entry = outcome_entry(lane, new_status, now)
         try:
-            record_outcome(kube, namespace, ledger_key(lane, obj), entry, now)
+            key = ledger_key(lane, obj, epoch(new_status.get("rerunAt")))
+            record_outcome(kube, namespace, key, entry, now)
         except ApiException as exc:
             if exc.status not in (413, 422):
                 raise

@@ -56,15 +56,17 @@ GRID: tuple[float, ...] = tuple(float(f"{m}e{e}") for e in range(-3, 7) for m in
 Counts = dict[tuple[str, bool, float | None], int]
 
 
-def ledger_key(lane: str, job: Mapping[str, Any]) -> str:
+def ledger_key(lane: str, job: Mapping[str, Any], rerun_at: float | None = None) -> str:
     """The job's entry in the ledger: readable where the names fit, a digest where they do not
-    (the entry itself names the lane; the job's uid keeps keys apart)."""
+    (the entry itself names the lane; the job's uid keeps keys apart). A rerun (`rerun_at`,
+    when it was asked for) is an outcome of its own, beside the first run's."""
     meta = job["metadata"]
-    key = f"{lane}.{meta['name']}.{meta['uid'][:8]}"
+    run = f".r{int(rerun_at)}" if rerun_at is not None else ""
+    key = f"{lane}.{meta['name']}.{meta['uid'][:8]}{run}"
     if len(key) <= MAX_LEDGER_KEY:
         return key
     digest = hashlib.sha256(f"{lane}/{meta['name']}".encode()).hexdigest()[:32]
-    return f"{lane[:200]}.{digest}.{meta['uid'][:8]}"
+    return f"{lane[: 200 - len(run)]}.{digest}.{meta['uid'][:8]}{run}"
 
 
 def bucket_key(lane: str, start: int, width: int) -> str:
@@ -78,12 +80,18 @@ def bucket_key(lane: str, start: int, width: int) -> str:
 def outcome_entry(lane: str, status: Mapping[str, Any], now: float) -> dict[str, Any]:
     """A finished job as ledger records: its outcome, queue wait, gate and stage times."""
     ok = status.get("phase") == "Succeeded"
-    started = epoch(status.get("admittedAt")) or now
+    rerun = epoch(status.get("rerunAt"))
+    admitted = epoch(status.get("admittedAt")) or now
+    # A rerun is timed from its request, and was never queued: the first run's wait and stages
+    # were counted with the first run.
+    started = max(admitted, rerun) if rerun is not None else admitted
     queued = epoch(status.get("queuedAt")) or started
     records: list[dict[str, Any]] = [
-        {"kind": slo.RecordKind.JOB, "ok": ok, "seconds": round(now - started, 3)},
-        {"kind": slo.RecordKind.QUEUE, "ok": True, "seconds": round(max(0.0, started - queued), 3)},
+        {"kind": slo.RecordKind.JOB, "ok": ok, "seconds": round(now - started, 3)}
     ]
+    if rerun is None:
+        wait = round(max(0.0, started - queued), 3)
+        records.append({"kind": slo.RecordKind.QUEUE, "ok": True, "seconds": wait})
     gate_failed = "gate" in (status.get("lastRollbackReason") or "").lower() or any(
         "gate" in (s.get("message") or "").lower()
         for s in status.get("stages") or []
@@ -91,6 +99,8 @@ def outcome_entry(lane: str, status: Mapping[str, Any], now: float) -> dict[str,
     )
     records.append({"kind": slo.RecordKind.GATE, "ok": not gate_failed})
     for stage in status.get("stages") or []:
+        if rerun is not None and (epoch(stage.get("startedAt")) or 0.0) < rerun:
+            continue  # not run again
         if stage.get("durationSeconds") is not None:
             records.append(
                 {"kind": slo.RecordKind.STAGE, "ok": True, "seconds": stage["durationSeconds"]}

@@ -25,6 +25,7 @@ from bakeline.handlers.ledger import (
     horizon,
     latency_bounds,
     ledger_key,
+    outcome_entry,
     read_ledger,
     record_outcome,
     records,
@@ -45,10 +46,29 @@ def test_short_names_stay_readable() -> None:
     assert ledger_key("standard", _job("digits")) == "standard.digits.01234567"
 
 
-@given(lane=NAME, name=NAME)
-def test_every_key_is_a_valid_configmap_data_key(lane: str, name: str) -> None:
-    key = ledger_key(lane, _job(name))
+@given(lane=NAME, name=NAME, rerun=st.one_of(st.none(), st.floats(0, 2**34)))
+def test_every_key_is_a_valid_configmap_data_key(lane: str, name: str, rerun: float | None) -> None:
+    key = ledger_key(lane, _job(name), rerun)
     assert len(key) <= MAX_LEDGER_KEY and DATA_KEY.fullmatch(key)
+    if rerun is not None:
+        assert key != ledger_key(lane, _job(name))  # a rerun is an outcome of its own
+
+
+def test_a_rerun_is_timed_from_its_request_and_counts_only_what_ran_again() -> None:
+    status = {
+        "phase": "Succeeded",
+        "queuedAt": "2026-01-01T00:00:00Z",
+        "admittedAt": "2026-01-01T00:00:10Z",
+        "rerunAt": "2026-01-02T00:00:00Z",
+        "stages": [
+            {"name": "import", "startedAt": "2026-01-01T00:00:11Z", "durationSeconds": 5.0},
+            {"name": "package", "startedAt": "2026-01-02T00:00:01Z", "durationSeconds": 3.0},
+        ],
+    }
+    entry = outcome_entry("std", status, 1767312000.0 + 30)
+    kinds = [(r["kind"], r.get("seconds")) for r in entry["records"]]
+    assert ("job", 30.0) in kinds and ("stage", 3.0) in kinds
+    assert ("stage", 5.0) not in kinds and "queue" not in [k for k, _ in kinds]
 
 
 @given(lane=NAME, name=NAME, start=st.integers(0, 2**40), width=st.sampled_from([60, 300, 3600]))
