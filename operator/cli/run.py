@@ -36,6 +36,7 @@ from bakeline.contract import EXIT_INTERRUPTED
 from bakeline.engine.cache import canonical_json
 from bakeline.engine.dag import descendants
 from bakeline.engine.pipeline import (
+    DEADLINE_EXCEEDED,
     DONE_PHASES,
     CacheContext,
     CheckpointInfo,
@@ -56,7 +57,7 @@ from bakeline.engine.pipeline import (
     stage_started,
 )
 from bakeline.engine.predict import DurationSample, estimate_remaining, fit_durations
-from bakeline.engine.result import job_verdict
+from bakeline.engine.result import first_failed_stage, job_verdict
 from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.runtime.local import (
     LocalRunner,
@@ -431,9 +432,13 @@ class _LocalRun:
         shutil.rmtree(self.workdir / "work", ignore_errors=True)
         paths = write_report(self.report, self.workdir)
         self.progress.event(f"report: {paths[0]}  chart: {paths[1]}")
-        failed = [n for n in self.plan.order if self.state.stages[n].phase is StagePhase.FAILED]
-        last = self.outcomes.get(failed[0]) if failed else None
-        verdict = job_verdict(action.phase, AttemptOutcome(last) if last else None)
+        failed = first_failed_stage(self.plan, self.state)
+        last = self.outcomes.get(failed) if failed else None
+        verdict = job_verdict(
+            action.phase,
+            AttemptOutcome(last) if last else None,
+            deadline_exceeded=action.reason == DEADLINE_EXCEEDED,
+        )
         if verdict.succeeded:
             self.progress.event(f"{self.name} succeeded: {action.reason}")
         else:

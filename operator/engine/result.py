@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from bakeline import contract
 from bakeline.api import BakeResult, QualityResult
 from bakeline.api.bakingjob import Quality, Target
-from bakeline.engine.pipeline import JobPhase, Plan, RunState
+from bakeline.engine.pipeline import JobPhase, Plan, RunState, StagePhase
 from bakeline.engine.retry import AttemptOutcome
 
 _MAX_SPEEDUPS = 8  # batch sizes kept in the result, as many as status.result takes
@@ -107,13 +107,22 @@ class Verdict:
     exit_code: int  # `bakeline run`'s exit status
 
 
-def job_verdict(phase: JobPhase, failed_outcome: AttemptOutcome | None = None) -> Verdict:
+def job_verdict(
+    phase: JobPhase, failed_outcome: AttemptOutcome | None = None, deadline_exceeded: bool = False
+) -> Verdict:
     """The verdict of a finished job; `failed_outcome` is the last outcome of the first stage
     that failed (None when unknown: the job failed for another reason, or it succeeded)."""
     if phase is JobPhase.SUCCEEDED:
         return Verdict(True, "Baked", contract.EXIT_OK)
+    if deadline_exceeded:
+        return Verdict(False, "DeadlineExceeded", contract.EXIT_FAILED)
     if failed_outcome is AttemptOutcome.GATE_FAILED:
         return Verdict(False, "GateFailed", contract.EXIT_GATE_FAILED)
     if failed_outcome is AttemptOutcome.INVALID_INPUT:
         return Verdict(False, "InvalidInput", contract.EXIT_INVALID_INPUT)
     return Verdict(False, "StageFailed", contract.EXIT_FAILED)
+
+
+def first_failed_stage(plan: Plan, state: RunState) -> str | None:
+    """The first stage in the workflow's order that failed: the one a verdict speaks of."""
+    return next((n for n in plan.order if state.stages[n].phase is StagePhase.FAILED), None)

@@ -33,6 +33,7 @@ from bakeline.engine import pipeline as engine
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.dag import descendants
 from bakeline.engine.predict import latest_model_bytes
+from bakeline.engine.result import first_failed_stage
 from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.handlers import stagepods
 from bakeline.handlers.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
@@ -232,6 +233,7 @@ def reconcile_job(
         by_checkpoint.get,
         namespace_predictor(kube, namespace),
         0 if state.current_checkpoint(plan) else _model_bytes(kube, obj),
+        _failed_outcome(plan, state, name, outcomes),
     )
     pod_trouble = next((e.message for e in events if e.kind in stagepods.EVENT_KINDS), None)
     if pod_trouble is not None:
@@ -663,6 +665,18 @@ def _unfinished(pods: Mapping[str, Any]) -> list[str]:
         if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
         and not pod["metadata"].get("deletionTimestamp")
     ]
+
+
+def _failed_outcome(
+    plan: engine.Plan, state: engine.RunState, job: str, outcomes: list[StageOutcome]
+) -> AttemptOutcome | None:
+    """How the first failed stage's last attempt ended, when it ended in this pass (the pass
+    that fails the job): the verdict's reason, as `bakeline run`'s exit code, depends on it."""
+    failed = first_failed_stage(plan, state)
+    if failed is None:
+        return None
+    pod = manifests.stage_pod_name(job, failed, state.stages[failed].attempts_total)
+    return next((o.outcome for o in outcomes if o.pod == pod), None)
 
 
 def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from bakeline.api.bakingjob import Quality, Target
 from bakeline.contract import TerminationMessage, parse_termination
 from bakeline.engine import pipeline as engine
 from bakeline.engine.predict import DurationModel, estimate_remaining, fit_durations
-from bakeline.engine.result import FinalArtifact, bake_result
+from bakeline.engine.result import FinalArtifact, bake_result, job_verdict
+from bakeline.engine.retry import AttemptOutcome
 from bakeline.handlers.clock import epoch, now_timestamp, timestamp
 from bakeline.handlers.conditions import set_condition
 from bakeline.runtime import pods as manifests
@@ -90,6 +91,7 @@ def status_from_run_state(
     load_record: RecordLoader,
     durations: DurationModel | None = None,
     model_bytes: int = 0,
+    failed_outcome: AttemptOutcome | None = None,
 ) -> dict[str, Any]:
     """The job's new status: stages, progress, phase, conditions and, at the end, the result.
 
@@ -144,14 +146,23 @@ def status_from_run_state(
         status["finishedAt"] = status.get("finishedAt") or now_timestamp()
         record = load_record(current.id) if current else None
         status["result"] = _result(obj, plan, state, record, current)
+        verdict = job_verdict(phase)
         set_condition(
-            status, "Succeeded", "True", "Baked", f"artifact {current.id if current else ''}", meta
+            status,
+            "Succeeded",
+            "True",
+            verdict.reason,
+            f"artifact {current.id if current else ''}",
+            meta,
         )
         set_condition(status, "Progressing", "False", "Succeeded", "all stages done", meta)
     elif phase is engine.JobPhase.FAILED:
         status["finishedAt"] = status.get("finishedAt") or now_timestamp()
-        reason = "DeadlineExceeded" if state.message == engine.DEADLINE_EXCEEDED else "StageFailed"
-        set_condition(status, "Failed", "True", reason, state.message or "a stage failed", meta)
+        # The same verdict `bakeline run` gives (its exit code), in the condition's words.
+        deadline = state.message == engine.DEADLINE_EXCEEDED
+        verdict = job_verdict(phase, failed_outcome, deadline_exceeded=deadline)
+        message = state.message or "a stage failed"
+        set_condition(status, "Failed", "True", verdict.reason, message, meta)
         set_condition(
             status, "Progressing", "False", "Failed", state.message or "a stage failed", meta
         )

@@ -14,13 +14,14 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controlplane import ControlPlane
-from support.kube import get, wait_for
+from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness, container_path
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -95,3 +96,48 @@ def test_the_operator_and_bakeline_run_agree_on_the_real_agents_result(
     header, row = table.splitlines()[:2]
     speedup = row.split()[header.split().index("SPEEDUP")]
     assert float(speedup) == pytest.approx(local["speedup"]), table
+
+
+def test_a_failed_gate_is_the_same_verdict_in_the_cluster(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    """Exit 3 (gate failed) ends a job with reason GateFailed, as `bakeline run` exits 3."""
+    scripted_agent({"quantize": [3]})
+    workflow = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "gated"},
+        "spec": {
+            "stages": [
+                {"name": "import", "agent": "BakingCoordinator"},
+                {
+                    "name": "quantize",
+                    "agent": "ModelOptimizer",
+                    "dependsOn": ["import"],
+                    "onFailure": "Fail",
+                },
+            ]
+        },
+    }
+    lane = {"apiVersion": "bakeline.io/v1alpha1", "kind": "Lane", "metadata": {"name": "standard"}}
+    job = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "BakingJob",
+        "metadata": {"name": "gated"},
+        "spec": {"model": {"source": {"builtin": "digits-cnn"}}, "workflowRef": "gated"},
+    }
+    apply(cluster, [lane, workflow, job], namespace)
+
+    def failed() -> dict[str, Any] | None:
+        found = get(cluster, "bj", "gated", namespace) or {}
+        return (
+            found if (found.get("status") or {}).get("phase") in ("Failed", "Succeeded") else None
+        )
+
+    status = wait_for(failed, 60, interval=1, what="the gated job to end")["status"]
+    assert status["phase"] == "Failed", status
+    verdict = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert verdict["reason"] == "GateFailed", verdict

@@ -9,8 +9,9 @@ What it does is steered by the `fake` entry of its params, per stage:
 
 (`fakeMetrics` sits beside `fake`: params allow one level of maps, like any agent's.)
 
-`failTimes: n` fails the first n calls of that stage with exit 1 (counted in $FAKE_AGENT_STATE),
-then succeeds. Every call is appended to $FAKE_AGENT_STATE/calls.log.
+`failTimes: n` fails the first n calls of that stage with exit 1 (counted in
+$BAKELINE_FAKE_AGENT_STATE: `bakeline run` passes BAKELINE_* on to agents), then succeeds.
+Every call is appended to $BAKELINE_FAKE_AGENT_STATE/calls.log.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main() -> int:
     params = json.loads(args.params)
     job = json.loads(args.job)
     fake = params.get("fake", {})
-    state = Path(os.environ.get("FAKE_AGENT_STATE", args.output.parent))
+    state = Path(os.environ.get("BAKELINE_FAKE_AGENT_STATE", args.output.parent))
     state.mkdir(parents=True, exist_ok=True)
     with (state / "calls.log").open("a") as log:
         log.write(f"{args.stage} {args.agent} {json.dumps(params, sort_keys=True)}\n")

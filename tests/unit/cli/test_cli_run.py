@@ -68,7 +68,7 @@ CHAIN = """\
 def agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "agent-state"
     monkeypatch.setenv("BAKELINE_AGENT_COMMAND", f"{sys.executable} {FAKE_AGENT}")
-    monkeypatch.setenv("FAKE_AGENT_STATE", str(state))
+    monkeypatch.setenv("BAKELINE_FAKE_AGENT_STATE", str(state))
     return state
 
 

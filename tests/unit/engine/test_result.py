@@ -10,7 +10,13 @@ from bakeline.api.bakingjob import Quality, Target
 from bakeline.api.defaults import default_workflow
 from bakeline.contract import EXIT_FAILED, EXIT_GATE_FAILED, EXIT_INVALID_INPUT, EXIT_OK
 from bakeline.engine import pipeline as engine
-from bakeline.engine.result import FinalArtifact, bake_result, job_verdict, result_metrics
+from bakeline.engine.result import (
+    FinalArtifact,
+    bake_result,
+    first_failed_stage,
+    job_verdict,
+    result_metrics,
+)
 from bakeline.engine.retry import AttemptOutcome
 
 PLAN = engine.Plan.from_workflow(default_workflow().spec)
@@ -98,3 +104,14 @@ def test_the_verdict(
         reason,
         code,
     )
+
+
+def test_a_passed_deadline_is_its_own_verdict_and_the_first_failed_stage_is_named() -> None:
+    verdict = job_verdict(engine.JobPhase.FAILED, AttemptOutcome.TRANSIENT, deadline_exceeded=True)
+    assert (verdict.reason, verdict.exit_code) == ("DeadlineExceeded", EXIT_FAILED)
+    state = _succeeded({})
+    assert first_failed_stage(PLAN, state) is None
+    for name in ("profile", "quantize"):
+        failed = replace(state.stages[name], phase=engine.StagePhase.FAILED)
+        state = replace(state, stages={**state.stages, name: failed})
+    assert first_failed_stage(PLAN, state) == "quantize"

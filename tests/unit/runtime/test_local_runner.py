@@ -25,7 +25,7 @@ FAKE_AGENT = Path(__file__).resolve().parents[1] / "cli" / "fake_agent.py"
 
 @pytest.fixture
 def runner(tmp_path: Path) -> LocalRunner:
-    env = {"FAKE_AGENT_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
+    env = {"BAKELINE_FAKE_AGENT_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"}
     return LocalRunner([sys.executable, str(FAKE_AGENT)], env=env, poll_seconds=0.05)
 
 
