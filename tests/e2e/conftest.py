@@ -70,13 +70,19 @@ class OperatorProcess:
 
 def install_stage_rbac(cluster: ControlPlane, namespace: str, repo_root: Path) -> None:
     """The chart's stage ServiceAccount, Role and RoleBinding in `namespace`: what stage pods
-    of ConfigMap lanes (the default store) use to store their checkpoints."""
+    of ConfigMap lanes (the default store) use to store their checkpoints; and its admission
+    policy, so that every store write of every e2e job passes it (cluster-scoped, named after
+    the namespace, bound to it alone)."""
     rendered = cluster.helm(
         "template",
         "rel",
         str(repo_root / "charts" / "bakeline"),
+        "-n",
+        namespace,
         "--show-only",
         "templates/stage-rbac.yaml",
+        "--show-only",
+        "templates/stage-admission-policy.yaml",
         "--set",
         f"watch.namespaces={{{namespace}}}",
     ).stdout

@@ -213,9 +213,15 @@ def test_configmap_lane_keeps_checkpoint_bytes_in_configmaps_and_rolls_back_from
     spec = pods[memory[-1]]["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes["checkpoints"]
-    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
-    restored = {r["data"]["storeId"] for r in records if r["data"]["stage"] == "quantize"}
-    assert env["BAKELINE_STORE_INPUT_ID"] in restored
+    # Its init container restored it, with the token the agent's container does not hold.
+    [restore] = spec["initContainers"]
+    env = {e["name"]: e.get("value") for e in restore["env"]}
+    # Store ids are <stage>-<manifest sha256 prefix> (quantize's record itself may be pruned
+    # once the job finished: spec.checkpoints.retain).
+    assert env["BAKELINE_STORE_INPUT_ID"].startswith("quantize-"), env
+    assert restore["command"] == ["bakeline", "stage", "restore"]
+    agent = next(c for c in spec["containers"] if c["name"] == "agent")
+    assert not [e for e in agent["env"] if e["name"].startswith("BAKELINE_STORE")]
 
 
 def test_volume_lane_keeps_checkpoints_on_the_job_claim(

@@ -88,6 +88,7 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
     docs = render()
     assert sorted(doc["kind"] for doc in docs) == [
         "Deployment",
+        "NetworkPolicy",  # stage pods: no ingress, no egress (no API server address given)
         "Role",  # the operator's
         "Role",  # the stage pods': create ConfigMaps
         "RoleBinding",
@@ -95,6 +96,8 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
         "Service",
         "ServiceAccount",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",  # what the stage pods' token may create
+        "ValidatingAdmissionPolicyBinding",
     ]
     deployment = kind(docs, "Deployment")
     spec = deployment["spec"]
@@ -141,6 +144,8 @@ def test_every_option_renders_into_the_objects() -> None:
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
+        "ValidatingAdmissionPolicy",  # cluster-wide: every namespace's stage ServiceAccount
+        "ValidatingAdmissionPolicyBinding",
     ]
     pod = kind(docs, "Deployment")["spec"]["template"]
     container = pod["spec"]["containers"][0]
@@ -180,6 +185,10 @@ def test_monitoring_objects_need_their_api() -> None:
         (
             ["--set", "watch.allNamespaces=true", "--set", "watch.namespaces={a}"],
             "exclude each other",
+        ),
+        (
+            ["--set", "stagePods.networkPolicy.apiServer.cidrs={kubernetes.default}"],
+            "/stagePods/networkPolicy/apiServer/cidrs/0",
         ),
     ],
 )
@@ -572,11 +581,16 @@ def test_helm_install_upgrade_uninstall(
     cluster_with_apis: ControlPlane, release_namespace: str
 ) -> None:
     cluster, ns = cluster_with_apis, release_namespace
-    values = [*EVERYTHING_ON, "--set", f"watch.namespaces={{{ns}}}"]
+    # This plane's API server advertises a loopback address, which it does not publish as the
+    # `kubernetes` Service's endpoints: the stage pods' NetworkPolicy is told it.
+    api = ["--set", "stagePods.networkPolicy.apiServer.cidrs={127.0.0.1/32}"]
+    values = [*EVERYTHING_ON, *api, "--set", f"watch.namespaces={{{ns}}}"]
     installed = cluster.helm("install", "bl", str(CHART), "-n", ns, "--wait=false", *values)
     assert "STATUS: deployed" in installed.stdout
-    # NOTES.txt tells where to look next, and warns about nothing: the monitoring API exists.
+    # NOTES.txt tells where to look next, and warns about nothing: the monitoring API exists,
+    # the API server's address is known.
     assert "deployment/bl-bakeline" in installed.stdout and "WARNING" not in installed.stdout
+    assert "no egress but the API server (127.0.0.1/32" in installed.stdout
     manifest = [
         doc
         for doc in yaml.safe_load_all(cluster.helm("get", "manifest", "bl", "-n", ns).stdout)
@@ -592,6 +606,9 @@ def test_helm_install_upgrade_uninstall(
         "ServiceMonitor",
         "PrometheusRule",
         "ConfigMap",
+        "NetworkPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     for doc in manifest:
         live = get(cluster, doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace"))
@@ -626,6 +643,9 @@ def test_helm_install_upgrade_uninstall(
     )
     for role in ("", "-edit", "-view"):
         assert get(cluster, "clusterrole", f"{ns}-bl-bakeline{role}") is None
+    policy = f"{ns}-bl-bakeline-stage-store"
+    assert get(cluster, "validatingadmissionpolicy", policy) is None
+    assert get(cluster, "validatingadmissionpolicybinding", policy) is None
     assert get(cluster, "crd", "bakingjobs.bakeline.io") is not None
 
 
