@@ -131,9 +131,9 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 {{/*
 Where stage pods of ConfigMap lanes reach the API server, for their NetworkPolicy (JSON:
 {"cidrs": [...], "ports": [...]}): stagePods.networkPolicy.apiServer, or, when it names no
-CIDR, the endpoints of the `kubernetes` Service as `helm install` finds them (its EndpointSlice,
-else its Endpoints: policies see traffic after the Service's address is translated). `helm
-template` finds none; nor does a cluster whose API server advertises a loopback address.
+CIDR, the endpoints of the `kubernetes` Service as `helm install` finds them in its EndpointSlice,
+which kube-apiserver keeps (policies see traffic after the Service's address is translated).
+`helm template` finds none; nor does a cluster whose API server advertises a loopback address.
 */}}
 {{- define "bakeline.apiServerEgress" -}}
 {{- $given := .Values.stagePods.networkPolicy.apiServer }}
@@ -149,18 +149,6 @@ template` finds none; nor does a cluster whose API server advertises a loopback 
 {{- end }}
 {{- range $port := (($slice | default dict).ports | default list) }}
 {{- $_ := set $found "ports" (append $found.ports $port.port) }}
-{{- end }}
-{{- if not $found.cidrs }}
-{{- /* Clusters that publish no EndpointSlice for it (before 1.19, or by choice). */}}
-{{- $endpoints := lookup "v1" "Endpoints" "default" "kubernetes" }}
-{{- range $subset := (($endpoints | default dict).subsets | default list) }}
-{{- range $address := ($subset.addresses | default list) }}
-{{- $_ := set $found "cidrs" (append $found.cidrs (printf "%s/%s" $address.ip (ternary "128" "32" (contains ":" $address.ip)))) }}
-{{- end }}
-{{- range $port := ($subset.ports | default list) }}
-{{- $_ := set $found "ports" (append $found.ports $port.port) }}
-{{- end }}
-{{- end }}
 {{- end }}
 {{- $cidrs = $found.cidrs }}
 {{- if $found.ports }}
