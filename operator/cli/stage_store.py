@@ -33,7 +33,7 @@ from bakeline.checkpoints.configmap import (
     ConfigMapExistsError,
     ConfigMapStore,
 )
-from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError
+from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError, read_manifest
 from bakeline.checkpoints.store import CheckpointNotFoundError
 from bakeline.cli import kube_protobuf
 from bakeline.cli.stage import (
@@ -270,14 +270,26 @@ def store_output(store: ConfigMapStore, output: Path, stage: str, termination: P
 
 
 def _refuse_links(output: Path) -> None:
-    """The agent wrote `output`; this process holds the token. A symlink there could name a
-    file of this container's (its token) for the store to read and keep: only plain files and
-    directories are stored."""
+    """The agent wrote `output`; this process holds the token. A symlink there, or a manifest
+    path that leaves the checkpoint (absolute, or through ..), could name a file of this
+    container's (its token) for the store to read: only plain files and directories inside
+    the checkpoint are stored, whatever the manifest lists."""
     for path in [output, *output.rglob("*")]:
         if path.is_symlink() or not (path.is_file() or path.is_dir()):
             raise StageStoreError(
                 f"the agent's checkpoint holds {path.relative_to(output.parent)}, which is not "
                 "a plain file or directory",
+                EXIT_TRANSIENT,
+            )
+    try:
+        manifest = read_manifest(output)
+    except (ManifestError, OSError):
+        return  # verify_output says what is wrong with it
+    root = output.resolve()
+    for entry in manifest.files:
+        if not (output / entry.path).resolve().is_relative_to(root):
+            raise StageStoreError(
+                f"the agent's manifest lists {entry.path!r}, outside its checkpoint",
                 EXIT_TRANSIENT,
             )
 

@@ -388,6 +388,8 @@ def _store_env(job: Mapping[str, Any], stage: str, output: str) -> list[dict[str
         {"name": "BAKELINE_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
         {"name": "HOME", "value": TMP_MOUNT},
         {"name": "TMPDIR", "value": TMP_MOUNT},
+        # The process that holds the token loads no code from its writable scratch space.
+        {"name": "PYTHONNOUSERSITE", "value": "1"},
         {"name": "BAKELINE_STORE_PREFIX", "value": checkpoint_store_prefix(job_name)},
         {"name": "BAKELINE_STORE_OWNER", "value": json.dumps(owner_reference(job))},
         {"name": "BAKELINE_STORE_LABELS", "value": json.dumps(job_labels(job_name))},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bakeline.checkpoints.manifest import FileEntry, Manifest, write_manifest
 from bakeline.cli.stage import HANDOFF_LOCK, HANDOFF_OUTCOME, HANDOFF_STARTED, StageStoreError
 from bakeline.cli.stage_store import _refuse_links, run_store, wait_for_agent
 
@@ -138,3 +139,14 @@ def test_the_store_refuses_links_the_agent_left_in_its_output(pod: Path) -> None
     with pytest.raises(StageStoreError, match="not a plain file") as caught:
         _refuse_links(output)
     assert caught.value.code == 1
+
+
+@pytest.mark.parametrize("listed", ["/var/run/secrets/kubernetes.io/serviceaccount/token", "../x"])
+def test_the_store_refuses_a_manifest_path_outside_the_checkpoint(pod: Path, listed: str) -> None:
+    output = pod / "agent" / "quantize-1"
+    output.mkdir()
+    (pod / "agent" / "x").write_bytes(b"not the checkpoint's")
+    entry = FileEntry(path=listed, sha256="0" * 64, size_bytes=1, role="model")
+    write_manifest(output, Manifest(model_name="m", artifact=listed, format="onnx", files=[entry]))
+    with pytest.raises(StageStoreError, match="outside its checkpoint"):
+        _refuse_links(output)

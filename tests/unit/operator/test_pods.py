@@ -168,6 +168,7 @@ def test_configmap_lane_store_containers_hold_the_token_and_the_store() -> None:
         assert env["BAKELINE_STORE_PREFIX"] == pods.checkpoint_store_prefix("digits")
         assert json.loads(env["BAKELINE_STORE_OWNER"])["uid"] == "uid-1"
         assert env["BAKELINE_SERVICE_ACCOUNT_DIR"] == TOKEN_DIR
+        assert env["PYTHONNOUSERSITE"] == "1"  # no code from the writable HOME
         # Their scratch space is their own: nothing the agent leaves in /tmp is read with it.
         assert mounts["store-tmp"]["mountPath"] == "/tmp"
         assert "tmp" not in mounts
