@@ -37,10 +37,10 @@ def bounded_watch(line: str) -> str:
     Failed."""
     line = line.split(" #", 1)[0].strip()
     return (
-        f"{{ {line} ; }} > watch.log 2>&1 & watcher=$!\n"
+        f'{{ {line} ; }} > "$WATCH_LOG" 2>&1 & watcher=$!\n'
         f"for _ in $(seq {WATCH_TIMEOUT_S}); do "
-        "grep -qE ' (Succeeded|Failed) ' watch.log && break; sleep 1; done\n"
-        "kill $watcher; cat watch.log\n"
+        """grep -qE ' (Succeeded|Failed) ' "$WATCH_LOG" && break; sleep 1; done\n"""
+        'kill $watcher; cat "$WATCH_LOG"\n'
     )
 
 
@@ -65,6 +65,7 @@ def test_the_readme_walkthrough_ends_succeeded(repo_root: Path, tmp_path: Path) 
         "BAKELINE_CACHE_DIR": str(cache_dir()),
         "BAKELINE_CONTROLPLANE_DIR": str(home / ".cache" / "bakeline" / "controlplane"),
         "PATH": container_path(tools),
+        "WATCH_LOG": str(tmp_path / "watch.log"),  # outside the checkout
     }
     env.pop("KUBECONFIG", None)
     done = subprocess.run(
