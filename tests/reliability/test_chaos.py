@@ -63,6 +63,7 @@ def _job(name: str) -> dict[str, Any]:
         "model": {"source": {"builtin": "digits-cnn"}},
         "workflowRef": "chaos",
         "laneRef": "chaos",
+        "checkpoints": {"retain": len(STAGES)},  # every checkpoint stays, to be verified
     }
     return {"apiVersion": API, "kind": "BakingJob", "metadata": {"name": name}, "spec": spec}
 
