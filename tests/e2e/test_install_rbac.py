@@ -590,6 +590,11 @@ def test_configmap_lane_bakes_with_the_token_kept_from_the_agents_container(
             assert json.loads(store_state["message"])["store"]["id"]
         for init in pod["status"].get("initContainerStatuses") or []:
             assert init["state"]["terminated"]["exitCode"] == 0
+        if name == "split-quantize-1":  # what a stage pod the operator created holds
+            for container in containers.values():
+                mounts = [m["mountPath"] for m in container["volumeMounts"]]
+                env = [e["name"] for e in container["env"] if e["name"].startswith("BAKELINE_S")]
+                print(f"{name} {container['name']}: {container['command']} mounts {mounts} {env}")
 
     # A store container's token, used for anything but its job's store, is refused.
     assert token_file is not None
