@@ -216,3 +216,36 @@ def test_the_refusal_names_the_rule(cluster: ControlPlane, namespace: str) -> No
     assert caught.value.status == 403
     message = json.dumps(str(caught.value))
     assert "may write checkpoints of its own BakingJob only" in message, message
+
+
+@pytest.mark.parametrize(
+    "job_name",
+    ["model.v2", "a-very-long-bakingjob-name-for-a-sentence-embedding-model-v2"],
+)
+def test_store_prefixes_cel_cannot_recompute_still_pass_for_their_own_job(
+    cluster: ControlPlane, namespace: str, tmp_path: Path, job_name: str
+) -> None:
+    # Dots become dashes; past 40 characters the prefix ends in a digest (checkpoint_store_prefix).
+    _install(cluster, namespace)
+    job = _job(job_name)
+    token = _pod_token(cluster, namespace, pods.stage_pod_name(job_name, "import", 1))
+    evil = {"metadata": {"name": "evil"}, "data": {}}
+    wait_for(lambda: _create(cluster, token, namespace, evil) == 403, 30, what="the policy")
+    store = _store(cluster, namespace, token, job)
+    ref = store.put(_checkpoint(tmp_path / "out"), stage="import")
+    assert store.get(ref.id).id == ref.id
+    # Another job's prefix under this job's owner is still refused.
+    assert (
+        _create(
+            cluster,
+            token,
+            namespace,
+            _store_configmap(
+                job,
+                labels={
+                    "bakeline.io/checkpoint-store": pods.checkpoint_store_prefix("other"),
+                },
+            ),
+        )
+        == 403
+    )
