@@ -170,6 +170,7 @@ def test_the_stage_token_stores_its_own_jobs_checkpoints_and_is_refused_the_rest
         "a mutable ConfigMap": _store_configmap(job, immutable=False),
         "no owner": _store_configmap(job, ownerReferences=[]),
         "not a store component": _store_configmap(job, labels={"bakeline.io/component": "x"}),
+        "another job's label": _store_configmap(job, labels={"bakeline.io/job": "other"}),
     }
     statuses = {what: _create(cluster, token, namespace, body) for what, body in refused.items()}
     assert statuses == dict.fromkeys(refused, 403), statuses

@@ -21,6 +21,7 @@ import yaml
 from bakeline.checkpoints import configmap
 from bakeline.handlers import kube
 from bakeline.runtime.pods import (
+    LABEL_JOB,
     LABEL_MANAGED_BY,
     MANAGER,
     build_stage_pod,
@@ -462,6 +463,7 @@ def test_stage_token_writes_are_fenced_by_an_admission_policy_on_the_stores_own_
     for needed in (
         configmap.LABEL_STORE,
         configmap.LABEL_COMPONENT,
+        LABEL_JOB,
         configmap.COMPONENT_INDEX,
         configmap.COMPONENT_DATA,
         configmap.COMPONENT_BLOB,
