@@ -123,6 +123,8 @@ ADMISSION: list[Case] = [
     ("job-configmap-key-traversal", job(model={"source": {"configMap": {"name": "m", "key": "../../etc/passwd"}}}), "spec.model.source.configMap.key"),
     ("job-url-1mib", job(model={"source": {"url": {"url": "https://" + TOO_BIG, "sha256": SHA}}}), "may not be more than 2048 bytes"),
     ("job-sha256-1mib", job(model={"source": {"url": {"url": "https://x/m", "sha256": TOO_BIG}}}), "may not be more than 64 bytes"),
+    # A url source is refused at admission: the operator does not download (it failed at run time before).
+    ("job-url-in-cluster", job(model={"source": {"url": {"url": "https://example.invalid/m", "sha256": SHA}}}), "the operator does not download models"),
     ("job-pvc-path-1mib", job(model={"source": {"pvc": {"claimName": "c", "path": TOO_BIG}}}), "may not be more than 1024 bytes"),
     ("job-priority-int64-overflow", json.dumps(job()).replace('"laneRef"', '"priority": 9223372036854775808, "laneRef"'), "must be of type integer"),
     ("job-priority-huge", job(priority=10**6), "should be less than or equal to 1000"),
