@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakeline.api.names import AGENTS
+from bakeline.contract import parse_termination
 
 if TYPE_CHECKING:
     from bakeline.agents.stages import StageResult
@@ -71,8 +72,8 @@ def run_agent(
         timeout=timeout,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
-    result = json.loads(termination.read_text()) if termination.exists() else {}
-    return StageRun(agent, done.returncode, result, output, done.stderr)
+    parsed = parse_termination(termination.read_bytes()) if termination.exists() else None
+    return StageRun(agent, done.returncode, parsed.to_wire() if parsed else {}, output, done.stderr)
 
 
 def run_pipeline(
