@@ -5,6 +5,8 @@ stays."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,34 @@ def test_retain_prunes_records_and_store_objects_but_never_the_result(
     messages = " ".join(e["message"] for e in events)
     assert "pruned 7 checkpoints (retain 2)" in messages
     assert "pruned 8 checkpoints (retain 0)" in messages
+
+
+def test_a_rerun_after_pruning_runs_again_what_it_needs(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    """validate's input (accelerate's checkpoint) was pruned: the rerun runs the stages again
+    from the start rather than restore a checkpoint that is gone, and succeeds."""
+    scripted_agent({})
+    apply(cluster, [LANE, _job("again", 1)], namespace)
+    assert _finished(cluster, "again", namespace)["status"]["phase"] == "Succeeded"
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    done = subprocess.run(
+        ["bakeline", "rerun", "again", "--from", "validate", "-n", namespace],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    def rerun_finished() -> dict[str, Any] | None:
+        job = get(cluster, "bj", "again", namespace) or {}
+        status = job.get("status") or {}
+        return job if status.get("rerunRequest") and status.get("phase") == "Succeeded" else None
+
+    status = wait_for(rerun_finished, 120, what="the rerun to finish")["status"]
+    attempts = {s["name"]: s["attempt"] for s in status["stages"]}
+    assert attempts["import"] == attempts["validate"] == attempts["package"] == 2, attempts

@@ -451,7 +451,8 @@ def test_rerun_from_a_stage_runs_it_and_what_follows_again(
     scripted_agent: Callable[[dict[str, Any]], Path],
 ) -> None:
     scripted_agent({})
-    apply(cluster, [LANE, _job("again")], namespace)
+    # Every checkpoint kept: validate's input (accelerate's) must outlive the first run.
+    apply(cluster, [LANE, _job("again", checkpoints={"retain": 9})], namespace)
     first = _wait_terminal(cluster, "again", namespace)["status"]
     assert first["phase"] == "Succeeded"
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
@@ -574,7 +575,8 @@ def test_wiped_status_is_rebuilt_from_checkpoints_and_pods(
     scripted_agent: Callable[[dict[str, Any]], Path],
 ) -> None:
     scripted_agent({})
-    apply(cluster, [LANE, _job("amnesia")], namespace)
+    # Every checkpoint kept: repair rebuilds each stage from its record.
+    apply(cluster, [LANE, _job("amnesia", checkpoints={"retain": 9})], namespace)
     before = _wait_terminal(cluster, "amnesia", namespace)["status"]
     operator.kill()  # so nothing rewrites status while it is wiped
     cluster.kubectl(
