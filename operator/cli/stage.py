@@ -43,7 +43,7 @@ from pathlib import Path
 from types import FrameType
 
 from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError, verify_checkpoint
-from bakeline.contract import EXIT_FAILED, EXIT_INVALID_INPUT, TERMINATION_LIMIT
+from bakeline.contract import EXIT_FAILED, EXIT_INVALID_INPUT, TERMINATION_LIMIT, parse_termination
 
 TERMINATION_BYTES = TERMINATION_LIMIT
 EXIT_TRANSIENT = EXIT_FAILED
@@ -72,8 +72,8 @@ def verify_output(output: Path, termination: Path, *, by_store: bool = False) ->
         raise StageStoreError(
             f"the agent's checkpoint does not verify: {exc}", EXIT_TRANSIENT
         ) from exc
-    result = json.loads(termination.read_text()) if termination.is_file() else {}
-    reported = result.get("artifactSha256")
+    message = parse_termination(termination.read_bytes()) if termination.is_file() else None
+    reported = message.artifact_sha256 if message is not None else None
     if reported and reported != manifest.artifact_sha256:
         raise StageStoreError(
             f"the agent reported artifact sha256 {reported}, its checkpoint holds "

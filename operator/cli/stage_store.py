@@ -47,6 +47,7 @@ from bakeline.cli.stage import (
     fail,
     verify_output,
 )
+from bakeline.contract import TerminationMessage, parse_termination, status_of_exit
 
 T = TypeVar("T")
 REQUEST_TIMEOUT_S = 60.0
@@ -261,12 +262,11 @@ def store_output(store: ConfigMapStore, output: Path, stage: str, termination: P
         raise StageStoreError(
             f"the agent's checkpoint does not verify: {exc}", EXIT_TRANSIENT
         ) from exc
-    result = json.loads(termination.read_text()) if termination.is_file() else {}
-    result["store"] = {"prefix": store.prefix, "id": ref.id}
-    text = json.dumps(result, separators=(",", ":"), sort_keys=True)
-    if len(text.encode()) > TERMINATION_BYTES:
-        raise StageStoreError(f"termination message over {TERMINATION_BYTES} bytes", EXIT_TRANSIENT)
-    termination.write_text(text)
+    message = parse_termination(termination.read_bytes()) if termination.is_file() else None
+    message = message or TerminationMessage(status=status_of_exit(0))
+    message.store = {"prefix": store.prefix, "id": ref.id}
+    # Within the limit: the message and the last metrics give way, the store's id never does.
+    termination.write_text(message.to_text())
 
 
 def _refuse_links(output: Path) -> None:
