@@ -56,10 +56,12 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from bakeline.contract import TERMINATION_LIMIT, TERMINATION_MESSAGE_PATH
+
 log = logging.getLogger("node-harness")
 
-TERMINATION_MESSAGE_LIMIT = 4096
-DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = TERMINATION_LIMIT  # what a kubelet keeps, as the contract says
+DEFAULT_TERMINATION_PATH = TERMINATION_MESSAGE_PATH
 STATUS_RETRY_S = 60.0
 SCRIPTED_AGENT = Path(__file__).resolve().parent / "scripted_agent.py"
 
