@@ -221,7 +221,12 @@ def test_the_refusal_names_the_rule(cluster: ControlPlane, namespace: str) -> No
 
 @pytest.mark.parametrize(
     "job_name",
-    ["model.v2", "a-very-long-bakingjob-name-for-a-sentence-embedding-model-v2"],
+    [
+        "model.v2",
+        "a-very-long-bakingjob-name-for-a-sentence-embedding-model-v2",
+        "n" * 253,  # its pods' names are cut to 253 characters with a digest
+    ],
+    ids=["dotted", "long", "longest"],
 )
 def test_store_prefixes_cel_cannot_recompute_still_pass_for_their_own_job(
     cluster: ControlPlane, namespace: str, tmp_path: Path, job_name: str
