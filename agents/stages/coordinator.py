@@ -108,7 +108,9 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 model = BUILTINS[spec.builtin]()
             imported = self._import_builtin(model, out.directory, build.seconds)
         elif spec.local_path:
-            imported = self._import_file(Path(spec.local_path), spec.sha256, params, out.directory)
+            imported = self._import_file(
+                Path(spec.local_path), spec.sha256, spec.format, params, out.directory
+            )
         else:
             raise InvalidInput(
                 "job.model.source must be a builtin, or the runner must resolve it to "
@@ -229,7 +231,12 @@ class BakingCoordinator(Agent[CoordinatorParams]):
     # -- user files -------------------------------------------------------------------------------
 
     def _import_file(
-        self, path: Path, sha256: str | None, params: CoordinatorParams, directory: Path
+        self,
+        path: Path,
+        sha256: str | None,
+        spec_format: str | None,
+        params: CoordinatorParams,
+        directory: Path,
     ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
         if not path.is_file():
             raise InvalidInput(f"model file {path} does not exist")
@@ -251,6 +258,13 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             staged.unlink()
             raise
         fmt: ArtifactFormat = vetted.format
+        declared = spec_format if spec_format not in (None, "auto") else None
+        if declared is not None and declared != fmt:
+            staged.unlink()
+            raise InvalidInput(
+                f"{path.name} is {fmt} by its bytes, but job.model.format says {declared}: "
+                "fix the format, or leave it auto"
+            )
         artifact = artifact_name(fmt, "original")
         target = directory / artifact
         if vetted.external_data:

@@ -432,12 +432,13 @@ def write_torchscript_os_system(path: Path, marker: Path) -> Path:
     return _rewrite_zip(clean, path, lambda n, d: evil if n.endswith("/data.pkl") else d)
 
 
-def _onnx_with_external(path: Path, location: str) -> Path:
+def onnx_with_external(path: Path, location: str, length: int = 64) -> Path:
+    """A 4x4 MatMul whose weight (64 bytes) is external data at `location`, `length` bytes."""
     from onnx import TensorProto, helper, save
 
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 4])
     weight.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
     graph = helper.make_graph(
@@ -454,8 +455,8 @@ def _onnx_with_external(path: Path, location: str) -> Path:
 def write_onnx_external_outside(path: Path, marker: Path) -> Path:
     secret = path.parent.parent / f"{path.parent.name}-secret.bin"
     secret.write_bytes(b"s" * 64)
-    return _onnx_with_external(path, f"../{secret.name}")
+    return onnx_with_external(path, f"../{secret.name}")
 
 
 def write_onnx_external_absolute(path: Path, marker: Path) -> Path:
-    return _onnx_with_external(path, "/etc/hostname")
+    return onnx_with_external(path, "/etc/hostname")

@@ -119,3 +119,16 @@ def test_unknown_builtin_and_missing_model(tmp_path: Path, run_stage: StageRunne
         )
     with pytest.raises(InvalidInput, match=r"needs job\.model"):
         run_stage("BakingCoordinator", tmp_path / "b", job={})
+
+
+def test_a_declared_format_that_the_bytes_contradict_is_refused(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    """job.model.format is honoured: named, it must be what the file is (auto detects)."""
+    onnx_file = digits_chain.dirs["GraphOptimizer"] / "model.onnx"
+    job = _job(onnx_file, sha256_file(onnx_file))
+    job["model"] = {**job["model"], "format": "exported-program"}  # type: ignore[dict-item]
+    with pytest.raises(InvalidInput, match=r"is onnx by its bytes, but job\.model\.format says"):
+        run_stage("BakingCoordinator", tmp_path / "wrong", job=job)
+    job["model"] = {**job["model"], "format": "onnx"}  # type: ignore[dict-item]
+    assert run_stage("BakingCoordinator", tmp_path / "right", job=job).manifest.format == "onnx"

@@ -15,10 +15,9 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from reliability.models import onnx_with_external
 
 from bakeline.agents import vetting
 from bakeline.agents.pipeline import Chain
@@ -115,39 +114,21 @@ def test_pickle_globals_are_read_without_unpickling() -> None:
         list(pickle_globals(memo_fed))
 
 
-def _onnx_with_external(folder: Path, location: str, length: int = 64) -> Path:
-    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 4])
-    weight.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
-        entry = weight.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [weight],
-    )
-    path = folder / "model.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    return path
-
-
 def test_onnx_external_data_inside_the_models_folder_passes(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(bytes(64))
-    vetted = vet_model_file(_onnx_with_external(tmp_path, "weights.bin"))
+    vetted = vet_model_file(onnx_with_external(tmp_path / "model.onnx", "weights.bin"))
     assert vetted.format == "onnx" and vetted.external_data == ("weights.bin",)
 
 
 def test_onnx_external_data_that_is_short_or_through_a_link_is_refused(tmp_path: Path) -> None:
     (tmp_path / "short.bin").write_bytes(bytes(16))
     with pytest.raises(VettingError, match="declares 64 bytes"):
-        vet_model_file(_onnx_with_external(tmp_path, "short.bin", length=16))
+        vet_model_file(onnx_with_external(tmp_path / "model.onnx", "short.bin", length=16))
     outside = tmp_path.parent / f"{tmp_path.name}-outside.bin"
     outside.write_bytes(bytes(64))
     (tmp_path / "link.bin").symlink_to(outside)
     with pytest.raises(VettingError, match="outside the model's folder"):
-        vet_model_file(_onnx_with_external(tmp_path, "link.bin"))
+        vet_model_file(onnx_with_external(tmp_path / "model.onnx", "link.bin"))
 
 
 def test_a_renamed_zip_or_a_duplicate_entry_is_refused(small_pt2: Path, tmp_path: Path) -> None:
