@@ -186,6 +186,20 @@ def quality_passes(metric: str, value: float, threshold: float) -> bool:
 JobPart = Literal["model", "target", "quality"]
 
 
+def job_document(
+    name: str, spec: Mapping[str, Any], model: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The agent contract's `--job`: the job-level parts of a BakingJob's spec in wire form,
+    the same from both drivers. `model` stands in for the spec's where a driver resolved the
+    source (`bakeline run`: a file:// url to its `localPath` and checked sha256)."""
+    return {
+        "name": name,
+        "model": dict(spec.get("model") or {} if model is None else model),
+        "target": dict(spec.get("target") or {}),
+        "quality": dict(spec.get("quality") or {}),
+    }
+
+
 @dataclass(frozen=True)
 class AgentTraits:
     """What the drivers need to know of an agent without importing it (torch and all)."""

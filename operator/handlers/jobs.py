@@ -21,7 +21,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from bakeline import __version__
+from bakeline import __version__, contract
 from bakeline.api import bakingjob as bj
 from bakeline.api.defaults import default_workflow
 from bakeline.api.lane import Lane, LaneSpec
@@ -704,14 +704,7 @@ def _parse_result(text: str) -> dict[str, Any]:
 
 
 def _job_document(job: bj.BakingJob) -> dict[str, Any]:
-    """The agent contract's `--job`: the job-level parts of the spec, in wire form."""
-    spec = job.spec.to_wire()
-    return {
-        "name": job.metadata.name,
-        "model": spec["model"],
-        "target": spec.get("target", {}),
-        "quality": spec.get("quality", {}),
-    }
+    return contract.job_document(job.metadata.name or "", job.spec.to_wire())
 
 
 def _workflow(kube: Kube, namespace: str, ref: str | None) -> dict[str, Any] | None:

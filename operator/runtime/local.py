@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from bakeline import contract
 from bakeline.checkpoints.manifest import sha256_file
 from bakeline.contract import TERMINATION_LIMIT, TerminationMessage, parse_termination
 
@@ -285,7 +286,7 @@ def job_document(
             f"model source {kinds} is not available to `bakeline run` on one machine: "
             "use `builtin` or a file:// `url` with its sha256"
         )
-    return {"name": name, "model": resolved, "target": dict(target), "quality": dict(quality)}
+    return contract.job_document(name, {"target": target, "quality": quality}, resolved)
 
 
 def _local_path(url: str, base_dir: Path) -> Path:

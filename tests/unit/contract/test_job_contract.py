@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import get_args
 
 from bakeline import contract
 from bakeline.agents.stages import resolve
+from bakeline.api import BakingJob
 from bakeline.api.names import AGENTS
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
+from bakeline.handlers import jobs
+from bakeline.runtime import local
 
 
 def test_a_termination_message_round_trips_through_the_one_parser() -> None:
@@ -76,3 +81,26 @@ def test_every_agent_has_one_row_of_traits_that_matches_the_agent() -> None:
         "InferenceAccelerator",
         "PerformanceProfiler",
     } == contract.HOST_DEPENDENT_AGENTS
+
+
+def test_both_drivers_hand_agents_the_same_job_document(tmp_path: Path) -> None:
+    """The operator's `--job` and bakeline run's come from contract.job_document: for a
+    builtin model (nothing to resolve) they are equal, key for key."""
+    manifest = {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "BakingJob",
+        "metadata": {"name": "digits", "namespace": "demo"},
+        "spec": {
+            "model": {"source": {"builtin": "digits-cnn"}},
+            "target": {"batchSizes": [1, 8]},
+            "quality": {"metric": "accuracy", "threshold": 0.95},
+        },
+    }
+    job = BakingJob.model_validate(manifest)
+    wire = job.spec.to_wire()
+    in_cluster = jobs._job_document(job)
+    on_one_machine = local.job_document(
+        "digits", wire["model"], wire["target"], wire["quality"], tmp_path
+    )
+    assert in_cluster == on_one_machine
+    assert set(in_cluster) == {"name", *get_args(contract.JobPart)}
