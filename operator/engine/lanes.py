@@ -56,13 +56,17 @@ class LaneView:
     name: str
     spec: LaneSpec
     running: tuple[str, ...] = ()  # jobs of this lane running now
-    frozen: bool = False  # an SLOPolicy froze it
-    freeze: FreezeAction = "Freeze"  # what that freeze does (freeze_in_force), when frozen
+    freeze: FreezeAction | None = None  # what an SLOPolicy's freeze does (freeze_in_force)
+
+    @property
+    def frozen(self) -> bool:
+        """An SLOPolicy froze it."""
+        return self.freeze is not None
 
     @property
     def drains(self) -> bool:
         """Its running jobs stop at their next stage boundary and go back to the queue."""
-        return lane_drains(self.spec, self.freeze if self.frozen else None)
+        return lane_drains(self.spec, self.freeze)
 
     @property
     def routes_on(self) -> bool:

@@ -258,7 +258,8 @@ def reconcile_job(
             events.append(engine.Event(now, "", "PodStopped", f"deleted {pod}: the job ended"))
     if state.deadline is not None and new_status.get("phase") not in TERMINAL:
         wake = min(wake if wake is not None else POLL_RUNNING_S, max(0.5, state.deadline - now))
-    if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
+    finished_now = new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL
+    if finished_now:
         remember_durations(kube, obj, plan, state, now)
         # The ledger first: if the status write is lost, the next pass writes the same key.
         lane = str(new_status.get("lane") or spec.lane_ref)
@@ -282,7 +283,7 @@ def reconcile_job(
                     "SLOPolicies do not count it",
                 )
             )
-    if new_status.get("phase") in TERMINAL and observed.get("phase") not in TERMINAL:
+    if finished_now:
         # retain counts once the job has finished: while it runs a rollback may need any.
         needed = {str(new_status.get("currentCheckpoint") or "")}
         retain = spec.checkpoints.retain
@@ -431,14 +432,9 @@ def _decide(kube: Kube, namespace: str, now: float) -> admission.Admission:
         except ValidationError:
             continue
         lane_name = lane_obj["metadata"]["name"]
-        freeze = _freeze_in_force(lane_obj)
         lanes.append(
             admission.LaneView(
-                lane_name,
-                lane.spec,
-                tuple(running.get(lane_name, ())),
-                frozen=freeze is not None,
-                freeze=freeze or "Freeze",
+                lane_name, lane.spec, tuple(running.get(lane_name, ())), _freeze_in_force(lane_obj)
             )
         )
     return admission.admit(lanes, queued)

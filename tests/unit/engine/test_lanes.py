@@ -32,7 +32,7 @@ def _lane(
     freeze: FreezeAction = "Freeze",
     **spec: object,
 ) -> LaneView:
-    return LaneView(name, LaneSpec.model_validate(spec), running, frozen, freeze)
+    return LaneView(name, LaneSpec.model_validate(spec), running, freeze if frozen else None)
 
 
 def test_priority_queueing_orders_by_priority_then_age() -> None:
