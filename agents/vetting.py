@@ -89,6 +89,7 @@ def vet_model_file(path: Path, data_folder: Path | None = None) -> Vetted:
             "with torch.export.save, or to ONNX",
         )
     if head == b"PK\x03\x04" or _looks_like_zip(path):
+        identity = _identity(path)
         archive = _open_zip(path)
         with archive:
             kind = _archive_kind(name, archive)
@@ -96,15 +97,36 @@ def vet_model_file(path: Path, data_folder: Path | None = None) -> Vetted:
                 _vet_exported_program(name, archive)
             else:
                 _vet_torchscript(name, archive)
+        if identity is not None:
+            _VETTED[identity] = kind
         return Vetted(kind)
     return _vet_onnx(path, (data_folder or path.parent).resolve())
 
 
 def vet_or_raise(path: Path, expected: VettedFormat) -> None:
-    """Vet `path` as `expected` before a loader opens it (the loaders call this)."""
-    vetted = vet_model_file(path)
-    if vetted.format != expected:
-        raise VettingError(path.name, None, f"is {vetted.format}, not {expected}")
+    """Vet `path` as `expected` before a loader opens it (the loaders call this). A file this
+    process has vetted and that has not changed since is not read again: a stage loads its
+    model several times, and reading a large archive through costs a pass over every byte."""
+    identity = _identity(path)
+    kind = _VETTED.get(identity) if identity is not None else None
+    if kind is None:
+        kind = vet_model_file(path).format
+    if kind != expected:
+        raise VettingError(path.name, None, f"is {kind}, not {expected}")
+
+
+# (device, inode, size, mtime, ctime) of torch archives vetted in this process, and their kind.
+# ctime moves with every change to the file and cannot be set back, so a changed file is vetted
+# afresh.
+_VETTED: dict[tuple[int, int, int, int, int], VettedFormat] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 # --- zip archives --------------------------------------------------------------------------------

@@ -145,3 +145,16 @@ def test_a_renamed_zip_or_a_duplicate_entry_is_refused(small_pt2: Path, tmp_path
     prefixed = tmp_path / "prefixed.bin"
     prefixed.write_bytes(b"#!/bin/sh\n" + small_pt2.read_bytes())
     assert vet_model_file(prefixed).format == "exported-program"
+
+
+def test_a_loader_skips_a_file_already_vetted_but_never_one_changed_since(
+    small_pt2: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model.pt2"
+    model.write_bytes(small_pt2.read_bytes())
+    vetting.vet_or_raise(model, "exported-program")
+    assert any(kind == "exported-program" for kind in vetting._VETTED.values())
+    # The same path, other bytes (a pickle where the archive was): vetted afresh, refused.
+    model.write_bytes(pickle.dumps({"w": 1}))
+    with pytest.raises(VettingError, match="is a Python pickle"):
+        vetting.vet_or_raise(model, "exported-program")
