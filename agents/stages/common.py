@@ -104,11 +104,16 @@ def default_metric(checkpoint: InputCheckpoint, job: JobSpec) -> QualityMetric:
     return value if value in ("cosine", "accuracy", "max-abs-error") else "cosine"
 
 
-def reference_accuracy(checkpoint: InputCheckpoint) -> float | None:
+def lineage_metric(checkpoint: InputCheckpoint, key: str) -> float | None:
+    """A metric an earlier stage of this checkpoint's lineage reported (the first that did)."""
     for entry in checkpoint.manifest.lineage:
-        if "referenceAccuracy" in entry.metrics:
-            return entry.metrics["referenceAccuracy"]
+        if key in entry.metrics:
+            return entry.metrics[key]
     return None
+
+
+def reference_accuracy(checkpoint: InputCheckpoint) -> float | None:
+    return lineage_metric(checkpoint, "referenceAccuracy")
 
 
 def quality_gate(

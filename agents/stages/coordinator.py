@@ -50,7 +50,7 @@ from bakeline.agents.runtimes import (
 )
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.timing import Stopwatch
-from bakeline.agents.vetting import VettingError, vet_model_file
+from bakeline.agents.vetting import vet_model_file
 from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
 from bakeline.contract import SYNTHETIC_INPUTS
 
@@ -245,37 +245,32 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         incoming = directory / ".incoming"
         incoming.mkdir(exist_ok=True)
         staged = incoming / path.name
-        staged.write_bytes(path.read_bytes())
-        actual = sha256_file(staged)
-        if sha256 and actual != sha256.lower():
-            staged.unlink()
-            raise InvalidInput(
-                f"model file sha256 {actual} does not match job.model.sha256 {sha256}"
-            )
         try:
+            staged.write_bytes(path.read_bytes())
+            actual = sha256_file(staged)
+            if sha256 and actual != sha256.lower():
+                raise InvalidInput(
+                    f"model file sha256 {actual} does not match job.model.sha256 {sha256}"
+                )
             vetted = vet_model_file(staged, data_folder=path.resolve().parent)
-        except VettingError:
-            staged.unlink()
-            raise
-        fmt: ArtifactFormat = vetted.format
-        declared = spec_format if spec_format not in (None, "auto") else None
-        if declared is not None and declared != fmt:
-            staged.unlink()
-            raise InvalidInput(
-                f"{path.name} is {fmt} by its bytes, but job.model.format says {declared}: "
-                "fix the format, or leave it auto"
-            )
-        artifact = artifact_name(fmt, "original")
-        target = directory / artifact
-        if vetted.external_data:
-            # Vetted to lie inside the model's own folder; folded into one file so the
-            # checkpoint holds all of the model.
-            model = onnx.load(str(path), load_external_data=True)
-            onnx.save(model, str(target))
-            staged.unlink()
-        else:
-            staged.replace(target)
-        incoming.rmdir()
+            fmt: ArtifactFormat = vetted.format
+            declared = spec_format if spec_format not in (None, "auto") else None
+            if declared is not None and declared != fmt:
+                raise InvalidInput(
+                    f"{path.name} is {fmt} by its bytes, but job.model.format says {declared}: "
+                    "fix the format, or leave it auto"
+                )
+            artifact = artifact_name(fmt, "original")
+            target = directory / artifact
+            if vetted.external_data:
+                # Vetted to lie inside the model's own folder; folded into one file so the
+                # checkpoint holds all of the model.
+                onnx.save(onnx.load(str(path), load_external_data=True), str(target))
+            else:
+                staged.replace(target)
+        finally:  # nothing refused, and no copy of it, stays in the checkpoint
+            staged.unlink(missing_ok=True)
+            incoming.rmdir()
         try:
             inputs, outputs, weights = _signature(target, fmt, params)
         except InvalidInput:

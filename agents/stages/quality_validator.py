@@ -16,7 +16,13 @@ from pydantic import Field
 from bakeline.agents.contract import GateFailed, Outcome, QualityMetric, StageParams
 from bakeline.agents.runtimes import open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
-from bakeline.agents.stages.common import quality_gate, runtime_config, score, write_report
+from bakeline.agents.stages.common import (
+    lineage_metric,
+    quality_gate,
+    runtime_config,
+    score,
+    write_report,
+)
 from bakeline.contract import QUALITY_VERIFIED, SYNTHETIC_INPUTS
 
 
@@ -47,7 +53,7 @@ class QualityValidator(Agent[QualityParams]):
         )
         measured = score(runner, source, "evaluation")
         ok, why = gate.check(measured)
-        synthetic = any(entry.metrics.get(SYNTHETIC_INPUTS) for entry in source.manifest.lineage)
+        synthetic = bool(lineage_metric(source, SYNTHETIC_INPUTS))
         metrics = {
             **measured,
             "threshold": gate.threshold,
