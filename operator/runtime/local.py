@@ -219,7 +219,6 @@ _INHERITED_PREFIXES = (
     "OPENBLAS_",
     "BAKELINE_",
     "TORCHINDUCTOR_",
-    "SCRIPTED_AGENT_",  # the test suite's scripted agent reads its script from here
 )
 
 
