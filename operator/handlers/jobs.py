@@ -201,8 +201,11 @@ def reconcile_job(
         if isinstance(action, engine.StartStage):
             if draining:
                 continue  # the lane drains: no new stage; the job goes back to the queue below
-            if pods_wait is not None:  # stage pods were refused or did not start: back off
-                wake = pods_wait if wake is None else min(wake, pods_wait)
+            if pods_wait is not None or _pods_in_trouble(events):
+                # Stage pods were refused or did not start, earlier or in this very pass: back
+                # off (the delay is set below, once the condition says how long it has lasted).
+                if pods_wait is not None:
+                    wake = pods_wait if wake is None else min(wake, pods_wait)
                 continue
             if circuits.get(action.agent, admission.Circuit()).opened_at is not None:
                 trial_started(kube, namespace, lane_name, action.agent, now)
@@ -235,7 +238,7 @@ def reconcile_job(
         0 if state.current_checkpoint(plan) else _model_bytes(kube, obj),
         _failed_outcome(plan, state, name, outcomes),
     )
-    pod_trouble = next((e.message for e in events if e.kind in stagepods.EVENT_KINDS), None)
+    pod_trouble = _pods_in_trouble(events)
     if pod_trouble is not None:
         delay = stagepods.block(new_status, pod_trouble, now, meta)
         wake = delay if wake is None else min(wake, delay)
@@ -679,6 +682,11 @@ def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
     """The attempt's terminated state ({} while it has none): on ConfigMap lanes, a failed
     restore's, a failed agent's or the store container's (manifests.terminated_state)."""
     return manifests.terminated_state(pod)
+
+
+def _pods_in_trouble(events: list[engine.Event]) -> str | None:
+    """Why a stage pod of this pass was refused or did not start; None when none was."""
+    return next((e.message for e in events if e.kind in stagepods.EVENT_KINDS), None)
 
 
 def _running_pods_unseen(status: Mapping[str, Any], pods: Mapping[str, Any], job: str) -> bool:

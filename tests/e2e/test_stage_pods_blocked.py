@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bakeline.handlers.clock import epoch
 from controlplane import ControlPlane
 from support.kube import apply, condition, get, wait_for
 
@@ -62,6 +63,11 @@ def test_a_missing_stage_service_account_blocks_the_job_until_it_exists(
     # Backoff: a handful of tries in these seconds, not a hot loop.
     pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.split()
     assert len(pods) <= 4, pods
+    # The pass that sees a pod not start creates no other at once: the next waits its backoff.
+    listed = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    created = sorted(epoch(p["metadata"]["creationTimestamp"]) for p in listed["items"])
+    gaps = [later - earlier for earlier, later in zip(created, created[1:], strict=False)]
+    assert gaps and min(gaps) >= 4, gaps
 
     cluster.kubectl("create", "serviceaccount", STAGE_ACCOUNT, "-n", namespace)
 
