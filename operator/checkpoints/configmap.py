@@ -450,7 +450,7 @@ class ConfigMapStore:
         Blob-stored files of `leave_roles` stay in the store: `destination` lists them in its
         carried marker (CARRIED_NAME), and a `put` of a checkpoint that carries them forward
         refers to the same blobs. A stage pod whose agent never opens the original model
-        restores its input this way (bakeline.cli.stage_store)."""
+        restores its input this way (bakeline.stagepod.store)."""
         if destination.exists():
             raise FileExistsError(f"restore target {destination} already exists")
         manifest, manifest_bytes, files = self._load(checkpoint_id)

@@ -10,8 +10,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
+from bakeline.cli.operator import run_operator
 from bakeline.handlers.jobs import OperatorConfig
-from bakeline.handlers.run import run_operator
 from bakeline.runtime.pods import ANNOTATION_RERUN
 
 

@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("operator", "rerun"):
         return _cluster_command(args)
     if args.command == "stage":
-        from bakeline.cli.stage import run_stage
+        from bakeline.stagepod.wrapper import run_stage
 
         given = list(args.agent_command)
         agent = given[1:] if given[:1] == ["--"] else given

@@ -20,12 +20,12 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from bakeline.handlers.informer import Informer
 from bakeline.handlers.jobs import TERMINAL, OperatorConfig, admission_decision, reconcile_job
-from bakeline.handlers.kube import POD, RECORD, RECORD_SELECTOR, Kube
 from bakeline.handlers.lanes import reconcile_lane
 from bakeline.handlers.slo import reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
+from bakeline.kube.client import POD, RECORD, RECORD_SELECTOR, Kube
+from bakeline.kube.informer import Informer
 from bakeline.metrics.collectors import RECONCILE_ERRORS, RECONCILES, track_job_phase
 from bakeline.runtime.pods import ANNOTATION_RERUN, LABEL_COMPONENT, LABEL_JOB
 
@@ -165,7 +165,7 @@ def reconcile(kind: str, namespace: str, name: str) -> None:
         workflow = (obj.get("spec") or {}).get("workflowRef")
         if workflow:
             # The job's durations joined the namespace's history: its workflow's predictions
-            # follow them (handlers/durations.py).
+            # follow them (kube/durations.py).
             RUNTIME.wake_later("Workflow", namespace, workflow, LANE_REFRESH_S)
     if kind == "BakingJob":
         lane = (obj.get("status") or {}).get("lane") or (obj.get("spec") or {}).get("laneRef")

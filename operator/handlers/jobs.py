@@ -35,25 +35,25 @@ from bakeline.engine.dag import descendants
 from bakeline.engine.predict import latest_model_bytes
 from bakeline.engine.result import first_failed_stage
 from bakeline.engine.retry import AttemptOutcome, classify_exit
-from bakeline.handlers import stagepods
-from bakeline.handlers.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
-from bakeline.handlers.clock import epoch, timestamp
-from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.durations import (
+from bakeline.kube import blocked_pods
+from bakeline.kube.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
+from bakeline.kube.client import Kube, status_changes
+from bakeline.kube.clock import epoch, timestamp
+from bakeline.kube.conditions import set_condition
+from bakeline.kube.durations import (
     duration_history,
     model_identity,
     namespace_predictor,
     remember_durations,
 )
-from bakeline.handlers.informer import Informer
-from bakeline.handlers.jobstate import (
+from bakeline.kube.informer import Informer
+from bakeline.kube.job_status import (
     repair_status,
     run_state_from_status,
     status_from_run_state,
 )
-from bakeline.handlers.kube import Kube, status_changes
-from bakeline.handlers.ledger import ledger_key, outcome_entry, record_outcome
-from bakeline.handlers.retention import prune_checkpoints
+from bakeline.kube.ledger import ledger_key, outcome_entry, record_outcome
+from bakeline.kube.retention import prune_checkpoints
 from bakeline.metrics.collectors import (
     CACHE_HITS,
     ROLLBACKS,
@@ -196,7 +196,7 @@ def reconcile_job(
         bypass=bypass | {s.name for s in plan.stages if s.agent in HARDWARE_DEPENDENT_AGENTS},
     )
     wake: float | None = None
-    pods_wait = stagepods.wait_seconds(status, now)
+    pods_wait = blocked_pods.wait_seconds(status, now)
     for action in engine.next_actions(plan, state, now, cache, blocked):
         if isinstance(action, engine.StartStage):
             if draining:
@@ -240,10 +240,10 @@ def reconcile_job(
     )
     pod_trouble = _pods_in_trouble(events)
     if pod_trouble is not None:
-        delay = stagepods.block(new_status, pod_trouble, now, meta)
+        delay = blocked_pods.block(new_status, pod_trouble, now, meta)
         wake = delay if wake is None else min(wake, delay)
     elif any(e.kind == "Started" for e in events):
-        stagepods.unblock(new_status, meta)
+        blocked_pods.unblock(new_status, meta)
     running = any(s.phase is engine.StagePhase.RUNNING for s in state.stages.values())
     if draining and not running and new_status.get("phase") not in TERMINAL:
         why = (
@@ -282,7 +282,7 @@ def reconcile_job(
                     "",
                     "OutcomeNotRecorded",
                     "the SLO ledger ConfigMap refused this outcome "
-                    f"({stagepods.api_message(exc)}); "
+                    f"({blocked_pods.api_message(exc)}); "
                     "SLOPolicies do not count it",
                 )
             )
@@ -504,7 +504,7 @@ def _observe(
         return state, []  # being deleted: the next pass sees it gone
     if pod_status.get("phase") not in ("Succeeded", "Failed"):
         return state, []
-    cause = stagepods.not_started(pod)
+    cause = blocked_pods.not_started(pod)
     if cause is not None:  # the installation's gap, not the agent's: no outcome is counted
         return engine.stage_not_started(state, stage, now, cause)
     terminated = _terminated(pod)
@@ -603,7 +603,7 @@ def _start(
     try:
         kube.create_pod(pod)
     except ApiException as exc:
-        refused = stagepods.refusal(exc, pod["metadata"]["name"])
+        refused = blocked_pods.refusal(exc, pod["metadata"]["name"])
         if refused is None:
             raise
         # The cluster's configuration refused it (RBAC, a ServiceAccount, a quota, a policy):
@@ -686,7 +686,7 @@ def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 def _pods_in_trouble(events: list[engine.Event]) -> str | None:
     """Why a stage pod of this pass was refused or did not start; None when none was."""
-    return next((e.message for e in events if e.kind in stagepods.EVENT_KINDS), None)
+    return next((e.message for e in events if e.kind in blocked_pods.EVENT_KINDS), None)
 
 
 def _running_pods_unseen(status: Mapping[str, Any], pods: Mapping[str, Any], job: str) -> bool:
@@ -740,7 +740,7 @@ def _post(kube: Kube, obj: dict[str, Any], event: engine.Event) -> None:
         "Fallback",
         "RerunRefused",
         "OutcomeNotRecorded",
-        *stagepods.EVENT_KINDS,
+        *blocked_pods.EVENT_KINDS,
     )
     prefix = f"stage {event.stage}: " if event.stage else ""
     kube.post_event(obj, "Warning" if warning else "Normal", event.kind, prefix + event.message)

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 
 from bakeline.api.lane import Lane, LaneSpec
 from bakeline.engine import lanes as admission
-from bakeline.handlers.circuits import open_circuits
-from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.kube import Kube, status_changes
+from bakeline.kube.circuits import open_circuits
+from bakeline.kube.client import Kube, status_changes
+from bakeline.kube.conditions import set_condition
 from bakeline.metrics.collectors import LANE_FROZEN, LANE_RUNNING, QUEUE_DEPTH
 
 TERMINAL = {"Succeeded", "Failed"}

@@ -1,7 +1,7 @@
 """Reconcile an SLOPolicy: evaluate its objectives from the durable ledger, burn rates, budget
 policy; freeze and unfreeze the lanes it selects.
 
-The outcomes come from the namespace's ledger (handlers/ledger.py), durable across restarts;
+The outcomes come from the namespace's ledger (kube/ledger.py), durable across restarts;
 each evaluation also folds the ledger's aged entries and drops those no window reads. A
 policy's freeze is an entry in each selected Lane's `status.frozenBy`, with the action it takes
 (Freeze, HoldAndDrain or Fallback: admission reads it), written with the lane's resourceVersion
@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
-from bakeline.handlers.clock import epoch, timestamp
-from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.kube import Kube, status_changes
 from bakeline.handlers.lanes import lane_spec, set_frozen
-from bakeline.handlers.ledger import fold_ledger, read_ledger, records
+from bakeline.kube.client import Kube, status_changes
+from bakeline.kube.clock import epoch, timestamp
+from bakeline.kube.conditions import set_condition
+from bakeline.kube.ledger import fold_ledger, read_ledger, records
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
 
 # ---------------------------------------------------------------------------- the policy

@@ -1,5 +1,5 @@
 """Reconcile a Workflow: validity (Ready or Invalid with every problem), order, predictions
-(from the namespace's finished jobs, handlers/durations.py)."""
+(from the namespace's finished jobs, kube/durations.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 from bakeline.api.validation import topological_order, validate_workflow
 from bakeline.engine.predict import DurationModel, critical_path_seconds, latest_model_bytes
-from bakeline.handlers.conditions import set_condition
-from bakeline.handlers.durations import duration_history, namespace_predictor
-from bakeline.handlers.kube import Kube, status_changes
+from bakeline.kube.client import Kube, status_changes
+from bakeline.kube.conditions import set_condition
+from bakeline.kube.durations import duration_history, namespace_predictor
 
 
 def workflow_status(

@@ -4,6 +4,7 @@ agent's failure: no retry is spent, no circuit opens, and the job goes on once i
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bakeline.handlers.clock import epoch
+from bakeline.kube.clock import epoch
 from controlplane import ControlPlane
 from support.kube import apply, condition, get, wait_for
 
@@ -65,8 +66,8 @@ def test_a_missing_stage_service_account_blocks_the_job_until_it_exists(
     assert len(pods) <= 4, pods
     # The pass that sees a pod not start creates no other at once: the next waits its backoff.
     listed = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
-    created = sorted(epoch(p["metadata"]["creationTimestamp"]) for p in listed["items"])
-    gaps = [later - earlier for earlier, later in zip(created, created[1:], strict=False)]
+    created = sorted(epoch(p["metadata"]["creationTimestamp"]) or 0.0 for p in listed["items"])
+    gaps = [later - earlier for earlier, later in itertools.pairwise(created)]
     assert gaps and min(gaps) >= 4, gaps
 
     cluster.kubectl("create", "serviceaccount", STAGE_ACCOUNT, "-n", namespace)

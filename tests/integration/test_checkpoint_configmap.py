@@ -25,7 +25,7 @@ from bakeline.checkpoints.manifest import (
     verify_checkpoint,
     write_manifest,
 )
-from bakeline.cli.stage_store import KubeConfigMapClient
+from bakeline.stagepod.store import KubeConfigMapClient
 from controlplane import ControlPlane
 from support.kube import stage_configmaps
 

@@ -21,8 +21,8 @@ from kubernetes.client.exceptions import ApiException
 
 from bakeline.checkpoints import ConfigMapStore
 from bakeline.checkpoints.manifest import Manifest, file_entry, write_manifest
-from bakeline.cli.stage_store import ApiError, ApiServer, KubeConfigMapClient
 from bakeline.runtime import pods
+from bakeline.stagepod.store import ApiError, ApiServer, KubeConfigMapClient
 from controlplane import ControlPlane
 from support.kube import wait_for
 
@@ -83,7 +83,7 @@ def _pod_token(cluster: ControlPlane, namespace: str, pod_name: str) -> str:
 def _store(
     cluster: ControlPlane, namespace: str, token: str, job: dict[str, Any]
 ) -> ConfigMapStore:
-    """The store as a stage pod's store container reaches it (bakeline.cli.stage_store)."""
+    """The store as a stage pod's store container reaches it (bakeline.stagepod.store)."""
     name = job["metadata"]["name"]
     api = ApiServer(cluster.server, cluster.ca_file, lambda: token)
     kube = KubeConfigMapClient(api, namespace, pods.owner_reference(job), pods.job_labels(name))

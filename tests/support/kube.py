@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bakeline.cli.stage_store import ApiServer, KubeConfigMapClient
+from bakeline.stagepod.store import ApiServer, KubeConfigMapClient
 from controlplane import ControlPlane
 
 T = TypeVar("T")
@@ -94,6 +94,6 @@ def stage_configmaps(
     owner: dict[str, Any] | None = None,
     labels: dict[str, str] | None = None,
 ) -> KubeConfigMapClient:
-    """The ConfigMap client stage pods use (bakeline.cli.stage_store), as the admin."""
+    """The ConfigMap client stage pods use (bakeline.stagepod.store), as the admin."""
     api = ApiServer(cluster.server, cluster.ca_file, lambda: cluster.admin_token)
     return KubeConfigMapClient(api, namespace, owner or {}, labels or {})

@@ -1,6 +1,6 @@
 """The chart's RBAC, over `helm template` output: least privilege, derived from the code.
 
-The operator's API calls all live in operator/handlers/kube.py and its watches in
+The operator's API calls all live in operator/kube/client.py and its watches in
 operator/handlers/app.py. This test reads both (their syntax tree, not a list kept by hand)
 and demands that the rendered rules grant exactly that: a new call without a rule fails here,
 and so does a rule nothing uses. Also here: the chart's CRDs are byte-for-byte crds/.
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bakeline.checkpoints import configmap
-from bakeline.handlers import kube
+from bakeline.kube import client as kube
 from bakeline.runtime.pods import (
     LABEL_JOB,
     LABEL_MANAGED_BY,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from bakeline.handlers.informer import Informer
 from bakeline.handlers.jobs import admission_decision
-from bakeline.handlers.kube import Kube
+from bakeline.kube.client import Kube
+from bakeline.kube.informer import Informer
 
 
 class InformerKube:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bakeline.handlers.batching import GroupCommit, Throttle
+from bakeline.kube.batching import GroupCommit, Throttle
 
 
 class BlockingWriter:

@@ -6,9 +6,9 @@ from typing import Any, cast
 
 from bakeline.api.lane import CircuitBreaker
 from bakeline.engine.retry import AttemptOutcome
-from bakeline.handlers.circuits import StageOutcome, count_outcomes, open_circuits, trial_started
-from bakeline.handlers.kube import Kube
 from bakeline.handlers.lanes import lane_events
+from bakeline.kube.circuits import StageOutcome, count_outcomes, open_circuits, trial_started
+from bakeline.kube.client import Kube
 
 POLICY = CircuitBreaker(consecutive_failures=2, cooldown_seconds=60)
 

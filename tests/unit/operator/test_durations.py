@@ -9,8 +9,8 @@ from kubernetes.client.exceptions import ApiException
 from bakeline.engine import pipeline as engine
 from bakeline.engine.predict import fit_durations
 from bakeline.engine.retry import AttemptOutcome
-from bakeline.handlers import durations
-from bakeline.handlers.kube import Kube
+from bakeline.kube import durations
+from bakeline.kube.client import Kube
 
 PLAN = engine.Plan.build(
     [

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bakeline.handlers.informer import Informer
+from bakeline.kube.informer import Informer
 
 Listing = tuple[Iterable[Mapping[str, Any]], int]
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bakeline.handlers.run import limit_malloc_arenas
+from bakeline.cli.operator import limit_malloc_arenas
 
 
 def test_a_set_malloc_arena_max_is_left_to_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +27,7 @@ def test_threads_share_two_arenas_once_capped() -> None:
     the cap with it, and exceeds it without."""
     program = """
 import ctypes, os, sys, threading
-from bakeline.handlers.run import limit_malloc_arenas
+from bakeline.cli.operator import limit_malloc_arenas
 if sys.argv[1] == "capped":
     assert limit_malloc_arenas()
 barrier = threading.Barrier(8)
@@ -67,7 +67,7 @@ def test_freed_heap_between_live_blocks_goes_back_to_the_os() -> None:
     the trimming thread runs, then RSS falls by most of it."""
     program = """
 import ctypes, sys, time
-from bakeline.handlers.run import trim_free_heap_every
+from bakeline.cli.operator import trim_free_heap_every
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bakeline.handlers.kube import request_resource
+from bakeline.kube.client import request_resource
 
 BASE = "https://127.0.0.1:6443"
 GROUP = f"{BASE}/apis/bakeline.io/v1alpha1"

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from bakeline.api.slopolicy import Objective
 from bakeline.engine.slo import SliSeries
-from bakeline.handlers.batching import Throttle
-from bakeline.handlers.ledger import (
+from bakeline.kube.batching import Throttle
+from bakeline.kube.ledger import (
     MAX_LEDGER_KEY,
     TIERS,
     bucket_key,

@@ -8,10 +8,10 @@ from bakeline.api.defaults import default_workflow
 from bakeline.engine import pipeline as engine
 from bakeline.engine.predict import fit_durations
 from bakeline.engine.retry import AttemptOutcome
-from bakeline.handlers.jobstate import repair_status, run_state_from_status, status_from_run_state
 from bakeline.handlers.lanes import lane_status
-from bakeline.handlers.ledger import outcome_entry
 from bakeline.handlers.workflows import workflow_status
+from bakeline.kube.job_status import repair_status, run_state_from_status, status_from_run_state
+from bakeline.kube.ledger import outcome_entry
 
 PLAN = engine.Plan.from_workflow(default_workflow().spec)
 JOB = {"metadata": {"name": "j", "namespace": "ns", "uid": "u", "generation": 2}}

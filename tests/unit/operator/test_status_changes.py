@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bakeline.handlers.kube import merge_patched, status_changes
+from bakeline.kube.client import merge_patched, status_changes
 
 
 def test_a_null_for_an_absent_field_is_no_change() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bakeline.checkpoints.configmap import ConfigMapData, ConfigMapExistsError
-from bakeline.cli.kube_protobuf import (
+from bakeline.stagepod.protobuf import (
     CONTENT_TYPE,
     MAGIC,
     _envelope,
@@ -27,7 +27,7 @@ from bakeline.cli.kube_protobuf import (
     decode_configmap,
     encode_configmap,
 )
-from bakeline.cli.stage_store import ApiError, ApiServer, KubeConfigMapClient
+from bakeline.stagepod.store import ApiError, ApiServer, KubeConfigMapClient
 
 PATH = "/api/v1/namespaces/ns/configmaps"
 
@@ -221,7 +221,7 @@ def test_an_unreachable_server_is_an_os_error_the_wrapper_retries(
 
 
 def test_the_stage_store_does_not_import_the_kubernetes_client() -> None:
-    probe = "import sys, bakeline.cli.stage_store; print('kubernetes' in sys.modules)"
+    probe = "import sys, bakeline.stagepod.store; print('kubernetes' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bakeline.checkpoints.manifest import Manifest, file_entry, sha256_file, write_manifest
-from bakeline.cli.stage import run_stage
+from bakeline.stagepod.wrapper import run_stage
 
 # An agent stand-in: writes a one-file checkpoint and a termination message, as told by argv.
 AGENT = """\

@@ -30,7 +30,7 @@ from bakeline.engine.predict import (
     imported_size,
     stage_samples,
 )
-from bakeline.handlers.kube import MAX_DATA_KEY, Kube
+from bakeline.kube.client import MAX_DATA_KEY, Kube
 
 log = logging.getLogger("bakeline.durations")
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bakeline.checkpoints.configmap import ConfigMapData
-from bakeline.cli.kube_protobuf import (
+from bakeline.stagepod.protobuf import (
     MAGIC,
     ProtobufError,
     _envelope,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bakeline.handlers.clock import now_timestamp
+from bakeline.kube.clock import now_timestamp
 
 
 def set_condition(

@@ -15,9 +15,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
-from bakeline.handlers.batching import GroupCommit, Throttle
-from bakeline.handlers.clock import now_timestamp
-from bakeline.handlers.informer import Informer
+from bakeline.kube.batching import GroupCommit, Throttle
+from bakeline.kube.clock import now_timestamp
+from bakeline.kube.informer import Informer
 from bakeline.metrics.collectors import API_REQUESTS
 from bakeline.runtime.pods import LABEL_COMPONENT, LABEL_JOB, label_value
 
@@ -125,7 +125,7 @@ class Kube:
         )
         return [dict(item) for item in listing.get("items", [])]
 
-    # ---- the SLO ledger: one ConfigMap per namespace (handlers/ledger.py says what it holds)
+    # ---- the SLO ledger: one ConfigMap per namespace (kube/ledger.py says what it holds)
     def record_outcome(self, namespace: str, key: str, entry: dict[str, Any]) -> None:
         """Store a finished job's outcome records; writing the same key again is harmless.
         Returns once written, merged with other jobs' outcomes written meanwhile."""
@@ -213,7 +213,7 @@ class Kube:
         if self.informer is not None:
             self.informer.store(CIRCUITS_KIND, saved)
 
-    # ---- finished jobs' stage durations: one ConfigMap per namespace (handlers/durations.py)
+    # ---- finished jobs' stage durations: one ConfigMap per namespace (kube/durations.py)
     def durations(self, namespace: str) -> dict[str, str]:
         """The namespace's duration history by key; the operator is its only writer, so after
         one read its own writes keep the copy in memory current."""

@@ -1,5 +1,5 @@
 """ConfigMaps in the API server's protobuf encoding (`application/vnd.kubernetes.protobuf`), for
-the stage pods' checkpoint store (bakeline.cli.stage_store).
+the stage pods' checkpoint store (bakeline.stagepod.store).
 
 Checkpoint bytes in JSON are base64 strings: a 900 KiB chunk is 1.2 MB of JSON that the API
 server decodes and this process encodes, and the created object comes back the same way. In

@@ -9,7 +9,7 @@ manifest's.
 
 On lanes with `storage: ConfigMap` the agent, which opens model files from outside, runs in a
 container that holds no token and knows nothing of the store (issue 23). The store's I/O
-(bakeline.cli.stage_store, through bakeline.checkpoints.configmap) runs in containers of its own
+(bakeline.stagepod.store, through bakeline.checkpoints.configmap) runs in containers of its own
 that mount the pod's token: `bakeline stage restore`, an init container, restores the input
 checkpoint where the agent reads it (every file checked against its sha256; the original model
 stays in the store for agents that never open it, carried by reference); `bakeline stage store`,
@@ -94,7 +94,7 @@ def run_stage(command: Sequence[str]) -> int:
     containers' steps."""
     termination = Path(os.environ["BAKELINE_TERMINATION_MESSAGE_PATH"])
     if list(command) in ([step] for step in STEPS):
-        from bakeline.cli.stage_store import run_restore, run_store
+        from bakeline.stagepod.store import run_restore, run_store
 
         return run_restore(termination) if command[0] == "restore" else run_store(termination)
     handoff = os.environ.get("BAKELINE_HANDOFF")

@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 
 from bakeline.handlers import app
 from bakeline.handlers.jobs import OperatorConfig
-from bakeline.handlers.kube import Kube
+from bakeline.kube.client import Kube
 from bakeline.metrics.collectors import REGISTRY
 
 RECURSION_LIMIT = 50_000

@@ -16,8 +16,8 @@ from typing import Any
 from bakeline.checkpoints.configmap import ConfigMapData, ConfigMapStore
 from bakeline.engine import pipeline as engine
 from bakeline.engine.retention import RecordedCheckpoint, checkpoints_to_prune
-from bakeline.handlers.clock import epoch
-from bakeline.handlers.kube import Kube
+from bakeline.kube.client import Kube
+from bakeline.kube.clock import epoch
 
 
 def prune_checkpoints(

@@ -17,8 +17,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bakeline.handlers.clock import epoch, timestamp
-from bakeline.handlers.conditions import set_condition
+from bakeline.kube.clock import epoch, timestamp
+from bakeline.kube.conditions import set_condition
 
 CONDITION = "StagePodsBlocked"
 # The engine events that say a stage pod did not run its agent (its cause is their message).

@@ -1,13 +1,13 @@
 """`bakeline stage restore` and `bakeline stage store`, the store containers of stage pods on
 lanes with `storage: ConfigMap`: the job's ConfigMap checkpoint store, reached with the stage
-pod's own short-lived token, which the agent's container never holds (bakeline.cli.stage says
+pod's own short-lived token, which the agent's container never holds (bakeline.stagepod.wrapper says
 what and why).
 
 Stage pods talk to the API server over plain HTTPS (`ApiServer`), not through the kubernetes
 client: the store makes four kinds of ConfigMap call, and importing the client alone took
 0.44 s of CPU in every stage pod, more than the wrapper and a no-op agent together (issue #8's
 throughput run: 200 single-stage jobs on two cores). They speak protobuf
-(bakeline.cli.kube_protobuf): checkpoint bytes travel as bytes, not as base64 inside JSON.
+(bakeline.stagepod.protobuf): checkpoint bytes travel as bytes, not as base64 inside JSON.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from bakeline.checkpoints.configmap import (
 )
 from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError, read_manifest
 from bakeline.checkpoints.store import CheckpointNotFoundError
-from bakeline.cli import kube_protobuf
-from bakeline.cli.stage import (
+from bakeline.contract import TerminationMessage, parse_termination, status_of_exit
+from bakeline.stagepod import protobuf as kube_protobuf
+from bakeline.stagepod.wrapper import (
     EXIT_INVALID,
     EXIT_TRANSIENT,
     HANDOFF_LOCK,
@@ -47,7 +48,6 @@ from bakeline.cli.stage import (
     fail,
     verify_output,
 )
-from bakeline.contract import TerminationMessage, parse_termination, status_of_exit
 
 T = TypeVar("T")
 REQUEST_TIMEOUT_S = 60.0

@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 
 from bakeline.checkpoints.manifest import FileEntry, Manifest, write_manifest
-from bakeline.cli.stage import HANDOFF_LOCK, HANDOFF_OUTCOME, HANDOFF_STARTED, StageStoreError
-from bakeline.cli.stage_store import _refuse_links, run_store, wait_for_agent
+from bakeline.stagepod.store import _refuse_links, run_store, wait_for_agent
+from bakeline.stagepod.wrapper import (
+    HANDOFF_LOCK,
+    HANDOFF_OUTCOME,
+    HANDOFF_STARTED,
+    StageStoreError,
+)
 
 WRAPPER = "import sys; from bakeline.cli.main import main; sys.exit(main(sys.argv[1:]))"
 # An agent stand-in: writes its termination message, waits for `release` if given, exits.

@@ -18,8 +18,8 @@ from bakeline.engine import pipeline as engine
 from bakeline.engine.predict import DurationModel, estimate_remaining, fit_durations
 from bakeline.engine.result import FinalArtifact, bake_result, job_verdict
 from bakeline.engine.retry import AttemptOutcome
-from bakeline.handlers.clock import epoch, now_timestamp, timestamp
-from bakeline.handlers.conditions import set_condition
+from bakeline.kube.clock import epoch, now_timestamp, timestamp
+from bakeline.kube.conditions import set_condition
 from bakeline.runtime import pods as manifests
 
 RecordLoader = Callable[[str], Mapping[str, Any] | None]

@@ -32,8 +32,8 @@ from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import window_seconds
 from bakeline.engine import slo
-from bakeline.handlers.clock import epoch
-from bakeline.handlers.kube import MAX_DATA_KEY, Kube
+from bakeline.kube.client import MAX_DATA_KEY, Kube
+from bakeline.kube.clock import epoch
 
 log = logging.getLogger("bakeline.ledger")
 

@@ -15,8 +15,8 @@ from typing import Any
 from bakeline.api.lane import CircuitBreaker
 from bakeline.engine import lanes as admission
 from bakeline.engine.retry import AttemptOutcome
-from bakeline.handlers.clock import epoch, timestamp
-from bakeline.handlers.kube import MAX_DATA_KEY, Kube
+from bakeline.kube.client import MAX_DATA_KEY, Kube
+from bakeline.kube.clock import epoch, timestamp
 
 _COUNTED_MAX = 32  # pods remembered per entry; more than any threshold a lane may set
 

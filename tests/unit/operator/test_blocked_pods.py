@@ -7,8 +7,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bakeline.handlers import stagepods
-from bakeline.handlers.clock import epoch
+from bakeline.kube import blocked_pods
+from bakeline.kube.clock import epoch
 
 META = {"name": "j", "namespace": "ns", "generation": 1}
 
@@ -21,15 +21,15 @@ def _refused(status: int, message: str) -> ApiException:
 
 def test_the_clusters_refusals_are_named_and_others_raised() -> None:
     quota = _refused(403, 'pods "j-import-1" is forbidden: exceeded quota: pods')
-    assert stagepods.refusal(quota, "j-import-1") == (
+    assert blocked_pods.refusal(quota, "j-import-1") == (
         'pod j-import-1 refused: pods "j-import-1" is forbidden: exceeded quota: pods'
     )
     assert (
-        stagepods.refusal(_refused(422, "denied by policy"), "p")
+        blocked_pods.refusal(_refused(422, "denied by policy"), "p")
         == "pod p refused: denied by policy"
     )
-    assert stagepods.refusal(_refused(500, "etcd away"), "p") is None
-    assert stagepods.refusal(_refused(409, "exists"), "p") is None
+    assert blocked_pods.refusal(_refused(500, "etcd away"), "p") is None
+    assert blocked_pods.refusal(_refused(409, "exists"), "p") is None
 
 
 def _failed_pod(message: str, reason: str = "CreateContainerConfigError") -> dict[str, Any]:
@@ -44,23 +44,23 @@ def _failed_pod(message: str, reason: str = "CreateContainerConfigError") -> dic
 
 
 def test_a_missing_service_account_is_the_installations_and_a_missing_model_the_jobs() -> None:
-    cause = stagepods.not_started(_failed_pod('serviceaccount "bakeline-stage" not found'))
+    cause = blocked_pods.not_started(_failed_pod('serviceaccount "bakeline-stage" not found'))
     assert cause is not None and 'serviceaccount "bakeline-stage" not found' in cause
-    assert stagepods.not_started(_failed_pod('configmaps "absent" not found')) is None
-    assert stagepods.not_started(_failed_pod("exit 1", reason="Error")) is None
+    assert blocked_pods.not_started(_failed_pod('configmaps "absent" not found')) is None
+    assert blocked_pods.not_started(_failed_pod("exit 1", reason="Error")) is None
 
 
 def test_the_backoff_grows_with_how_long_the_pods_have_been_blocked() -> None:
-    assert stagepods.retry_delay(None, 100.0) == stagepods.RETRY_FIRST_S
-    assert stagepods.retry_delay(100.0, 160.0) == 60.0
-    assert stagepods.retry_delay(0.0, 10_000.0) == stagepods.RETRY_MAX_S
+    assert blocked_pods.retry_delay(None, 100.0) == blocked_pods.RETRY_FIRST_S
+    assert blocked_pods.retry_delay(100.0, 160.0) == 60.0
+    assert blocked_pods.retry_delay(0.0, 10_000.0) == blocked_pods.RETRY_MAX_S
 
 
 def test_block_then_unblock() -> None:
     status: dict[str, Any] = {}
     now = 1_800_000_000.0
-    delay = stagepods.block(status, "pod p refused: quota", now, META)
-    assert delay == stagepods.RETRY_FIRST_S
+    delay = blocked_pods.block(status, "pod p refused: quota", now, META)
+    assert delay == blocked_pods.RETRY_FIRST_S
     [held] = status["conditions"]
     assert (held["type"], held["status"], held["reason"]) == (
         "StagePodsBlocked",
@@ -68,9 +68,9 @@ def test_block_then_unblock() -> None:
         "PodNotStarted",
     )
     assert "quota" in held["message"] and "not counted against the agent" in held["message"]
-    assert epoch(status[stagepods.RETRY_AT]) == now + delay
-    assert stagepods.wait_seconds(status, now) == delay
-    assert stagepods.wait_seconds(status, now + delay) is None
-    stagepods.unblock(status, META)
+    assert epoch(status[blocked_pods.RETRY_AT]) == now + delay
+    assert blocked_pods.wait_seconds(status, now) == delay
+    assert blocked_pods.wait_seconds(status, now + delay) is None
+    blocked_pods.unblock(status, META)
     assert status["conditions"][0]["status"] == "False"
-    assert status[stagepods.RETRY_AT] is None
+    assert status[blocked_pods.RETRY_AT] is None
