@@ -321,7 +321,7 @@ class LaneStatus(StatusModel):
             "x-kubernetes-list-map-keys": ["agent"],
         },
     )
-    conditions: list[Condition] = conditions_field("Ready, Frozen")
+    conditions: list[Condition] = conditions_field("Ready, Frozen, FallbackLaneFound")
 
 
 class Lane(Resource):

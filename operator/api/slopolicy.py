@@ -307,7 +307,7 @@ class SLOPolicyStatus(StatusModel):
     last_evaluated: AwareDatetime | None = Field(
         default=None, description="When the budgets were last computed."
     )
-    conditions: list[Condition] = conditions_field("Ready, Burning, BudgetExhausted")
+    conditions: list[Condition] = conditions_field("Ready, Burning, BudgetExhausted, LanesFound")
 
 
 class SLOPolicy(Resource):

@@ -21,8 +21,8 @@ import kopf
 from kubernetes import client, config
 
 from bakeline.handlers.jobs import TERMINAL, OperatorConfig, admission_decision, reconcile_job
-from bakeline.handlers.lanes import reconcile_lane
-from bakeline.handlers.slo import reconcile_slo
+from bakeline.handlers.lanes import lane_presence_changed, lanes_falling_back_to, reconcile_lane
+from bakeline.handlers.slo import policies_watching, reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
 from bakeline.kube.client import POD, RECORD, RECORD_SELECTOR, Kube
 from bakeline.kube.informer import Informer
@@ -196,6 +196,18 @@ def wake_admitted(namespace: str) -> None:
         RUNTIME.wake_later("BakingJob", namespace, name, 0.0)
 
 
+def wake_lane_referrers(namespace: str, lane: str) -> None:
+    """Lane `lane` appeared, went or was relabelled: the lanes that fall back to it and the
+    SLOPolicies that may select it look again (their FallbackLaneFound and LanesFound follow).
+    Both are served from the informer; the looks are deduplicated like any other."""
+    kube = RUNTIME.kube
+    assert kube is not None, "configure() runs at start-up"
+    for name in lanes_falling_back_to(kube.list_objects("Lane", namespace), lane):
+        RUNTIME.wake_later("Lane", namespace, name, 0.0)
+    for name in policies_watching(kube.list_objects("SLOPolicy", namespace), lane):
+        RUNTIME.wake_later("SLOPolicy", namespace, name, 0.0)
+
+
 def scheduler_loop() -> None:
     while not RUNTIME.stop.wait(0.25):
         for kind, namespace, name in RUNTIME.due():
@@ -298,7 +310,10 @@ def _slo_event(type: str, event: kopf.RawEvent, namespace: str | None, name: str
 def _lane_event(
     type: str, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any
 ) -> None:
+    before = RUNTIME.informer.get("Lane", namespace or "", name)
     _observe("Lane", event)
+    if namespace and lane_presence_changed(type, before, event["object"]):
+        wake_lane_referrers(namespace, name)
     if type != "DELETED" and namespace:
         reconcile("Lane", namespace, name)
         # Changed (opened, widened, unfrozen) or new: waiting jobs may go in. On the lane's

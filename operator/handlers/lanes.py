@@ -2,12 +2,13 @@
 
 `frozenBy` belongs to the SLOPolicies that freeze the lane; this pass keeps it as it is and
 derives `frozen` and the Frozen condition from it (`set_frozen`, which the SLOPolicy pass uses
-too).
+too). A lane with a `fallbackLane` says whether that lane exists (FallbackLaneFound); the
+operator re-runs this pass when a lane of the namespace appears or goes (handlers/app.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,10 +17,12 @@ from bakeline.api.lane import Lane, LaneSpec
 from bakeline.engine import lanes as admission
 from bakeline.kube.circuits import open_circuits
 from bakeline.kube.client import Kube, status_changes
-from bakeline.kube.conditions import set_condition
+from bakeline.kube.conditions import condition_event, set_condition
 from bakeline.metrics.collectors import LANE_FROZEN, LANE_RUNNING, QUEUE_DEPTH
 
 TERMINAL = {"Succeeded", "Failed"}
+FALLBACK_FOUND = "FallbackLaneFound"  # the condition type, and its reason when True
+FALLBACK_NOT_FOUND = "FallbackLaneNotFound"
 
 
 def lane_status(
@@ -27,8 +30,10 @@ def lane_status(
     jobs: list[dict[str, Any]],
     circuits: Mapping[str, Mapping[str, Any]] | None = None,
     now: float = 0.0,
+    lanes: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """The status a Lane should have given the namespace's jobs and circuit entries; pure."""
+    """The status a Lane should have given the namespace's jobs and circuit entries, and the
+    names of the namespace's lanes (None: not known, FallbackLaneFound is left as it is); pure."""
     meta = lane["metadata"]
     name = meta["name"]
     status = dict(lane.get("status") or {})
@@ -55,7 +60,31 @@ def lane_status(
         message = f"{len(running)}/{limit} running, {len(queued)} queued"
         set_condition(status, "Ready", "True", "Admitting", message, meta)
     set_frozen(status, spec, meta)
+    if lanes is not None:
+        set_fallback_found(status, spec, meta, lanes)
     return status
+
+
+def set_fallback_found(
+    status: dict[str, Any], spec: LaneSpec, meta: Mapping[str, Any], lanes: Collection[str]
+) -> None:
+    """FallbackLaneFound: whether the lane `spec.fallbackLane` names exists among `lanes` (the
+    namespace's); False, reason FallbackLaneNotFound, naming it while it does not. A lane
+    without a fallbackLane has no such condition (an earlier one is dropped)."""
+    fallback = spec.fallback_lane
+    if fallback is None:
+        kept = [c for c in status.get("conditions") or [] if c.get("type") != FALLBACK_FOUND]
+        status["conditions"] = kept
+        return
+    if fallback in lanes:
+        message = f"fallbackLane {fallback} exists"
+        set_condition(status, FALLBACK_FOUND, "True", FALLBACK_FOUND, message, dict(meta))
+        return
+    message = (
+        f"fallbackLane {fallback} does not exist in namespace {meta.get('namespace')}: while "
+        "this lane is held or frozen with Fallback, its new jobs wait here"
+    )
+    set_condition(status, FALLBACK_FOUND, "False", FALLBACK_NOT_FOUND, message, dict(meta))
 
 
 def set_frozen(status: dict[str, Any], spec: LaneSpec, meta: Mapping[str, Any]) -> None:
@@ -103,6 +132,9 @@ def lane_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tup
     opened_after = {c["agent"] for c in after.get("openCircuits") or []}
     for agent in sorted(opened_before - opened_after):
         events.append(("Normal", "CircuitClosed", f"agent {agent} succeeded again"))
+    fallback = condition_event(before, after, FALLBACK_FOUND)
+    if fallback is not None:
+        events.append(fallback)
     return events
 
 
@@ -129,6 +161,7 @@ def reconcile_lane(kube: Kube, lane: dict[str, Any], now: float) -> None:
         kube.list_objects("BakingJob", meta["namespace"]),
         kube.circuits(meta["namespace"]),
         now,
+        {other["metadata"]["name"] for other in kube.list_objects("Lane", meta["namespace"])},
     )
     labels = (meta["namespace"], meta["name"])
     QUEUE_DEPTH.labels(*labels).set(status["queued"])
@@ -141,3 +174,28 @@ def reconcile_lane(kube: Kube, lane: dict[str, Any], now: float) -> None:
         )
         for event in lane_events(before, status):
             kube.post_event(lane, *event)
+
+
+def lane_presence_changed(
+    event_type: str | None, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+) -> bool:
+    """Whether a Lane's watch event changes what other objects see of it: it appeared (the
+    operator's first sight of it included), went, or its labels changed (an SLOPolicy's label
+    selector reads them). Its own status writes do none of these, so the passes this wakes
+    (`wake_lane_referrers` in app.py) are bounded by what people do to lanes."""
+    if event_type in (None, "", "ADDED", "DELETED") or before is None:
+        return True  # ADDED even when a LIST already brought it: the referrers may predate it
+    labels = (
+        (before.get("metadata") or {}).get("labels") or {},
+        (after.get("metadata") or {}).get("labels") or {},
+    )
+    return labels[0] != labels[1]
+
+
+def lanes_falling_back_to(lanes: list[dict[str, Any]], name: str) -> list[str]:
+    """The lanes whose fallbackLane is `name`: their FallbackLaneFound follows its presence."""
+    return sorted(
+        lane["metadata"]["name"]
+        for lane in lanes
+        if (lane.get("spec") or {}).get("fallbackLane") == name
+    )

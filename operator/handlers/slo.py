@@ -5,23 +5,30 @@ The outcomes come from the namespace's ledger (kube/ledger.py), durable across r
 each evaluation also folds the ledger's aged entries and drops those no window reads. A
 policy's freeze is an entry in each selected Lane's `status.frozenBy`, with the action it takes
 (Freeze, HoldAndDrain or Fallback: admission reads it), written with the lane's resourceVersion
-so it never overwrites a concurrent change.
+so it never overwrites a concurrent change. LanesFound says whether the lanes the policy names
+exist (or its label selector selects any); the operator re-runs the policy when a lane of the
+namespace appears, goes or is relabelled (handlers/app.py), besides its periodic evaluation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from bakeline.api.slopolicy import SLOPolicy, default_burn_rate_alerts
+from bakeline.api.slopolicy import LaneSelector, SLOPolicy, default_burn_rate_alerts
 from bakeline.engine import slo
 from bakeline.handlers.lanes import lane_spec, set_frozen
 from bakeline.kube.client import Kube, status_changes
 from bakeline.kube.clock import epoch, timestamp
-from bakeline.kube.conditions import set_condition
+from bakeline.kube.conditions import condition_event, set_condition
 from bakeline.kube.ledger import fold_ledger, read_ledger, records
 from bakeline.metrics.collectors import BUDGET_REMAINING, BURN_RATE
+
+LANES_FOUND = "LanesFound"  # the condition type, and its reason when True
+LANE_NOT_FOUND = "LaneNotFound"  # a lane named in laneSelector.names does not exist
+NO_LANE_SELECTED = "NoLaneSelected"  # the label selector matches no lane of the namespace
 
 # ---------------------------------------------------------------------------- the policy
 
@@ -47,6 +54,45 @@ def selected_lanes(kube: Kube, policy: SLOPolicy, namespace: str) -> list[dict[s
             }[req.operator]
         )
     return kube.list_lanes(namespace, ",".join(parts))
+
+
+def set_lanes_found(
+    status: dict[str, Any],
+    selector: LaneSelector,
+    found: Collection[str],
+    meta: Mapping[str, Any],
+) -> None:
+    """LanesFound from the lanes the policy found (`found`, the selected lanes that exist):
+    False with reason LaneNotFound naming every lane of `names` that does not exist, or
+    NoLaneSelected when a label selector matches no lane; True otherwise. The policy goes on
+    watching the lanes it found."""
+    namespace = meta.get("namespace")
+    missing = sorted(set(selector.names or ()) - set(found))
+    if missing:
+        names = ", ".join(missing)
+        message = (
+            f"lane {names} does not exist in namespace {namespace}"
+            if len(missing) == 1
+            else f"lanes {names} do not exist in namespace {namespace}"
+        )
+        set_condition(status, LANES_FOUND, "False", LANE_NOT_FOUND, message, dict(meta))
+    elif not found:
+        message = f"laneSelector selects no lane in namespace {namespace}"
+        set_condition(status, LANES_FOUND, "False", NO_LANE_SELECTED, message, dict(meta))
+    else:
+        message = "watching lanes " + ", ".join(sorted(found))
+        set_condition(status, LANES_FOUND, "True", LANES_FOUND, message, dict(meta))
+
+
+def policies_watching(policies: list[dict[str, Any]], lane: str) -> list[str]:
+    """The policies whose selection may change with lane `lane`: those naming it, and every one
+    with a label selector (which lanes it matches is the API server's to say)."""
+    watching = []
+    for policy in policies:
+        names = ((policy.get("spec") or {}).get("laneSelector") or {}).get("names")
+        if names is None or lane in names:
+            watching.append(policy["metadata"]["name"])
+    return sorted(watching)
 
 
 def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> float:
@@ -91,6 +137,7 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
     status["frozenLanes"] = sorted(lane_names) if freeze or (mine and not decision.unfreeze) else []
     status["lastEvaluated"] = timestamp(now)
     set_condition(status, "Ready", "True", "Evaluated", f"{len(lanes)} lanes watched", meta)
+    set_lanes_found(status, policy.spec.lane_selector, lane_names, meta)
     burning = decision.state != "Healthy"
     set_condition(
         status,
@@ -116,6 +163,10 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
             BURN_RATE.labels(*labels, window).set(rate)
     if status_changes(status, obj.get("status") or {}):
         kube.patch_status("SLOPolicy", namespace, name, status)
+        # Each pass writes lastEvaluated: the Event follows the condition, not the write.
+        event = condition_event(obj.get("status") or {}, status, LANES_FOUND)
+        if event is not None:
+            kube.post_event(obj, *event)
     return every
 
 
