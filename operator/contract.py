@@ -281,6 +281,15 @@ AGENT_TRAITS: Mapping[str, AgentTraits] = {
 HOST_DEPENDENT_AGENTS = frozenset(t.name for t in AGENT_TRAITS.values() if t.host_dependent)
 
 
+def job_view(document: Mapping[str, Any], agent: str) -> dict[str, Any]:
+    """The job document as `agent` is handed it: its name and the parts AGENT_TRAITS says the
+    agent reads, no others. What an agent is not handed cannot change its output, so these
+    parts are also all its cache key holds of the job (engine.cache.job_key)."""
+    traits = AGENT_TRAITS.get(agent)
+    parts = traits.job_parts if traits is not None else frozenset(document) - {"name"}
+    return {"name": document.get("name", ""), **{p: document[p] for p in parts if p in document}}
+
+
 # ---- helpers ------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
 from bakeline.cli.operator import run_operator
-from bakeline.handlers.jobs import OperatorConfig
+from bakeline.handlers.config import OperatorConfig
 from bakeline.runtime.pods import ANNOTATION_RERUN
 
 

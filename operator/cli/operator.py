@@ -15,7 +15,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from bakeline.handlers import app
-from bakeline.handlers.jobs import OperatorConfig
+from bakeline.handlers.config import OperatorConfig
 from bakeline.kube.client import Kube
 from bakeline.metrics.collectors import REGISTRY
 

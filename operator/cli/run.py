@@ -32,9 +32,8 @@ from bakeline.checkpoints.store import CheckpointNotFoundError, CheckpointRef, L
 from bakeline.cli.manifests import InputError, JobFile
 from bakeline.cli.progress import Progress, format_seconds
 from bakeline.cli.report import build_report, summary_table, write_report
-from bakeline.contract import EXIT_INTERRUPTED
+from bakeline.contract import EXIT_INTERRUPTED, job_view
 from bakeline.engine.cache import canonical_json
-from bakeline.engine.dag import descendants
 from bakeline.engine.pipeline import (
     DEADLINE_EXCEEDED,
     DONE_PHASES,
@@ -51,6 +50,7 @@ from bakeline.engine.pipeline import (
     WaitUntil,
     finish,
     next_actions,
+    rerun_set,
     reset_from,
     stage_cached,
     stage_finished,
@@ -274,7 +274,7 @@ class _LocalRun:
             agent=attempt.agent,
             stage=action.stage,
             params=action.params,
-            job=self.job_doc,
+            job=job_view(self.job_doc, attempt.agent),
             input_dir=input_dir,
             output_dir=scratch / "output",
             termination_log=scratch / "termination-log",
@@ -383,12 +383,9 @@ class _LocalRun:
     def _rerun(self, state: RunState, stage: str) -> RunState:
         """`stage` and what follows it run again."""
         now = time.time()
-        for name in self._rerun_set(stage):
+        for name in rerun_set(self.plan, stage):
             self.rerun_at[name] = now
         return reset_from(self.plan, state, stage)
-
-    def _rerun_set(self, stage: str) -> frozenset[str]:
-        return frozenset({stage} | descendants(self.plan.graph, [stage]))
 
     def interrupted(self) -> None:
         self.state = self._repair(self.state)
@@ -466,15 +463,11 @@ class _LocalRun:
             return None
         bypass: frozenset[str] = frozenset()
         if self.options.from_stage is not None:
-            bypass = self._rerun_set(self.options.from_stage)
-        model = self.job_doc["model"]
-        job = {k: v for k, v in self.job_doc.items() if k != "name"}
-        # The file's location is not part of what the agents compute; its bytes are.
-        job["model"] = {k: v for k, v in model.items() if k != "localPath"}
+            bypass = rerun_set(self.plan, self.options.from_stage)
         return CacheContext(
-            model_sha256=model.get("sha256"),
+            model_sha256=self.job_doc["model"].get("sha256"),
             agent_version=self.runner.agent_version(),
-            job=job,
+            job=self.job_doc,
             bypass=bypass,
             host=host_fingerprint(),
         )

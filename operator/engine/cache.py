@@ -7,10 +7,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bakeline.contract import HOST_DEPENDENT_AGENTS
+from bakeline.contract import HOST_DEPENDENT_AGENTS, job_view
 
 # Bump when the key's composition changes, so old cache entries stop matching.
-_KEY_SCHEMA = 1
+_KEY_SCHEMA = 2
 
 # Agents whose output depends on the machine they ran on (what it supports, how fast it is):
 # their keys also name the host, so a result measured on one machine is never reused on another.
@@ -46,3 +46,15 @@ def cache_key(
         "job": dict(job or {}),
     }
     return hashlib.sha256(canonical_json(record).encode()).hexdigest()
+
+
+def job_key(document: Mapping[str, Any], agent: str) -> dict[str, Any]:
+    """What a cache key holds of the job: the parts `agent` is handed (contract.job_view),
+    without what names the job rather than what it computes (its name, where the driver put
+    the model file: the file's bytes are in the key as the input's sha256). Both drivers' keys
+    come from here, so the same job baked by either keys the same."""
+    view = job_view(document, agent)
+    view.pop("name", None)
+    if "model" in view:
+        view["model"] = {k: v for k, v in view["model"].items() if k != "localPath"}
+    return view

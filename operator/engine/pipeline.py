@@ -32,7 +32,7 @@ from bakeline.api.validation import topological_order
 from bakeline.api.workflow import QUALITY_METRIC, GateOperator, WorkflowSpec
 from bakeline.api.workflow import Gate as GateSpec
 from bakeline.contract import QUALITY_METRIC_KEYS
-from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS, cache_key, canonical_json
+from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS, cache_key, canonical_json, job_key
 from bakeline.engine.dag import ancestors, descendants
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds
 
@@ -261,8 +261,8 @@ class CacheContext:
 
     model_sha256: str | None
     agent_version: str
-    job: Mapping[str, Any] = field(default_factory=dict)
-    bypass: frozenset[str] = frozenset()  # stages that must run even on a hit (--from)
+    job: Mapping[str, Any] = field(default_factory=dict)  # the job document (contract)
+    bypass: frozenset[str] = frozenset()  # stages that must run even on a hit (rerun_set)
     host: str | None = None  # the machine's fingerprint, for hardware-dependent agents
 
 
@@ -461,13 +461,19 @@ def stage_finished(
     return _fail(plan, state, stage, finished, outcome, now)
 
 
+def rerun_set(plan: Plan, stage: str) -> frozenset[str]:
+    """What a rerun from `stage` runs again: it and every stage after it. They bypass the
+    cache, which would otherwise answer them at once."""
+    return frozenset({stage} | descendants(plan.graph, [stage]))
+
+
 def reset_from(plan: Plan, state: RunState, stage: str) -> RunState:
     """Run `stage` and everything after it again (`--from`, `rerun`).
 
     Attempt numbers keep counting: an attempt's pod and checkpoint are named after it, and a
     rerun must not find the first run's under the same name.
     """
-    names = {stage} | descendants(plan.graph, [stage])
+    names = rerun_set(plan, stage)
     stages = {
         n: (StageState(attempts_total=s.attempts_total) if n in names else s)
         for n, s in state.stages.items()
@@ -527,7 +533,7 @@ def _start(plan: Plan, state: RunState, stage: StagePlan, cache: CacheContext | 
     key = None
     if cache is not None and stage.cache and stage.name not in cache.bypass:
         input_sha = source.artifact_sha256 if source is not None else cache.model_sha256
-        job = dict(cache.job)
+        job = job_key(cache.job, stage.agent)
         if stage.agent in HARDWARE_DEPENDENT_AGENTS:
             job["host"] = cache.host
         key = cache_key(input_sha, stage.agent, cache.agent_version, params, job)

@@ -20,12 +20,15 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from bakeline.handlers.jobs import TERMINAL, OperatorConfig, admission_decision, reconcile_job
+from bakeline.handlers.config import OperatorConfig
+from bakeline.handlers.job_admission import admission_decision
+from bakeline.handlers.jobs import reconcile_job
 from bakeline.handlers.lanes import lane_presence_changed, lanes_falling_back_to, reconcile_lane
 from bakeline.handlers.slo import policies_watching, reconcile_slo
 from bakeline.handlers.workflows import reconcile_workflow
 from bakeline.kube.client import POD, RECORD, RECORD_SELECTOR, Kube
 from bakeline.kube.informer import Informer
+from bakeline.kube.job_status import TERMINAL
 from bakeline.metrics.collectors import RECONCILE_ERRORS, RECONCILES, track_job_phase
 from bakeline.runtime.pods import ANNOTATION_RERUN, LABEL_COMPONENT, LABEL_JOB
 

@@ -39,10 +39,10 @@ def lane_status(
     status = dict(lane.get("status") or {})
     live = [j for j in jobs if (j.get("status") or {}).get("phase") not in TERMINAL]
     running = [j for j in live if (j.get("status") or {}).get("lane") == name]
-    queued = [
+    queued = [  # Queued, not Pending: a job waiting for its workflow is in no queue yet
         j
         for j in live
-        if not (j.get("status") or {}).get("lane")
+        if (j.get("status") or {}).get("phase") == "Queued"
         and (j.get("spec") or {}).get("laneRef", "standard") == name
         and not (j.get("spec") or {}).get("suspend")
     ]

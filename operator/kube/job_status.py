@@ -25,6 +25,10 @@ from bakeline.runtime import pods as manifests
 RecordLoader = Callable[[str], Mapping[str, Any] | None]
 
 
+# A job in one of these phases has ended (a rerun starts it again).
+TERMINAL = frozenset({"Succeeded", "Failed"})
+
+
 def run_state_from_status(
     plan: engine.Plan,
     status: Mapping[str, Any],

@@ -41,11 +41,11 @@ from bakeline.stagepod.wrapper import (
     EXIT_INVALID,
     EXIT_TRANSIENT,
     HANDOFF_LOCK,
-    HANDOFF_OUTCOME,
     HANDOFF_STARTED,
     TERMINATION_BYTES,
     StageStoreError,
     fail,
+    read_outcome,
     verify_output,
 )
 
@@ -328,14 +328,8 @@ def wait_for_agent(
         fcntl.flock(lock, fcntl.LOCK_SH)  # blocks while the agent's container runs
     finally:
         os.close(lock)
-    try:
-        outcome = json.loads((handoff / HANDOFF_OUTCOME).read_bytes()[: 4 * TERMINATION_BYTES])
-    except (OSError, ValueError):
-        outcome = None
-    # Written by the agent's container, the agent's own: taken as data, never trusted further.
-    if not isinstance(outcome, dict) or type(outcome.get("exitCode")) is not int:
-        return None, ""
-    return int(outcome["exitCode"]), str(outcome.get("message") or "")
+    outcome = read_outcome(handoff)
+    return outcome if outcome is not None else (None, "")
 
 
 def run_store(termination: Path) -> int:

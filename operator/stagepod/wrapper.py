@@ -122,11 +122,27 @@ def run_handing_off(command: Sequence[str], handoff: Path, termination: Path) ->
     message = b""
     with contextlib.suppress(OSError):
         message = termination.read_bytes()[:TERMINATION_BYTES]
-    outcome = {"exitCode": code, "message": message.decode(errors="replace")}
-    partial = handoff / f".{HANDOFF_OUTCOME}.{os.getpid()}"
-    partial.write_text(json.dumps(outcome))
-    partial.replace(handoff / HANDOFF_OUTCOME)  # whole or absent, never torn
+    write_outcome(handoff, code, message.decode(errors="replace"))
     return code
+
+
+def write_outcome(handoff: Path, code: int, message: str) -> None:
+    """Leave the agent's exit code and termination message for the store container."""
+    partial = handoff / f".{HANDOFF_OUTCOME}.{os.getpid()}"
+    partial.write_text(json.dumps({"exitCode": code, "message": message}))
+    partial.replace(handoff / HANDOFF_OUTCOME)  # whole or absent, never torn
+
+
+def read_outcome(handoff: Path) -> tuple[int, str] | None:
+    """What write_outcome left; None when nothing whole is there. Written by the agent's
+    container, the agent's own: taken as data, never trusted further."""
+    try:
+        outcome = json.loads((handoff / HANDOFF_OUTCOME).read_bytes()[: 4 * TERMINATION_BYTES])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(outcome, dict) or type(outcome.get("exitCode")) is not int:
+        return None
+    return int(outcome["exitCode"]), str(outcome.get("message") or "")
 
 
 def run_agent(command: Sequence[str]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from controlplane import ControlPlane
-from support.kube import apply, get, wait_for
+from support.kube import apply, get, job_finished, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -45,15 +45,6 @@ def _configmaps(cluster: ControlPlane, namespace: str, selector: str) -> list[di
     return items
 
 
-def _finished(cluster: ControlPlane, name: str, namespace: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        job = get(cluster, "bj", name, namespace) or {}
-        phase = (job.get("status") or {}).get("phase")
-        return job if phase in ("Succeeded", "Failed") else None
-
-    return wait_for(done, 120, interval=1, what=f"{name} to finish")
-
-
 def test_retain_prunes_records_and_store_objects_but_never_the_result(
     cluster: ControlPlane,
     namespace: str,
@@ -63,7 +54,7 @@ def test_retain_prunes_records_and_store_objects_but_never_the_result(
     scripted_agent({})
     apply(cluster, [LANE, _job("keep-two", 2), _job("keep-none", 0)], namespace)
     for name, kept in (("keep-two", {"profile-1", "package-1"}), ("keep-none", {"package-1"})):
-        job = _finished(cluster, name, namespace)
+        job = job_finished(cluster, name, namespace)
         status = job["status"]
         assert status["phase"] == "Succeeded", json.dumps(status) + operator.log()
         assert status["currentCheckpoint"] == "package-1"
@@ -110,7 +101,7 @@ def test_a_rerun_after_pruning_runs_again_what_it_needs(
     from the start rather than restore a checkpoint that is gone, and succeeds."""
     scripted_agent({})
     apply(cluster, [LANE, _job("again", 1)], namespace)
-    assert _finished(cluster, "again", namespace)["status"]["phase"] == "Succeeded"
+    assert job_finished(cluster, "again", namespace)["status"]["phase"] == "Succeeded"
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     done = subprocess.run(
         ["bakeline", "rerun", "again", "--from", "validate", "-n", namespace],

@@ -524,6 +524,58 @@ def test_a_rerun_after_the_deadline_has_a_window_of_its_own(
     assert "stage package: attempt 2" in started, started
 
 
+def test_a_rerun_waits_for_room_in_its_lane_like_any_job(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    """The lane runs one job at a time: a finished job's rerun is queued while another job
+    runs, and is admitted when that one ends (never run beside it, over the lane's limit)."""
+    scripted_agent({"jobs": {"busy": {"sleep": {"graph": 15}}}})
+    single = {**LANE, "spec": {"maxConcurrentJobs": 1}}
+    apply(cluster, [single, _job("done")], namespace)
+    assert _wait_terminal(cluster, "done", namespace)["status"]["phase"] == "Succeeded"
+    apply(cluster, [_job("busy")], namespace)
+    wait_for(
+        lambda: _phase(cluster, "busy", namespace) == "Running" or None, 60, what="busy to run"
+    )
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    done = subprocess.run(
+        ["bakeline", "rerun", "done", "--from", "package", "-n", namespace],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=operator.log_path.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    queued = wait_for(
+        lambda: _phase(cluster, "done", namespace) == "Queued" or None,
+        30,
+        what="the rerun to wait in the lane's queue",
+    )
+    assert queued and _phase(cluster, "busy", namespace) == "Running"
+    assert get(cluster, "pod", "done-package-2", namespace) is None  # not started beside busy
+    busy = _wait_terminal(cluster, "busy", namespace)["status"]
+    second = wait_for(
+        lambda: (
+            s
+            if (s := get(cluster, "bj", "done", namespace)["status"]).get("rerunRequest")
+            and s.get("phase") == "Succeeded"
+            else None
+        ),
+        60,
+        what="the rerun to finish",
+    )
+    assert _epoch(second["admittedAt"]) >= _epoch(busy["finishedAt"])
+    assert second["currentCheckpoint"] == "package-2"
+
+
+def _phase(cluster: ControlPlane, name: str, namespace: str) -> str | None:
+    return ((get(cluster, "bj", name, namespace) or {}).get("status") or {}).get("phase")
+
+
 def _scrape(port: int) -> dict[str, dict[str, float]]:
     """Parse /metrics as Prometheus does; a malformed exposition raises here."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

@@ -145,8 +145,8 @@ def test_hostile_references_fail_or_wait_with_a_clear_condition_and_nothing_hot_
         apply(cluster, body, namespace)
 
     expected: dict[tuple[str, str], Callable[[dict[str, Any] | None], str | None]] = {
-        ("bj", "no-lane"): _expect("Queued", "Admitted", "LaneNotFound", "nowhere"),
-        ("bj", "lane-elsewhere"): _expect("Queued", "Admitted", "LaneNotFound", "elsewhere"),
+        ("bj", "no-lane"): _expect("Pending", "Admitted", "LaneNotFound", "nowhere"),
+        ("bj", "lane-elsewhere"): _expect("Pending", "Admitted", "LaneNotFound", "elsewhere"),
         ("bj", "no-workflow"): _expect("Pending", "Admitted", "WorkflowNotFound", "missing"),
         ("bj", "workflow-elsewhere"): _expect("Pending", "Admitted", "WorkflowNotFound", "foreign"),
         ("bj", "cyclic-workflow"): _expect("Failed", "Failed", "WorkflowInvalid", "cycl"),

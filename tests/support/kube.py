@@ -62,6 +62,34 @@ def get(cluster: ControlPlane, resource: str, name: str, namespace: str | None =
     return json.loads(out) if out.strip() else None
 
 
+def job_finished(
+    cluster: ControlPlane, name: str, namespace: str, timeout: float = 120
+) -> dict[str, Any]:
+    """The BakingJob once it has Succeeded or Failed."""
+
+    def done() -> dict[str, Any] | None:
+        job = get(cluster, "bj", name, namespace) or {}
+        phase = (job.get("status") or {}).get("phase")
+        return job if phase in ("Succeeded", "Failed") else None
+
+    return wait_for(done, timeout, interval=1, what=f"job {name} to finish")
+
+
+def warnings_about(cluster: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Warning Events about the object named `name`."""
+    listed = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name},type=Warning",
+        "-o",
+        "json",
+    ).stdout
+    return list(json.loads(listed)["items"])
+
+
 def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
     for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind:

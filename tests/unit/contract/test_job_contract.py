@@ -9,9 +9,11 @@ from typing import get_args
 from bakeline import contract
 from bakeline.agents.stages import resolve
 from bakeline.api import BakingJob
+from bakeline.api.defaults import default_workflow
 from bakeline.api.names import AGENTS
-from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
-from bakeline.handlers import jobs
+from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS, job_key
+from bakeline.engine.pipeline import Plan, rerun_set
+from bakeline.handlers import job_pods
 from bakeline.runtime import local
 
 
@@ -98,9 +100,37 @@ def test_both_drivers_hand_agents_the_same_job_document(tmp_path: Path) -> None:
     }
     job = BakingJob.model_validate(manifest)
     wire = job.spec.to_wire()
-    in_cluster = jobs._job_document(job)
+    in_cluster = job_pods.job_document(job)
     on_one_machine = local.job_document(
         "digits", wire["model"], wire["target"], wire["quality"], tmp_path
     )
     assert in_cluster == on_one_machine
     assert set(in_cluster) == {"name", *get_args(contract.JobPart)}
+
+
+def test_each_agent_is_handed_only_the_job_parts_its_row_names_and_keys_on_those() -> None:
+    document = contract.job_document(
+        "digits",
+        {
+            "model": {"source": {"builtin": "digits-cnn"}},
+            "target": {"batchSizes": [1, 8]},
+            "quality": {"metric": "accuracy", "threshold": 0.95},
+        },
+    )
+    for agent, traits in contract.AGENT_TRAITS.items():
+        view = contract.job_view(document, agent)
+        assert set(view) == {"name", *traits.job_parts}, agent
+        assert job_key(document, agent) == {p: document[p] for p in traits.job_parts}
+    # A change to a part the agent is not handed leaves its key; one it reads changes it.
+    other = {**document, "name": "elsewhere", "target": {"batchSizes": [1, 32]}}
+    assert job_key(other, "MemoryOptimizer") == job_key(document, "MemoryOptimizer")
+    assert job_key(other, "GraphOptimizer") != job_key(document, "GraphOptimizer")
+    # Where a driver put the model file is not what the import computes: its bytes are.
+    placed = {**document, "model": {**document["model"], "localPath": "/tmp/x/model.pt2"}}
+    assert job_key(placed, "BakingCoordinator") == job_key(document, "BakingCoordinator")
+
+
+def test_a_rerun_runs_the_stage_and_everything_after_it_in_both_drivers() -> None:
+    plan = Plan.from_workflow(default_workflow().spec)
+    assert rerun_set(plan, "profile") == {"profile", "package"}
+    assert rerun_set(plan, "import") == set(plan.order)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from bakeline.handlers.jobs import admission_decision
+from bakeline.handlers.job_admission import admission_decision
 from bakeline.kube.client import Kube
 from bakeline.kube.informer import Informer
 

@@ -9,7 +9,7 @@ from kopf._cogs.structs.references import Resource
 from kubernetes import client
 
 from bakeline.handlers.app import RUNTIME, configure
-from bakeline.handlers.jobs import OperatorConfig
+from bakeline.handlers.config import OperatorConfig
 
 
 def _selectors(settings: kopf.OperatorSettings, group: str, version: str, plural: str) -> list[str]:

@@ -1,0 +1,15 @@
+"""The operator's settings, as `bakeline operator` reads them from its command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bakeline import __version__
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    image: str = f"bakeline:{__version__}"  # of stage pods
+    agent_version: str = __version__
+    service_account: str | None = None  # for stage pods; None: the namespace default
+    slo_interval_s: float = 30.0  # how often SLOPolicies are evaluated
