@@ -22,6 +22,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
         operator_config=OperatorConfig(
             image=args.image,
             slo_interval_s=args.slo_interval,
+            max_running_jobs=args.max_running_jobs,
             service_account=args.stage_service_account or None,
         ),
         metrics_port=args.metrics_port or None,

@@ -80,6 +80,14 @@ def _add_cluster_commands(commands: Any) -> None:
     operator.add_argument(
         "--slo-interval", type=float, default=30.0, help="seconds between SLOPolicy evaluations"
     )
+    operator.add_argument(
+        "--max-running-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N running jobs per namespace, all lanes together; when short, lanes with "
+        "a higher spec.priority are served first (default: each lane's own limit only)",
+    )
     operator.add_argument("--verbose", action="store_true", help="log every handler run")
     rerun = commands.add_parser(
         "rerun",

@@ -195,7 +195,9 @@ def wake_admitted(namespace: str) -> None:
     slowly by themselves, since each pass of 1,000 queued jobs costs the same as one."""
     kube = RUNTIME.kube
     assert kube is not None, "configure() runs at start-up"
-    for name in admission_decision(kube, namespace, time.time()).admit:
+    for name in admission_decision(
+        kube, namespace, time.time(), RUNTIME.config.max_running_jobs
+    ).admit:
         RUNTIME.wake_later("BakingJob", namespace, name, 0.0)
 
 

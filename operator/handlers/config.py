@@ -13,3 +13,6 @@ class OperatorConfig:
     agent_version: str = __version__
     service_account: str | None = None  # for stage pods; None: the namespace default
     slo_interval_s: float = 30.0  # how often SLOPolicies are evaluated
+    # Running jobs of all lanes of a namespace together (None: each lane's own limit only);
+    # when short, lanes with a higher spec.priority are served first.
+    max_running_jobs: int | None = None

@@ -30,12 +30,14 @@ _MISSING = frozenset({admission.UNKNOWN_LANE})
 
 # Admission decisions by informer and namespace, with the change counters they were made at.
 _DECISIONS: weakref.WeakKeyDictionary[
-    Informer, dict[str, tuple[tuple[int, int], admission.Admission]]
+    Informer, dict[str, tuple[tuple[int, int, int | None], admission.Admission]]
 ] = weakref.WeakKeyDictionary()
 _DECISIONS_LOCK = threading.Lock()
 
 
-def admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) -> float | None:
+def admit(
+    kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float, capacity: int | None
+) -> float | None:
     """Admit the job to its lane, or record why it waits. None: admitted, go on."""
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -50,7 +52,7 @@ def admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) -
     if not status.get("queuedAt"):
         # Enter the queue first, visibly (phase Queued); admission is the next pass's decision.
         return wait(kube, obj, status, "Queued", "Queued", f"queued in lane {lane}")
-    decision = admission_decision(kube, namespace, now)
+    decision = admission_decision(kube, namespace, now, capacity)
     if name in decision.admit:
         admitted = decision.admit[name]
         status.update(
@@ -74,6 +76,8 @@ def admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) -
         # The job's own lane exists (above): a lane on its fallback chain does not.
         admission.UNKNOWN_LANE: f"lane {lane}'s jobs go to its fallback lane, which does not exist",
         admission.LANE_HELD: "the lane holds admission (stopPolicy)",
+        admission.CAPACITY: f"the operator runs at most {capacity} jobs in {namespace} at once "
+        "(--max-running-jobs); lanes with a higher priority are served first",
         admission.LANE_FROZEN: "the lane is frozen by an SLOPolicy (Freeze or HoldAndDrain)",
         admission.NO_FALLBACK: "an SLOPolicy routes the lane's jobs to its fallback lane "
         "(Fallback), and it has none",
@@ -81,25 +85,31 @@ def admit(kube: Kube, obj: dict[str, Any], status: dict[str, Any], now: float) -
     return wait(kube, obj, status, "Queued", reason, message, position, warning=reason in _MISSING)
 
 
-def admission_decision(kube: Kube, namespace: str, now: float) -> admission.Admission:
+def admission_decision(
+    kube: Kube, namespace: str, now: float, capacity: int | None
+) -> admission.Admission:
     """The lanes' admission decision over every job of the namespace. With the operator's
     informer it is computed once per change of a job or lane, not once per queued job's pass:
     with 1,000 jobs queued, each of their passes listed and sorted all 1,000."""
     informer = kube.informer
     if informer is None:
-        return _decide(kube, namespace, now)
-    key = (informer.changes("BakingJob", namespace), informer.changes("Lane", namespace))
+        return _decide(kube, namespace, now, capacity)
+    key = (
+        informer.changes("BakingJob", namespace),
+        informer.changes("Lane", namespace),
+        capacity,
+    )
     with _DECISIONS_LOCK:
         known = _DECISIONS.setdefault(informer, {}).get(namespace)
     if known is not None and known[0] == key:
         return known[1]
-    decision = _decide(kube, namespace, now)
+    decision = _decide(kube, namespace, now, capacity)
     with _DECISIONS_LOCK:
         _DECISIONS[informer][namespace] = (key, decision)
     return decision
 
 
-def _decide(kube: Kube, namespace: str, now: float) -> admission.Admission:
+def _decide(kube: Kube, namespace: str, now: float, capacity: int | None) -> admission.Admission:
     lanes: list[admission.LaneView] = []
     jobs = kube.list_objects("BakingJob", namespace)
     running: dict[str, list[str]] = {}
@@ -130,7 +140,7 @@ def _decide(kube: Kube, namespace: str, now: float) -> admission.Admission:
                 lane_name, lane.spec, tuple(running.get(lane_name, ())), freeze_in_force(lane_obj)
             )
         )
-    return admission.admit(lanes, queued)
+    return admission.admit(lanes, queued, capacity)
 
 
 def wait(

@@ -130,7 +130,7 @@ def reconcile_job(
         # A rerun of a finished job is a run of its own: it waits for room in its lane.
         status.update(lane=None, queuedAt=None, admittedAt=None)
     if not status.get("lane"):
-        wait = job_admission.admit(kube, obj, status, now)
+        wait = job_admission.admit(kube, obj, status, now, config.max_running_jobs)
         if wait is not None:
             return wait
 

@@ -309,6 +309,16 @@ def test_all_namespaces_mode_is_one_cluster_role() -> None:
     assert not any(a.startswith("--namespace") for a in args)
 
 
+def test_the_operators_capacity_is_passed_only_when_set() -> None:
+    def args(*extra: str) -> list[str]:
+        docs = render(*extra)
+        deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+        return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert not any(a.startswith("--max-running-jobs") for a in args())
+    assert "--max-running-jobs=4" in args("--set", "operator.maxRunningJobs=4")
+
+
 @pytest.mark.parametrize("mode", ["default", "namespaces"])
 def test_stage_pods_may_create_and_read_configmaps_in_their_namespace_only(mode: str) -> None:
     docs = render(*MODES[mode], namespace="ops")
