@@ -1,4 +1,5 @@
-"""Datasets and named arrays as safetensors files (never pickle: `np.load` is not used at all).
+"""Datasets and named arrays as safetensors files (never pickle). The job's own data files
+(npz too, with `allow_pickle=False`) are read by `bakeline.agents.datasets`.
 
 A dataset holds the model's named inputs, stacked along axis 0, and optional labels. Token inputs
 are stored padded to the longest sample; `batches` trims each batch to its own longest sample, so

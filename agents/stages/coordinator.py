@@ -7,11 +7,20 @@ checkpoint, its copy checked against the sha256 and vetted from its bytes
 (`bakeline.agents.vetting`) before any loader opens it: a pickle, a `torch.save` archive, or an
 archive that would make torch unpickle, load native code or evaluate a string is refused (exit 2).
 
+Data: the job's `quality.dataset`, as the driver resolved it (a `file://` address, see
+`bakeline.agents.datasets`: safetensors, npz or JSON lines, read as data only), split into
+calibration (every third sample) and evaluation (the rest); `syntheticInputs` is then 0, for a
+builtin too (its own data is replaced). Without one, a builtin brings its own data and a user
+model gets synthetic inputs shaped as real ones (`bakeline.agents.synthetic`), with
+`syntheticInputs` 1.
+
 Params:
   calibrationSamples / evaluationSamples (int): sizes of synthetic data for user models.
   inputShapes ({input: [dims without batch]}): for user models whose shapes are not recorded.
-  dataset (path): a safetensors file with the model's named inputs (and `__labels__`) to use
-    instead of synthetic data; every third sample goes to calibration, the rest to evaluation.
+  inputRoles ({input: tokens|mask|segments|values}): what synthetic data each input gets,
+    where inferring it from the graph and the names would guess wrong.
+  dataset (path): a dataset file as quality.dataset takes it, for a custom Workflow; the job's
+    quality.dataset, when set, wins.
   seed (int): synthetic data seed.
 
 Writes checkpoint 0: the model (`original.pt2|.ts|.onnx`), calibration.safetensors,
@@ -22,6 +31,7 @@ tokenizer where the model has one.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +49,7 @@ from bakeline.agents.checkpoint_io import (
 )
 from bakeline.agents.contract import InvalidInput, Outcome, StageParams
 from bakeline.agents.data import Dataset, save_arrays
+from bakeline.agents.datasets import conform, read_dataset, split
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import _dynamic_shapes
 from bakeline.agents.runtimes import (
@@ -49,6 +60,15 @@ from bakeline.agents.runtimes import (
     torch_runner,
 )
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
+from bakeline.agents.synthetic import (
+    ModelHints,
+    Role,
+    dimension_sizes,
+    infer_roles,
+    onnx_hints,
+    program_hints,
+    synthesize,
+)
 from bakeline.agents.timing import Stopwatch
 from bakeline.agents.vetting import vet_model_file
 from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
@@ -59,6 +79,7 @@ class CoordinatorParams(StageParams):
     calibration_samples: int = Field(default=128, alias="calibrationSamples", ge=1, le=100_000)
     evaluation_samples: int = Field(default=256, alias="evaluationSamples", ge=1, le=100_000)
     input_shapes: dict[str, list[int]] | None = Field(default=None, alias="inputShapes")
+    input_roles: dict[str, Role] | None = Field(default=None, alias="inputRoles")
     dataset: str | None = None
     seed: int = 0
 
@@ -101,15 +122,16 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         if spec is None:
             raise InvalidInput("the BakingCoordinator needs job.model (a builtin or a local file)")
         out = ctx.output(None)
+        dataset = _dataset_address(ctx.job.quality.dataset, params.dataset)
         if spec.builtin:
             if spec.builtin not in BUILTINS:
                 raise InvalidInput(f"unknown builtin {spec.builtin!r}; known: {sorted(BUILTINS)}")
             with Stopwatch() as build:
                 model = BUILTINS[spec.builtin]()
-            imported = self._import_builtin(model, out.directory, build.seconds)
+            imported = self._import_builtin(model, out.directory, build.seconds, dataset)
         elif spec.local_path:
             imported = self._import_file(
-                Path(spec.local_path), spec.sha256, spec.format, params, out.directory
+                Path(spec.local_path), spec.sha256, spec.format, params, out.directory, dataset
             )
         else:
             raise InvalidInput(
@@ -123,7 +145,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 "quality.metric accuracy needs labelled evaluation data, and this model's has "
                 "no labels: give a dataset with `__labels__`, or gate on cosine or max-abs-error"
             )
-        metrics[SYNTHETIC_INPUTS] = float(not spec.builtin and not params.dataset)
+        metrics[SYNTHETIC_INPUTS] = float(not spec.builtin and not dataset)
 
         runner = extra.pop("runner")
         with Stopwatch() as ref_time:
@@ -188,7 +210,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
     # -- builtins: export with torch.export, check the saved program reproduces eager -------------
 
     def _import_builtin(
-        self, model: BuiltinModel, directory: Path, build_seconds: float
+        self, model: BuiltinModel, directory: Path, build_seconds: float, dataset: str | None
     ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
         names = [spec.name for spec in model.inputs]
         example = model.calibration.batch(0, 2)
@@ -226,7 +248,16 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             "name": model.name,
             "task": model.task,
         }
-        return artifact, "exported-program", model.calibration, model.evaluation, metrics, extra
+        calibration, evaluation = model.calibration, model.evaluation
+        if dataset:  # the job's data replaces the builtin's own
+            calibration, evaluation, facts = _job_data(
+                dataset,
+                model.inputs,
+                tokenizer=model.files.get("tokenizer.json"),
+                max_length=int(model.facts.get("maxSequenceLength", 128)),
+            )
+            extra["facts"] = {**model.facts, **facts}
+        return artifact, "exported-program", calibration, evaluation, metrics, extra
 
     # -- user files -------------------------------------------------------------------------------
 
@@ -237,6 +268,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         spec_format: str | None,
         params: CoordinatorParams,
         directory: Path,
+        dataset: str | None,
     ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
         if not path.is_file():
             raise InvalidInput(f"model file {path} does not exist")
@@ -272,7 +304,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             staged.unlink(missing_ok=True)
             incoming.rmdir()
         try:
-            inputs, outputs, weights = _signature(target, fmt, params)
+            inputs, outputs, weights, hints = _signature(target, fmt, params)
         except InvalidInput:
             raise
         except Exception as exc:  # what a damaged file makes the loaders raise
@@ -282,7 +314,12 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             runner = open_runner(target, fmt, names)
         except Exception as exc:
             raise InvalidInput(f"the {fmt} model does not load: {exc}") from exc
-        calibration, evaluation = _user_data(inputs, params)
+        facts = {"source": f"user file {path.name} (sha256 {actual})"}
+        if dataset:
+            calibration, evaluation, data_facts = _job_data(dataset, inputs)
+            facts.update(data_facts)
+        else:
+            calibration, evaluation = _synthetic_data(inputs, params, hints)
         try:
             probe = runner(calibration.batch(0, 2))
         except Exception as exc:
@@ -298,8 +335,15 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             "runner": runner,
             "files": {},
             "weightsSha256": weights_fingerprint(weights),
-            "dynamic": {spec.name: {"0": "batch"} for spec in inputs},
-            "facts": {"source": f"user file {path.name} (sha256 {actual})"},
+            "dynamic": {
+                spec.name: {
+                    str(axis): str(dim)
+                    for axis, dim in enumerate(spec.shape)
+                    if not isinstance(dim, int)
+                }
+                for spec in inputs
+            },
+            "facts": facts,
             "metric": "cosine",
             "inputs": inputs,
             "outputs": outputs[:1],
@@ -309,37 +353,44 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         return artifact, fmt, calibration, evaluation, metrics, extra
 
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}
+
+
+def _dim_name(name: str) -> str:
+    """A dynamic dimension's name, usable as an identifier (torch.export.Dim)."""
+    cleaned = re.sub(r"[^0-9A-Za-z_]", "_", name) or "dim"
+    return cleaned if not cleaned[0].isdigit() else f"d{cleaned}"
 
 
 def _signature(
     path: Path, fmt: ArtifactFormat, params: CoordinatorParams
-) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, np.ndarray]]:
-    """Input/output specs and the weights of a user model."""
+) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, np.ndarray], ModelHints]:
+    """Input/output specs (a dynamic dimension by its name, e.g. "batch", "s0"), the weights
+    and what the graph says of the inputs (embedding tables, dimension ranges) of a user model."""
     shapes = params.input_shapes or {}
     if fmt == "onnx":
         model = onnx.load(str(path))
         inits = {i.name for i in model.graph.initializer}
-        inputs = [
-            TensorSpec(
-                name=i.name,
-                dtype=_ONNX_DTYPES.get(i.type.tensor_type.elem_type, "float32"),
-                shape=[
-                    "batch",
-                    *shapes.get(
-                        i.name, [d.dim_value or 1 for d in i.type.tensor_type.shape.dim[1:]]
-                    ),
-                ],
+        inputs = []
+        for i in model.graph.input:
+            if i.name in inits:
+                continue
+            dims: list[int | str] = [
+                d.dim_value or _dim_name(d.dim_param or f"{i.name}_{axis}")
+                for axis, d in enumerate(i.type.tensor_type.shape.dim[1:], 1)
+            ]
+            inputs.append(
+                TensorSpec(
+                    name=i.name,
+                    dtype=_ONNX_DTYPES.get(i.type.tensor_type.elem_type, "float32"),
+                    shape=["batch", *shapes.get(i.name, dims)],
+                )
             )
-            for i in model.graph.input
-            if i.name not in inits
-        ]
         outputs = [
             TensorSpec(name=o.name, dtype="float32", shape=["batch"]) for o in model.graph.output
         ]
         weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-        return inputs, outputs, weights
+        return inputs, outputs, weights, onnx_hints(model)
     if fmt == "exported-program":
         program = load_exported_program(path)
         inputs = []
@@ -349,47 +400,70 @@ def _signature(
             name = getattr(spec.arg, "name", "input")
             node = next(n for n in program.graph.nodes if n.name == name)
             val = node.meta.get("val")
-            dims = [int(d) if isinstance(d, int) else 1 for d in getattr(val, "shape", [])[1:]]
+            dims = [
+                int(d) if isinstance(d, int) else _dim_name(str(d))
+                for d in getattr(val, "shape", [])[1:]
+            ]
             dtype = str(getattr(val, "dtype", torch.float32)).replace("torch.", "")
             inputs.append(
                 TensorSpec(name=name, dtype=dtype, shape=["batch", *shapes.get(name, dims)])
             )
         weights = {k: v.detach().numpy() for k, v in program.state_dict.items()}
-        return inputs, [], weights
+        hints = program_hints(program)
+        hints.bounds = {_dim_name(k): v for k, v in hints.bounds.items()}
+        return inputs, [], weights, hints
     module = load_torch_module(path, "torchscript")
     if not shapes:
         raise InvalidInput("TorchScript records no input shapes: pass params.inputShapes")
     inputs = [TensorSpec(name=n, dtype="float32", shape=["batch", *s]) for n, s in shapes.items()]
-    return inputs, [], _torch_weights(module)
+    return inputs, [], _torch_weights(module), ModelHints()
 
 
-def _user_data(inputs: list[TensorSpec], params: CoordinatorParams) -> tuple[Dataset, Dataset]:
+def _dataset_address(job_dataset: str | None, param: str | None) -> str | None:
+    """The dataset to read: the job's quality.dataset as the driver resolved it, else the
+    import stage's `dataset` param (a path, or the same forms); None: none given."""
+    if job_dataset and job_dataset != "builtin":
+        return job_dataset
+    if not param:
+        return None
+    return param if "://" in param else Path(param).resolve().as_uri()
+
+
+def _job_data(
+    address: str,
+    inputs: list[TensorSpec],
+    tokenizer: Path | None = None,
+    max_length: int = 128,
+) -> tuple[Dataset, Dataset, dict[str, str]]:
+    """The job's dataset in the model's dtypes, split into calibration and evaluation."""
     names = [spec.name for spec in inputs]
-    if params.dataset:
-        data = Dataset.load(Path(params.dataset))
-        missing = set(names) - set(data.inputs)
-        if missing:
-            raise InvalidInput(f"dataset {params.dataset} lacks inputs {sorted(missing)}")
-        index = np.arange(len(data))
-        cal, ev = index[index % 3 == 0], index[index % 3 != 0]
-        labels = data.labels
-        return (
-            Dataset({n: data.inputs[n][cal] for n in names}),
-            Dataset({n: data.inputs[n][ev] for n in names}, None if labels is None else labels[ev]),
+    data, sha256 = read_dataset(address, names, tokenizer, max_length)
+    data = conform(data, {spec.name: spec.dtype for spec in inputs})
+    calibration, evaluation = split(data)
+    labelled = "labelled" if data.labels is not None else "unlabelled"
+    facts = {
+        "dataset": (
+            f"the job's ({labelled}, sha256 {sha256}): {len(calibration)} calibration and "
+            f"{len(evaluation)} evaluation samples, every third to calibration"
         )
-    # Synthetic data from the signature: enough to calibrate ranges and compare outputs; a job
-    # that cares about quality on real data names a dataset.
+    }
+    log("read the job's dataset", samples=len(data), sha256=sha256, labelled=labelled)
+    return calibration, evaluation, facts
+
+
+def _synthetic_data(
+    inputs: list[TensorSpec], params: CoordinatorParams, hints: ModelHints
+) -> tuple[Dataset, Dataset]:
+    """Synthetic data from the signature, shaped as real inputs: enough to calibrate ranges
+    and time the model at its real shapes; it says nothing of quality (a job that cares names
+    a dataset)."""
+    unknown = set(params.input_roles or {}) - {spec.name for spec in inputs}
+    if unknown:
+        raise InvalidInput(f"inputRoles names no input of the model: {sorted(unknown)}")
+    roles = infer_roles(inputs, hints, params.input_roles)
+    sizes = dimension_sizes(inputs, hints)
+    log("synthetic inputs", roles=roles, sizes=sizes, vocab=hints.vocab)
     rng = np.random.default_rng(params.seed)
-
-    def sample(count: int) -> Dataset:
-        arrays = {}
-        for spec in inputs:
-            dims = [int(d) for d in spec.shape[1:]]
-            dtype = _NP_DTYPES.get(spec.dtype, np.float32)
-            if np.issubdtype(dtype, np.integer):
-                arrays[spec.name] = rng.integers(0, 2, size=(count, *dims)).astype(dtype)
-            else:
-                arrays[spec.name] = rng.standard_normal((count, *dims)).astype(dtype)
-        return Dataset(arrays)
-
-    return sample(params.calibration_samples), sample(params.evaluation_samples)
+    calibration = synthesize(inputs, params.calibration_samples, rng, roles, hints, sizes)
+    evaluation = synthesize(inputs, params.evaluation_samples, rng, roles, hints, sizes)
+    return calibration, evaluation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
@@ -198,11 +199,35 @@ class Target(WireModel):
     )
 
 
-DATASET_MESSAGE = (
-    "quality.dataset takes builtin only: no agent reads another dataset yet (that comes with "
-    "its own issue); until then a job naming one is refused rather than gated on data it did "
-    "not ask for"
+DATASET_URL_MESSAGE = (
+    "quality.dataset by url (https://, s3://, ...) is not fetched yet: put the file in a "
+    "ConfigMap (configmap/NAME/KEY) for a cluster, or name a local file (file://PATH) for "
+    "`bakeline run`"
 )
+DATASET_CONFIGMAP_MESSAGE = (
+    "a ConfigMap dataset is configmap/NAME or configmap/NAME/KEY: NAME a ConfigMap in the "
+    "job's namespace (lowercase DNS name), KEY one of its keys (letters, digits, '-', '_', '.')"
+)
+DATASET_IN_CLUSTER_MESSAGE = (
+    "in a cluster quality.dataset is builtin or configmap/NAME[/KEY]: a stage pod cannot read "
+    "a local file (file://, a path); bake it with `bakeline run`, or put the file in a ConfigMap"
+)
+_URL_SCHEME = re.compile(r"^[a-zA-Z][-+.a-zA-Z0-9]*://")
+_DNS_SUBDOMAIN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_CONFIGMAP_DATASET = f"^configmap/{_DNS_SUBDOMAIN}(/[-._a-zA-Z0-9]*[-_a-zA-Z0-9][-._a-zA-Z0-9]*)?$"
+
+
+def _dataset_not_fetched(dataset: str) -> bool:
+    return not _URL_SCHEME.match(dataset) or dataset.startswith("file://")
+
+
+def _configmap_dataset_ok(dataset: str) -> bool:
+    if not dataset.startswith("configmap/"):
+        return True
+    name = dataset.split("/")[1]
+    return bool(re.fullmatch(_CONFIGMAP_DATASET, dataset)) and len(name) <= 253
+
+
 OUTPUT_MESSAGE = (
     "spec.output is not delivered yet (it comes with its own issue): the artifact stays in the "
     "job's final checkpoint, named by status.result.artifact; remove spec.output"
@@ -215,10 +240,15 @@ class Quality(WireModel):
     dataset: str = Field(
         default="builtin",
         min_length=1,
-        max_length=253,
-        description="Evaluation inputs: builtin, the calibration and evaluation data the "
-        "BakingCoordinator derives for the model. Other datasets are not read yet and are "
-        "refused.",
+        max_length=2048,
+        description="Calibration and evaluation inputs. builtin: a builtin model's own data, "
+        "synthetic inputs for another (quality then unverified). configmap/NAME[/KEY] (in a "
+        "cluster): a ConfigMap key holding the file, mounted read-only into the import stage; "
+        "file://PATH or a path relative to the job file (`bakeline run`). The file is "
+        "safetensors or npz (arrays keyed by input name, optional __labels__; never "
+        "unpickled) or JSON lines (text, for a model with a tokenizer, or token ids by input "
+        "name, optional label); every third sample calibrates, the rest evaluate. Datasets "
+        "by url (https://, s3://) are not fetched yet and are refused.",
     )
     metric: QualityMetric = Field(
         default="cosine",
@@ -234,9 +264,29 @@ class Quality(WireModel):
 
     cel_rules = (
         Rule(
-            "self.dataset == 'builtin'",
-            DATASET_MESSAGE,
-            lambda q: q.dataset == "builtin",
+            "!self.dataset.matches('^[a-zA-Z][-+.a-zA-Z0-9]*://') "
+            "|| self.dataset.startsWith('file://')",
+            DATASET_URL_MESSAGE,
+            lambda q: _dataset_not_fetched(q.dataset),
+            field_path=".dataset",
+            shows="self.dataset",
+        ),
+        Rule(
+            "!self.dataset.startsWith('configmap/') "
+            f"|| (self.dataset.matches('{_CONFIGMAP_DATASET}') "
+            "&& self.dataset.split('/')[1].size() <= 253)",
+            DATASET_CONFIGMAP_MESSAGE,
+            lambda q: _configmap_dataset_ok(q.dataset),
+            field_path=".dataset",
+            shows="self.dataset",
+        ),
+        # The cluster's limit, not the job's: `bakeline run` reads local files.
+        Rule(
+            "self.dataset == 'builtin' || self.dataset.startsWith('configmap/') "
+            "|| (self.dataset.matches('^[a-zA-Z][-+.a-zA-Z0-9]*://') "
+            "&& !self.dataset.startsWith('file://'))",
+            DATASET_IN_CLUSTER_MESSAGE,
+            None,
             field_path=".dataset",
             shows="self.dataset",
         ),

@@ -285,7 +285,37 @@ def job_document(
             f"model source {kinds} is not available to `bakeline run` on one machine: "
             "use `builtin` or a file:// `url` with its sha256"
         )
+    quality = resolve_dataset(quality, base_dir)
     return contract.job_document(name, {"target": target, "quality": quality}, resolved)
+
+
+def resolve_dataset(quality: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """`quality` with its dataset resolved for the import stage: a file:// url or a path
+    (relative to `base_dir`, the manifest's folder, as a model url's is) becomes
+    `file://ABSOLUTE#sha256=HEX`: the agent reads that file and checks it has those bytes, and
+    the sha256, part of the job document, is part of the import stage's cache key."""
+    resolved = dict(quality)
+    dataset = str(resolved.get("dataset") or "builtin")
+    if dataset == "builtin":
+        return resolved
+    if dataset.startswith("configmap/"):
+        raise ModelSourceError(
+            f"quality.dataset {dataset} is a ConfigMap, which the operator mounts in a cluster; "
+            "`bakeline run` reads a local file: file://PATH or a path relative to the job file"
+        )
+    try:
+        path = _local_path(dataset, base_dir)
+    except ModelSourceError:
+        raise ModelSourceError(
+            f"quality.dataset {dataset}: datasets by url are not fetched yet; `bakeline run` "
+            "reads a local file (file://PATH or a path relative to the job file)"
+        ) from None
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.is_file():
+        raise ModelSourceError(f"dataset file {path} (quality.dataset) does not exist")
+    resolved["dataset"] = f"{path.resolve().as_uri()}#sha256={sha256_file(path)}"
+    return resolved
 
 
 def _local_path(url: str, base_dir: Path) -> Path:

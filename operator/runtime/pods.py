@@ -133,6 +133,7 @@ def restricted_container_security() -> dict[str, Any]:
 
 
 MODEL_MOUNT = "/model"
+DATASET_MOUNT = "/dataset"
 SERVICE_ACCOUNT_MOUNT = (
     "/var/run/secrets/kubernetes.io/serviceaccount"  # in-cluster clients look here
 )
@@ -199,6 +200,27 @@ def model_source_mount(
     )
 
 
+def dataset_source_mount(
+    document: Mapping[str, Any],
+) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any]] | None]:
+    """The import stage's job document with a `configmap/NAME[/KEY]` quality.dataset resolved
+    to where the pod mounts it (`file:///dataset/KEY`, or the folder of all the ConfigMap's
+    keys, which must then hold one), and the (volume, volumeMount) that mount it read-only;
+    the document as it is, and None, for any other dataset."""
+    quality = document.get("quality") or {}
+    dataset = str(quality.get("dataset") or "")
+    if not dataset.startswith("configmap/"):
+        return dict(document), None
+    _, name, *key = dataset.split("/", 2)
+    config_map: dict[str, Any] = {"name": name}
+    if key:
+        config_map["items"] = [{"key": key[0], "path": key[0]}]
+    volume = {"name": "dataset", "configMap": config_map}
+    mount = {"name": "dataset", "mountPath": DATASET_MOUNT, "readOnly": True}
+    local = f"file://{DATASET_MOUNT}/{key[0]}" if key else f"file://{DATASET_MOUNT}"
+    return {**document, "quality": {**quality, "dataset": local}}, (volume, mount)
+
+
 def build_stage_pod(
     job: Mapping[str, Any],
     *,
@@ -220,7 +242,8 @@ def build_stage_pod(
 
     `job_document` is the agent contract's `--job` JSON; `stage_defaults` is the lane's
     `stageDefaults` in wire form (resources, nodeSelector, tolerations, image);
-    `model_mount` (from `model_source_mount`) gives the first stage the user's model file.
+    `model_mount` (from `model_source_mount`) gives the first stage the user's model file;
+    a `configmap/` quality.dataset is mounted into it too (`dataset_source_mount`).
 
     `storage` is the lane's store. Volume: the job's claim holds every checkpoint; one
     container, no token. ConfigMap: the agent, which opens model files from outside, never
@@ -238,6 +261,9 @@ def build_stage_pod(
     output = checkpoint_id(stage, attempt)
     image = defaults.get("image") or image
     configmap = storage == "ConfigMap"
+    dataset_mount = None
+    if input_checkpoint is None:  # the import stage: it reads the job's dataset
+        job_document, dataset_mount = dataset_source_mount(job_document)
     env = [
         {"name": "BAKELINE_AGENT", "value": agent},
         {"name": "BAKELINE_STAGE", "value": stage},
@@ -326,6 +352,9 @@ def build_stage_pod(
         volume, mount, _ = model_mount
         spec["volumes"].append(volume)
         container["volumeMounts"].append(mount)
+    if dataset_mount is not None:
+        spec["volumes"].append(dataset_mount[0])
+        container["volumeMounts"].append(dataset_mount[1])
     if service_account:
         spec["serviceAccountName"] = service_account
     if timeout_seconds:
