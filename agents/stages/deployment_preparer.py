@@ -23,6 +23,7 @@ from bakeline.agents.quality import compare
 from bakeline.agents.runtimes import open_runner
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import data_split, runtime_config
+from bakeline.contract import QUALITY_VERIFIED, SYNTHETIC_INPUTS
 
 RUNTIME = "runtime.json"
 README = "README.md"
@@ -39,6 +40,11 @@ HEADLINES = {
     ("QualityValidator", "accuracy"): "accuracy",
     ("QualityValidator", "maxAbsError"): "maxAbsError",
     ("MemoryOptimizer", "peakMemoryMB"): "peakMemoryMB",
+    # What the quality figures were measured on (see `evaluation_data`).
+    ("BakingCoordinator", SYNTHETIC_INPUTS): SYNTHETIC_INPUTS,
+    ("BakingCoordinator", "calibrationSamples"): "calibrationSamples",
+    ("BakingCoordinator", "evaluationSamples"): "evaluationSamples",
+    ("QualityValidator", QUALITY_VERIFIED): QUALITY_VERIFIED,
 }
 
 
@@ -63,6 +69,60 @@ def headline_metrics(source: InputCheckpoint, size_bytes: float) -> dict[str, fl
     if "originalSizeBytes" in metrics:
         metrics["sizeRatio"] = size_bytes / metrics["originalSizeBytes"]
     return metrics
+
+
+def synthetic_inputs(source: InputCheckpoint) -> bool | None:
+    """Whether the quality figures were measured on made-up inputs: the import stage said it
+    made them up, or the validator said its quality is unverified; None if neither said."""
+    said = [
+        bool(e.metrics[SYNTHETIC_INPUTS]) if SYNTHETIC_INPUTS in e.metrics else None
+        for e in source.manifest.lineage
+    ] + [
+        e.metrics[QUALITY_VERIFIED] == 0.0 if QUALITY_VERIFIED in e.metrics else None
+        for e in source.manifest.lineage
+    ]
+    known = [x for x in said if x is not None]
+    return any(known) if known else None
+
+
+def evaluation_data(source: InputCheckpoint) -> list[str]:
+    """The model card's words on the data the quality figures were measured on: synthetic
+    inputs (unverified), the job's dataset or the builtin model's evaluation split, with the
+    split sizes the import stage reported. Empty when the lineage does not say."""
+    synthetic = synthetic_inputs(source)
+    if synthetic is None:
+        return []
+    imported = next((e for e in source.manifest.lineage if SYNTHETIC_INPUTS in e.metrics), None)
+    found = imported.metrics if imported is not None else {}
+    sizes = {k: int(found[k]) for k in ("calibrationSamples", "evaluationSamples") if k in found}
+    if synthetic:
+        count = f"{sizes['evaluationSamples']} " if "evaluationSamples" in sizes else ""
+        return [
+            "**Quality unverified: evaluated on synthetic inputs.** The job gave no data of its",
+            f"own, so the quality figures below compare outputs on {count}made-up inputs",
+            "generated from the model's input signature, not on data like the model's. They say",
+            "the baked model computes much the same function on those inputs; they do not say",
+            "it keeps its quality on real ones. Bake again with data of your own",
+            "(`spec.quality.dataset`) to verify it.",
+        ]
+    # The job's data: quality.dataset (the import stage records it among its facts) or the
+    # import stage's own `dataset` param.
+    fact = source.manifest.attributes.get("facts", {}).get("dataset")
+    dataset = fact or (imported.params.get("dataset") if imported is not None else None)
+    where = "the job's dataset" if dataset else "the builtin model's own evaluation split"
+    split = []
+    if "evaluationSamples" in sizes:
+        split.append(f"{sizes['evaluationSamples']} held-out evaluation samples")
+    if "calibrationSamples" in sizes:
+        split.append(f"{sizes['calibrationSamples']} others for calibration")
+    told = f": {', with '.join(split)}" if split else ""
+    lines = [
+        f"Quality was measured on {where}{told}. Calibration and evaluation samples never",
+        "overlap.",
+    ]
+    if isinstance(fact, str):
+        lines.append(f"Dataset: {fact}.")
+    return lines
 
 
 def model_card(
@@ -100,17 +160,31 @@ def model_card(
         )
     if (source.directory / TOKENIZER).exists():
         lines.append("Tokenize with `tokenizer.json` (tokenizers library), padding to the longest.")
+    data = evaluation_data(source)
+    if data:
+        lines += ["", "## Evaluation data", "", *data]
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.6g} |" for k, v in metrics.items()]
     lines += ["", "## Lineage", "", "| stage | agent | output sha256 |", "|---|---|---|"]
     lines += [f"| {e.stage} | {e.agent} | `{e.output_sha256[:16]}…` |" for e in m.lineage]
+    measured = (
+        [
+            "Quality was measured against the original model's outputs on synthetic inputs only:",
+            "the figures above are unverified, and say nothing of the task itself.",
+        ]
+        if synthetic_inputs(source)
+        else [
+            "Quality was measured against the original model's outputs on the held-out",
+            "evaluation data listed in the lineage, not on the task itself.",
+        ]
+    )
     lines += [
         "",
         "## Limitations",
         "",
-        "Quality was measured against the original model's outputs on the held-out evaluation",
-        "data listed in the lineage, not on the task itself. Timings are from the machine that",
-        "baked it; an int8 graph optimised for one CPU may run slower on another.",
+        *measured,
+        "Timings are from the machine that baked it; an int8 graph optimised for one CPU may",
+        "run slower on another.",
         "",
     ]
     return "\n".join(lines)

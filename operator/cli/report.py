@@ -14,7 +14,7 @@ from bakeline.checkpoints.manifest import Manifest
 from bakeline.cli.progress import format_seconds
 from bakeline.contract import per_batch
 from bakeline.engine.pipeline import Plan, RunState
-from bakeline.engine.result import FinalArtifact, bake_result
+from bakeline.engine.result import UNVERIFIED_NOTE, FinalArtifact, result_document
 
 
 def build_report(
@@ -128,8 +128,10 @@ def _result(
             attributes, ("quantization", "scheme"), ("precision",), ("dtype",), ("runtime", "dtype")
         ),
     )
-    bake = bake_result(plan, state, job.spec.target, job.spec.quality, artifact, manifest.metrics)
-    return {**bake.to_wire(), "manifest": str(result_dir / "manifest.json")}
+    document = result_document(
+        plan, state, job.spec.target, job.spec.quality, artifact, manifest.metrics
+    )
+    return {**document, "manifest": str(result_dir / "manifest.json")}
 
 
 def _attribute(attributes: Mapping[str, Any], *paths: tuple[str, ...]) -> str | None:
@@ -197,8 +199,18 @@ def summary_table(report: Mapping[str, Any]) -> str:
             parts.append(
                 f"{quality['metric']} {quality['value']:.4f} (threshold {quality['threshold']})"
             )
-        lines.append("; ".join(parts))
+        parts.append(quality_label(result))
+        lines.append("; ".join(p for p in parts if p))
     return "\n".join(lines)
+
+
+def quality_label(result: Mapping[str, Any]) -> str:
+    """What the result's quality figures are worth, in a few words ("" when nobody said)."""
+    if result.get("qualityVerified") is False:
+        return "quality unverified (synthetic inputs)"
+    if result.get("qualityVerified"):
+        return str(result.get("qualityNote") or "quality verified")
+    return ""
 
 
 def _size(size: int | None) -> str:
@@ -259,6 +271,17 @@ def _html(report: Mapping[str, Any]) -> str:
         for s in stages
     )
     title = f"bakeline: {report['job']} {report['phase']}"
+    result = report.get("result") or {}
+    quality = ""
+    if result.get("qualityVerified") is False:
+        quality = (
+            "<p style='color:#9a6700;border-left:4px solid #9a6700;padding-left:8px'>"
+            "<strong>Quality unverified (synthetic inputs)</strong>: "
+            f"{html.escape(str(result.get('qualityNote') or UNVERIFIED_NOTE))}. The job gave no "
+            "data of its own, so the quality figures compare outputs on made-up inputs.</p>"
+        )
+    elif label := quality_label(result):
+        quality = f"<p>{html.escape(label)}</p>"
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>"
@@ -272,6 +295,7 @@ def _html(report: Mapping[str, Any]) -> str:
         f"{report['progress']} stages &middot; {report['rollbacks']} rollbacks &middot; "
         f"{report['fallbacks']} fallbacks &middot; "
         f"{report['durationSeconds']:.1f} s</p>"
+        + quality
         + "".join(charts)
         + f"<table><tr><th>stage</th><th>agent</th><th>phase</th><th>tries</th><th>s</th>"
         f"<th>message</th></tr>{rows}</table></body></html>\n"

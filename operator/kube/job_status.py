@@ -16,7 +16,7 @@ from bakeline.api.bakingjob import Quality, Target
 from bakeline.contract import TerminationMessage, parse_termination
 from bakeline.engine import pipeline as engine
 from bakeline.engine.predict import DurationModel, estimate_remaining, fit_durations
-from bakeline.engine.result import FinalArtifact, bake_result, job_verdict
+from bakeline.engine.result import FinalArtifact, job_verdict, quality_evidence, result_document
 from bakeline.engine.retry import AttemptOutcome
 from bakeline.kube.clock import epoch, now_timestamp, timestamp
 from bakeline.kube.conditions import set_condition
@@ -150,15 +150,14 @@ def status_from_run_state(
         status["finishedAt"] = status.get("finishedAt") or now_timestamp()
         record = load_record(current.id) if current else None
         status["result"] = _result(obj, plan, state, record, current)
-        verdict = job_verdict(phase)
-        set_condition(
-            status,
-            "Succeeded",
-            "True",
-            verdict.reason,
-            f"artifact {current.id if current else ''}",
-            meta,
-        )
+        final = _final_message(record)
+        quality = Quality.model_validate((obj.get("spec") or {}).get("quality") or {})
+        evidence = quality_evidence(plan, state, quality, final.metrics)
+        verdict = job_verdict(phase, evidence=evidence)
+        message = f"artifact {current.id if current else ''}"
+        if not verdict.verified:  # a success all the same, but its quality was never checked
+            message += f"; {verdict.note}"
+        set_condition(status, "Succeeded", "True", verdict.reason, message, meta)
         set_condition(status, "Progressing", "False", "Succeeded", "all stages done", meta)
     elif phase is engine.JobPhase.FAILED:
         status["finishedAt"] = status.get("finishedAt") or now_timestamp()
@@ -217,7 +216,7 @@ def _result(
     """status.result, decided by the engine as `bakeline run` decides it, from the final
     checkpoint's record (the final stage's termination message) and the stages' metrics."""
     data = (record or {}).get("data") or {}
-    final = parse_termination(data.get("result.json")) or TerminationMessage()
+    final = _final_message(record)
     spec = obj.get("spec") or {}
     artifact = FinalArtifact(
         location=data.get("path") or (current.id if current else ""),
@@ -225,7 +224,7 @@ def _result(
         sha256=data.get("artifactSha256") or final.artifact_sha256,
         size_bytes=final.size_bytes,
     )
-    result = bake_result(
+    return result_document(
         plan,
         state,
         Target.model_validate(spec.get("target") or {}),
@@ -233,7 +232,12 @@ def _result(
         artifact,
         final.metrics,
     )
-    return result.to_wire()
+
+
+def _final_message(record: Mapping[str, Any] | None) -> TerminationMessage:
+    """The final stage's termination message, as its checkpoint record keeps it."""
+    data = (record or {}).get("data") or {}
+    return parse_termination(data.get("result.json")) or TerminationMessage()
 
 
 def repair_status(
