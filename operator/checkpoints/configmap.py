@@ -35,6 +35,7 @@ namespace (the operator's implements it with the kubernetes client, tests with a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -47,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bakeline.checkpoints.manifest import (
     MANIFEST_NAME,
@@ -95,6 +96,18 @@ class ConfigMapData:
     labels: Mapping[str, str] = field(default_factory=dict)
     data: Mapping[str, str] = field(default_factory=dict)
     binary_data: Mapping[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> ConfigMapData:
+        """From a ConfigMap as the API server's JSON has it (binaryData base64-encoded)."""
+        meta = item.get("metadata") or {}
+        binary = item.get("binaryData") or {}
+        return cls(
+            name=str(meta.get("name")),
+            labels=dict(meta.get("labels") or {}),
+            data=dict(item.get("data") or {}),
+            binary_data={key: base64.b64decode(value) for key, value in binary.items()},
+        )
 
 
 class ConfigMapExistsError(Exception):

@@ -1,4 +1,5 @@
-"""The cluster-facing commands: `bakeline operator` and `bakeline rerun`."""
+"""The cluster-facing commands: `bakeline operator` and `bakeline rerun`, and the credentials
+they and `bakeline fetch` use."""
 
 from __future__ import annotations
 
@@ -32,15 +33,21 @@ def run_operator_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def rerun_job(job: str, stage: str, namespace: str | None) -> int:
-    """Ask the operator to re-run `job` from `stage`: an annotation it acts on once."""
+def load_credentials(namespace: str | None) -> str:
+    """Load KUBECONFIG (else in-cluster credentials); the namespace to use: the one given,
+    else the context's, else `default`."""
     try:
         config.load_kube_config()
         _, context = config.list_kube_config_contexts()
-        namespace = namespace or context.get("context", {}).get("namespace") or "default"
+        return namespace or context.get("context", {}).get("namespace") or "default"
     except config.ConfigException:
         config.load_incluster_config()
-        namespace = namespace or "default"
+        return namespace or "default"
+
+
+def rerun_job(job: str, stage: str, namespace: str | None) -> int:
+    """Ask the operator to re-run `job` from `stage`: an annotation it acts on once."""
+    namespace = load_credentials(namespace)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     body = {"metadata": {"annotations": {ANNOTATION_RERUN: f"{stage}@{stamp}"}}}
     try:

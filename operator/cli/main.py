@@ -98,6 +98,18 @@ def _add_cluster_commands(commands: Any) -> None:
     rerun.add_argument("job", help="the BakingJob's name")
     rerun.add_argument("--from", dest="from_stage", required=True, metavar="STAGE")
     rerun.add_argument("--namespace", "-n", default=None, help="default: the context's")
+    fetch = commands.add_parser(
+        "fetch",
+        help="copy a finished BakingJob's package out of the cluster",
+        description="Copy the package of a Succeeded BakingJob into a local folder, every "
+        "file checked against the sha256 its checkpoint manifest records. Needs only what "
+        "the namespace's view role grants.",
+    )
+    fetch.add_argument("job", help="the BakingJob's name")
+    fetch.add_argument("--namespace", "-n", default=None, help="default: the context's")
+    fetch.add_argument(
+        "--to", type=Path, default=None, help="a folder that does not exist yet (default: ./JOB)"
+    )
     stage = commands.add_parser(
         "stage",
         help="(in stage pods) run an agent and check its checkpoint; restore or store one",
@@ -117,6 +129,10 @@ def _cluster_command(args: argparse.Namespace) -> int:
 
     if args.command == "operator":
         return run_operator_command(args)
+    if args.command == "fetch":
+        from bakeline.cli.fetch import fetch_command
+
+        return fetch_command(args.job, args.namespace, args.to)
     return rerun_job(args.job, args.from_stage, args.namespace)
 
 
@@ -125,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"bakeline {bakeline.__version__}")
         return 0
-    if args.command in ("operator", "rerun"):
+    if args.command in ("operator", "rerun", "fetch"):
         return _cluster_command(args)
     if args.command == "stage":
         from bakeline.stagepod.wrapper import run_stage

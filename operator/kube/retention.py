@@ -8,7 +8,6 @@ lookup reads a pruned checkpoint again (a rerun runs its stage afresh).
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,21 +80,12 @@ class _StoreObjects:
 
     def get(self, name: str) -> ConfigMapData | None:
         found = self.kube.list_configmaps(self.namespace, fields=f"metadata.name={name}")
-        return _data(found[0]) if found else None
+        return ConfigMapData.from_api(found[0]) if found else None
 
     def list(self, labels: Mapping[str, str]) -> list[ConfigMapData]:
         selector = ",".join(f"{key}={value}" for key, value in labels.items())
-        return [_data(item) for item in self.kube.list_configmaps(self.namespace, selector)]
+        found = self.kube.list_configmaps(self.namespace, selector)
+        return [ConfigMapData.from_api(item) for item in found]
 
     def delete(self, name: str) -> None:
         self.kube.delete_configmap(self.namespace, name)
-
-
-def _data(item: Mapping[str, Any]) -> ConfigMapData:
-    meta = item.get("metadata") or {}
-    return ConfigMapData(
-        name=str(meta.get("name")),
-        labels=dict(meta.get("labels") or {}),
-        data=dict(item.get("data") or {}),
-        binary_data={k: base64.b64decode(v) for k, v in (item.get("binaryData") or {}).items()},
-    )
