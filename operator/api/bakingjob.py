@@ -485,6 +485,26 @@ class BakeResult(StatusModel):
         default=None, max_length=64, description="Numeric precision, e.g. int8-per-channel."
     )
     quality: QualityResult | None = Field(default=None, description="The quality gate's outcome.")
+    quality_verified: bool | None = Field(
+        default=None,
+        description="False when the quality figures were measured on synthetic inputs (the job "
+        "gave no data of its own): the bake succeeded but its quality is unverified.",
+    )
+    quality_note: str | None = Field(
+        default=None,
+        max_length=256,
+        description="What the quality figures were measured on, e.g. 'evaluated on synthetic "
+        "inputs: quality unverified'.",
+    )
+    evaluation_data: Literal["synthetic", "builtin", "dataset"] | None = Field(
+        default=None, description="The data quality was measured on."
+    )
+    calibration_samples: int | None = Field(
+        default=None, ge=0, description="Samples the stages calibrated on."
+    )
+    evaluation_samples: int | None = Field(
+        default=None, ge=0, description="Held-out samples quality was measured on."
+    )
 
 
 class BakingJobStatus(StatusModel):
@@ -577,6 +597,12 @@ class BakingJob(Resource):
             PrinterColumn("Progress", "string", ".status.progress", "Finished stages / stages."),
             PrinterColumn(
                 "Speedup", "number", ".status.result.speedup", "Speedup at the first batch size."
+            ),
+            PrinterColumn(
+                "Verified",
+                "boolean",
+                ".status.result.qualityVerified",
+                "False: quality measured on synthetic inputs only.",
             ),
             AGE_COLUMN,
         ),

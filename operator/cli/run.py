@@ -57,7 +57,7 @@ from bakeline.engine.pipeline import (
     stage_started,
 )
 from bakeline.engine.predict import DurationSample, estimate_remaining, fit_durations
-from bakeline.engine.result import first_failed_stage, job_verdict
+from bakeline.engine.result import first_failed_stage, job_verdict, quality_evidence
 from bakeline.engine.retry import AttemptOutcome, classify_exit
 from bakeline.runtime.local import (
     LocalRunner,
@@ -435,9 +435,11 @@ class _LocalRun:
             action.phase,
             AttemptOutcome(last) if last else None,
             deadline_exceeded=action.reason == DEADLINE_EXCEEDED,
+            evidence=quality_evidence(self.plan, self.state, self.job_file.job.spec.quality),
         )
         if verdict.succeeded:
-            self.progress.event(f"{self.name} succeeded: {action.reason}")
+            unverified = "" if verdict.verified else f" ({verdict.note})"
+            self.progress.event(f"{self.name} succeeded: {action.reason}{unverified}")
         else:
             self.progress.event(f"{self.name} FAILED: {action.reason}")
         return verdict.exit_code

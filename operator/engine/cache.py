@@ -51,10 +51,14 @@ def cache_key(
 def job_key(document: Mapping[str, Any], agent: str) -> dict[str, Any]:
     """What a cache key holds of the job: the parts `agent` is handed (contract.job_view),
     without what names the job rather than what it computes (its name, where the driver put
-    the model file: the file's bytes are in the key as the input's sha256). Both drivers' keys
+    the model file or the dataset: their bytes are in the key by sha256). Both drivers' keys
     come from here, so the same job baked by either keys the same."""
     view = job_view(document, agent)
     view.pop("name", None)
     if "model" in view:
         view["model"] = {k: v for k, v in view["model"].items() if k != "localPath"}
+    dataset = str((view.get("quality") or {}).get("dataset") or "")
+    if dataset.startswith("file://") and "#sha256=" in dataset:
+        # A local dataset keys by its bytes, not by where this machine keeps it.
+        view["quality"] = {**view["quality"], "dataset": "sha256:" + dataset.split("#sha256=")[1]}
     return view

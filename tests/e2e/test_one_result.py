@@ -27,7 +27,20 @@ from support.node_harness import NodeHarness, container_path
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPLAY_AGENT = Path(__file__).resolve().parents[1] / "support" / "replay_agent.py"
-AGREED = ("speedup", "speedups", "quality", "sizeBytes", "sha256", "format", "originalSizeBytes")
+AGREED = (
+    "speedup",
+    "speedups",
+    "quality",
+    "sizeBytes",
+    "sha256",
+    "format",
+    "originalSizeBytes",
+    "qualityVerified",
+    "qualityNote",
+    "evaluationData",
+    "calibrationSamples",
+    "evaluationSamples",
+)
 
 
 @pytest.fixture(scope="module")

@@ -325,7 +325,10 @@ def test_status_subresource_keeps_what_the_models_write_and_columns_show_it(
     )
 
     rows = {
-        "bj": ("NAME PHASE LANE PROGRESS SPEEDUP AGE", "minilm-l6 Running standard 4/9 2.5"),
+        "bj": (
+            "NAME PHASE LANE PROGRESS SPEEDUP VERIFIED AGE",
+            "minilm-l6 Running standard 4/9 2.5",
+        ),
         "ln": ("NAME RUNNING QUEUED FROZEN AGE", "express 1 2 true"),
         "slo": ("NAME STATE BUDGET AGE", "interactive-lanes Burning 0.42"),
         "bwf": ("NAME STAGES READY AGE", "default 9 True"),

@@ -137,7 +137,11 @@ def test_names_columns_and_scope() -> None:
     expected = {
         "Lane": ("lanes", ["ln"], ["Running", "Queued", "Frozen", "Age"]),
         "Workflow": ("workflows", ["bwf"], ["Stages", "Ready", "Age"]),
-        "BakingJob": ("bakingjobs", ["bj"], ["Phase", "Lane", "Progress", "Speedup", "Age"]),
+        "BakingJob": (
+            "bakingjobs",
+            ["bj"],
+            ["Phase", "Lane", "Progress", "Speedup", "Verified", "Age"],
+        ),
         "SLOPolicy": ("slopolicies", ["slo"], ["State", "Budget", "Age"]),
     }
     for kind, (plural, short, columns) in expected.items():

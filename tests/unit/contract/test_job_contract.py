@@ -128,6 +128,14 @@ def test_each_agent_is_handed_only_the_job_parts_its_row_names_and_keys_on_those
     # Where a driver put the model file is not what the import computes: its bytes are.
     placed = {**document, "model": {**document["model"], "localPath": "/tmp/x/model.pt2"}}
     assert job_key(placed, "BakingCoordinator") == job_key(document, "BakingCoordinator")
+    # Nor where it keeps the dataset: the bytes' sha256 keys it.
+    here, there = (
+        {**document, "quality": {"dataset": f"file://{folder}/data.npz#sha256={'a' * 64}"}}
+        for folder in ("/home/me", "/srv/ci")
+    )
+    assert job_key(here, "ModelOptimizer") == job_key(there, "ModelOptimizer")
+    other = {**document, "quality": {"dataset": f"file:///srv/ci/data.npz#sha256={'b' * 64}"}}
+    assert job_key(other, "ModelOptimizer") != job_key(there, "ModelOptimizer")
 
 
 def test_a_rerun_runs_the_stage_and_everything_after_it_in_both_drivers() -> None:
