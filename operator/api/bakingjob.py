@@ -23,6 +23,7 @@ from bakeline.api.common import (
     observed_generation_field,
 )
 from bakeline.api.names import AgentName
+from bakeline.api.output import URI_CEL, parse_target
 from bakeline.api.workflow import MAX_STAGES
 
 BUILTIN_MODELS = ("minilm-l6", "digits-cnn")
@@ -228,9 +229,13 @@ def _configmap_dataset_ok(dataset: str) -> bool:
     return bool(re.fullmatch(_CONFIGMAP_DATASET, dataset)) and len(name) <= 253
 
 
-OUTPUT_MESSAGE = (
-    "spec.output is not delivered yet (it comes with its own issue): the artifact stays in the "
-    "job's final checkpoint, named by status.result.artifact; remove spec.output"
+OUTPUT_URI_MESSAGE = (
+    "uri is s3://BUCKET/PREFIX, oci://REGISTRY/REPOSITORY[:TAG], or (bakeline run) a local "
+    "folder: file:///DIR or a relative path"
+)
+OUTPUT_IN_CLUSTER_MESSAGE = (
+    "spec.output is delivered by bakeline run only for now: in a cluster the package stays in "
+    "the job's final checkpoint (status.result.artifact); copy it out with bakeline fetch"
 )
 
 
@@ -313,38 +318,70 @@ class Checkpoints(WireModel):
     )
 
 
-class PvcOutput(WireModel):
-    """A place on a PersistentVolumeClaim."""
-
-    claim_name: ObjectName = Field(description="Name of the claim, in the job's namespace.")
-    path: RelativePath = Field(description="Directory inside the volume, relative.")
-
-    cel_rules = (
-        Rule(
-            "!self.path.startsWith('/') && !self.path.split('/').exists(p, p == '..')",
-            "path is relative to the volume's root and has no '..' segments",
-            lambda p: _relative_path_ok(p.path),
-            field_path=".path",
-            shows="self.path",
-        ),
-    )
+def _target_ok(uri: str) -> bool:
+    try:
+        parse_target(uri)
+    except ValueError:
+        return False
+    return True
 
 
 class Output(WireModel):
-    """Where the packaged artifact goes besides the final checkpoint."""
+    """Where the package goes once baked, beside the job's final checkpoint."""
 
-    config_map: ObjectName | None = Field(
-        default=None,
-        description="Name of a ConfigMap to write the artifact into (artifacts up to 1 MiB).",
+    uri: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="s3://BUCKET/PREFIX (an S3-compatible bucket), oci://REGISTRY/REPOSITORY[:TAG] "
+        "(an OCI registry; the tag defaults to latest), or, for `bakeline run` only, a local "
+        "folder (file:///DIR, or a path relative to the job file). Files go first, the "
+        "package's manifest.json last; a package already there is not written again.",
     )
-    pvc: PvcOutput | None = Field(default=None, description="A directory on a volume.")
+    endpoint: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="For s3://: the endpoint URL of an S3-compatible server (MinIO, SeaweedFS, "
+        "...), e.g. https://minio.example:9000; empty: AWS.",
+    )
+    region: str | None = Field(
+        default=None, max_length=64, description="For s3://: the region (default us-east-1)."
+    )
+    credentials_secret: ObjectName | None = Field(
+        default=None,
+        description="In a cluster: a Secret of the job's namespace, mounted by the delivery "
+        "alone: keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://, a "
+        "kubernetes.io/dockerconfigjson for oci://. `bakeline run` reads where the clients "
+        "look (the AWS variables or profile; DOCKER_CONFIG or ~/.docker/config.json).",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Plain HTTP to the registry, and no TLS verification of the endpoint (a "
+        "server on loopback or inside the cluster).",
+    )
 
     cel_rules = (
         Rule(
-            "!(has(self.configMap) && has(self.pvc))",
-            "output takes configMap or pvc, not both",
-            lambda o: o.config_map is None or o.pvc is None,
+            f"self.uri.matches('{URI_CEL}')",
+            OUTPUT_URI_MESSAGE,
+            lambda o: _target_ok(o.uri),
+            field_path=".uri",
+            shows="self.uri",
         ),
+        Rule(
+            "!has(self.endpoint) || self.uri.startsWith('s3://')",
+            "endpoint is for s3:// outputs",
+            lambda o: o.endpoint is None or o.uri.startswith("s3://"),
+            field_path=".endpoint",
+        ),
+        Rule(
+            "!has(self.endpoint) || self.endpoint.matches('^https?://[^/]+')",
+            "endpoint is an http:// or https:// URL with a host",
+            lambda o: o.endpoint is None or bool(re.match(r"^https?://[^/]+", o.endpoint)),
+            field_path=".endpoint",
+            shows="self.endpoint",
+        ),
+        # The cluster's limit: the operator does not deliver yet (bakeline run does).
+        Rule("false", OUTPUT_IN_CLUSTER_MESSAGE, None),
     )
 
 
@@ -385,17 +422,8 @@ class BakingJobSpec(WireModel):
     )
     output: Output | None = Field(
         default=None,
-        description="Where the artifact goes besides the final checkpoint. Not delivered yet: "
-        "refused when set.",
-    )
-
-    cel_rules = (
-        Rule(
-            "!has(self.output)",
-            OUTPUT_MESSAGE,
-            lambda s: s.output is None,
-            field_path=".output",
-        ),
+        description="Where the package is delivered once baked (bakeline run; in a cluster "
+        "not yet: refused there).",
     )
 
 

@@ -24,15 +24,19 @@ import signal
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from bakeline.api.bakingjob import Output
+from bakeline.api.output import parse_target
 from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError, read_manifest
 from bakeline.checkpoints.store import CheckpointNotFoundError, CheckpointRef, LocalStore
 from bakeline.cli.manifests import InputError, JobFile
 from bakeline.cli.progress import Progress, format_seconds
 from bakeline.cli.report import build_report, summary_table, write_report
-from bakeline.contract import EXIT_INTERRUPTED, job_view
+from bakeline.contract import EXIT_FAILED, EXIT_INTERRUPTED, job_view
+from bakeline.delivery import DeliveryError, DeliveryRefused, deliver
 from bakeline.engine.cache import canonical_json
 from bakeline.engine.pipeline import (
     DEADLINE_EXCEEDED,
@@ -427,6 +431,10 @@ class _LocalRun:
             },
         )
         shutil.rmtree(self.workdir / "work", ignore_errors=True)
+        undelivered = None
+        output = self.job_file.job.spec.output
+        if output is not None and final is not None and action.phase is JobPhase.SUCCEEDED:
+            self.report["output"], undelivered = self._deliver(result_dir, output)
         paths = write_report(self.report, self.workdir)
         self.progress.event(f"report: {paths[0]}  chart: {paths[1]}")
         failed = first_failed_stage(self.plan, self.state)
@@ -437,12 +445,53 @@ class _LocalRun:
             deadline_exceeded=action.reason == DEADLINE_EXCEEDED,
             evidence=quality_evidence(self.plan, self.state, self.job_file.job.spec.quality),
         )
+        if undelivered is not None:
+            self.progress.event(f"{self.name} baked but NOT DELIVERED: {undelivered}")
+            return EXIT_FAILED
         if verdict.succeeded:
             unverified = "" if verdict.verified else f" ({verdict.note})"
             self.progress.event(f"{self.name} succeeded: {action.reason}{unverified}")
         else:
             self.progress.event(f"{self.name} FAILED: {action.reason}")
         return verdict.exit_code
+
+    def _deliver(self, package: Path, output: Output) -> tuple[dict[str, Any], str | None]:
+        """Send the package where spec.output says: transient errors tried again with backoff
+        (1, 2, 4 s), a refusal (credentials, no such bucket) said at once. Returns the report's
+        `output` entry and, when it was not delivered, why."""
+        target = parse_target(output.uri, self.job_file.path.resolve().parent)
+        entry: dict[str, Any] = {"uri": target.uri}
+        for delay in (1.0, 2.0, 4.0, None):
+            try:
+                delivered = deliver(
+                    package,
+                    target,
+                    endpoint=output.endpoint,
+                    region=output.region,
+                    insecure=output.insecure,
+                )
+            except DeliveryRefused as exc:
+                return {**entry, "error": str(exc)}, str(exc)
+            except DeliveryError as exc:
+                if delay is None:
+                    return {**entry, "error": str(exc)}, str(exc)
+                self.progress.event(
+                    f"delivery to {target.uri} failed ({exc}); again in {delay:.0f}s"
+                )
+                time.sleep(delay)
+                continue
+            self.progress.event(
+                f"delivered to {delivered.uri} ({delivered.digest}): {len(delivered.written)} "
+                f"files written, {len(delivered.present)} already there"
+            )
+            return {
+                "uri": delivered.uri,
+                "digest": delivered.digest,
+                "deliveredAt": _utc(time.time()),
+                "written": list(delivered.written),
+                "present": list(delivered.present),
+            }, None
+        raise AssertionError("unreachable")
 
     def _checkpoint_facts(self, checkpoint: CheckpointInfo) -> dict[str, Any]:
         facts: dict[str, Any] = {
@@ -627,3 +676,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
