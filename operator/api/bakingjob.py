@@ -233,10 +233,6 @@ OUTPUT_URI_MESSAGE = (
     "uri is s3://BUCKET/PREFIX, oci://REGISTRY/REPOSITORY[:TAG], or (bakeline run) a local "
     "folder: file:///DIR or a relative path"
 )
-OUTPUT_IN_CLUSTER_MESSAGE = (
-    "spec.output is delivered by bakeline run only for now: in a cluster the package stays in "
-    "the job's final checkpoint (status.result.artifact); copy it out with bakeline fetch"
-)
 
 
 class Quality(WireModel):
@@ -380,8 +376,6 @@ class Output(WireModel):
             field_path=".endpoint",
             shows="self.endpoint",
         ),
-        # The cluster's limit: the operator does not deliver yet (bakeline run does).
-        Rule("false", OUTPUT_IN_CLUSTER_MESSAGE, None),
     )
 
 
@@ -422,8 +416,8 @@ class BakingJobSpec(WireModel):
     )
     output: Output | None = Field(
         default=None,
-        description="Where the package is delivered once baked (bakeline run; in a cluster "
-        "not yet: refused there).",
+        description="Where the package is delivered once baked: by `bakeline run` itself, in "
+        "a cluster by a delivery pod (status.output, condition Delivered).",
     )
 
 
@@ -535,6 +529,39 @@ class BakeResult(StatusModel):
     )
 
 
+DeliveryPhase = Literal["Pending", "Delivering", "Delivered", "Retrying", "Refused"]
+
+
+class OutputStatus(StatusModel):
+    """The delivery of the job's package to spec.output."""
+
+    uri: str = Field(max_length=1024, description="Where it goes (spec.output.uri).")
+    phase: DeliveryPhase = Field(
+        default="Pending",
+        description="Pending, Delivering (a delivery pod runs), Delivered, Retrying (a "
+        "transient failure; again at retryAt) or Refused (credentials, no such bucket: again "
+        "at retryAt, rarely, or when spec.output changes).",
+    )
+    digest: str | None = Field(
+        default=None, max_length=128, description="sha256 of what was delivered."
+    )
+    delivered_at: str | None = Field(
+        default=None, max_length=32, description="When it was delivered (RFC 3339)."
+    )
+    checkpoint: str | None = Field(
+        default=None, max_length=253, description="The result checkpoint delivered."
+    )
+    generation: int | None = Field(
+        default=None, description="The job's generation whose spec.output this is."
+    )
+    attempts: int = Field(default=0, ge=0, description="Delivery pods started.")
+    failures: int = Field(default=0, ge=0, description="Failed attempts in a row.")
+    retry_at: str | None = Field(
+        default=None, max_length=32, description="When the next attempt starts (RFC 3339)."
+    )
+    message: str | None = Field(default=None, max_length=4096, description="In words.")
+
+
 class BakingJobStatus(StatusModel):
     """Where the job is and what it produced."""
 
@@ -591,6 +618,9 @@ class BakingJobStatus(StatusModel):
         default=None, description="Predicted end, from the duration predictor."
     )
     result: BakeResult | None = Field(default=None, description="The artifact, once Succeeded.")
+    output: OutputStatus | None = Field(
+        default=None, description="The package's delivery to spec.output, once Succeeded."
+    )
     stage_pods_retry_at: AwareDatetime | None = Field(
         default=None,
         description="While stage pods are refused or cannot start (condition "

@@ -110,6 +110,16 @@ def _add_cluster_commands(commands: Any) -> None:
     fetch.add_argument(
         "--to", type=Path, default=None, help="a folder that does not exist yet (default: ./JOB)"
     )
+    deliver = commands.add_parser(
+        "deliver",
+        help="(in delivery pods) send a package to an s3://, oci:// or folder output, once",
+        description="Send a baked package (a checkpoint folder) where URI says; exit 0 "
+        "delivered, 2 refused by the target (credentials, no such bucket), 1 worth trying "
+        "again. Credentials come from the AWS variables or a Docker config.",
+    )
+    from bakeline.delivery.command import add_arguments
+
+    add_arguments(deliver)
     stage = commands.add_parser(
         "stage",
         help="(in stage pods) run an agent and check its checkpoint; restore or store one",
@@ -143,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("operator", "rerun", "fetch"):
         return _cluster_command(args)
+    if args.command == "deliver":
+        from bakeline.delivery.command import run as deliver_package
+
+        return deliver_package(args)
     if args.command == "stage":
         from bakeline.stagepod.wrapper import run_stage
 

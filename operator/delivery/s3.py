@@ -29,6 +29,7 @@ _REFUSALS = frozenset(
         "403",
     }
 )
+_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"})
 _MEDIA = {"manifest": "application/json", "report": "application/json"}
 
 
@@ -104,6 +105,8 @@ def _classified(exc: ClientError, target: Target) -> DeliveryError:
     code = str(error.get("Code") or "")
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     message = f"{target.uri}: {code or status}: {error.get('Message') or exc}"
-    if code in _REFUSALS or status in (400, 401, 403, 404):
+    if status in (401, 403) or code in _CREDENTIALS:
+        return DeliveryRefused(f"{target.uri}: the credentials were refused ({code or status})")
+    if code in _REFUSALS or status in (400, 404):
         return DeliveryRefused(message)
     return DeliveryError(message)

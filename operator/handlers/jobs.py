@@ -29,7 +29,7 @@ from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.predict import latest_model_bytes
 from bakeline.engine.result import first_failed_stage
 from bakeline.engine.retry import AttemptOutcome
-from bakeline.handlers import job_admission, job_pods
+from bakeline.handlers import job_admission, job_delivery, job_pods
 from bakeline.handlers.config import OperatorConfig
 from bakeline.kube import blocked_pods
 from bakeline.kube.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
@@ -76,6 +76,8 @@ def reconcile_job(
     observed = copy.deepcopy(status)
     rerun = (meta.get("annotations") or {}).get(ANNOTATION_RERUN)
     if status.get("phase") in TERMINAL and (not rerun or rerun == status.get("rerunRequest")):
+        if job_delivery.needs_delivery(obj):
+            return job_delivery.reconcile_delivery(kube, config, obj, now)
         return None
     try:
         job = bj.BakingJob.model_validate(obj)
@@ -284,7 +286,8 @@ def reconcile_job(
         _post(kube, obj, event)
     track_job_phase(namespace, name, new_status.get("phase"))
     if new_status.get("phase") in TERMINAL:
-        return None
+        # A package to deliver: the next pass starts it (this one's status write wakes none).
+        return 0.5 if new_status.get("phase") == "Succeeded" and spec.output else None
     return wake if wake is not None else POLL_RUNNING_S
 
 

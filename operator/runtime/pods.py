@@ -541,3 +541,133 @@ def build_checkpoint_record(
         "data": data,
         "immutable": True,  # a checkpoint never changes once recorded
     }
+
+
+# ---- delivery: the package to spec.output, in a pod of its own (bakeline.delivery)
+
+DELIVER_CONTAINER = "deliver"
+DOCKER_CONFIG_MOUNT = "/var/run/bakeline/docker"
+DELIVERY_DEADLINE_S = 1800
+
+
+def delivery_pod_name(job: str, attempt: int) -> str:
+    return _bounded(f"{job}-deliver-{attempt}", _MAX_NAME)
+
+
+def build_delivery_pod(
+    job: Mapping[str, Any],
+    *,
+    attempt: int,
+    checkpoint: str,
+    record: Mapping[str, str],
+    output: Mapping[str, Any],
+    image: str,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """The pod that delivers the job's result (`checkpoint`, as its record `record` says where
+    it is stored) to `output` (spec.output in wire form).
+
+    Its container `deliver` holds the output's credentials and nothing else: the Secret as
+    environment variables for s3:// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or as the
+    Docker config for oci://. It reads the package's bytes and never loads them. On a ConfigMap
+    lane an init container `restore` fetches the package from the job's store first, with the
+    pod's own token, which the deliver container never mounts; on a Volume lane the claim is
+    mounted read-only. Labelled component=delivery, so the stage pods' NetworkPolicy (no
+    egress) does not select it: it must reach the bucket or the registry."""
+    meta = job["metadata"]
+    job_name = meta["name"]
+    package = f"{CHECKPOINT_MOUNT}/{checkpoint}"
+    uri = str(output["uri"])
+    command = ["bakeline", "deliver", "--package", package, "--uri", uri]
+    if output.get("endpoint"):
+        command += ["--endpoint", str(output["endpoint"])]
+    if output.get("region"):
+        command += ["--region", str(output["region"])]
+    if output.get("insecure"):
+        command.append("--insecure")
+    env = [
+        {"name": "HOME", "value": TMP_MOUNT},
+        {"name": "TMPDIR", "value": TMP_MOUNT},
+        {"name": "BAKELINE_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+    ]
+    configmap = record.get("storage") == "ConfigMap"
+    mounts: list[dict[str, Any]] = [
+        {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": TMP_MOUNT},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "checkpoints", "emptyDir": {}}
+        if configmap
+        else {
+            "name": "checkpoints",
+            "persistentVolumeClaim": {
+                "claimName": checkpoint_claim_name(job_name),
+                "readOnly": True,
+            },
+        },
+    ]
+    container = _container(DELIVER_CONTAINER, image, command, env, mounts)
+    secret = output.get("credentialsSecret")
+    if secret and uri.startswith("s3://"):
+        container["envFrom"] = [{"secretRef": {"name": str(secret)}}]
+    elif secret:
+        volumes.append(
+            {
+                "name": "docker-config",
+                "secret": {
+                    "secretName": str(secret),
+                    "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                },
+            }
+        )
+        mounts.append({"name": "docker-config", "mountPath": DOCKER_CONFIG_MOUNT, "readOnly": True})
+        env.append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_MOUNT})
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": restricted_pod_security(),
+        "activeDeadlineSeconds": DELIVERY_DEADLINE_S,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if configmap:
+        volumes += [{"name": "store-tmp", "emptyDir": {}}, _token_volume()]
+        restore_env = [
+            {"name": "BAKELINE_INPUT", "value": package},
+            {"name": "BAKELINE_STORE_INPUT_ID", "value": str(record.get("storeId") or "")},
+            *_store_env(job, "deliver", checkpoint),
+        ]
+        restore_mounts: list[dict[str, Any]] = [
+            {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+            *_store_mounts(),
+        ]
+        spec["initContainers"] = [
+            _container(
+                RESTORE_CONTAINER,
+                image,
+                ["bakeline", "stage", "restore"],
+                restore_env,
+                restore_mounts,
+            )
+        ]
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": delivery_pod_name(job_name, attempt),
+            "namespace": meta["namespace"],
+            "labels": {
+                **job_labels(job_name),
+                LABEL_ATTEMPT: str(attempt),
+                LABEL_COMPONENT: "delivery",
+                LABEL_STORAGE: "ConfigMap" if configmap else "Volume",
+            },
+            "annotations": {ANNOTATION_CHECKPOINT: checkpoint},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }

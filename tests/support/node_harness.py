@@ -541,6 +541,14 @@ class NodeHarness:
             if source.config_map_ref is not None:
                 data = self._config_map(meta.namespace, source.config_map_ref.name)
                 env.update({(source.prefix or "") + k: v for k, v in (data.data or {}).items()})
+            elif source.secret_ref is not None:  # as a kubelet does: the values decoded
+                secret = self.core.read_namespaced_secret(source.secret_ref.name, meta.namespace)
+                env.update(
+                    {
+                        (source.prefix or "") + k: base64.b64decode(v).decode()
+                        for k, v in (secret.data or {}).items()
+                    }
+                )
         fields = {
             "metadata.name": meta.name,
             "metadata.namespace": meta.namespace,
