@@ -42,7 +42,12 @@ from bakeline.checkpoints.manifest import verify_checkpoint as _verify
 # File names and roles every agent agrees on.
 CALIBRATION = "calibration.safetensors"
 EVALUATION = "evaluation.safetensors"
-REFERENCE = "reference.safetensors"  # arrays "calibration" and "evaluation": reference outputs
+# Reference outputs: arrays "calibration" and "evaluation" hold the primary (first) output; each
+# further output of a several-output model is "<split>/<output name>".
+REFERENCE = "reference.safetensors"
+# Manifest attribute: the outputs that are token-level ([batch, sequence, ...] following the
+# attention mask), compared on real positions only.
+TOKEN_OUTPUTS = "tokenOutputs"  # noqa: S105 - an attribute name
 TOKENIZER = "tokenizer.json"
 ROLE_MODEL = "model"
 ROLE_REPORT = "report"
@@ -72,6 +77,16 @@ class InputCheckpoint:
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.manifest.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The model's outputs in order, the primary first (as the import stage named them)."""
+        return [spec.name for spec in self.manifest.outputs] or ["output"]
+
+    @property
+    def token_outputs(self) -> frozenset[str]:
+        value = self.manifest.attributes.get(TOKEN_OUTPUTS) or []
+        return frozenset(str(name) for name in value) if isinstance(value, list) else frozenset()
 
     @property
     def task(self) -> str:
@@ -116,6 +131,16 @@ class InputCheckpoint:
         if split not in arrays:
             raise InvalidInput(f"{REFERENCE} has no {split!r} outputs")
         return arrays[split]
+
+    def reference_outputs(self, split: str) -> dict[str, Any]:
+        """Every reference output of `split` by output name, the primary first (an output the
+        reference does not hold, as in a checkpoint from before several outputs, is left out)."""
+        primary = self.reference(split)
+        arrays = load_arrays(self.directory / REFERENCE)
+        names = self.output_names
+        found = {names[0]: primary}
+        found.update({n: arrays[f"{split}/{n}"] for n in names[1:] if f"{split}/{n}" in arrays})
+        return found
 
     @property
     def runtime(self) -> dict[str, Any]:
@@ -249,6 +274,12 @@ class OutputCheckpoint:
         write_carried(self.directory, self._carried)
         write_manifest(self.directory, manifest)
         return manifest
+
+
+def reference_arrays(split: str, outputs: dict[str, Any]) -> dict[str, Any]:
+    """The arrays of REFERENCE for one split's outputs (the primary under the split's name)."""
+    items = list(outputs.items())
+    return {split: items[0][1], **{f"{split}/{name}": value for name, value in items[1:]}}
 
 
 def artifact_name(format: ArtifactFormat, stem: str = "model") -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from bakeline.agents.data import Dataset, Feeds
+from bakeline.agents.data import MASK, Dataset, Feeds
 from bakeline.agents.vetting import vet_or_raise
 
 Backend = Literal["onnxruntime", "torch-eager", "torch-compile"]
@@ -66,7 +66,11 @@ class RuntimeConfig(BaseModel):
         return self.batch_threads[min(fits)] if fits else self.intra_op_threads
 
 
-Runner = Callable[[Feeds], np.ndarray]
+# A model's outputs by name, in the model's order: the first is its primary output (the one
+# `Runner`s return, and the one the unsuffixed quality metrics describe).
+Outputs = dict[str, np.ndarray]
+Runner = Callable[[Feeds], np.ndarray]  # the primary output only (timing, benchmarks)
+OutputsRunner = Callable[[Feeds], Outputs]  # every output (quality)
 
 
 def ort_session(
@@ -106,24 +110,50 @@ def ort_runner(session: ort.InferenceSession) -> Runner:
     return run
 
 
-def onnx_runner(path: Path, config: RuntimeConfig) -> Runner:
-    """ONNX Runtime on `path` under `config`: one session per thread count it names, each batch
-    run by the session its size calls for (the weights are loaded once per session)."""
+def ort_outputs(session: ort.InferenceSession, names: Sequence[str] | None = None) -> OutputsRunner:
+    """Every output of the session, by the graph's output names (or by `names`, in order, where
+    they name as many outputs)."""
+    inputs = {i.name for i in session.get_inputs()}
+    graph = [o.name for o in session.get_outputs()]
+    keys = list(names) if names and len(names) == len(graph) else graph
+
+    def run(feeds: Feeds) -> Outputs:
+        result = session.run(graph, {k: v for k, v in feeds.items() if k in inputs})
+        return {key: np.asarray(value) for key, value in zip(keys, result, strict=True)}
+
+    return run
+
+
+def _by_rows(config: RuntimeConfig, make: Callable[[RuntimeConfig], Callable[[Feeds], Any]]) -> Any:
+    """One session per thread count `config` names, each batch run by the one its size calls for
+    (the weights are loaded once per session)."""
     counts = {config.intra_op_threads, *config.batch_threads.values()}
     if len(counts) == 1:
-        return ort_runner(ort_session(path, config))
+        return make(config)
     runners = {
-        threads: ort_runner(
-            ort_session(path, config.model_copy(update={"intra_op_threads": threads}))
-        )
-        for threads in counts
+        threads: make(config.model_copy(update={"intra_op_threads": threads})) for threads in counts
     }
 
-    def run(feeds: Feeds) -> np.ndarray:
+    def run(feeds: Feeds) -> Any:
         rows = next(iter(feeds.values())).shape[0]
         return runners[config.threads_for(rows)](feeds)
 
     return run
+
+
+def onnx_runner(path: Path, config: RuntimeConfig) -> Runner:
+    """ONNX Runtime on `path` under `config`, its primary output: one session per thread count
+    it names, each batch run by the session its size calls for."""
+    runner: Runner = _by_rows(config, lambda c: ort_runner(ort_session(path, c)))
+    return runner
+
+
+def onnx_outputs(
+    path: Path, config: RuntimeConfig, names: Sequence[str] | None = None
+) -> OutputsRunner:
+    """As `onnx_runner`, every output."""
+    runner: OutputsRunner = _by_rows(config, lambda c: ort_outputs(ort_session(path, c), names))
+    return runner
 
 
 @contextlib.contextmanager
@@ -159,32 +189,143 @@ def load_exported_program(path: Path) -> torch.export.ExportedProgram:
         return torch.export.load(str(path))
 
 
-def torch_runner(module: Callable[..., Any], input_names: list[str]) -> Runner:
-    def run(feeds: Feeds) -> np.ndarray:
+def flatten_outputs(value: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """A model's output structure as named tensors, in the order torch.export and the ONNX
+    exporter flatten it: a tensor is `output`; a tuple or list's items `output_<index>` (a named
+    tuple's by field); a dict's by key; nested structures `<outer>.<inner>`. Anything but a
+    tensor (None, a number) is left out, as the exporters leave it out."""
+    if isinstance(value, torch.Tensor):
+        return [(prefix or "output", value)]
+
+    def child(key: str) -> str:
+        return f"{prefix}.{key}" if prefix else key
+
+    found: list[tuple[str, torch.Tensor]] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found += flatten_outputs(item, child(str(key)))
+    elif isinstance(value, (tuple, list)):
+        fields = getattr(value, "_fields", None)
+        for index, item in enumerate(value):
+            label = str(fields[index]) if fields else str(index) if prefix else f"output_{index}"
+            found += flatten_outputs(item, child(label))
+    return found
+
+
+def torch_outputs(
+    module: Callable[..., Any], input_names: list[str], names: Sequence[str] | None = None
+) -> OutputsRunner:
+    """Every output of a torch module, named as `flatten_outputs` names them (or by `names`, in
+    order, where they name as many outputs)."""
+
+    def run(feeds: Feeds) -> Outputs:
         args = [torch.from_numpy(feeds[name]) for name in input_names]
         with torch.inference_mode():
             out = module(*args)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return np.asarray(out.detach().float().numpy())
+        leaves = flatten_outputs(out)
+        if not leaves:
+            raise ValueError(f"the model returns no tensor (a {type(out).__name__})")
+        keys = list(names) if names and len(names) == len(leaves) else [n for n, _ in leaves]
+        return {
+            key: np.asarray(tensor.detach().float().numpy())
+            for key, (_, tensor) in zip(keys, leaves, strict=True)
+        }
 
     return run
+
+
+def first(runner: OutputsRunner) -> Runner:
+    """The primary output of an outputs runner."""
+
+    def run(feeds: Feeds) -> np.ndarray:
+        return next(iter(runner(feeds).values()))
+
+    return run
+
+
+def torch_runner(module: Callable[..., Any], input_names: list[str]) -> Runner:
+    """A torch module's primary output (the first of a tuple, list or dict)."""
+    return first(torch_outputs(module, input_names))
+
+
+def open_outputs(
+    path: Path,
+    format: str,
+    input_names: list[str],
+    config: RuntimeConfig | None = None,
+    output_names: Sequence[str] | None = None,
+) -> OutputsRunner:
+    """A callable for the artifact under the given runtime config, returning every output (named
+    by `output_names`, the checkpoint's, where they name as many)."""
+    config = config or RuntimeConfig()
+    if config.intra_op_threads > 0:
+        torch.set_num_threads(config.intra_op_threads)
+    if format == "onnx":
+        return onnx_outputs(path, config, output_names)
+    module = load_torch_module(path, format)
+    if config.backend == "torch-compile":
+        module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
+    return torch_outputs(module, input_names, output_names)
 
 
 def open_runner(
     path: Path, format: str, input_names: list[str], config: RuntimeConfig | None = None
 ) -> Runner:
-    """A callable for the artifact under the given runtime config."""
+    """A callable for the artifact under the given runtime config: its primary output."""
     config = config or RuntimeConfig()
-    if config.intra_op_threads > 0:
-        torch.set_num_threads(config.intra_op_threads)
     if format == "onnx":
+        if config.intra_op_threads > 0:
+            torch.set_num_threads(config.intra_op_threads)
         return onnx_runner(path, config)
-    module = load_torch_module(path, format)
-    if config.backend == "torch-compile":
-        module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
-    return torch_runner(module, input_names)
+    return first(open_outputs(path, format, input_names, config))
+
+
+def run_outputs(
+    runner: OutputsRunner,
+    dataset: Dataset,
+    batch_size: int = 32,
+    token_level: Collection[str] = (),
+) -> Outputs:
+    """Every output over the dataset, batch by batch, joined along the batch axis.
+
+    Batches are trimmed to their own longest sample (`Dataset.batch`), so a token-level output
+    ([batch, sequence, ...]) is as wide as its batch: it is padded with zeros to the dataset's
+    width before joining (its padding is never compared: `quality.compare` masks it). Outputs
+    named in `token_level` are always padded so; any other output whose second axis follows its
+    batch's width is too."""
+    parts: dict[str, list[np.ndarray]] = {}
+    widths: list[int] = []
+    for feeds in dataset.batches(batch_size):
+        widths.append(int(feeds[MASK].shape[1]) if MASK in feeds else 0)
+        for name, value in runner(feeds).items():
+            parts.setdefault(name, []).append(value)
+    full = int(dataset.inputs[MASK].shape[1]) if MASK in dataset.inputs else 0
+    return {
+        name: _join(name, arrays, widths, full, name in token_level)
+        for name, arrays in parts.items()
+    }
+
+
+def _join(
+    name: str, arrays: list[np.ndarray], widths: list[int], full: int, token: bool
+) -> np.ndarray:
+    follows = bool(full) and all(
+        a.ndim >= 2 and a.shape[1] == w for a, w in zip(arrays, widths, strict=True)
+    )
+    if follows and (token or len({a.shape[1:] for a in arrays}) > 1):
+        arrays = [
+            np.pad(a, [(0, 0), (0, full - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays
+        ]
+    if len({a.shape[1:] for a in arrays}) > 1:
+        shapes = sorted({a.shape[1:] for a in arrays})
+        raise ValueError(
+            f"output {name!r} changes shape between batches ({shapes}) in a way that does not "
+            "follow the batches' sequence widths"
+        )
+    return np.concatenate(arrays, axis=0)
 
 
 def run_dataset(runner: Runner, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate([runner(feeds) for feeds in dataset.batches(batch_size)], axis=0)
+    """The primary output over the dataset (a token-level one padded to the dataset's width)."""
+    joined = run_outputs(lambda feeds: {"output": runner(feeds)}, dataset, batch_size)
+    return joined["output"]

@@ -18,17 +18,20 @@ from bakeline.agents.checkpoint_io import (
     OutputCheckpoint,
 )
 from bakeline.agents.contract import InvalidInput, JobSpec, QualityMetric
-from bakeline.agents.data import Dataset, Feeds
+from bakeline.agents.data import MASK, Dataset, Feeds
 from bakeline.agents.hardware import usable_cpus
 from bakeline.agents.onnx_tools import export_onnx
-from bakeline.agents.quality import Gate, compare, default_gate
+from bakeline.agents.quality import Gate, compare_outputs, default_gate
 from bakeline.agents.runtimes import (
+    Outputs,
+    OutputsRunner,
     Runner,
     RuntimeConfig,
     load_exported_program,
     load_torch_module,
+    open_outputs,
     open_runner,
-    run_dataset,
+    run_outputs,
 )
 
 
@@ -53,7 +56,7 @@ def export_to_onnx(checkpoint: InputCheckpoint, target: Path) -> Path:
         module,
         example,
         checkpoint.input_names,
-        [spec.name for spec in checkpoint.manifest.outputs][:1] or ["output"],
+        checkpoint.output_names,
         dynamic_axes(checkpoint),
         target,
     )
@@ -71,17 +74,31 @@ def data_split(checkpoint: InputCheckpoint, split: str, limit: int | None = None
 
 
 def score(
-    runner: Runner,
+    runner: OutputsRunner | Runner,
     checkpoint: InputCheckpoint,
     split: str,
     limit: int | None = None,
     batch_size: int = 32,
 ) -> dict[str, float]:
-    """Run `runner` on a split and compare with the reference outputs recorded at import."""
+    """Run `runner` on a split and compare each output with the reference outputs recorded at
+    import (`quality.compare_outputs`: the primary output's metrics by their names, and with
+    several outputs every output's as `<metric>.<output>`; token-level outputs on real
+    positions only). A runner of the primary output alone is compared on that one."""
     data = data_split(checkpoint, split, limit)
-    reference = np.asarray(checkpoint.reference(split))[: len(data)]
-    outputs = run_dataset(runner, data, batch_size)
-    return compare(outputs, reference, data.labels)
+    names = checkpoint.output_names
+
+    def every(feeds: Feeds) -> Outputs:
+        found = runner(feeds)
+        return found if isinstance(found, dict) else {names[0]: found}
+
+    tokens = checkpoint.token_outputs
+    outputs = run_outputs(every, data, batch_size, tokens)
+    reference = {
+        name: np.asarray(value)[: len(data)]
+        for name, value in checkpoint.reference_outputs(split).items()
+        if name in outputs or len(outputs) > 1
+    }
+    return compare_outputs(outputs, reference, data.labels, data.inputs.get(MASK), tokens)
 
 
 def score_file(
@@ -92,8 +109,23 @@ def score_file(
     config: RuntimeConfig | None = None,
     limit: int | None = None,
 ) -> dict[str, float]:
-    return score(
-        open_runner(path, format, checkpoint.input_names, config), checkpoint, split, limit
+    return score(open_model(checkpoint, path, format, config), checkpoint, split, limit)
+
+
+def open_model(
+    checkpoint: InputCheckpoint,
+    path: Path | None = None,
+    format: str | None = None,
+    config: RuntimeConfig | None = None,
+) -> OutputsRunner:
+    """A model file of this checkpoint (its artifact by default), every output named as the
+    checkpoint names them."""
+    return open_outputs(
+        path or checkpoint.artifact,
+        format or checkpoint.format,
+        checkpoint.input_names,
+        config,
+        checkpoint.output_names,
     )
 
 

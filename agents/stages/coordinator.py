@@ -45,18 +45,23 @@ from bakeline.agents.checkpoint_io import (
     CALIBRATION,
     EVALUATION,
     REFERENCE,
+    TOKEN_OUTPUTS,
     artifact_name,
+    reference_arrays,
 )
 from bakeline.agents.contract import InvalidInput, Outcome, StageParams
-from bakeline.agents.data import Dataset, save_arrays
+from bakeline.agents.data import MASK, Dataset, Feeds, save_arrays
 from bakeline.agents.datasets import conform, read_dataset, split
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import _dynamic_shapes
 from bakeline.agents.runtimes import (
+    Outputs,
+    OutputsRunner,
     load_exported_program,
     load_torch_module,
-    open_runner,
-    run_dataset,
+    open_outputs,
+    run_outputs,
+    torch_outputs,
     torch_runner,
 )
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
@@ -98,9 +103,72 @@ def _torch_weights(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
-def _check_outputs(outputs: np.ndarray, what: str) -> None:
-    if not np.isfinite(outputs).all():
-        raise InvalidInput(f"the model produces non-finite outputs on {what}")
+def _check_outputs(outputs: Outputs, what: str) -> None:
+    for name, value in outputs.items():
+        if not np.isfinite(value).all():
+            output = f" (output {name!r})" if len(outputs) > 1 else ""
+            raise InvalidInput(f"the model produces non-finite outputs on {what}{output}")
+
+
+def token_outputs(runner: OutputsRunner, feeds: Feeds) -> list[str]:
+    """The outputs whose second axis is the attention mask's sequence ([batch, sequence, ...]):
+    run on `feeds` and on them one position wider (or narrower), padded, those that follow."""
+    if MASK not in feeds or feeds[MASK].ndim != 2:
+        return []
+    width = int(feeds[MASK].shape[1])
+    base = runner(feeds)
+    for other in (width + 1, width - 1):
+        if other < 1:
+            continue
+        changed = {
+            name: (
+                np.pad(value, [(0, 0), (0, 1)])[:, :other]
+                if value.ndim == 2 and value.shape[1] == width
+                else value
+            )
+            for name, value in feeds.items()
+        }
+        try:
+            found = runner({k: np.ascontiguousarray(v) for k, v in changed.items()})
+        except Exception:  # noqa: S112 - a fixed sequence length: try the other way
+            continue
+        return [
+            name
+            for name, value in base.items()
+            if value.ndim >= 2
+            and value.shape[1] == width
+            and name in found
+            and found[name].ndim == value.ndim
+            and found[name].shape[1] == other
+        ]
+    return []
+
+
+def output_specs(
+    probe: Outputs, declared: list[TensorSpec], tokens: list[str], inputs: list[TensorSpec]
+) -> list[TensorSpec]:
+    """Every output with its true shape: `batch` first, a token-level output's sequence named
+    as the mask input's, other dims as the graph names them (dynamic) or as the probe ran."""
+    sequence = next(
+        (spec.shape[1] for spec in inputs if spec.name == MASK and len(spec.shape) > 1),
+        "sequence",
+    )
+    same = declared if len(declared) == len(probe) else []
+    specs = []
+    for index, (name, value) in enumerate(probe.items()):
+        known = same[index].shape if same else []
+        dims: list[int | str] = []
+        for axis, size in enumerate(value.shape):
+            graph = known[axis] if axis < len(known) else None
+            if axis == 0:
+                dims.append("batch")
+            elif axis == 1 and name in tokens:
+                dims.append(graph if isinstance(graph, str) else sequence)
+            else:
+                dims.append(graph if isinstance(graph, str) else int(size))
+        dtype = same[index].dtype if same and same[index].dtype else str(value.dtype)
+        specs.append(TensorSpec(name=name, dtype=dtype, shape=dims))
+    return specs
 
 
 @register
@@ -147,15 +215,22 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             )
         metrics[SYNTHETIC_INPUTS] = float(not spec.builtin and not dataset)
 
-        runner = extra.pop("runner")
+        runner: OutputsRunner = extra.pop("runner")
+        tokens: list[str] = extra.pop("tokens")
         with Stopwatch() as ref_time:
-            ref_cal = run_dataset(runner, calibration)
-            ref_eval = run_dataset(runner, evaluation)
+            ref_cal = run_outputs(runner, calibration, token_level=tokens)
+            ref_eval = run_outputs(runner, evaluation, token_level=tokens)
         _check_outputs(ref_cal, "calibration data")
         _check_outputs(ref_eval, "evaluation data")
         calibration.save(out.path(CALIBRATION))
         evaluation.save(out.path(EVALUATION))
-        save_arrays(out.path(REFERENCE), {"calibration": ref_cal, "evaluation": ref_eval})
+        save_arrays(
+            out.path(REFERENCE),
+            {
+                **reference_arrays("calibration", ref_cal),
+                **reference_arrays("evaluation", ref_eval),
+            },
+        )
         out.add(CALIBRATION, "calibration")
         out.add(EVALUATION, "evaluation")
         out.add(REFERENCE, "reference")
@@ -170,8 +245,15 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 "referenceSeconds": ref_time.seconds,
             }
         )
-        if evaluation.labels is not None and ref_eval.ndim == 2:
-            metrics["referenceAccuracy"] = float((ref_eval.argmax(1) == evaluation.labels).mean())
+        primary = next(iter(ref_eval.values()))
+        if (
+            evaluation.labels is not None
+            and primary.ndim == 2
+            and next(iter(ref_eval)) not in tokens
+        ):
+            metrics["referenceAccuracy"] = float((primary.argmax(1) == evaluation.labels).mean())
+        if len(ref_eval) > 1:
+            metrics["outputs"] = float(len(ref_eval))
         out.add(artifact, "model")
         fingerprint = {
             "artifactSha256": sha256_file(out.directory / artifact),
@@ -184,6 +266,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             "dynamicAxes": extra.pop("dynamic"),
             "facts": extra.pop("facts"),
             "defaultMetric": extra.pop("metric"),
+            TOKEN_OUTPUTS: tokens,
         }
         manifest = out.finish(
             agent=self.name,
@@ -236,8 +319,9 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             "exportSeconds": export_time.seconds,
             "roundTripMaxAbsError": error,
         }
+        runner = torch_outputs(model.module, names, [spec.name for spec in model.outputs])
         extra: dict[str, Any] = {
-            "runner": torch_runner(model.module, names),
+            "runner": runner,
             "files": model.files,
             "weightsSha256": weights_fingerprint(_torch_weights(model.module)),
             "dynamic": {k: {str(a): d for a, d in v.items()} for k, v in model.dynamic.items()},
@@ -257,6 +341,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 max_length=int(model.facts.get("maxSequenceLength", 128)),
             )
             extra["facts"] = {**model.facts, **facts}
+        extra["tokens"] = token_outputs(runner, calibration.batch(0, 2))
         return artifact, "exported-program", calibration, evaluation, metrics, extra
 
     # -- user files -------------------------------------------------------------------------------
@@ -311,7 +396,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             raise InvalidInput(f"{path.name} does not load as {fmt}: {exc}") from exc
         names = [spec.name for spec in inputs]
         try:
-            runner = open_runner(target, fmt, names)
+            runner = open_outputs(target, fmt, names)
         except Exception as exc:
             raise InvalidInput(f"the {fmt} model does not load: {exc}") from exc
         facts = {"source": f"user file {path.name} (sha256 {actual})"}
@@ -327,9 +412,19 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 f"the {fmt} model does not run on its declared inputs: {exc}"
             ) from exc
         _check_outputs(probe, "a probe batch")
-        if probe.shape[0] != 2:
-            raise InvalidInput(f"the model's first output {probe.shape} has no batch dimension")
-        outputs = outputs or [TensorSpec(name="output", dtype=str(probe.dtype), shape=["batch"])]
+        for name, value in probe.items():
+            if value.ndim == 0 or value.shape[0] != 2:
+                raise InvalidInput(
+                    f"the model's output {name!r} {value.shape} has no batch dimension: every "
+                    "output must have the batch first"
+                )
+        try:
+            tokens = token_outputs(runner, calibration.batch(0, 2))
+        except Exception as exc:
+            raise InvalidInput(
+                f"the {fmt} model does not run on its declared inputs: {exc}"
+            ) from exc
+        outputs = output_specs(probe, outputs, tokens, inputs)
         metrics = {"parameters": float(sum(w.size for w in weights.values()))}
         extra: dict[str, Any] = {
             "runner": runner,
@@ -346,7 +441,8 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             "facts": facts,
             "metric": "cosine",
             "inputs": inputs,
-            "outputs": outputs[:1],
+            "outputs": outputs,
+            "tokens": tokens,
             "name": path.stem,
             "task": "",
         }
@@ -387,7 +483,15 @@ def _signature(
                 )
             )
         outputs = [
-            TensorSpec(name=o.name, dtype="float32", shape=["batch"]) for o in model.graph.output
+            TensorSpec(
+                name=o.name,
+                dtype=_ONNX_DTYPES.get(o.type.tensor_type.elem_type, "float32"),
+                shape=[
+                    d.dim_value or _dim_name(d.dim_param or f"{o.name}_{axis}")
+                    for axis, d in enumerate(o.type.tensor_type.shape.dim)
+                ],
+            )
+            for o in model.graph.output
         ]
         weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         return inputs, outputs, weights, onnx_hints(model)
@@ -411,12 +515,38 @@ def _signature(
         weights = {k: v.detach().numpy() for k, v in program.state_dict.items()}
         hints = program_hints(program)
         hints.bounds = {_dim_name(k): v for k, v in hints.bounds.items()}
-        return inputs, [], weights, hints
+        return inputs, _program_outputs(program), weights, hints
     module = load_torch_module(path, "torchscript")
     if not shapes:
         raise InvalidInput("TorchScript records no input shapes: pass params.inputShapes")
     inputs = [TensorSpec(name=n, dtype="float32", shape=["batch", *s]) for n, s in shapes.items()]
     return inputs, [], _torch_weights(module), ModelHints()
+
+
+def _program_outputs(program: torch.export.ExportedProgram) -> list[TensorSpec]:
+    """The user outputs of an ExportedProgram as the graph records them, dynamic dims by their
+    symbols' names (the batch's as `batch`); names are the runner's to give."""
+    batch = set()
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            node = next(n for n in program.graph.nodes if n.name == getattr(spec.arg, "name", ""))
+            shape = getattr(node.meta.get("val"), "shape", [])
+            if len(shape) and not isinstance(shape[0], int):
+                batch.add(str(shape[0]))
+    nodes = {n.name: n for n in program.graph.nodes}
+    found = []
+    for name in program.graph_signature.user_outputs:
+        val = nodes[name].meta.get("val") if name in nodes else None
+        shape = getattr(val, "shape", None)
+        if shape is None:
+            continue
+        dims: list[int | str] = [
+            int(d) if isinstance(d, int) else "batch" if str(d) in batch else _dim_name(str(d))
+            for d in shape
+        ]
+        dtype = str(getattr(val, "dtype", torch.float32)).replace("torch.", "")
+        found.append(TensorSpec(name=name, dtype=dtype, shape=dims))
+    return found
 
 
 def _dataset_address(job_dataset: str | None, param: str | None) -> str | None:

@@ -53,6 +53,7 @@ from bakeline.agents.onnx_tools import (
     weight_bytes,
 )
 from bakeline.agents.padding import Unpadded, remove_padding
+from bakeline.agents.quality import named_metrics, worst, worst_output
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import batch_sizes, export_to_onnx, relative_latency, score_file
 from bakeline.agents.timing import Stopwatch
@@ -135,11 +136,15 @@ class GraphOptimizer(Agent[GraphParams]):
             "optimizeSeconds": optimize_time.seconds,
             "maxAbsError": quality["maxAbsError"],
             "cosineMin": quality["cosineMin"],
+            **named_metrics(quality, ("maxAbsError",)),
         }
-        if quality["maxAbsError"] > params.max_abs_error:
+        deviation = worst(quality, "maxAbsError")
+        if deviation > params.max_abs_error:
+            output = worst_output(quality, "maxAbsError")
             raise GateFailed(
-                f"the optimised graph deviates from the reference by {quality['maxAbsError']:.3g} "
-                f"> maxAbsError {params.max_abs_error}",
+                f"the optimised graph deviates from the reference by {deviation:.3g} "
+                f"> maxAbsError {params.max_abs_error}"
+                + (f" on output `{output}`" if output else ""),
                 metrics,
             )
         out.carry_forward()
@@ -188,7 +193,7 @@ def choose_graph(
             within.append(name)
             continue
         deviation = score_file(paths[name], "onnx", source, "calibration", limit=64)
-        if deviation["maxAbsError"] > params.max_abs_error:
+        if worst(deviation, "maxAbsError") > params.max_abs_error:
             log(f"{name} graph deviates: not kept", **deviation, level="warning")
         else:
             within.append(name)

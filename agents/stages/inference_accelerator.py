@@ -10,7 +10,8 @@ for latency; under a pod's CPU quota it is usually a loss). Each is scored again
 outputs on calibration data and timed by THE timing method (`bakeline.agents.timing.compare`)
 at every target batch size; the fastest (the smallest worst-case latency relative to the best at
 each batch size) among those passing the job's quality gate is kept, with its runtime config
-recorded for the later stages and the package.
+recorded for the later stages and the package. A candidate is scored on every output of the
+model, and passes only where the gate holds for each.
 
 Where ONNX Runtime's fastest thread count differs between batch sizes (one thread at batch 1,
 all of them at batch 32 is usual: waking a worker costs more than a small batch saves), the
@@ -32,11 +33,12 @@ from pydantic import Field
 
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
-from bakeline.agents.runtimes import OptLevel, Runner, RuntimeConfig, open_runner
+from bakeline.agents.runtimes import OptLevel, OutputsRunner, RuntimeConfig
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
     batch_sizes,
     calibration_holds,
+    open_model,
     quality_gate,
     runtime_config,
     score,
@@ -116,12 +118,12 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         if not configs:
             raise InvalidInput(f"no candidate runtime applies to a {source.format} artifact")
 
-        runners: dict[str, Runner] = {}
+        runners: dict[str, OutputsRunner] = {}
         quality: dict[str, dict[str, float]] = {}
         failures: dict[str, str] = {}
         for name, (config, path, fmt) in configs.items():
             try:
-                runner = open_runner(Path(path), fmt, source.input_names, config)
+                runner = open_model(source, Path(path), fmt, config)
                 quality[name] = score(runner, source, "calibration", QUALITY_SAMPLES)
             except Exception as exc:  # e.g. torch.compile without a working compiler
                 failures[name] = f"{type(exc).__name__}: {str(exc)[:200]}"

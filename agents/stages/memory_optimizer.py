@@ -7,8 +7,9 @@ Params:
   floatWeights: "fp16" (default: store float MatMul weights as fp16, cast back at load) | "keep"
   minElements (65536): smaller tensors are not worth touching
 Measures: size and weight bytes before/after, peak RSS of a fresh process loading and running the
-model before/after, and the calibration quality against the reference. Exits 3 when the shrunk
-model misses the job's quality gate on calibration data.
+model before/after, and the calibration quality against the reference (of every output, with
+`cosineMean.<output>` where there are several). Exits 3 when the shrunk model misses the job's
+quality gate on calibration data (on any output: the message names it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bakeline.agents.checkpoint_io import CALIBRATION, artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.memprobe import measure
 from bakeline.agents.onnx_tools import save, scratch_dir
+from bakeline.agents.quality import named_metrics
 from bakeline.agents.shrink import shrink
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
@@ -81,6 +83,7 @@ class MemoryOptimizer(Agent[MemoryParams]):
             "fp16Weights": float(len(report.fp16_weights)),
             "cosineMean": quality["cosineMean"],
             "cosineMin": quality["cosineMin"],
+            **named_metrics(quality),
         }
         ok, why = calibration_holds(quality_gate(source, ctx.job), quality)
         if not ok:

@@ -29,7 +29,9 @@ e.g. {"scheme": "int8-per-channel"}, {"scheme": "int8-per-channel", "keepFloat":
 
 Gate: the quantized model is scored against the reference outputs on calibration data (never on
 evaluation data); if the job's quality gate does not hold there (for accuracy: argmax agreement
-with the reference >= 0.99), the stage exits 3 so that the operator can fall back.
+with the reference >= 0.99), the stage exits 3 so that the operator can fall back. A model with
+several outputs is scored on each: the gate holds for every one, the search's targets too (a
+candidate is as good as its worst output), and `cosineMean.<output>` is reported per output.
 Measures: size before/after, quantized and float layer counts, calibration cosine / agreement.
 """
 
@@ -47,6 +49,7 @@ from bakeline.agents.checkpoint_io import InputCheckpoint, artifact_name
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import name_nodes, save, scratch_dir
+from bakeline.agents.quality import by_output, named_metrics, worst
 from bakeline.agents.quantize import (
     Quantizable,
     blockwise_int8,
@@ -234,6 +237,7 @@ class ModelOptimizer(Agent[ModelParams]):
         }
         if "agreement" in quality:
             metrics["agreement"] = quality["agreement"]
+        metrics.update(named_metrics(quality))
         ok, why = calibration_holds(gate, quality)
         if not ok:
             raise GateFailed(
@@ -270,6 +274,13 @@ class ModelOptimizer(Agent[ModelParams]):
             f"{size_before / 1e6:.1f} -> {size_after / 1e6:.1f} MB; calibration cosine mean "
             f"{quality['cosineMean']:.4f} min {quality['cosineMin']:.4f}"
         )
+        outputs = by_output(quality)
+        if len(outputs) > 1:
+            message += (
+                " (per output: "
+                + ", ".join(f"{name} {found['cosineMean']:.4f}" for name, found in outputs.items())
+                + ")"
+            )
         return StageResult(Outcome(message, metrics), manifest)
 
     @staticmethod
@@ -293,8 +304,8 @@ class ModelOptimizer(Agent[ModelParams]):
 
         def meets(m: dict[str, float]) -> bool:
             return (
-                m["cosineMean"] >= params.target_cosine_mean
-                and m["cosineMin"] >= params.target_cosine_min
+                worst(m, "cosineMean") >= params.target_cosine_mean
+                and worst(m, "cosineMin") >= params.target_cosine_min
             )
 
         base = run([], tmp / "all.onnx")
@@ -319,8 +330,9 @@ class ModelOptimizer(Agent[ModelParams]):
 
 
 def _merit(metrics: dict[str, float]) -> float:
-    """One figure for calibration quality: the mean cosine, and a quarter of the worst case."""
-    return metrics["cosineMean"] + 0.25 * metrics["cosineMin"]
+    """One figure for calibration quality: the mean cosine, and a quarter of the worst case (of
+    the output that does worst, where there are several)."""
+    return min(m["cosineMean"] + 0.25 * m["cosineMin"] for m in by_output(metrics).values())
 
 
 def _share(layers: list[Quantizable], kept: list[str]) -> float:

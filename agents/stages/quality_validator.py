@@ -6,6 +6,12 @@ the honest number. Metrics: cosine (mean; `minThreshold` bounds the worst sample
 max-abs-error. The gate comes from params, else job.quality, else the metric's default; a miss
 exits 3 with the reason.
 
+A model with several outputs (a tuple, list or dict) is gated on every output (cosine and max abs
+error; accuracy is the primary output's), and a miss names the output. The unsuffixed metrics
+are the primary (first) output's; each output's mean cosine and max abs error are reported as
+`cosineMean.<output>` / `maxAbsError.<output>` (the first eight outputs: the termination message
+has 4 KiB), all of them in the stage's report.
+
 Params: metric, threshold, minThreshold (all optional).
 """
 
@@ -14,10 +20,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from bakeline.agents.contract import GateFailed, Outcome, QualityMetric, StageParams
-from bakeline.agents.runtimes import open_runner
+from bakeline.agents.quality import by_output, named_metrics
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
     lineage_metric,
+    open_model,
     quality_gate,
     runtime_config,
     score,
@@ -48,20 +55,20 @@ class QualityValidator(Agent[QualityParams]):
     def run(self, ctx: StageContext, params: QualityParams) -> StageResult:
         source = ctx.open_input()
         gate = quality_gate(source, ctx.job, params.metric, params.threshold, params.min_threshold)
-        runner = open_runner(
-            source.artifact, source.format, source.input_names, runtime_config(source)
-        )
+        runner = open_model(source, config=runtime_config(source))
         measured = score(runner, source, "evaluation")
         ok, why = gate.check(measured)
         synthetic = bool(lineage_metric(source, SYNTHETIC_INPUTS))
         metrics = {
-            **measured,
+            **{k: v for k, v in measured.items() if "." not in k},  # the primary output's
             "threshold": gate.threshold,
             "passed": float(ok),
             QUALITY_VERIFIED: float(not synthetic),
         }
         if gate.min_threshold is not None:
             metrics["minThreshold"] = gate.min_threshold
+        # Last: the first to go when the termination message is cut.
+        metrics.update(named_metrics(measured, ("cosineMean", "maxAbsError")))
         where = (
             f"on {int(measured['samples'])} synthetic evaluation inputs: quality unverified "
             "(the job gave no data of its own)"
@@ -83,6 +90,7 @@ class QualityValidator(Agent[QualityParams]):
                     "minThreshold": gate.min_threshold,
                 },
                 "metrics": measured,
+                "outputs": by_output(measured) if len(by_output(measured)) > 1 else {},
             },
         )
         manifest = out.finish(
