@@ -84,6 +84,8 @@ class Tool:
             major, minor = TOOLS["kube-apiserver"].version().lstrip("v").split(".")[:2]
             for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
                 flags += [f"-X {pkg}.k8sVersionMajor={major}", f"-X {pkg}.k8sVersionMinor={minor}"]
+        elif self.module == "github.com/distribution/distribution/v3":
+            flags.append(f"-X github.com/distribution/distribution/v3/version.version={version}")
         return " ".join(flags)
 
 
@@ -99,6 +101,21 @@ TOOLS: dict[str, Tool] = {
         Tool("kubectl", "kubernetes", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubectl"),
         Tool("etcd", "kubernetes", "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3"),
         Tool("helm", "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm"),
+        # Artifact delivery servers for the tests (hack/storage_servers.py): an S3 store,
+        # SeaweedFS (Apache-2.0; MinIO is AGPL, which the workplace's package notes rule out),
+        # and the CNCF distribution registry for OCI artifacts.
+        Tool(
+            "weed",
+            "seaweedfs",
+            "github.com/seaweedfs/seaweedfs",
+            "github.com/seaweedfs/seaweedfs/weed",
+        ),
+        Tool(
+            "registry",
+            "distribution",
+            "github.com/distribution/distribution/v3",
+            "github.com/distribution/distribution/v3/cmd/registry",
+        ),
     )
 }
 

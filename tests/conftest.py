@@ -14,6 +14,7 @@ import pytest
 
 from controlplane import ControlPlane, running
 from support.node_harness import NodeHarness
+from support.storage_servers import oci_registry, s3_server  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,82 @@
+"""Session fixtures for artifact delivery: a real S3 store and a real OCI registry on loopback.
+
+Both come from hack/storage_servers.py (SeaweedFS and the CNCF distribution registry, built
+from pinned Go modules into the cache like the control plane). A missing binary is built, a
+start failure fails the tests that asked with the reason and the log's tail; nothing skips.
+
+- `s3_server` yields an `S3Server`: `.endpoint` (http://127.0.0.1:PORT, path-style),
+  `.access_key`, `.secret_key`, `.region`; `s3_client(server)` makes a boto3 client for it.
+- `oci_registry` yields an `OCIRegistry` with basic auth on: `.host` (127.0.0.1:PORT, as in
+  `{host}/repo:tag`), `.endpoint` (http://...), `.username`, `.password`;
+  `oras_registry(server)` makes an oras-py client for it, `docker_config(server)` the
+  `.dockerconfigjson` content a `kubernetes.io/dockerconfigjson` Secret would hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from storage_servers import OCIRegistry, S3Server, running
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(workdir=tmp_path_factory.mktemp("s3"))
+    with running(server, _log):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OCIRegistry]:
+    server = OCIRegistry(workdir=tmp_path_factory.mktemp("oci"))
+    with running(server, _log):
+        yield server
+
+
+def s3_client(
+    server: S3Server, access_key: str | None = None, secret_key: str | None = None
+) -> Any:
+    """A boto3 S3 client for the server (its own credentials unless others are given)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=access_key or server.access_key,
+        aws_secret_access_key=secret_key or server.secret_key,
+        region_name=server.region,
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 2, "mode": "standard"},
+            signature_version="s3v4",
+        ),
+    )
+
+
+def oras_registry(
+    server: OCIRegistry, username: str | None = None, password: str | None = None
+) -> Any:
+    """An oras-py client over plain HTTP with basic auth set directly (no ~/.docker login)."""
+    import oras.provider  # type: ignore[import-untyped]
+
+    registry = oras.provider.Registry(hostname=server.host, insecure=True, auth_backend="basic")
+    user, secret = username or server.username, password or server.password
+    if user and secret:
+        registry.auth.set_basic_auth(user, secret)
+    return registry
+
+
+def docker_config(server: OCIRegistry) -> str:
+    """The `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson` Secret for the registry."""
+    auth = base64.b64encode(f"{server.username}:{server.password}".encode()).decode()
+    entry = {"username": server.username, "password": server.password, "auth": auth}
+    return json.dumps({"auths": {server.host: entry}})
