@@ -135,7 +135,8 @@ ADMISSION: list[Case] = [
     ("job-threshold-negative", job(quality={"metric": "max-abs-error", "threshold": -0.1}), "should be greater than or equal to 0"),
     ("job-retain-negative", job(checkpoints={"retain": -1}), "should be greater than or equal to 0"),
     ("job-dataset-traversal", job(quality={"dataset": "configmap/../secrets"}), "spec.quality.dataset"),
-    ("job-output-configmap-unicode", job(output={"configMap": "ärtifact"}), "must be a Kubernetes object name of at most 253 lowercase letters"),
+    ("job-output-uri-unicode", job(output={"uri": "s3://ärtifacts/digits"}), "uri is s3://BUCKET/PREFIX"),
+    ("job-output-secret-unicode", job(output={"uri": "s3://models/digits", "credentialsSecret": "ärtifact"}), "must be a Kubernetes object name of at most 253 lowercase letters"),
     # ---- SLO policies
     ("slo-target-negative", slo([objective(target=-0.5)]), "target is a fraction in (0, 1)"),
     ("slo-target-above-one", slo([objective(target=1.5)]), "target is a fraction in (0, 1)"),
