@@ -53,6 +53,8 @@ LANE = {
 # reads the chart deliberately does not grant. Refused, kopf retries ~55 s, then falls back to
 # the listed namespaces and the CRDs it found at start-up. The operator should set
 # settings.scanning.disabled (kopf's switch for exactly this) and these lines go away.
+# A 403 or Forbidden in a log line; not a timestamp's milliseconds (",403").
+REFUSED = re.compile(r"(?<![\d,.:])403(?!\d)|[Ff]orbidden")
 KOPF_SCANNING = re.compile(
     r"Not enough permissions to (list namespaces|watch)"
     r"|GET \S+/api/v1/namespaces(\?\S*)? -> APIForbiddenError"
@@ -168,7 +170,7 @@ class ChartOperator:
         return [
             line
             for line in self.log().splitlines()
-            if ("403" in line or "orbidden" in line) and not KOPF_SCANNING.search(line)
+            if REFUSED.search(line) and not KOPF_SCANNING.search(line)
         ]
 
     def rss_mib(self) -> float:
