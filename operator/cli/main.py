@@ -110,6 +110,11 @@ def _add_cluster_commands(commands: Any) -> None:
     fetch.add_argument(
         "--to", type=Path, default=None, help="a folder that does not exist yet (default: ./JOB)"
     )
+    fetch.add_argument(
+        "--stage-service-account",
+        default="bakeline-stage",
+        help="ServiceAccount of the pod that copies a Volume lane's package out",
+    )
     deliver = commands.add_parser(
         "deliver",
         help="(in delivery pods) send a package to an s3://, oci:// or folder output, once",
@@ -142,7 +147,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
     if args.command == "fetch":
         from bakeline.cli.fetch import fetch_command
 
-        return fetch_command(args.job, args.namespace, args.to)
+        return fetch_command(args.job, args.namespace, args.to, args.stage_service_account)
     return rerun_job(args.job, args.from_stage, args.namespace)
 
 

@@ -671,3 +671,65 @@ def build_delivery_pod(
         },
         "spec": spec,
     }
+
+
+# ---- fetch: a Volume lane's package into the job's ConfigMap store, for `bakeline fetch`
+
+
+def fetch_pod_name(job: str, checkpoint: str) -> str:
+    return _bounded(f"{job}-fetch-{checkpoint}", _MAX_NAME)
+
+
+def build_fetch_pod(
+    job: Mapping[str, Any], *, checkpoint: str, image: str, service_account: str
+) -> dict[str, Any]:
+    """The pod `bakeline fetch` runs for a package on a Volume lane's claim, which only a pod
+    can read: `bakeline stage export` copies the checkpoint, mounted read-only, into the job's
+    ConfigMap store with the stage ServiceAccount's short-lived token (whose admission policy
+    lets it write that store only), and names it in its termination message."""
+    meta = job["metadata"]
+    job_name = meta["name"]
+    env = [
+        {"name": "BAKELINE_EXPORT", "value": f"{CHECKPOINT_MOUNT}/{checkpoint}"},
+        *_store_env(job, "fetch", checkpoint),
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT, "readOnly": True},
+        *_store_mounts(),
+    ]
+    container = _container(STORE_CONTAINER, image, ["bakeline", "stage", "export"], env, mounts)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": fetch_pod_name(job_name, checkpoint),
+            "namespace": meta["namespace"],
+            "labels": {
+                **job_labels(job_name),
+                LABEL_COMPONENT: "fetch",
+                LABEL_STORAGE: "Volume",
+            },
+            "annotations": {ANNOTATION_CHECKPOINT: checkpoint},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": restricted_pod_security(),
+            "serviceAccountName": service_account,
+            "activeDeadlineSeconds": 600,
+            "containers": [container],
+            "volumes": [
+                {
+                    "name": "checkpoints",
+                    "persistentVolumeClaim": {
+                        "claimName": checkpoint_claim_name(job_name),
+                        "readOnly": True,
+                    },
+                },
+                {"name": "store-tmp", "emptyDir": {}},
+                _token_volume(),
+            ],
+        },
+    }

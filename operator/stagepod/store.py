@@ -311,6 +311,29 @@ def run_restore(termination: Path) -> int:
     return 0
 
 
+def run_export(termination: Path) -> int:
+    """`bakeline stage export`: a checkpoint on the job's claim (`BAKELINE_EXPORT`, mounted
+    read-only) into the job's ConfigMap store, where `bakeline fetch` reads it with no more
+    than the namespace's view rights; its id in the termination message."""
+    try:
+        source = Path(os.environ["BAKELINE_EXPORT"])
+        _refuse_links(source)
+        store = _store()
+        ref = store.put(source, stage=os.environ.get("BAKELINE_STAGE", "export"))
+    except StageStoreError as error:
+        return fail(termination, error)
+    except (ChecksumMismatchError, ManifestError) as error:
+        return fail(
+            termination, StageStoreError(f"the checkpoint does not verify: {error}", EXIT_INVALID)
+        )
+    except (ApiError, OSError, KeyError, ValueError) as error:
+        return fail(termination, StageStoreError(f"could not export: {error}", EXIT_TRANSIENT))
+    message = TerminationMessage(status=status_of_exit(0))
+    message.store = {"prefix": store.prefix, "id": ref.id}
+    termination.write_text(message.to_text())
+    return 0
+
+
 def wait_for_agent(
     handoff: Path, start_timeout: float = AGENT_START_TIMEOUT_S
 ) -> tuple[int | None, str]:

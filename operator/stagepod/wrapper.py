@@ -53,7 +53,7 @@ HANDOFF_LOCK = "agent.lock"
 HANDOFF_STARTED = "agent.started"
 HANDOFF_OUTCOME = "outcome.json"
 # The steps of the store's own containers: `bakeline stage restore` and `bakeline stage store`.
-STEPS = ("restore", "store")
+STEPS = ("restore", "store", "export")
 
 
 class StageStoreError(Exception):
@@ -91,12 +91,13 @@ def fail(termination: Path, error: StageStoreError) -> int:
 def run_stage(command: Sequence[str]) -> int:
     """Run the agent and verify its output (Volume lanes), or hand its outcome to the store
     container (ConfigMap lanes: `BAKELINE_HANDOFF`); `restore` and `store` are the store
-    containers' steps."""
+    containers' steps, `export` a fetch pod's (`bakeline fetch` of a Volume lane's package)."""
     termination = Path(os.environ["BAKELINE_TERMINATION_MESSAGE_PATH"])
     if list(command) in ([step] for step in STEPS):
-        from bakeline.stagepod.store import run_restore, run_store
+        from bakeline.stagepod.store import run_export, run_restore, run_store
 
-        return run_restore(termination) if command[0] == "restore" else run_store(termination)
+        step = {"restore": run_restore, "store": run_store, "export": run_export}[command[0]]
+        return step(termination)
     handoff = os.environ.get("BAKELINE_HANDOFF")
     if handoff:
         return run_handing_off(command, Path(handoff), termination)

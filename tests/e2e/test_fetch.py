@@ -38,49 +38,50 @@ def _job(name: str, lane: str) -> dict[str, Any]:
     }
 
 
-# `view` is an aggregated ClusterRole: the aggregation controller (not run here) fills it from
-# system:aggregate-to-view (core objects) and the roles labelled aggregate-to-view, such as the
-# chart's for Bakeline's kinds (read from the chart, so a change there is tested here). The
-# viewer is bound to exactly those.
-def _viewer(cluster: ControlPlane, namespace: str, tmp_path: Path) -> Path:
-    chart_rules = _chart_view_rules()
-    apply(
-        cluster,
-        [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "viewer"}},
+RBAC = "rbac.authorization.k8s.io"
+
+
+# `view` and `edit` are aggregated ClusterRoles: the aggregation controller (not run here) fills
+# them from system:aggregate-to-view / -edit (core objects) and the roles labelled
+# aggregate-to-view / -edit, such as the chart's for Bakeline's kinds (read from the chart, so
+# a change there is tested here). The identity is bound to exactly those (edit includes view).
+def _identity(cluster: ControlPlane, namespace: str, tmp_path: Path, role: str) -> Path:
+    levels = ("view", "edit") if role == "edit" else ("view",)
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": role}}
+    ]
+    for level in levels:
+        objects.append(
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "Role",
-                "metadata": {"name": "bakeline-view"},
-                "rules": chart_rules,
-            },
-            *(
+                "metadata": {"name": f"bakeline-{level}"},
+                "rules": _chart_rules(level),
+            }
+        )
+        for kind, name in (
+            ("ClusterRole", f"system:aggregate-to-{level}"),
+            ("Role", f"bakeline-{level}"),
+        ):
+            objects.append(
                 {
                     "apiVersion": "rbac.authorization.k8s.io/v1",
                     "kind": "RoleBinding",
-                    "metadata": {"name": f"viewer-{role.replace(':', '-')}"},
+                    "metadata": {"name": f"{role}-{name.replace(':', '-')}"},
                     "roleRef": {
                         "apiGroup": "rbac.authorization.k8s.io",
                         "kind": kind,
-                        "name": role,
+                        "name": name,
                     },
-                    "subjects": [
-                        {"kind": "ServiceAccount", "name": "viewer", "namespace": namespace}
-                    ],
+                    "subjects": [{"kind": "ServiceAccount", "name": role, "namespace": namespace}],
                 }
-                for kind, role in (
-                    ("ClusterRole", "system:aggregate-to-view"),
-                    ("Role", "bakeline-view"),
-                )
-            ),
-        ],
-        namespace,
-    )
-    token = cluster.kubectl("create", "token", "viewer", "-n", namespace).stdout.strip()
-    return cluster.write_kubeconfig_for_token(tmp_path / "viewer.kubeconfig", token, "viewer")
+            )
+    apply(cluster, objects, namespace)
+    token = cluster.kubectl("create", "token", role, "-n", namespace).stdout.strip()
+    return cluster.write_kubeconfig_for_token(tmp_path / f"{role}.kubeconfig", token, role)
 
 
-def _chart_view_rules() -> list[dict[str, Any]]:
+def _chart_rules(level: str) -> list[dict[str, Any]]:
     import yaml
 
     from controlplane import binary_path
@@ -101,9 +102,9 @@ def _chart_view_rules() -> list[dict[str, Any]]:
     ).stdout
     for doc in yaml.safe_load_all(rendered):
         labels = ((doc or {}).get("metadata") or {}).get("labels") or {}
-        if labels.get("rbac.authorization.k8s.io/aggregate-to-view") == "true":
+        if labels.get(f"rbac.authorization.k8s.io/aggregate-to-{level}") == "true":
             return list(doc["rules"])
-    raise AssertionError("the chart renders no aggregate-to-view ClusterRole")
+    raise AssertionError(f"the chart renders no aggregate-to-{level} ClusterRole")
 
 
 def _fetch(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -124,7 +125,7 @@ def test_fetch_a_configmap_lane_package_as_the_view_role(
     apply(cluster, [_lane("stored", "ConfigMap"), _job("baked", "stored")], namespace)
     status = job_finished(cluster, "baked", namespace)["status"]
     assert status["phase"] == "Succeeded", json.dumps(status) + operator.log()
-    viewer = _viewer(cluster, namespace, tmp_path)
+    viewer = _identity(cluster, namespace, tmp_path, "view")
     # The viewer may not write: the identity is really this small.
     denied = cluster.kubectl(
         "auth", "can-i", "create", "pods", "-n", namespace, "--kubeconfig", str(viewer), check=False
@@ -150,7 +151,7 @@ def test_fetch_a_configmap_lane_package_as_the_view_role(
     assert missing.returncode == 1 and "no such BakingJob" in missing.stderr
 
 
-def test_fetch_says_what_it_cannot_read_a_volume_lane_package_from(
+def test_fetch_a_volume_lane_package_through_a_pod_as_the_edit_role(
     cluster: ControlPlane,
     namespace: str,
     operator: Any,
@@ -159,7 +160,31 @@ def test_fetch_says_what_it_cannot_read_a_volume_lane_package_from(
 ) -> None:
     scripted_agent({})
     apply(cluster, [_lane("volume", "Volume"), _job("on-claim", "volume")], namespace)
-    assert job_finished(cluster, "on-claim", namespace)["status"]["phase"] == "Succeeded"
-    done = _fetch(cluster.kubeconfig, "on-claim", "-n", namespace, "--to", str(tmp_path / "p"))
-    assert done.returncode == 1 and "only a pod" in done.stderr, done.stderr
-    assert not (tmp_path / "p").exists()
+    status = job_finished(cluster, "on-claim", namespace)["status"]
+    assert status["phase"] == "Succeeded"
+    viewer = _identity(cluster, namespace, tmp_path, "view")
+    refused = _fetch(viewer, "on-claim", "-n", namespace, "--to", str(tmp_path / "v"))
+    assert refused.returncode == 1 and "may not create pods" in refused.stderr, refused.stderr
+    assert not (tmp_path / "v").exists()
+
+    editor = _identity(cluster, namespace, tmp_path, "edit")
+    out = tmp_path / "package"
+    done = _fetch(editor, "on-claim", "-n", namespace, "--to", str(out))
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        assert hashlib.sha256((out / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+    artifact = (out / manifest["artifact"]).read_bytes()
+    assert hashlib.sha256(artifact).hexdigest() == status["result"]["sha256"]
+    # The copy ran as the stage ServiceAccount, in a pod of the job's (deleted with it).
+    pod = json.loads(
+        cluster.kubectl(
+            "get", "pod", "-n", namespace, "on-claim-fetch-package-1", "-o", "json"
+        ).stdout
+    )
+    assert pod["spec"]["serviceAccountName"] == "bakeline-stage"
+    assert pod["metadata"]["ownerReferences"][0]["name"] == "on-claim"
+    # A second fetch reuses what the first pod stored.
+    again = _fetch(editor, "on-claim", "-n", namespace, "--to", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / manifest["artifact"]).read_bytes() == artifact
