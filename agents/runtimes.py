@@ -19,18 +19,12 @@ import onnxruntime as ort
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from bakeline.agents import serving
 from bakeline.agents.data import MASK, Dataset, Feeds
 from bakeline.agents.vetting import vet_or_raise
 
 Backend = Literal["onnxruntime", "torch-eager", "torch-compile"]
 OptLevel = Literal["disabled", "basic", "extended", "all"]
-
-_LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
 class RuntimeConfig(BaseModel):
@@ -76,27 +70,8 @@ OutputsRunner = Callable[[Feeds], Outputs]  # every output (quality)
 def ort_session(
     path: Path, config: RuntimeConfig, profile_prefix: str | None = None
 ) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = _LEVELS[config.graph_optimization_level]
-    if config.intra_op_threads > 0:
-        options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = max(1, config.inter_op_threads)
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if config.allow_spinning else "0"
-    )
-    options.log_severity_level = 3
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    available = ort.get_available_providers()
-    wanted = dict.fromkeys((config.execution_provider, "CPUExecutionProvider"))  # ordered, unique
-    providers = [p for p in wanted if p in available]
-    return ort.InferenceSession(
-        str(path),
-        options,
-        providers=providers,
-        disabled_optimizers=config.disabled_optimizers or None,
-    )
+    """The session a package's user gets (`serving.session`, the package's serve.py)."""
+    return serving.session(path, config.dump(), profile_prefix=profile_prefix)
 
 
 def ort_runner(session: ort.InferenceSession) -> Runner:

@@ -1,7 +1,8 @@
 """DeploymentPreparer: package the artifact with its manifest, runtime config and model card.
 
 The package checkpoint holds the model, the tokenizer where there is one, `runtime.json` (how to
-run it: backend, provider, threads, graph level), the stages' reports and a README model card;
+run it: backend, provider, threads, graph level), `serve.py` (a loader that applies all of
+runtime.json: `agents/serving.py`), the stages' reports and a README model card;
 its manifest carries the sha256 of every file, format, input/output signature, the lineage of
 stages and the headline metrics. Calibration and evaluation data stay in earlier checkpoints.
 Before writing, the packaged model is loaded from the package and must reproduce the reference
@@ -15,10 +16,12 @@ Params: includeReports (true).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
+from bakeline.agents import serving
 from bakeline.agents.checkpoint_io import ROLE_REPORT, TOKEN_OUTPUTS, TOKENIZER, InputCheckpoint
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.quality import worst, worst_output
@@ -28,6 +31,7 @@ from bakeline.contract import QUALITY_VERIFIED, SYNTHETIC_INPUTS
 
 RUNTIME = "runtime.json"
 README = "README.md"
+LOADER = "serve.py"  # agents/serving.py: runtime.json applied in full, onnxruntime + numpy only
 SMOKE_SAMPLES = 16
 SMOKE_COSINE = 0.95  # a broken package gives garbage; quality proper was gated earlier
 
@@ -155,6 +159,29 @@ def _outputs_note(source: InputCheckpoint) -> list[str]:
     return lines
 
 
+def _how_to_run(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
+    """The snippet that runs the model as it was timed: `serve.py` applies runtime.json."""
+    if runtime.get("backend", "onnxruntime") != "onnxruntime":
+        return [f"Runtime: `{json.dumps(runtime)}` (not ONNX Runtime: `serve.py` does not apply)."]
+    feeds = ", ".join(f"'{t.name}': {t.name}" for t in source.manifest.inputs)
+    first = source.manifest.outputs[0].name if source.manifest.outputs else "output"
+    return [
+        "`serve.py` (ONNX Runtime and numpy only) runs it exactly as it was profiled:",
+        "`runtime.json` applied in full (graph level, disabled optimizers, threads, threads per",
+        "batch size with one session per thread count, spinning, execution provider).",
+        "",
+        "```python",
+        "from serve import Model  # run from this folder, or put it on sys.path",
+        "",
+        "model = Model('.')",
+        f"outputs = model.run({{{feeds}}})  # numpy arrays, batch first",
+        f"print(outputs['{first}'].shape)",
+        "```",
+        "",
+        f"Runtime: `{json.dumps(runtime)}`.",
+    ]
+
+
 def model_card(
     source: InputCheckpoint, metrics: dict[str, float], runtime: dict[str, Any], artifact: str
 ) -> str:
@@ -175,20 +202,8 @@ def model_card(
         "",
         "## How to run",
         "",
-        "```python",
-        "import json, onnxruntime as ort",
-        "cfg = json.load(open('runtime.json'))",
-        "so = ort.SessionOptions(); so.intra_op_num_threads = cfg['intraOpThreads']",
-        f"session = ort.InferenceSession('{artifact}', so, providers=[cfg['executionProvider']])",
-        "```",
-        "",
-        f"Runtime: `{json.dumps(runtime)}`.",
+        *_how_to_run(source, runtime),
     ]
-    if runtime.get("threadsByBatchSize"):
-        lines.append(
-            "Batches of at most N rows run fastest on the threads `threadsByBatchSize` gives for "
-            "N (larger ones on `intraOpThreads`): keep one session per thread count."
-        )
     if (source.directory / TOKENIZER).exists():
         lines.append("Tokenize with `tokenizer.json` (tokenizers library), padding to the longest.")
     data = evaluation_data(source)
@@ -225,7 +240,7 @@ def model_card(
 class DeploymentPreparer(Agent[DeploymentParams]):
     name = "DeploymentPreparer"
     params_model = DeploymentParams
-    writes = (RUNTIME, README)
+    writes = (RUNTIME, README, LOADER)
     metrics = ("sizeBytes", "files")
 
     def run(self, ctx: StageContext, params: DeploymentParams) -> StageResult:
@@ -238,6 +253,8 @@ class DeploymentPreparer(Agent[DeploymentParams]):
         out.carry_forward(roles=roles)
         out.path(RUNTIME).write_text(json.dumps(runtime.dump(), indent=2))
         out.add(RUNTIME, "runtime")
+        out.path(LOADER).write_text(Path(serving.__file__).read_text())
+        out.add(LOADER, "loader")
 
         # Smoke test from the package itself, every output.
         packaged = open_model(source, out.directory / artifact, source.format, runtime)

@@ -32,6 +32,7 @@ MEDIA_TYPES = {
     "tokenizer": "application/vnd.bakeline.tokenizer.v1",
     "report": "application/vnd.bakeline.report.v1+json",
     "readme": "text/markdown",
+    "loader": "text/x-python",
     "manifest": "application/vnd.bakeline.manifest.v1+json",
 }
 DEFAULT_MEDIA = "application/vnd.bakeline.file.v1"

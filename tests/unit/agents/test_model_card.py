@@ -125,3 +125,58 @@ def test_the_jobs_quality_dataset_is_named_from_the_import_stages_facts(tmp_path
     lines = evaluation_data(source)
     assert lines[0].startswith("Quality was measured on the job's dataset: 8 held-out evaluation")
     assert lines[-1] == f"Dataset: {told}."
+
+
+def test_the_package_runs_with_its_own_serve_py_as_it_was_profiled(
+    digits_chain: Chain, tmp_path: Path
+) -> None:
+    """serve.py, run from a copy of the package (it imports onnxruntime and numpy only),
+    applies runtime.json and gives what the agents' own sessions give."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    package = tmp_path / "package"
+    shutil.copytree(digits_chain.dirs["DeploymentPreparer"], package)
+    runtime = json.loads((package / "runtime.json").read_text())
+    card = (package / "README.md").read_text()
+    assert "from serve import Model" in card and "runtime.json` applied in full" in card
+    imports = [line for line in (package / "serve.py").read_text().splitlines() if "import" in line]
+    assert not [line for line in imports if "bakeline" in line], imports  # standalone
+    [feed] = json.loads((package / "manifest.json").read_text())["inputs"]
+    batch = np.random.default_rng(1).random((3, *feed["shape"][1:]), dtype=np.float32)
+    np.save(tmp_path / "batch.npy", batch)
+    script = (
+        "import json, sys, numpy as np\n"
+        "from serve import Model, threads_for\n"
+        "model = Model('.')\n"
+        f"out = model.run({{'{feed['name']}': np.load(sys.argv[1])}})\n"
+        "session = model.session(3)\n"
+        "print(json.dumps({'shapes': [list(v.shape) for v in out.values()],\n"
+        "  'threads': threads_for(model.runtime, 3),\n"
+        "  'spinning': session.get_session_options().get_session_config_entry(\n"
+        "      'session.intra_op.allow_spinning'),\n"
+        "  'first': out[next(iter(out))].tolist()}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "batch.npy")],
+        cwd=package,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    ran = json.loads(done.stdout)
+    assert ran["shapes"][0][0] == 3
+    assert ran["spinning"] == ("1" if runtime.get("allowSpinning") else "0")
+    sizes = {int(k): int(v) for k, v in (runtime.get("threadsByBatchSize") or {}).items()}
+    fits = [size for size in sizes if size >= 3]
+    assert ran["threads"] == (sizes[min(fits)] if fits else runtime.get("intraOpThreads", 0))
+    # The same numbers the agents' own session gives (one code path: agents/serving.py).
+    from bakeline.agents.serving import Model
+
+    here = Model(package).run({feed["name"]: batch})
+    assert np.allclose(np.asarray(ran["first"]), here[next(iter(here))], atol=1e-5)
