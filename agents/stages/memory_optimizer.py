@@ -20,12 +20,12 @@ from typing import Literal
 import onnx
 from pydantic import Field
 
-from bakeline.agents.checkpoint_io import CALIBRATION, artifact_name
+from bakeline.agents.checkpoint_io import CALIBRATION, InputCheckpoint, artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.memprobe import measure
 from bakeline.agents.onnx_tools import save, scratch_dir
 from bakeline.agents.quality import named_metrics
-from bakeline.agents.shrink import shrink
+from bakeline.agents.shrink import ShrinkReport, shrink
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
     calibration_holds,
@@ -41,6 +41,20 @@ class MemoryParams(StageParams):
     embedding_block_size: int = Field(default=32, alias="embeddingBlockSize", ge=16)
     float_weights: Literal["fp16", "keep"] = Field(default="fp16", alias="floatWeights")
     min_elements: int = Field(default=65536, alias="minElements", ge=1)
+
+
+def _precision(source: InputCheckpoint, embeddings: str, report: ShrinkReport) -> str:
+    """The quantization stage's label (what the weights are), with what this stage changed."""
+    label = str(
+        source.manifest.attributes.get("precision")
+        or source.manifest.attributes.get("dtype")
+        or "fp32"
+    )
+    if report.embeddings:
+        label += f"; {len(report.embeddings)} embedding tables {embeddings}"
+    if report.fp16_weights:
+        label += f"; {len(report.fp16_weights)} weights fp16"
+    return label
 
 
 @register
@@ -99,7 +113,8 @@ class MemoryOptimizer(Agent[MemoryParams]):
             format="onnx",
             metrics=metrics,
             attributes={
-                "memory": {"int8Embeddings": report.embeddings, "fp16Weights": report.fp16_weights}
+                "memory": {"int8Embeddings": report.embeddings, "fp16Weights": report.fp16_weights},
+                "precision": _precision(source, params.embeddings, report),
             },
         )
         message = (

@@ -96,6 +96,17 @@ class ModelParams(StageParams):
     smoothing_alpha: float = Field(default=0.7, alias="smoothingAlpha", gt=0, lt=1)
 
 
+def precision_label(scheme: str, quantized: int, kept: int, blockwise: bool) -> str:
+    """What the artifact's weights are, in a few words (a status field holds 64 characters):
+    the scheme only for the layers it reached."""
+    if scheme == "none" or quantized == 0:
+        return "fp32 (no layer quantized)" if scheme != "none" else "fp32"
+    if kept == 0:
+        return f"{scheme}: all {quantized} layers"
+    rest = "int8-blockwise" if blockwise else "fp32"
+    return f"{scheme}: {quantized} of {quantized + kept} layers, the rest {rest}"
+
+
 @register
 class ModelOptimizer(Agent[ModelParams]):
     name = "ModelOptimizer"
@@ -263,6 +274,9 @@ class ModelOptimizer(Agent[ModelParams]):
                     "sensitivity": sensitivity,
                 },
                 "dtype": "fp32" if params.scheme == "none" else "int8",
+                # What the artifact holds, not what was asked: a scheme that quantized nothing
+                # is not an int8 model.
+                "precision": precision_label(params.scheme, layers, len(kept), blockwise),
             },
         )
         smoothing = f", {len(smoothed_layers)} inputs smoothed" if smoothed_layers else ""

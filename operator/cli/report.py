@@ -125,7 +125,11 @@ def _result(
         size_bytes=manifest.file(manifest.artifact).size_bytes,
         runtime=_attribute(attributes, ("runtime", "backend"), ("runtime",), ("backend",)),
         precision=_attribute(
-            attributes, ("quantization", "scheme"), ("precision",), ("dtype",), ("runtime", "dtype")
+            attributes,
+            ("precision",),
+            ("quantization", "scheme"),
+            ("dtype",),
+            ("runtime", "dtype"),
         ),
     )
     document = result_document(
