@@ -110,6 +110,28 @@ class ConfigMapData:
         )
 
 
+class StoreReader:
+    """The part of a ConfigMapClient that only reads: `create` is refused, and so is `delete`
+    unless a subclass allows it (the operator prunes; `bakeline fetch` never writes)."""
+
+    def create(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        data: Mapping[str, str],
+        binary_data: Mapping[str, bytes],
+    ) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not write the checkpoint store")
+
+    def delete(self, name: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} removes nothing from the store")
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    """`labels` as the API's label selector."""
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
 class ConfigMapExistsError(Exception):
     """`create` found a ConfigMap of that name already (the API's 409)."""
 

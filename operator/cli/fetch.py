@@ -23,7 +23,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
-from bakeline.checkpoints.configmap import ConfigMapData, ConfigMapStore
+from bakeline.checkpoints.configmap import (
+    ConfigMapData,
+    ConfigMapStore,
+    StoreReader,
+    label_selector,
+)
 from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError
 from bakeline.cli.cluster import load_credentials
 from bakeline.contract import parse_termination
@@ -181,33 +186,20 @@ def _read_configmap(core: client.CoreV1Api, namespace: str, name: str) -> Config
 
 
 @dataclass(frozen=True)
-class _StoreReader:
-    """The checkpoint store's ConfigMaps, read only (bakeline.checkpoints.configmap)."""
+class _StoreReader(StoreReader):
+    """The checkpoint store's ConfigMaps, read with the caller's own identity."""
 
     core: client.CoreV1Api
     namespace: str
-
-    def create(
-        self,
-        name: str,
-        labels: Mapping[str, str],
-        data: Mapping[str, str],
-        binary_data: Mapping[str, bytes],
-    ) -> None:
-        raise NotImplementedError("bakeline fetch only reads the checkpoint store")
 
     def get(self, name: str) -> ConfigMapData | None:
         return _read_configmap(self.core, self.namespace, name)
 
     def list(self, labels: Mapping[str, str]) -> list[ConfigMapData]:
-        selector = ",".join(f"{key}={value}" for key, value in labels.items())
         listing: Any = self.core.list_namespaced_config_map(
-            self.namespace, label_selector=selector, _preload_content=False
+            self.namespace, label_selector=label_selector(labels), _preload_content=False
         )
         return [ConfigMapData.from_api(item) for item in _json(listing).get("items") or []]
-
-    def delete(self, name: str) -> None:
-        raise NotImplementedError("bakeline fetch only reads the checkpoint store")
 
 
 def _json(response: Any) -> dict[str, Any]:

@@ -12,7 +12,12 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bakeline.checkpoints.configmap import ConfigMapData, ConfigMapStore
+from bakeline.checkpoints.configmap import (
+    ConfigMapData,
+    ConfigMapStore,
+    StoreReader,
+    label_selector,
+)
 from bakeline.engine import pipeline as engine
 from bakeline.engine.retention import RecordedCheckpoint, checkpoints_to_prune
 from bakeline.kube.client import Kube
@@ -62,29 +67,19 @@ def prune_checkpoints(
 
 
 @dataclass(frozen=True)
-class _StoreObjects:
+class _StoreObjects(StoreReader):
     """The checkpoint store's ConfigMaps as the operator reads and deletes them (it never
     writes them: stage pods do)."""
 
     kube: Kube
     namespace: str
 
-    def create(
-        self,
-        name: str,
-        labels: Mapping[str, str],
-        data: Mapping[str, str],
-        binary_data: Mapping[str, bytes],
-    ) -> None:
-        raise NotImplementedError("the operator only prunes the checkpoint store")
-
     def get(self, name: str) -> ConfigMapData | None:
         found = self.kube.list_configmaps(self.namespace, fields=f"metadata.name={name}")
         return ConfigMapData.from_api(found[0]) if found else None
 
     def list(self, labels: Mapping[str, str]) -> list[ConfigMapData]:
-        selector = ",".join(f"{key}={value}" for key, value in labels.items())
-        found = self.kube.list_configmaps(self.namespace, selector)
+        found = self.kube.list_configmaps(self.namespace, label_selector(labels))
         return [ConfigMapData.from_api(item) for item in found]
 
     def delete(self, name: str) -> None:

@@ -32,6 +32,7 @@ from bakeline.checkpoints.configmap import (
     ConfigMapData,
     ConfigMapExistsError,
     ConfigMapStore,
+    label_selector,
 )
 from bakeline.checkpoints.manifest import ChecksumMismatchError, ManifestError, read_manifest
 from bakeline.checkpoints.store import CheckpointNotFoundError
@@ -192,9 +193,7 @@ class KubeConfigMapClient:
         return None
 
     def list(self, labels: Mapping[str, str]) -> list[ConfigMapData]:
-        selector = urllib.parse.urlencode(
-            {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())}
-        )
+        selector = urllib.parse.urlencode({"labelSelector": label_selector(labels)})
         found = self.api.request("GET", f"{self._path}?{selector}")
         return _decoded(kube_protobuf.decode_configmap_list, found, f"ConfigMaps {selector}")
 

@@ -5,7 +5,6 @@ and back off; a second delivery of the same package writes nothing new."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -18,7 +17,7 @@ import requests
 
 from controlplane import ControlPlane
 from support.kube import apply, condition, get, job_finished, wait_for, warnings_about
-from support.storage_servers import docker_config, s3_client
+from support.storage_servers import registry_secret, s3_client, s3_secret
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -39,20 +38,6 @@ def _job(name: str, output: dict[str, Any]) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"model": {"source": {"builtin": "digits-cnn"}}, "output": output},
     }
-
-
-def _secret(name: str, data: dict[str, str], kind: str = "Opaque") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name},
-        "type": kind,
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-    }
-
-
-def _keys(access: str, secret: str) -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
 
 
 def _delivered(cluster: ControlPlane, name: str, namespace: str) -> dict[str, Any]:
@@ -79,10 +64,6 @@ def test_the_operator_delivers_to_s3_from_a_pod_holding_the_secret(
     scripted_agent({})
     client = s3_client(s3_server)
     client.create_bucket(Bucket=f"b-{namespace}")
-    keys = {
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-    }
     output = {
         "uri": f"s3://b-{namespace}/digits",
         "endpoint": s3_server.endpoint,
@@ -91,7 +72,7 @@ def test_the_operator_delivers_to_s3_from_a_pod_holding_the_secret(
     }
     apply(
         cluster,
-        [_lane("ConfigMap"), _secret("s3-writer", keys), _job("shipped", output)],
+        [_lane("ConfigMap"), s3_secret(s3_server, "s3-writer"), _job("shipped", output)],
         namespace,
     )
     job = _delivered(cluster, "shipped", namespace)
@@ -131,14 +112,17 @@ def test_wrong_credentials_are_a_condition_that_names_them_and_backs_off(
 ) -> None:
     scripted_agent({})
     s3_client(s3_server).create_bucket(Bucket=f"w-{namespace}")
-    keys = _keys(s3_server.access_key, "wrong")
     output = {
         "uri": f"s3://w-{namespace}/digits",
         "endpoint": s3_server.endpoint,
         "credentialsSecret": "bad-keys",
         "insecure": True,
     }
-    apply(cluster, [_lane("Volume"), _secret("bad-keys", keys), _job("refused", output)], namespace)
+    apply(
+        cluster,
+        [_lane("Volume"), s3_secret(s3_server, "bad-keys", "wrong"), _job("refused", output)],
+        namespace,
+    )
 
     def refused() -> dict[str, Any] | None:
         job = get(cluster, "bj", "refused", namespace) or {}
@@ -168,11 +152,7 @@ def test_the_operator_delivers_to_an_oci_registry(
     oci_registry: Any,
 ) -> None:
     scripted_agent({})
-    secret = _secret(
-        "registry",
-        {".dockerconfigjson": docker_config(oci_registry)},
-        "kubernetes.io/dockerconfigjson",
-    )
+    secret = registry_secret(oci_registry, "registry")
     repo = f"{namespace}/digits"
     output = {
         "uri": f"oci://{oci_registry.host}/{repo}:v1",

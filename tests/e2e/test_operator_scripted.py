@@ -455,16 +455,7 @@ def test_rerun_from_a_stage_runs_it_and_what_follows_again(
     apply(cluster, [LANE, _job("again", checkpoints={"retain": 9})], namespace)
     first = _wait_terminal(cluster, "again", namespace)["status"]
     assert first["phase"] == "Succeeded"
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    done = subprocess.run(
-        ["bakeline", "rerun", "again", "--from", "validate", "-n", namespace],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=operator.log_path.parent,
-    )
-    assert done.returncode == 0, done.stderr
+    _rerun(cluster, operator, "again", "validate", namespace)
 
     def rerun_finished() -> dict[str, Any] | None:
         job = get(cluster, "bj", "again", namespace) or {}
@@ -489,16 +480,7 @@ def test_a_rerun_after_the_deadline_has_a_window_of_its_own(
     assert first["phase"] == "Succeeded"
     # Wait until the job is older than its deadline, then rerun its last stage.
     time.sleep(max(0.0, _epoch(first["admittedAt"]) + 62 - time.time()))
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    done = subprocess.run(
-        ["bakeline", "rerun", "late", "--from", "package", "-n", namespace],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=operator.log_path.parent,
-    )
-    assert done.returncode == 0, done.stderr
+    _rerun(cluster, operator, "late", "package", namespace)
     phases: list[str] = []
 
     def rerun_finished() -> dict[str, Any] | None:
@@ -540,16 +522,7 @@ def test_a_rerun_waits_for_room_in_its_lane_like_any_job(
     wait_for(
         lambda: _phase(cluster, "busy", namespace) == "Running" or None, 60, what="busy to run"
     )
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    done = subprocess.run(
-        ["bakeline", "rerun", "done", "--from", "package", "-n", namespace],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=operator.log_path.parent,
-    )
-    assert done.returncode == 0, done.stderr
+    _rerun(cluster, operator, "done", "package", namespace)
     queued = wait_for(
         lambda: _phase(cluster, "done", namespace) == "Queued" or None,
         30,
@@ -570,6 +543,20 @@ def test_a_rerun_waits_for_room_in_its_lane_like_any_job(
     )
     assert _epoch(second["admittedAt"]) >= _epoch(busy["finishedAt"])
     assert second["currentCheckpoint"] == "package-2"
+
+
+def _rerun(cluster: ControlPlane, operator: Any, job: str, stage: str, namespace: str) -> None:
+    """`bakeline rerun JOB --from STAGE`, as a user runs it."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    done = subprocess.run(
+        ["bakeline", "rerun", job, "--from", stage, "-n", namespace],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=operator.log_path.parent,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def _phase(cluster: ControlPlane, name: str, namespace: str) -> str | None:

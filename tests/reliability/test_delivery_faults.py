@@ -5,7 +5,6 @@ sign of a package never sees one without every file: the manifest goes last."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import pytest
 
 from controlplane import ControlPlane
 from support.kube import apply, condition, get, wait_for
-from support.storage_servers import s3_client
+from support.storage_servers import s3_client, s3_secret
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -31,16 +30,7 @@ def test_the_s3_server_down_during_delivery_then_back_ends_delivered_whole(
     scripted_agent({})
     bucket = f"f-{namespace}"
     s3_client(s3_server).create_bucket(Bucket=bucket)
-    keys = {
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-    }
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3"},
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
-    }
+    secret = s3_secret(s3_server, "s3")
     lane = {"apiVersion": "bakeline.io/v1alpha1", "kind": "Lane", "metadata": {"name": "standard"}}
     output = {
         "uri": f"s3://{bucket}/digits",

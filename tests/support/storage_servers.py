@@ -80,3 +80,30 @@ def docker_config(server: OCIRegistry) -> str:
     auth = base64.b64encode(f"{server.username}:{server.password}".encode()).decode()
     entry = {"username": server.username, "password": server.password, "auth": auth}
     return json.dumps({"auths": {server.host: entry}})
+
+
+def s3_secret(server: S3Server, name: str, secret_key: str | None = None) -> dict[str, Any]:
+    """A Secret holding the server's S3 credentials as spec.output.credentialsSecret reads them
+    (another secret key than the server's when given: wrong credentials)."""
+    keys = {
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key or server.secret_key,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
+    }
+
+
+def registry_secret(server: OCIRegistry, name: str) -> dict[str, Any]:
+    """A kubernetes.io/dockerconfigjson Secret for the registry, as credentialsSecret reads it."""
+    config = base64.b64encode(docker_config(server).encode()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": config},
+    }
