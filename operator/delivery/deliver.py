@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bakeline.api.output import Target
-from bakeline.checkpoints.manifest import MANIFEST_NAME, FileEntry, read_manifest
+from bakeline.checkpoints.manifest import MANIFEST_NAME, FileEntry, read_manifest, sha256_file
 
 
 class DeliveryError(Exception):
@@ -63,11 +63,7 @@ def _checked(package: Path, entry: FileEntry) -> PackageFile:
     local = package / entry.path
     if not local.resolve().is_relative_to(package.resolve()):
         raise DeliveryRefused(f"{entry.path}: a manifest path may not leave the package")
-    digest = hashlib.sha256()
-    with local.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != entry.sha256:
+    if sha256_file(local) != entry.sha256:
         raise DeliveryRefused(f"{entry.path} does not match its sha256 in the manifest")
     return PackageFile(entry.path, local, entry.sha256, entry.size_bytes, entry.role)
 
@@ -100,7 +96,7 @@ def _to_folder(files: list[PackageFile], folder: Path) -> Delivered:
     written, present = [], []
     for item in files:
         target = folder / item.path
-        if target.is_file() and _sha256(target) == item.sha256:
+        if target.is_file() and sha256_file(target) == item.sha256:
             present.append(item.path)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,11 +106,3 @@ def _to_folder(files: list[PackageFile], folder: Path) -> Delivered:
         written.append(item.path)
     digest = f"sha256:{files[-1].sha256}"
     return Delivered(folder.resolve().as_uri(), digest, tuple(written), tuple(present))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

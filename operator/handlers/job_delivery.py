@@ -63,8 +63,8 @@ def reconcile_delivery(
     wake: float | None = POLL_S
     attempts = int(current.get("attempts") or 0)
     pod_name = manifests.delivery_pod_name(name, attempts)
-    pod = kube.job_pods(namespace, name).get(pod_name) if attempts else None
     if current.get("phase") == "Delivering" and attempts:
+        pod = kube.job_pods(namespace, name).get(pod_name)
         if pod is None:
             pod = kube.job_pods(namespace, name, fresh=True).get(pod_name)
         phase = ((pod or {}).get("status") or {}).get("phase")
