@@ -11,7 +11,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from bakeline.api.common import GROUP, VERSION
-from bakeline.cli.operator import run_operator
+from bakeline.cli.operator import election_config, run_operator
 from bakeline.handlers.config import OperatorConfig
 from bakeline.runtime.pods import ANNOTATION_RERUN
 
@@ -29,6 +29,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         health_port=args.health_port or None,
         verbose=args.verbose,
+        election=election_config(args),
     )
     return 0
 

@@ -56,8 +56,9 @@ def _add_cluster_commands(commands: Any) -> None:
     operator = commands.add_parser(
         "operator",
         help="run the operator against the cluster in KUBECONFIG or in-cluster credentials",
-        description="Reconcile Lanes, Workflows, BakingJobs and SLOPolicies. One replica "
-        "(no peering); stop with SIGTERM.",
+        description="Reconcile Lanes, Workflows, BakingJobs and SLOPolicies; stop with SIGTERM. "
+        "With --leader-elect, run as many replicas as you like: only the holder of a Lease "
+        "reconciles, the others stand by and take over when it goes.",
     )
     scope = operator.add_mutually_exclusive_group(required=True)
     scope.add_argument(
@@ -89,6 +90,7 @@ def _add_cluster_commands(commands: Any) -> None:
         "a higher spec.priority are served first (default: each lane's own limit only)",
     )
     operator.add_argument("--verbose", action="store_true", help="log every handler run")
+    _add_leader_election(operator)
     rerun = commands.add_parser(
         "rerun",
         help="run a BakingJob again from a stage (in the cluster)",
@@ -136,6 +138,52 @@ def _add_cluster_commands(commands: Any) -> None:
     )
     stage.add_argument(
         "agent_command", nargs=argparse.REMAINDER, help="-- bakeline-agent ... | restore | store"
+    )
+
+
+def _add_leader_election(operator: argparse.ArgumentParser) -> None:
+    """The flags kube-controller-manager names them by; defaults are client-go's
+    (bakeline.kube.leader, not imported here: main.py imports lightly)."""
+    election = operator.add_argument_group("leader election (a Lease)")
+    election.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="reconcile only while holding the Lease; exit (status 1) on losing it. Off: this "
+        "process reconciles at once, and must be the only operator of its namespaces",
+    )
+    election.add_argument(
+        "--leader-elect-resource-name",
+        default="bakeline-operator",
+        metavar="NAME",
+        help="the Lease's name (default: bakeline-operator)",
+    )
+    election.add_argument(
+        "--leader-elect-resource-namespace",
+        default=None,
+        metavar="NS",
+        help="the Lease's namespace (default: $POD_NAMESPACE, else the one --namespace)",
+    )
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="how long standbys wait after the leader's last renewal they saw (default 15)",
+    )
+    election.add_argument(
+        "--leader-elect-renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the leader tries to renew before it gives up and exits; shorter than "
+        "the lease duration (default 10)",
+    )
+    election.add_argument(
+        "--leader-elect-retry-period",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="between renewals, and between a standby's looks at the Lease (default 2)",
     )
 
 

@@ -1,7 +1,9 @@
-"""`bakeline operator`: load credentials, serve metrics, run kopf over our handlers."""
+"""`bakeline operator`: load credentials, serve metrics, win the leader Lease if asked to, run
+kopf over our handlers."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import logging
@@ -11,13 +13,15 @@ import threading
 from collections.abc import Sequence
 
 import kopf
+from aiohttp import web
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from bakeline.handlers import app
 from bakeline.handlers.config import OperatorConfig
 from bakeline.kube.client import Kube
-from bakeline.metrics.collectors import REGISTRY
+from bakeline.kube.leader import ElectionConfig, LeaderElector, default_identity
+from bakeline.metrics.collectors import LEADER, REGISTRY
 
 RECURSION_LIMIT = 50_000
 MALLOC_ARENAS = 2
@@ -74,6 +78,31 @@ def trim_free_heap_every(interval_s: float = MALLOC_TRIM_INTERVAL_S) -> threadin
     return stop
 
 
+def election_config(args: argparse.Namespace) -> ElectionConfig | None:
+    """The --leader-elect-* flags as settings; None without --leader-elect."""
+    if not args.leader_elect:
+        return None
+    namespace = args.leader_elect_resource_namespace or os.environ.get("POD_NAMESPACE")
+    if not namespace and len(args.namespace) == 1:
+        namespace = args.namespace[0]
+    if not namespace:
+        raise SystemExit(
+            "bakeline operator: --leader-elect needs --leader-elect-resource-namespace "
+            "(or POD_NAMESPACE) when it does not watch exactly one namespace"
+        )
+    try:
+        return ElectionConfig(
+            namespace=namespace,
+            name=args.leader_elect_resource_name,
+            identity=default_identity(),
+            lease_duration_s=args.leader_elect_lease_duration,
+            renew_deadline_s=args.leader_elect_renew_deadline,
+            retry_period_s=args.leader_elect_retry_period,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"bakeline operator: {exc}") from None
+
+
 def run_operator(
     namespaces: Sequence[str],
     all_namespaces: bool,
@@ -81,8 +110,10 @@ def run_operator(
     metrics_port: int | None = 8080,
     health_port: int | None = 8081,
     verbose: bool = False,
+    election: ElectionConfig | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT. Watches `namespaces`, or every namespace."""
+    """Run until SIGTERM/SIGINT (or, with `election`, until the Lease is lost: then the
+    process exits with status 1). Watches `namespaces`, or every namespace."""
     if not namespaces and not all_namespaces:
         raise ValueError("name at least one --namespace, or --all-namespaces")
     if not limit_malloc_arenas():
@@ -103,12 +134,53 @@ def run_operator(
         start_http_server(metrics_port, registry=REGISTRY)
     kopf.configure(verbose=verbose)
     logging.getLogger("kopf.objects").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("bakeline.leader").setLevel(logging.INFO)
+    asyncio.run(_operate(namespaces, all_namespaces, health_port, election))
+
+
+async def _operate(
+    namespaces: Sequence[str],
+    all_namespaces: bool,
+    health_port: int | None,
+    election: ElectionConfig | None,
+) -> None:
+    renewing: asyncio.Task[None] | None = None
+    if election is None:
+        LEADER.set(1)
+    else:
+        # A client of its own: renewals never queue for a connection behind reconciles.
+        elector = LeaderElector(Kube(client.ApiClient()), election)
+        # kopf's liveness endpoint starts with kopf, after the Lease is won: until then the
+        # probes get this one, so that a standby is not restarted for standing by.
+        standby = await _serve_standby_health(health_port) if health_port else None
+        await elector.acquire()
+        if standby is not None:
+            await standby.cleanup()
+        renewing = asyncio.create_task(elector.keep_leading(), name="bakeline-lease")
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
-    asyncio.run(
-        kopf.operator(
-            standalone=True,  # one replica, Recreate strategy: no peering (notes/kopf.md)
+    try:
+        await kopf.operator(
+            # kopf's peering is not leader election (notes/kopf.md): exclusion is the Lease's
+            # job, or, without --leader-elect, the one replica's.
+            standalone=True,
             clusterwide=all_namespaces,
             namespaces=list(namespaces),
             liveness_endpoint=liveness,
         )
-    )
+    finally:
+        if renewing is not None:
+            renewing.cancel()
+
+
+async def _serve_standby_health(port: int) -> web.AppRunner:
+    """/healthz while standing by: this event loop answers, so the process is alive."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"leader": False})
+
+    server = web.Application()
+    server.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(server, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 (kubelet probes the pod IP)
+    return runner

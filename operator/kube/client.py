@@ -58,6 +58,7 @@ class Kube:
         _count_requests(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
         self.informer = informer
         self._ledger_writes = GroupCommit(self._write_ledger)
         self.ledger_folds = Throttle()  # folds of each namespace's ledger by its writers
@@ -326,6 +327,54 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    # ---- the leader election Lease (kube/leader.py). Its name is a flag, so the chart's Role
+    # pins get and update to the name it passes; create cannot be pinned (RBAC's rule).
+    def read_lease(
+        self, namespace: str, name: str, timeout: float | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            return _json(
+                self.coordination.read_namespaced_lease, name, namespace, _request_timeout=timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_lease(
+        self, body: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any] | None:
+        """The created Lease; None on 409: another candidate created it first."""
+        try:
+            return _json(
+                self.coordination.create_namespaced_lease,
+                body["metadata"]["namespace"],
+                body,
+                _request_timeout=timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def replace_lease(
+        self, namespace: str, name: str, body: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any] | None:
+        """The Lease as written; None on 409: it changed since `body`'s resourceVersion was
+        read (optimistic concurrency: of two candidates writing the same version, one loses)."""
+        try:
+            return _json(
+                self.coordination.replace_namespaced_lease,
+                name,
+                namespace,
+                body,
+                _request_timeout=timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     # ---- events
     def post_event(self, obj: dict[str, Any], event_type: str, reason: str, message: str) -> None:

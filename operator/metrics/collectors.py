@@ -87,6 +87,12 @@ API_REQUESTS = Counter(
     ["method", "resource"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "bakeline_leader",
+    "1 while this replica reconciles: it holds the leader Lease (or runs without leader "
+    "election); 0 while it stands by.",
+    registry=REGISTRY,
+)
 RECONCILES = Histogram(
     "bakeline_reconcile_duration_seconds",
     "Time spent in one reconcile pass, by kind.",
