@@ -1,11 +1,12 @@
 """`bakeline fetch JOB`: a finished job's package out of the cluster, every file checked
 against the sha256 its checkpoint manifest records.
 
-On a ConfigMap lane it reads what the namespace's `view` role may read: the job, its result's
-checkpoint record and the job's checkpoint store. A package on a Volume lane sits on the job's
-claim, which only a pod can read: a fetch pod (`build_fetch_pod`, run as the stage
-ServiceAccount) copies it into the job's ConfigMap store first, which takes the right to
-create pods (the namespace's `edit` role).
+It reads what the namespace's `view` role may read: the job, its result's checkpoint record,
+pods and the job's checkpoint store. A package on a Volume lane sits on the job's claim, which
+only a pod can read: a fetch pod (`build_fetch_pod`, run as the stage ServiceAccount) copies it
+into the job's ConfigMap store. The operator runs that pod when the job succeeds
+(`handlers/job_export.py`, packages up to its --export-max-bytes); for a bigger package, or
+after a failed copy, `bakeline fetch` creates it, which takes the namespace's `edit` role.
 """
 
 from __future__ import annotations
@@ -121,24 +122,24 @@ def _export(
     """Run (or find) the job's fetch pod for `checkpoint`; where it stored the package."""
     namespace = job["metadata"]["namespace"]
     name = fetch_pod_name(job["metadata"]["name"], checkpoint)
-    pod = build_fetch_pod(
-        job, checkpoint=checkpoint, image=_image(core, job), service_account=stage_account
-    )
-    try:
-        core.create_namespaced_pod(namespace, cast(Any, pod))  # the client takes dicts too
-    except ApiException as exc:
-        if exc.status == 403:
-            raise FetchError(
-                "the package is on the job's volume, which only a pod can read, and this "
-                "identity may not create pods (the namespace's edit role may): "
-                f"{_reason(exc)}"
-            ) from exc
-        if exc.status != 409:  # an earlier fetch's pod: its result serves again
-            raise FetchError(f"creating pod {name}: {_reason(exc)}") from exc
+    if _pod(core, namespace, name) is None:  # the operator's copy, or an earlier fetch's
+        pod = build_fetch_pod(
+            job, checkpoint=checkpoint, image=_image(core, job), service_account=stage_account
+        )
+        try:
+            core.create_namespaced_pod(namespace, cast(Any, pod))  # the client takes dicts too
+        except ApiException as exc:
+            if exc.status == 403:
+                raise FetchError(
+                    "the package is on the job's volume, which only a pod can read; the "
+                    f"operator did not copy it out ({_exported(job)}), and this identity may "
+                    f"not create pods (the namespace's edit role may): {_reason(exc)}"
+                ) from exc
+            if exc.status != 409:  # created meanwhile: its result serves
+                raise FetchError(f"creating pod {name}: {_reason(exc)}") from exc
     deadline = time.monotonic() + FETCH_TIMEOUT_S
     while True:
-        found: Any = core.read_namespaced_pod(name, namespace, _preload_content=False)
-        state = _json(found)
+        state = _pod(core, namespace, name) or {}
         phase = (state.get("status") or {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             break
@@ -153,6 +154,23 @@ def _export(
         why = message.message if message and message.message else f"it ended {phase}"
         raise FetchError(f"pod {name} could not copy the package out of the volume: {why}")
     return {"storePrefix": str(stored.get("prefix")), "storeId": str(stored["id"])}
+
+
+def _pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _json(core.read_namespaced_pod(name, namespace, _preload_content=False))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise FetchError(f"reading pod {name}: {_reason(exc)}") from exc
+
+
+def _exported(job: Mapping[str, Any]) -> str:
+    """What the job's `Exported` condition says (handlers/job_export.py)."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Exported":
+            return str(condition.get("message") or condition.get("reason"))
+    return "the job has no Exported condition"
 
 
 def _image(core: client.CoreV1Api, job: Mapping[str, Any]) -> str:

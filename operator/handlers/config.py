@@ -16,3 +16,6 @@ class OperatorConfig:
     # Running jobs of all lanes of a namespace together (None: each lane's own limit only);
     # when short, lanes with a higher spec.priority are served first.
     max_running_jobs: int | None = None
+    # A Succeeded Volume-lane job's package up to this size is copied into ConfigMaps, so the
+    # view role can fetch it (handlers/job_export.py); 0: never. Each copy lives in etcd.
+    export_max_bytes: int = 64 * 1024 * 1024

@@ -29,7 +29,7 @@ from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS
 from bakeline.engine.predict import latest_model_bytes
 from bakeline.engine.result import first_failed_stage
 from bakeline.engine.retry import AttemptOutcome
-from bakeline.handlers import job_admission, job_delivery, job_pods
+from bakeline.handlers import job_admission, job_delivery, job_export, job_pods
 from bakeline.handlers.config import OperatorConfig
 from bakeline.kube import blocked_pods
 from bakeline.kube.circuits import StageOutcome, count_outcomes, lane_circuits, trial_started
@@ -76,6 +76,7 @@ def reconcile_job(
     observed = copy.deepcopy(status)
     rerun = (meta.get("annotations") or {}).get(ANNOTATION_RERUN)
     if status.get("phase") in TERMINAL and (not rerun or rerun == status.get("rerunRequest")):
+        job_export.reconcile_export(kube, config, obj)
         if job_delivery.needs_delivery(obj):
             return job_delivery.reconcile_delivery(kube, config, obj, now)
         return None

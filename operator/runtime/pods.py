@@ -681,7 +681,7 @@ def fetch_pod_name(job: str, checkpoint: str) -> str:
 
 
 def build_fetch_pod(
-    job: Mapping[str, Any], *, checkpoint: str, image: str, service_account: str
+    job: Mapping[str, Any], *, checkpoint: str, image: str, service_account: str | None
 ) -> dict[str, Any]:
     """The pod `bakeline fetch` runs for a package on a Volume lane's claim, which only a pod
     can read: `bakeline stage export` copies the checkpoint, mounted read-only, into the job's
@@ -698,7 +698,7 @@ def build_fetch_pod(
         *_store_mounts(),
     ]
     container = _container(STORE_CONTAINER, image, ["bakeline", "stage", "export"], env, mounts)
-    return {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -717,7 +717,6 @@ def build_fetch_pod(
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": restricted_pod_security(),
-            "serviceAccountName": service_account,
             "activeDeadlineSeconds": 600,
             "containers": [container],
             "volumes": [
@@ -733,3 +732,6 @@ def build_fetch_pod(
             ],
         },
     }
+    if service_account:
+        pod["spec"]["serviceAccountName"] = service_account
+    return pod

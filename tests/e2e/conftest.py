@@ -29,6 +29,7 @@ class OperatorProcess:
         self.cluster, self.namespace, self.log_path = cluster, namespace, log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port, self.health_port = free_port(), free_port()
+        self.extra_args: list[str] = []  # more `bakeline operator` flags, for the next start()
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
@@ -42,6 +43,7 @@ class OperatorProcess:
                 f"--metrics-port={self.metrics_port}",
                 f"--health-port={self.health_port}",
                 "--slo-interval=1",  # SLO tests use windows of seconds
+                *self.extra_args,
             ],
             env=env,
             stdout=sink,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from controlplane import ControlPlane
-from support.kube import apply, job_finished
+from support.kube import apply, job_finished, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -135,15 +135,9 @@ def test_fetch_a_configmap_lane_package_as_the_view_role(
     out = tmp_path / "package"
     done = _fetch(viewer, "baked", "-n", namespace, "--to", str(out))
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        data = (out / entry["path"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
-        assert len(data) == entry["sizeBytes"], entry["path"]
-    # The artifact is the one the job reported, byte for byte.
-    artifact = (out / manifest["artifact"]).read_bytes()
-    assert hashlib.sha256(artifact).hexdigest() == status["result"]["sha256"]
-    assert f"{len(manifest['files'])} files" in done.stdout
+    _verified(out, status)
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert f"{len(files)} files" in done.stdout
 
     again = _fetch(viewer, "baked", "-n", namespace, "--to", str(out))
     assert again.returncode == 1 and "already exists" in again.stderr
@@ -151,31 +145,39 @@ def test_fetch_a_configmap_lane_package_as_the_view_role(
     assert missing.returncode == 1 and "no such BakingJob" in missing.stderr
 
 
-def test_fetch_a_volume_lane_package_through_a_pod_as_the_edit_role(
+def _verified(out: Path, status: dict[str, Any]) -> bytes:
+    """Every file of the fetched package against its manifest; the artifact's bytes, which
+    must be the ones the job reported."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        data = (out / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
+        assert len(data) == entry["sizeBytes"], entry["path"]
+    artifact = (out / manifest["artifact"]).read_bytes()
+    assert hashlib.sha256(artifact).hexdigest() == status["result"]["sha256"]
+    return artifact
+
+
+def test_fetch_a_volume_lane_package_as_the_view_role(
     cluster: ControlPlane,
     namespace: str,
     operator: Any,
     scripted_agent: Callable[[dict[str, Any]], Path],
     tmp_path: Path,
 ) -> None:
+    """The operator copies a Succeeded Volume-lane job's package into ConfigMaps (its fetch
+    pod, once), so an identity that may create nothing fetches it."""
     scripted_agent({})
     apply(cluster, [_lane("volume", "Volume"), _job("on-claim", "volume")], namespace)
     status = job_finished(cluster, "on-claim", namespace)["status"]
-    assert status["phase"] == "Succeeded"
-    viewer = _identity(cluster, namespace, tmp_path, "view")
-    refused = _fetch(viewer, "on-claim", "-n", namespace, "--to", str(tmp_path / "v"))
-    assert refused.returncode == 1 and "may not create pods" in refused.stderr, refused.stderr
-    assert not (tmp_path / "v").exists()
-
-    editor = _identity(cluster, namespace, tmp_path, "edit")
-    out = tmp_path / "package"
-    done = _fetch(editor, "on-claim", "-n", namespace, "--to", str(out))
-    assert done.returncode == 0, done.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        assert hashlib.sha256((out / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
-    artifact = (out / manifest["artifact"]).read_bytes()
-    assert hashlib.sha256(artifact).hexdigest() == status["result"]["sha256"]
+    assert status["phase"] == "Succeeded", json.dumps(status) + operator.log()
+    exported = wait_for(
+        lambda: _exported(cluster, namespace, "on-claim", "Exported"),
+        timeout=120,
+        what="Exported=True",
+    )
+    assert exported["status"] == "True", exported
+    assert "view role" in exported["message"]
     # The copy ran as the stage ServiceAccount, in a pod of the job's (deleted with it).
     pod = json.loads(
         cluster.kubectl(
@@ -184,7 +186,76 @@ def test_fetch_a_volume_lane_package_through_a_pod_as_the_edit_role(
     )
     assert pod["spec"]["serviceAccountName"] == "bakeline-stage"
     assert pod["metadata"]["ownerReferences"][0]["name"] == "on-claim"
+
+    viewer = _identity(cluster, namespace, tmp_path, "view")
+    out = tmp_path / "package"
+    done = _fetch(viewer, "on-claim", "-n", namespace, "--to", str(out))
+    assert done.returncode == 0, done.stderr
+    artifact = _verified(out, status)
+    again = _fetch(viewer, "on-claim", "-n", namespace, "--to", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert _verified(tmp_path / "again", status) == artifact
+    # One copy: the operator made one pod, and fetching made none.
+    pods = cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", "bakeline.io/component=fetch", "-o", "name"
+    ).stdout.split()
+    assert pods == ["pod/on-claim-fetch-package-1"], pods
+
+
+def test_fetch_a_volume_lane_package_above_the_export_limit_needs_the_edit_role(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+    tmp_path: Path,
+) -> None:
+    """A package above --export-max-bytes stays on the volume only: the condition says so,
+    the view role is told why it cannot fetch, and the edit role's fetch pod copies it."""
+    operator.stop()
+    operator.extra_args = ["--export-max-bytes=1"]
+    operator.start()
+    scripted_agent({})
+    apply(cluster, [_lane("volume", "Volume"), _job("on-claim", "volume")], namespace)
+    status = job_finished(cluster, "on-claim", namespace)["status"]
+    assert status["phase"] == "Succeeded"
+    kept = wait_for(
+        lambda: _exported(cluster, namespace, "on-claim", "NotExported"),
+        timeout=60,
+        what="Exported=False NotExported",
+    )
+    assert "--export-max-bytes 1" in kept["message"], kept
+    viewer = _identity(cluster, namespace, tmp_path, "view")
+    refused = _fetch(viewer, "on-claim", "-n", namespace, "--to", str(tmp_path / "v"))
+    assert refused.returncode == 1 and "may not create pods" in refused.stderr, refused.stderr
+    assert "--export-max-bytes" in refused.stderr  # it says why the operator made no copy
+    assert not (tmp_path / "v").exists()
+
+    editor = _identity(cluster, namespace, tmp_path, "edit")
+    out = tmp_path / "package"
+    done = _fetch(editor, "on-claim", "-n", namespace, "--to", str(out))
+    assert done.returncode == 0, done.stderr
+    artifact = _verified(out, status)
+    pod = json.loads(
+        cluster.kubectl(
+            "get", "pod", "-n", namespace, "on-claim-fetch-package-1", "-o", "json"
+        ).stdout
+    )
+    assert pod["spec"]["serviceAccountName"] == "bakeline-stage"
     # A second fetch reuses what the first pod stored.
     again = _fetch(editor, "on-claim", "-n", namespace, "--to", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
-    assert (tmp_path / "again" / manifest["artifact"]).read_bytes() == artifact
+    assert _verified(tmp_path / "again", status) == artifact
+
+
+def _exported(
+    cluster: ControlPlane, namespace: str, job: str, reason: str
+) -> dict[str, Any] | None:
+    """The job's Exported condition once its reason is `reason`."""
+    status = (
+        json.loads(
+            cluster.kubectl("get", "bakingjob", job, "-n", namespace, "-o", "json").stdout
+        ).get("status")
+        or {}
+    )
+    found = [c for c in status.get("conditions") or [] if c["type"] == "Exported"]
+    return found[0] if found and found[0]["reason"] == reason else None

@@ -317,6 +317,9 @@ def test_the_operators_capacity_is_passed_only_when_set() -> None:
 
     assert not any(a.startswith("--max-running-jobs") for a in args())
     assert "--max-running-jobs=4" in args("--set", "operator.maxRunningJobs=4")
+    # Always passed, so the chart's default is the one that holds (not the binary's).
+    assert "--export-max-bytes=67108864" in args()
+    assert "--export-max-bytes=0" in args("--set", "operator.exportMaxBytes=0")
 
 
 @pytest.mark.parametrize("mode", ["default", "namespaces"])
