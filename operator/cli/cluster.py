@@ -24,6 +24,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
             image=args.image,
             slo_interval_s=args.slo_interval,
             max_running_jobs=args.max_running_jobs,
+            export_max_bytes=args.export_max_bytes,
             service_account=args.stage_service_account or None,
         ),
         metrics_port=args.metrics_port or None,

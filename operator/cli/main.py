@@ -89,6 +89,14 @@ def _add_cluster_commands(commands: Any) -> None:
         help="at most N running jobs per namespace, all lanes together; when short, lanes with "
         "a higher spec.priority are served first (default: each lane's own limit only)",
     )
+    operator.add_argument(
+        "--export-max-bytes",
+        type=int,
+        default=64 * 1024 * 1024,  # OperatorConfig.export_max_bytes; main.py imports lightly
+        metavar="BYTES",
+        help="copy a Succeeded Volume-lane job's package of up to BYTES into ConfigMaps, so "
+        "`bakeline fetch` works with the namespace's view role (0: never; default 64 MiB)",
+    )
     operator.add_argument("--verbose", action="store_true", help="log every handler run")
     _add_leader_election(operator)
     rerun = commands.add_parser(
