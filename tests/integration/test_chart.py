@@ -84,13 +84,16 @@ def test_helm_lint_strict_passes(mode: str) -> None:
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
 
 
-def test_default_render_is_a_restricted_single_replica_operator() -> None:
+def test_default_render_is_a_restricted_operator_of_two_replicas_and_a_leader() -> None:
     docs = render()
     assert sorted(doc["kind"] for doc in docs) == [
         "Deployment",
         "NetworkPolicy",  # stage pods: no ingress, no egress (no API server address given)
+        "PodDisruptionBudget",  # one operator pod stays through a drain
         "Role",  # the operator's
+        "Role",  # the operator's leader election Lease
         "Role",  # the stage pods': create ConfigMaps
+        "RoleBinding",
         "RoleBinding",
         "RoleBinding",
         "Service",
@@ -101,7 +104,12 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
     ]
     deployment = kind(docs, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Only the Lease's holder reconciles, so new pods may start beside old ones.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["bakeline", "operator"]
@@ -111,7 +119,24 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
         "--stage-service-account=bakeline-stage",
         "--metrics-port=8080",
         "--health-port=8081",
+        "--leader-elect",
+        "--leader-elect-resource-namespace=bakeline-system",
+        "--leader-elect-resource-name=rel-bakeline",
+        "--leader-elect-lease-duration=15",
+        "--leader-elect-renew-deadline=10",
+        "--leader-elect-retry-period=2",
+        "--export-max-bytes=67108864",
     ]
+    # The leader election identity: the pod's name.
+    assert {
+        "name": "POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    } in container["env"]
+    budget = kind(docs, "PodDisruptionBudget")
+    assert budget["spec"] == {
+        "minAvailable": 1,
+        "selector": deployment["spec"]["selector"],
+    }
     assert container["image"] == "bakeline:0.1.0"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http-health"}
@@ -129,6 +154,33 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
     assert service["spec"]["ports"][0]["targetPort"] == "http-metrics"
 
 
+def test_one_replica_without_leader_election_is_recreated_and_has_no_budget() -> None:
+    docs = render("--set", "operator.leaderElection.enabled=false,operator.replicas=1")
+    deployment = kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [doc for doc in docs if doc["kind"] == "PodDisruptionBudget"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--leader-elect")]
+    # With leader election, one replica is fine too, but a budget would block every drain.
+    single = render("--set", "operator.replicas=1")
+    assert not [doc for doc in single if doc["kind"] == "PodDisruptionBudget"]
+    assert kind(single, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    # Lease settings reach the flags.
+    tuned = render(
+        "--set",
+        "operator.replicas=3,operator.leaderElection.leaseDuration=30,"
+        "operator.leaderElection.renewDeadline=20,operator.leaderElection.retryPeriod=4",
+    )
+    args = kind(tuned, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert kind(tuned, "Deployment")["spec"]["replicas"] == 3
+    assert {
+        "--leader-elect-lease-duration=30",
+        "--leader-elect-renew-deadline=20",
+        "--leader-elect-retry-period=4",
+    } <= set(args)
+
+
 def test_every_option_renders_into_the_objects() -> None:
     docs = render(*MODES["everything-on"])
     kinds = sorted(doc["kind"] for doc in docs)
@@ -140,7 +192,10 @@ def test_every_option_renders_into_the_objects() -> None:
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
+        "PodDisruptionBudget",
         "PrometheusRule",
+        "Role",  # the leader election Lease's, in the release namespace
+        "RoleBinding",
         "Service",
         "ServiceAccount",
         "ServiceMonitor",
@@ -189,6 +244,17 @@ def test_monitoring_objects_need_their_api() -> None:
         (
             ["--set", "stagePods.networkPolicy.apiServer.cidrs={kubernetes.default}"],
             "/stagePods/networkPolicy/apiServer/cidrs/0",
+        ),
+        (["--set", "operator.leaderElection.enabled=false"], "needs operator.leaderElection"),
+        (["--set", "operator.replicas=0"], "/operator/replicas"),
+        (["--set", "operator.leaderElection.lease=5"], "additional properties 'lease'"),
+        (
+            ["--set", "operator.leaderElection.renewDeadline=15"],
+            "renewDeadline must be less than leaseDuration",
+        ),
+        (
+            ["--set", "operator.leaderElection.retryPeriod=9"],
+            "renewDeadline must exceed 1.2 x retryPeriod",
         ),
     ],
 )
@@ -291,9 +357,12 @@ def test_burn_rate_alerts_cover_every_window_pair_of_every_slo() -> None:
     for rule in rules:
         unknown = series_in(rule["expr"]) - known
         assert not unknown, f"{rule.get('record') or rule.get('alert')}: {unknown}"
-    assert {"BakelineOperatorDown", "BakelineErrorBudgetExhausted", "BakelineLaneFrozen"} <= {
-        a["alert"] for a in alerts
-    }
+    assert {
+        "BakelineOperatorDown",
+        "BakelineNoLeader",
+        "BakelineErrorBudgetExhausted",
+        "BakelineLaneFrozen",
+    } <= {a["alert"] for a in alerts}
 
 
 def test_dashboard_reads_only_series_that_exist() -> None:
@@ -603,6 +672,7 @@ def test_helm_install_upgrade_uninstall(
         "RoleBinding",
         "Service",
         "Deployment",
+        "PodDisruptionBudget",
         "ServiceMonitor",
         "PrometheusRule",
         "ConfigMap",
@@ -632,6 +702,8 @@ def test_helm_install_upgrade_uninstall(
     )
     assert get(cluster, "role", "bl-bakeline", ns) is None
     assert get(cluster, "clusterrole", f"{ns}-bl-bakeline") is not None
+    # The Lease's Role stays in the release namespace in either mode.
+    assert get(cluster, "role", "bl-bakeline-leader-election", ns) is not None
     deployment = get(cluster, "deployment", "bl-bakeline", ns)
     assert "--all-namespaces" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     # Uninstall removes every object of the release and keeps the CRDs (and so every job).
@@ -643,6 +715,8 @@ def test_helm_install_upgrade_uninstall(
     )
     for role in ("", "-edit", "-view"):
         assert get(cluster, "clusterrole", f"{ns}-bl-bakeline{role}") is None
+    assert get(cluster, "role", "bl-bakeline-leader-election", ns) is None
+    assert get(cluster, "poddisruptionbudget", "bl-bakeline", ns) is None
     policy = f"{ns}-bl-bakeline-stage-store"
     assert get(cluster, "validatingadmissionpolicy", policy) is None
     assert get(cluster, "validatingadmissionpolicybinding", policy) is None

@@ -3,7 +3,9 @@
 The operator's API calls all live in operator/kube/client.py and its watches in
 operator/handlers/app.py. This test reads both (their syntax tree, not a list kept by hand)
 and demands that the rendered rules grant exactly that: a new call without a rule fails here,
-and so does a rule nothing uses. Also here: the chart's CRDs are byte-for-byte crds/.
+and so does a rule nothing uses. The leader election Lease's name is a flag: its calls are
+pinned to the name the chart's Deployment passes. Also here: the chart's CRDs are
+byte-for-byte crds/.
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ def grants(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Grant]]
 
 _CORE = re.compile(r"^(read|list|create|patch|replace|delete)_namespaced_(\w+?)(_status)?$")
 _CUSTOM = re.compile(r"^(get|list|create|patch|replace|delete)_namespaced_custom_object(_status)?$")
+_COORDINATION = re.compile(r"^(read|create|replace)_namespaced_lease$")
 _VERBS = {"read": "get", "get": "get", "replace": "update"}
+# The Lease kube/leader.py is told to use (--leader-elect-resource-name): calls that name an
+# object name this one, which the rendered Deployment fills in.
+THE_LEASE = "<--leader-elect-resource-name>"
 # kopf handlers and what kopf itself does on their resource: watching handlers only read the
 # stream; the others also write kopf's annotations or finalizers on the object.
 _KOPF_READ = {"event", "index"}
@@ -148,7 +154,7 @@ def calls_in_kube_py() -> set[Grant]:
             and isinstance(node.value, ast.Attribute)
             and isinstance(node.value.value, ast.Name)
             and node.value.value.id == "self"
-            and node.value.attr in ("core", "custom")
+            and node.value.attr in ("core", "custom", "coordination")
         ):
             continue
         call = parents.get(node)
@@ -163,7 +169,13 @@ def calls_in_kube_py() -> set[Grant]:
             args = call.args[1:]  # _json(self.core.method, *args): the method's own arguments
         else:
             args = []
-        if node.value.attr == "core":
+        if node.value.attr == "coordination":
+            match = _COORDINATION.match(node.attr)
+            assert match, f"kube.py calls CoordinationV1Api.{node.attr}: teach this test its verb"
+            action = match.group(1)
+            lease: tuple[str, ...] = (THE_LEASE,) if action in ("read", "replace") else ()
+            needed.add(("coordination.k8s.io", "leases", _VERBS.get(action, action), lease))
+        elif node.value.attr == "core":
             match = _CORE.match(node.attr)
             assert match, f"kube.py calls CoreV1Api.{node.attr}: teach this test its verb"
             action, snake, status = match.groups()
@@ -221,6 +233,8 @@ def test_the_derivation_sees_the_calls_we_know_of() -> None:
     assert ("", "pods", "create", ()) in needed
     assert ("bakeline.io", "bakingjobs/status", "patch", ()) in needed
     assert ("", "configmaps", "patch", (kube.LEDGER,)) in needed
+    assert ("coordination.k8s.io", "leases", "update", (THE_LEASE,)) in needed
+    assert ("coordination.k8s.io", "leases", "create", ()) in needed
     watches = kopf_watches()
     assert ("", "pods", "watch", ()) in watches
     assert ("bakeline.io", "bakingjobs", "list", ()) in watches
@@ -252,10 +266,62 @@ def test_rbac_has_no_wildcards_no_secrets_no_escalation(mode: str) -> None:
 def test_rbac_grants_exactly_what_the_operator_and_kopf_use(mode: str) -> None:
     docs = render(*MODES[mode])
     granted = {grant for _, grant in grants(operator_roles(docs))}
-    needed = calls_in_kube_py() | kopf_watches() | admission_needs()
+    lease = _flag(docs, "--leader-elect-resource-name")
+    needed = {
+        (group, resource, verb, (lease,) if names == (THE_LEASE,) else names)
+        for group, resource, verb, names in calls_in_kube_py()
+    }
+    needed |= kopf_watches() | admission_needs()
     missing, unused = needed - granted, granted - needed
     assert not missing, f"the operator calls these, the chart does not grant them: {missing}"
     assert not unused, f"the chart grants these, nothing in the operator uses them: {unused}"
+
+
+def _flag(docs: list[dict[str, Any]], flag: str) -> str:
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    [value] = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+    return str(value)
+
+
+def _leader_election(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["metadata"]["name"].endswith("-leader-election")]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_lease_is_the_operators_alone_in_the_release_namespace(mode: str) -> None:
+    docs = render(*MODES[mode], namespace="ops")
+    assert _flag(docs, "--leader-elect-resource-namespace") == "ops"
+    assert _flag(docs, "--leader-elect-resource-name") == "rel-bakeline"
+    role, binding = sorted(_leader_election(docs), key=lambda d: str(d["kind"]))
+    assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["rel-bakeline"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-bakeline", "namespace": "ops"}
+    ]
+    # Leases nowhere else: not in the watched namespaces' Roles, not cluster-wide.
+    others = [doc for doc in operator_roles(docs) if doc is not role]
+    assert not [g for _, g in grants(others) if g[1] == "leases"]
+    # Off: no Lease, no Role for it, no flags.
+    off = render(
+        *MODES[mode],
+        "--set",
+        "operator.leaderElection.enabled=false,operator.replicas=1",
+        namespace="ops",
+    )
+    assert _leader_election(off) == []
+    deployment = next(doc for doc in off if doc["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--leader-elect")]
 
 
 def test_namespaced_mode_is_a_role_per_namespace_and_nothing_cluster_scoped() -> None:
@@ -271,10 +337,11 @@ def test_namespaced_mode_is_a_role_per_namespace_and_nothing_cluster_scoped() ->
     assert cluster_scoped == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     off = render(*MODES["namespaces"], "--set", "stagePods.admissionPolicy.enabled=false")
     assert all("namespace" in doc["metadata"] for doc in off)
-    roles = {doc["metadata"]["namespace"] for doc in docs if doc["kind"] == "Role"}
+    watching = [doc for doc in docs if doc not in _leader_election(docs)]
+    roles = {doc["metadata"]["namespace"] for doc in watching if doc["kind"] == "Role"}
     bindings = [
         doc
-        for doc in docs
+        for doc in watching
         if doc["kind"] == "RoleBinding" and not doc["metadata"]["name"].endswith("-stage")
     ]
     assert roles == {"team-a", "team-b"} == {b["metadata"]["namespace"] for b in bindings}
@@ -292,6 +359,7 @@ def test_namespaced_mode_is_a_role_per_namespace_and_nothing_cluster_scoped() ->
     # Without a list, the release's own namespace.
     default = render(namespace="ops")
     assert {d["metadata"]["namespace"] for d in default if d["kind"] == "Role"} == {"ops"}
+    assert len([d for d in default if d["kind"] == "Role"]) == 3  # watching, stage, the Lease
 
 
 def test_all_namespaces_mode_is_one_cluster_role() -> None:
@@ -299,7 +367,9 @@ def test_all_namespaces_mode_is_one_cluster_role() -> None:
     kinds = [doc["kind"] for doc in docs]
     # The operator's, bound here; the stage pods', for the user to bind per namespace.
     assert kinds.count("ClusterRole") == 2 and kinds.count("ClusterRoleBinding") == 1
-    assert "Role" not in kinds and "RoleBinding" not in kinds
+    # Namespaced only the Lease's, in the release's namespace.
+    assert kinds.count("Role") == 1 and kinds.count("RoleBinding") == 1
+    assert {d["metadata"]["namespace"] for d in _leader_election(docs)} == {"ops"}
     binding = next(doc for doc in docs if doc["kind"] == "ClusterRoleBinding")
     assert binding["metadata"]["name"] == "ops-rel-bakeline"  # cluster-unique per release
     assert binding["subjects"][0]["namespace"] == "ops"

@@ -126,6 +126,18 @@ needs in --standalone mode; tests/unit/test_chart_rbac.py fails when the two dri
 {{- if and .Values.watch.allNamespaces .Values.watch.namespaces }}
 {{- fail "watch.allNamespaces and watch.namespaces exclude each other: set one" }}
 {{- end }}
+{{- $election := .Values.operator.leaderElection }}
+{{- if and (gt (int .Values.operator.replicas) 1) (not $election.enabled) }}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled: two operators must never reconcile at once" }}
+{{- end }}
+{{- if $election.enabled }}
+{{- if not (lt (float64 $election.renewDeadline) (float64 $election.leaseDuration)) }}
+{{- fail "operator.leaderElection.renewDeadline must be less than leaseDuration" }}
+{{- end }}
+{{- if not (gt (float64 $election.renewDeadline) (mulf 1.2 $election.retryPeriod)) }}
+{{- fail "operator.leaderElection.renewDeadline must exceed 1.2 x retryPeriod" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -156,4 +168,12 @@ which kube-apiserver keeps (policies see traffic after the Service's address is 
 {{- end }}
 {{- end }}
 {{- toJson (dict "cidrs" $cidrs "ports" $ports) }}
+{{- end }}
+
+{{/*
+The leader election Lease's name: the release's full name, so releases sharing a namespace
+never share a Lease. The operator's Role pins get and update to it.
+*/}}
+{{- define "bakeline.leaseName" -}}
+{{ include "bakeline.fullname" . }}
 {{- end }}
