@@ -230,8 +230,12 @@ def _configmap_dataset_ok(dataset: str) -> bool:
 
 
 OUTPUT_URI_MESSAGE = (
-    "uri is s3://BUCKET/PREFIX, oci://REGISTRY/REPOSITORY[:TAG], or (bakeline run) a local "
-    "folder: file:///DIR or a relative path"
+    "uri is s3://BUCKET/PREFIX, oci://REGISTRY/REPOSITORY[:TAG], pvc://CLAIM/PATH (in a "
+    "cluster) or a local folder (bakeline run): file:///DIR or a relative path"
+)
+OUTPUT_IN_CLUSTER_MESSAGE = (
+    "in a cluster the output is s3://, oci:// or pvc://CLAIM/PATH: a folder (file://, a path) "
+    "would be written inside the delivery pod and lost; deliver to a folder with `bakeline run`"
 )
 
 
@@ -329,9 +333,11 @@ class Output(WireModel):
         min_length=1,
         max_length=1024,
         description="s3://BUCKET/PREFIX (an S3-compatible bucket), oci://REGISTRY/REPOSITORY[:TAG] "
-        "(an OCI registry; the tag defaults to latest), or, for `bakeline run` only, a local "
-        "folder (file:///DIR, or a path relative to the job file). Files go first, the "
-        "package's manifest.json last; a package already there is not written again.",
+        "(an OCI registry; the tag defaults to latest), pvc://CLAIM/PATH (a folder on a "
+        "PersistentVolumeClaim of the job's namespace; a cluster only), or, for `bakeline run` "
+        "only, a local folder (file:///DIR, or a path relative to the job file). Files go "
+        "first, the package's manifest.json last; a package already there is not written "
+        "again.",
     )
     endpoint: str | None = Field(
         default=None,
@@ -362,6 +368,36 @@ class Output(WireModel):
             lambda o: _target_ok(o.uri),
             field_path=".uri",
             shows="self.uri",
+        ),
+        # The cluster's limit: `bakeline run` delivers to folders (and refuses pvc://).
+        Rule(
+            "self.uri.startsWith('s3://') || self.uri.startsWith('oci://') "
+            "|| self.uri.startsWith('pvc://')",
+            OUTPUT_IN_CLUSTER_MESSAGE,
+            None,
+            field_path=".uri",
+            shows="self.uri",
+        ),
+        Rule(
+            "!has(self.credentialsSecret) || self.uri.startsWith('s3://') "
+            "|| self.uri.startsWith('oci://')",
+            "credentialsSecret is for s3:// and oci:// outputs (a folder or a claim is written "
+            "with no credentials)",
+            lambda o: o.credentials_secret is None or o.uri.startswith(("s3://", "oci://")),
+            field_path=".credentialsSecret",
+        ),
+        Rule(
+            "!has(self.insecure) || !self.insecure || self.uri.startsWith('s3://') "
+            "|| self.uri.startsWith('oci://')",
+            "insecure is for s3:// and oci:// outputs (a folder or a claim has no TLS)",
+            lambda o: not o.insecure or o.uri.startswith(("s3://", "oci://")),
+            field_path=".insecure",
+        ),
+        Rule(
+            "!has(self.region) || self.uri.startsWith('s3://')",
+            "region is for s3:// outputs",
+            lambda o: o.region is None or o.uri.startswith("s3://"),
+            field_path=".region",
         ),
         Rule(
             "!has(self.endpoint) || self.uri.startsWith('s3://')",
@@ -661,6 +697,12 @@ class BakingJob(Resource):
                 "boolean",
                 ".status.result.qualityVerified",
                 "False: quality measured on synthetic inputs only.",
+            ),
+            PrinterColumn(
+                "Output",
+                "string",
+                ".status.output.phase",
+                "Delivery to spec.output: Pending, Delivering, Delivered, Retrying, Refused.",
             ),
             AGE_COLUMN,
         ),

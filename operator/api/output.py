@@ -8,19 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-SCHEMES = ("s3", "oci", "file")
+SCHEMES = ("s3", "oci", "pvc", "file")
 # CEL's view of the same forms (the API server cannot call parse_target).
-URI_CEL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|oci://[^/]+/[a-z0-9].*|file:///.+|[^:]+)$"
+URI_CEL = (
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|oci://[^/]+/[a-z0-9].*"
+    r"|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|file:///.+|[^:]+)$"
+)
 
 
 @dataclass(frozen=True)
 class Target:
-    """A parsed output URI: s3://BUCKET/PREFIX, oci://HOST[:PORT]/REPOSITORY[:TAG], or
-    file:///DIR (a local folder; `bakeline run` only)."""
+    """A parsed output URI: s3://BUCKET/PREFIX, oci://HOST[:PORT]/REPOSITORY[:TAG],
+    pvc://CLAIM/PATH (a folder on a PersistentVolumeClaim of the job's namespace; a cluster
+    only), or file:///DIR (a local folder; `bakeline run` only)."""
 
     scheme: str
-    location: str  # bucket, registry host, or folder
-    path: str  # key prefix, repository, or ""
+    location: str  # bucket, registry host, claim, or folder
+    path: str  # key prefix, repository, folder inside the claim, or ""
     tag: str = ""  # oci only
 
     @property
@@ -32,6 +36,7 @@ class Target:
         return f"{self.scheme}://{self.location}{tail}{tag}"
 
 
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REPOSITORY = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
@@ -49,7 +54,7 @@ def parse_target(uri: str, base: Path | None = None) -> Target:
         )
     parts = urlsplit(uri)
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"output {uri!r}: the scheme is one of s3://, oci://, file://")
+        raise ValueError(f"output {uri!r}: the scheme is one of s3://, oci://, pvc://, file://")
     if parts.query or parts.fragment:
         raise ValueError(f"output {uri!r}: no query or fragment")
     if parts.scheme == "file":
@@ -63,6 +68,13 @@ def parse_target(uri: str, base: Path | None = None) -> Target:
         if ".." in prefix.split("/"):
             raise ValueError(f"output {uri!r}: the key prefix has a '..' segment")
         return Target("s3", bucket, prefix)
+    if parts.scheme == "pvc":
+        claim, inside = parts.netloc, parts.path.strip("/")
+        if not _CLAIM.match(claim) or len(claim) > 253:
+            raise ValueError(f"output {uri!r}: {claim!r} is not a PersistentVolumeClaim name")
+        if ".." in inside.split("/"):
+            raise ValueError(f"output {uri!r}: the path has a '..' segment")
+        return Target("pvc", claim, inside)
     host, rest = parts.netloc, parts.path.strip("/")
     repository, _, tag = rest.partition(":") if "@" not in rest else (rest, "", "")
     if not host or not repository or not _REPOSITORY.match(repository):

@@ -153,6 +153,12 @@ class _LocalRun:
             )
         except ModelSourceError as exc:
             raise InputError(str(exc)) from exc
+        output = job.spec.output
+        if output is not None and parse_target(output.uri).scheme == "pvc":
+            raise InputError(
+                f"output {output.uri}: a PersistentVolumeClaim is a cluster's; `bakeline run` "
+                "delivers to a folder (file:///DIR or a path), s3:// or oci://"
+            )
         if options.from_stage is not None and options.from_stage not in self.plan.order:
             raise InputError(
                 f"--from {options.from_stage}: no such stage; the workflow's stages are "

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", default=None, help="an S3-compatible server's URL")
     parser.add_argument("--region", default=None)
     parser.add_argument("--insecure", action="store_true", help="plain HTTP; no TLS checks")
+    parser.add_argument(
+        "--claim-mount", type=Path, default=None, help="where a pvc:// output's claim is mounted"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             region=args.region,
             insecure=args.insecure,
+            claim_mount=args.claim_mount,
         )
         outcome = DeliveryOutcome(done.uri, done.digest, len(done.written), len(done.present))
         print(

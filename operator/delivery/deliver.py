@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bakeline.api.output import Target
@@ -75,6 +75,7 @@ def deliver(
     endpoint: str | None = None,
     region: str | None = None,
     insecure: bool = False,
+    claim_mount: Path | None = None,
 ) -> Delivered:
     """Send the package (a checkpoint folder: manifest.json and its files) to `target`.
     Credentials come from where each client looks for them: the AWS variables or profile for
@@ -82,6 +83,10 @@ def deliver(
     files = package_files(package)
     if target.scheme == "file":
         return _to_folder(files, Path(target.location))
+    if target.scheme == "pvc":
+        if claim_mount is None:
+            raise DeliveryRefused(f"{target.uri}: the claim is not mounted here (a cluster's)")
+        return replace(_to_folder(files, claim_mount / target.path), uri=target.uri)
     if target.scheme == "s3":
         from bakeline.delivery import s3
 

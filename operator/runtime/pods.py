@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bakeline.api.common import API_VERSION, GROUP
+from bakeline.api.output import parse_target
 from bakeline.contract import TERMINATION_MESSAGE_PATH
 
 LABEL_JOB = f"{GROUP}/job"
@@ -547,6 +548,7 @@ def build_checkpoint_record(
 
 DELIVER_CONTAINER = "deliver"
 DOCKER_CONFIG_MOUNT = "/var/run/bakeline/docker"
+OUTPUT_MOUNT = "/output"  # a pvc:// output's claim, in the delivery pod
 DELIVERY_DEADLINE_S = 1800
 
 
@@ -572,8 +574,9 @@ def build_delivery_pod(
     Docker config for oci://. It reads the package's bytes and never loads them. On a ConfigMap
     lane an init container `restore` fetches the package from the job's store first, with the
     pod's own token, which the deliver container never mounts; on a Volume lane the claim is
-    mounted read-only. Labelled component=delivery, so the stage pods' NetworkPolicy (no
-    egress) does not select it: it must reach the bucket or the registry."""
+    mounted read-only. A pvc:// output's claim is mounted at OUTPUT_MOUNT, the one place it
+    writes. Labelled component=delivery, so the stage pods' NetworkPolicy (no egress) does not
+    select it: it must reach the bucket or the registry."""
     meta = job["metadata"]
     job_name = meta["name"]
     package = f"{CHECKPOINT_MOUNT}/{checkpoint}"
@@ -607,6 +610,11 @@ def build_delivery_pod(
             },
         },
     ]
+    target = parse_target(uri)
+    if target.scheme == "pvc":
+        volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": target.location}})
+        mounts.append({"name": "output", "mountPath": OUTPUT_MOUNT})
+        command += ["--claim-mount", OUTPUT_MOUNT]
     container = _container(DELIVER_CONTAINER, image, command, env, mounts)
     secret = output.get("credentialsSecret")
     if secret and uri.startswith("s3://"):

@@ -175,3 +175,12 @@ def test_a_run_delivers_to_an_oci_registry_as_an_artifact(
     again = _run(job, tmp_path, workdir, {"DOCKER_CONFIG": str(config)})
     assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads((workdir / "report.json").read_text())["output"]["written"] == []
+
+
+def test_a_run_refuses_a_claim_output_before_it_bakes(repo_root: Path, tmp_path: Path) -> None:
+    """pvc:// names a claim of a cluster: `bakeline run` says so at once (exit 2), and bakes
+    nothing."""
+    done = _run(_job(repo_root, {"uri": "pvc://models/digits"}), tmp_path, tmp_path / "work")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "a PersistentVolumeClaim is a cluster's" in done.stderr
+    assert not list((tmp_path / "work").glob("checkpoints/*"))

@@ -179,3 +179,57 @@ def test_the_operator_delivers_to_an_oci_registry(
     manifest = json.loads(titles["manifest.json"])
     assert {entry["path"] for entry in manifest["files"]} | {"manifest.json"} == set(titles)
     assert job_finished(cluster, "pushed", namespace)["status"]["phase"] == "Succeeded"
+
+
+def test_the_operator_delivers_to_a_folder_on_a_pvc_claim(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    node: Any,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+) -> None:
+    """pvc://CLAIM/PATH: the delivery pod mounts the user's claim (and no credentials) and
+    writes the package into PATH there, the manifest last; a second delivery of the same
+    package writes nothing new."""
+    scripted_agent({})
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    output = {"uri": "pvc://models/digits/v1"}
+    apply(cluster, [_lane("Volume"), claim, _job("on-claim", output)], namespace)
+    job = _delivered(cluster, "on-claim", namespace)
+    status = job["status"]
+    assert status["output"]["uri"] == "pvc://models/digits/v1", status["output"]
+    folder = node.pvc_dir(namespace, "models") / "digits" / "v1"
+    raw = (folder / "manifest.json").read_bytes()
+    assert status["output"]["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+    manifest = json.loads(raw)
+    for entry in manifest["files"]:
+        data = (folder / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
+    artifact = (folder / manifest["artifact"]).read_bytes()
+    assert hashlib.sha256(artifact).hexdigest() == status["result"]["sha256"]
+    assert not list(folder.rglob(".*.partial"))
+    pod = json.loads(
+        cluster.kubectl("get", "pod", "on-claim-deliver-1", "-n", namespace, "-o", "json").stdout
+    )
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"].get("readOnly", False)
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"models": False, "on-claim-checkpoints": True}, claims
+
+    # A new generation delivers again; the bytes there are the same, so none is rewritten.
+    patch = json.dumps({"spec": {"checkpoints": {"retain": 2}}})
+    cluster.kubectl("patch", "bj", "on-claim", "-n", namespace, "--type=merge", "-p", patch)
+
+    def again() -> dict[str, Any] | None:
+        out = ((get(cluster, "bj", "on-claim", namespace) or {}).get("status") or {}).get("output")
+        return out if out and out.get("attempts") == 2 and out.get("phase") == "Delivered" else None
+
+    second = wait_for(again, 120, interval=1, what="the second delivery")
+    assert "0 files written" in second["message"], second

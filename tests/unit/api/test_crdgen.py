@@ -140,7 +140,7 @@ def test_names_columns_and_scope() -> None:
         "BakingJob": (
             "bakingjobs",
             ["bj"],
-            ["Phase", "Lane", "Progress", "Speedup", "Verified", "Age"],
+            ["Phase", "Lane", "Progress", "Speedup", "Verified", "Output", "Age"],
         ),
         "SLOPolicy": ("slopolicies", ["slo"], ["State", "Budget", "Age"]),
     }

@@ -29,6 +29,8 @@ JOB: dict[str, Any] = {
     [
         ("s3://models/digits/v1", "s3", "models", "digits/v1", ""),
         ("s3://models", "s3", "models", "", ""),
+        ("pvc://models/digits/v1", "pvc", "models", "digits/v1", ""),
+        ("pvc://models", "pvc", "models", "", ""),
         (
             "oci://registry.example:5000/team/digits:v1",
             "oci",
@@ -61,6 +63,8 @@ def test_what_an_output_uri_names(
         "oci://registry.example/Team:v1",
         "oci://r/x:bad tag",
         "file://host/x",
+        "pvc://Models/x",
+        "pvc://models/../x",
     ],
 )
 def test_what_is_not_an_output_uri(uri: str) -> None:
@@ -175,3 +179,34 @@ def test_on_a_configmap_lane_only_the_restore_container_mounts_the_token() -> No
     secret = next(v for v in pod["spec"]["volumes"] if v["name"] == "docker-config")
     assert secret["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
     assert json.dumps(pod).count("pull-push") == 1  # named once: the deliver container's volume
+
+
+def test_a_claim_output_is_mounted_writable_at_one_place_and_nothing_else_is() -> None:
+    pod = pods.build_delivery_pod(
+        JOB,
+        attempt=1,
+        checkpoint="package-1",
+        record={"storage": "Volume"},
+        output={"uri": "pvc://models/digits/v1"},
+        image="img",
+    )
+    [container] = pod["spec"]["containers"]
+    writable = [m for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert {m["mountPath"] for m in writable} == {pods.OUTPUT_MOUNT, pods.TMP_MOUNT}
+    assert container["command"][-2:] == ["--claim-mount", pods.OUTPUT_MOUNT]
+    output = next(v for v in pod["spec"]["volumes"] if v["name"] == "output")
+    assert output["persistentVolumeClaim"] == {"claimName": "models"}
+    assert "envFrom" not in container and "docker-config" not in json.dumps(pod)
+
+
+def test_a_claim_output_is_a_folder_inside_the_mount(tmp_path: Path) -> None:
+    package = _package(tmp_path / "package")
+    target = parse_target("pvc://models/digits/v1")
+    with pytest.raises(DeliveryRefused, match="not mounted"):
+        deliver(package, target)
+    done = deliver(package, target, claim_mount=tmp_path / "mnt")
+    assert done.uri == "pvc://models/digits/v1"
+    delivered = tmp_path / "mnt/digits/v1"
+    assert (delivered / "model.onnx").read_bytes() == (package / "model.onnx").read_bytes()
+    again = deliver(package, target, claim_mount=tmp_path / "mnt")
+    assert again.written == () and "manifest.json" in again.present
