@@ -36,6 +36,9 @@ from typing import Any
 
 TOOLS_DIR = Path(__file__).resolve().parent / "tools"
 ADMIN_USER = "bakeline-admin"
+# The one real node's identity (hack/realnode.py): the Node authorizer and NodeRestriction
+# know a kubelet by this user name and group, so it may touch only its Node and its pods.
+NODE_NAME = "bakeline-realnode"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 READY_TIMEOUT_S = 90.0
 PORT_ATTEMPTS = 5
@@ -99,6 +102,14 @@ TOOLS: dict[str, Tool] = {
             "k8s.io/kubernetes/cmd/kube-apiserver",
         ),
         Tool("kubectl", "kubernetes", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubectl"),
+        # The real node of the real_node tests (hack/realnode.py): same pinned module.
+        Tool("kubelet", "kubernetes", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubelet"),
+        Tool(
+            "kube-scheduler",
+            "kubernetes",
+            "k8s.io/kubernetes",
+            "k8s.io/kubernetes/cmd/kube-scheduler",
+        ),
         Tool("etcd", "kubernetes", "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3"),
         Tool("helm", "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm"),
         # Artifact delivery servers for the tests (hack/storage_servers.py): an S3 store,
@@ -219,6 +230,7 @@ class ControlPlane:
     etcd_port: int = 0
     apiserver_port: int = 0
     admin_token: str = ""
+    node_token: str = ""
     data_dir: str = ""
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
@@ -250,6 +262,7 @@ class ControlPlane:
             "etcd_port": self.etcd_port,
             "apiserver_port": self.apiserver_port,
             "admin_token": self.admin_token,
+            "node_token": self.node_token,
             "data_dir": self.data_dir,
         }
         self.state_file.write_text(json.dumps(state, indent=2))
@@ -408,8 +421,13 @@ class ControlPlane:
                 capture_output=True,
             )
         self.admin_token = self.admin_token or secrets.token_hex(24)
+        self.node_token = self.node_token or secrets.token_hex(24)
+        node_user = f"system:node:{NODE_NAME}"
         tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
+        tokens.write_text(
+            f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
+            f'{self.node_token},{node_user},{node_user},"system:nodes"\n'
+        )
         tokens.chmod(0o600)
 
     def _start_with_port_retries(self, name: str, spawn: Any) -> None:
@@ -479,17 +497,21 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
+                # Node: a kubelet reads only what its pods need (hack/realnode.py); it
+                # decides nothing for anyone else, so RBAC tests see RBAC alone.
+                "--authorization-mode=Node,RBAC",
                 f"--token-auth-file={self.workdir / 'tokens.csv'}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={certs / 'sa.pub'}",
                 f"--service-account-signing-key-file={certs / 'sa.key'}",
                 # PodSecurity is on by default; named so that no one turns it off unawares:
                 # tests/reliability/test_security.py enforces `restricted` on stage pods.
-                "--enable-admission-plugins=PodSecurity",
+                "--enable-admission-plugins=PodSecurity,NodeRestriction",
                 "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
+                # The real node's name resolves nowhere: logs and exec go to its address.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--v=1",
             ],
         )

@@ -16,6 +16,9 @@ from controlplane import ControlPlane, running
 from support.node_harness import NodeHarness
 from support.storage_servers import oci_registry, s3_server  # noqa: F401 (fixtures)
 
+# real_cluster and real_node: the real kubelet's fixtures (tests/e2e/test_real_node.py).
+pytest_plugins = ["support.real_node"]
+
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
