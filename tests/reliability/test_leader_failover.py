@@ -1,0 +1,427 @@
+"""Leader failover on the real control plane: two `bakeline operator --leader-elect` processes
+against one namespace; the leader SIGKILLed 10 times while 20 jobs run, each killed process
+replaced by a new standby under a new name (as the Deployment replaces a pod).
+
+Afterwards every job Succeeded; no stage pod was created twice (every ADDED pod of the watch,
+by uid, is one per name and one per job, stage and attempt, attempts numbered 1..n as status
+says); at no sampled moment did two live processes report `bakeline_leader` 1 or both add
+reconcile passes, and no process that never held the Lease reconciled; each new holder took the
+Lease only after the previous one was dead, never sooner than the lease could have expired.
+Takeover time is measured from the SIGKILL to the new holder's acquireTime (its own clock, the
+same machine's) and to its first reconcile pass (its /metrics, sampled every 0.2 s).
+
+The Lease settings are short (4 s / 3 s / 0.5 s instead of 15 s / 10 s / 2 s), so ten takeovers
+fit in a few minutes; takeover time scales with the lease duration. The stages are the scripted
+agent's (tests/support/scripted_agent.py), each sleeping STAGE_SLEEP_S.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e.conftest import install_stage_rbac
+from kubernetes import client, watch
+from reliability.probes import TERMINAL, items, wait_terminal
+
+from controlplane import ControlPlane, free_port
+from support.kube import apply, wait_for
+from support.node_harness import NodeHarness
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+API = "bakeline.io/v1alpha1"
+JOBS = 20
+KILLS = 10
+STAGES = ("import", "graph", "quantize", "package")
+AGENTS = ("BakingCoordinator", "GraphOptimizer", "ModelOptimizer", "DeploymentPreparer")
+STAGE_SLEEP_S = 2.5
+RUNNING_AT_ONCE = 4  # the lane's maxConcurrentJobs: the 20 jobs outlast the 10 kills
+LEASE_S, RENEW_DEADLINE_S, RETRY_S = 4, 3.0, 0.5
+LEASE_NAME = "bakeline-operator"  # the flag's default
+STAGE_PODS = "bakeline.io/component=stage"  # not the fetch pods that copy packages out
+SEED = int(os.environ.get("BAKELINE_CHAOS_SEED", "27"))
+
+
+class Candidate:
+    """One `bakeline operator --leader-elect` process, its identity its POD_NAME."""
+
+    def __init__(self, cluster: ControlPlane, namespace: str, identity: str, workdir: Path):
+        self.identity, self.workdir = identity, workdir
+        self.metrics_port, self.health_port = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "POD_NAME": identity}
+        env.pop("POD_NAMESPACE", None)  # the Lease goes to the one watched namespace
+        self.log_path = workdir / f"{identity}.log"
+        with self.log_path.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [
+                    "bakeline",
+                    "operator",
+                    "-n",
+                    namespace,
+                    f"--metrics-port={self.metrics_port}",
+                    f"--health-port={self.health_port}",
+                    "--leader-elect",
+                    f"--leader-elect-lease-duration={LEASE_S}",
+                    f"--leader-elect-renew-deadline={RENEW_DEADLINE_S}",
+                    f"--leader-elect-retry-period={RETRY_S}",
+                ],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=workdir,  # never the repo root: operator/ would shadow `operator`
+            )
+        self.killed_at: float | None = None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> float:
+        """SIGKILL; the wall-clock time it was sent."""
+        at = time.time()
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.killed_at = at
+        return at
+
+    def stop(self) -> None:
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.health_port}/healthz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def sample(self) -> tuple[float, float] | None:
+        """(bakeline_leader, reconcile passes so far), or None if it does not answer."""
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        leader, passes = 0.0, 0.0
+        for line in text.splitlines():
+            if line.startswith("bakeline_leader "):
+                leader = float(line.split()[1])
+            elif line.startswith("bakeline_reconcile_duration_seconds_count"):
+                passes += float(line.split()[1])
+        return leader, passes
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+@dataclass
+class Observed:
+    """What the test's own watches and samplers saw, each with the local time it arrived."""
+
+    pods: list[tuple[float, str, str, tuple[str, str, int]]] = field(default_factory=list)
+    holders: list[tuple[float, str, int, float | None]] = field(default_factory=list)
+    samples: list[tuple[float, dict[str, tuple[float, float]]]] = field(default_factory=list)
+    first_pass: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def holder(self) -> str | None:
+        return self.holders[-1][1] if self.holders else None
+
+
+def _watch(
+    stop: threading.Event,
+    observed: Observed,
+    list_call: Callable[..., Any],
+    on_event: Callable[[str, Any], None],
+    **kwargs: Any,
+) -> None:
+    """Follow a watch until `stop`, resuming from the last resourceVersion seen."""
+    version = ""
+    while not stop.is_set():
+        try:
+            for event in watch.Watch().stream(
+                list_call, resource_version=version, timeout_seconds=5, **kwargs
+            ):
+                version = event["object"].metadata.resource_version
+                on_event(event["type"], event["object"])
+                if stop.is_set():
+                    return
+        except Exception as exc:  # a dropped stream: resume (from scratch if too old)
+            observed.errors.append(repr(exc))
+            if "410" in str(exc):
+                version = ""  # events seen twice are deduplicated by the handlers
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def observed(
+    cluster: ControlPlane, namespace: str, candidates: dict[str, Candidate]
+) -> Iterator[Observed]:
+    seen = Observed()
+    stop = threading.Event()
+    api = cluster.api_client()
+    core, coordination = client.CoreV1Api(api), client.CoordinationV1Api(api)
+    uids: set[str] = set()
+
+    def on_pod(kind: str, pod: Any) -> None:
+        labels = pod.metadata.labels or {}
+        if pod.metadata.uid in uids or "bakeline.io/stage" not in labels:
+            return
+        uids.add(pod.metadata.uid)
+        key = (
+            labels["bakeline.io/job"],
+            labels["bakeline.io/stage"],
+            int(labels["bakeline.io/attempt"]),
+        )
+        seen.pods.append((time.time(), pod.metadata.name, pod.metadata.uid, key))
+
+    def on_lease(kind: str, lease: Any) -> None:
+        holder = lease.spec.holder_identity or ""
+        if holder != seen.holder():
+            acquired = lease.spec.acquire_time
+            seen.holders.append(
+                (
+                    time.time(),
+                    holder,
+                    lease.spec.lease_transitions or 0,
+                    acquired.timestamp() if acquired else None,
+                )
+            )
+
+    def sampler() -> None:
+        while not stop.wait(0.2):
+            round_: dict[str, tuple[float, float]] = {}
+            for candidate in list(candidates.values()):
+                if candidate.alive():
+                    got = candidate.sample()
+                    if got is not None:
+                        round_[candidate.identity] = got
+                        if got[1] > 0 and candidate.identity not in seen.first_pass:
+                            seen.first_pass[candidate.identity] = time.time()
+            seen.samples.append((time.time(), round_))
+
+    threads = [
+        threading.Thread(
+            target=_watch,
+            args=(stop, seen, core.list_namespaced_pod, on_pod),
+            kwargs={"namespace": namespace, "label_selector": STAGE_PODS},
+            daemon=True,
+        ),
+        threading.Thread(
+            target=_watch,
+            args=(stop, seen, coordination.list_namespaced_lease, on_lease),
+            kwargs={"namespace": namespace, "field_selector": f"metadata.name={LEASE_NAME}"},
+            daemon=True,
+        ),
+        threading.Thread(target=sampler, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    yield seen
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+
+
+@pytest.fixture
+def candidates(tmp_path: Path) -> Iterator[dict[str, Candidate]]:
+    started: dict[str, Candidate] = {}
+    yield started
+    for candidate in started.values():
+        candidate.stop()
+
+
+def _workflow() -> dict[str, Any]:
+    stages = []
+    for i, (name, agent) in enumerate(zip(STAGES, AGENTS, strict=True)):
+        stage: dict[str, Any] = {"name": name, "agent": agent, "cache": False}
+        if i:
+            stage["dependsOn"] = [STAGES[i - 1]]
+        stages.append(stage)
+    return {
+        "apiVersion": API,
+        "kind": "Workflow",
+        "metadata": {"name": "ha"},
+        "spec": {"stages": stages},
+    }
+
+
+def _job(name: str) -> dict[str, Any]:
+    spec = {"model": {"source": {"builtin": "digits-cnn"}}, "workflowRef": "ha", "laneRef": "ha"}
+    return {"apiVersion": API, "kind": "BakingJob", "metadata": {"name": name}, "spec": spec}
+
+
+def _terminal(cluster: ControlPlane, namespace: str, names: list[str]) -> int:
+    jobs = {j["metadata"]["name"]: j for j in items(cluster, "bakingjobs", namespace)}
+    return sum(((jobs.get(n) or {}).get("status") or {}).get("phase") in TERMINAL for n in names)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def test_leader_sigkilled_ten_times_during_twenty_jobs_fails_over_without_doubling(
+    cluster: ControlPlane,
+    namespace: str,
+    node: NodeHarness,
+    repo_root: Path,
+    crds: None,
+    tmp_path: Path,
+    scripted_agent: Callable[[dict[str, Any]], Path],
+    candidates: dict[str, Candidate],
+    observed: Observed,
+) -> None:
+    install_stage_rbac(cluster, namespace, repo_root)
+    scripted_agent({"sleep": {stage: STAGE_SLEEP_S for stage in STAGES}})
+    lane = {
+        "apiVersion": API,
+        "kind": "Lane",
+        "metadata": {"name": "ha"},
+        "spec": {"maxConcurrentJobs": RUNNING_AT_ONCE, "storage": {"type": "Volume"}},
+    }
+    apply(cluster, [lane, _workflow()], namespace)
+    serial = iter(range(1000))
+
+    def start() -> Candidate:
+        candidate = Candidate(cluster, namespace, f"operator-{next(serial)}", tmp_path)
+        candidates[candidate.identity] = candidate
+        return candidate
+
+    first = start()
+    wait_for(lambda: observed.holder() == first.identity, 60, what="the first leader")
+    standby = start()
+    wait_for(standby.healthy, 60, what="the standby's /healthz")
+
+    names = [f"ha-{i:02d}" for i in range(JOBS)]
+    apply(cluster, [_job(name) for name in names], namespace)
+    rng = random.Random(SEED)
+    kills: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(1.0, 3.0))  # the leader reconciles a while
+        leader = candidates[str(observed.holder())]
+        assert leader.alive(), f"{leader.identity} holds the Lease but is dead:\n{leader.log()}"
+        finished = _terminal(cluster, namespace, names)
+        killed_at = leader.kill()
+        start()  # the replacement pod: a new standby
+        gone = leader.identity
+        successor = wait_for(
+            lambda: observed.holder() not in (None, gone) and observed.holder(),  # noqa: B023 (used in this iteration)
+            LEASE_S * 4 + 20,
+            interval=0.05,
+            what=f"a new leader after {leader.identity}",
+        )
+        kills.append(
+            {"killed": leader.identity, "at": killed_at, "by": successor, "jobs_done": finished}
+        )
+        # The next kill needs a standby ready, as the Deployment's would be.
+        for candidate in candidates.values():
+            if candidate.alive() and candidate.identity != successor:
+                wait_for(candidate.healthy, 60, what=f"{candidate.identity}'s /healthz")
+    kill_phase = time.monotonic() - started
+    jobs = {name: wait_terminal(cluster, name, namespace, 300) for name in names}
+    took = time.monotonic() - started
+    time.sleep(1.0)  # the watches catch up
+
+    # ---- every job, and no pod twice
+    phases = collections.Counter(job["status"]["phase"] for job in jobs.values())
+    per_name = collections.Counter(name for _, name, _, _ in observed.pods)
+    per_attempt = collections.Counter(key for _, _, _, key in observed.pods)
+    doubled = {k: n for k, n in per_name.items() if n > 1}
+    doubled_attempts = {k: n for k, n in per_attempt.items() if n > 1}
+    gaps = []
+    for name in names:
+        for stage in jobs[name]["status"]["stages"]:
+            attempts = sorted(a for (j, s, a) in per_attempt if j == name and s == stage["name"])
+            if attempts != list(range(1, (stage.get("attempt") or 0) + 1)):
+                gaps.append(
+                    f"{name}/{stage['name']}: pods {attempts}, status {stage.get('attempt')}"
+                )
+    listed = items(cluster, "pods", namespace, "-l", STAGE_PODS)
+
+    # ---- one leader at a time
+    both_leading = [t for t, round_ in observed.samples if sum(v[0] for v in round_.values()) > 1]
+    both_reconciling = []
+    last: dict[str, float] = {}
+    for t, round_ in observed.samples:
+        grew = [who for who, (_, passes) in round_.items() if passes > last.get(who, 0.0)]
+        if len(grew) > 1:
+            both_reconciling.append((t, grew))
+        last.update({who: passes for who, (_, passes) in round_.items()})
+    holders = [who for _, who, _, _ in observed.holders]
+    never_led = [c for c in candidates.values() if c.identity not in holders]
+    standbys_reconciled = {
+        c.identity: last.get(c.identity) for c in never_led if last.get(c.identity, 0.0) > 0
+    }
+    # Each new holder took the Lease after its predecessor died, and not before the lease
+    # could have expired (its last renewal was at most a retry period before the kill).
+    takeover, first_pass, early = [], [], []
+    for kill in kills:
+        acquired = next(a for _, who, _, a in observed.holders if who == kill["by"])
+        assert acquired is not None
+        takeover.append(acquired - kill["at"])
+        if acquired - kill["at"] < LEASE_S - 1.2 * RETRY_S - 0.1:
+            early.append(kill)
+        first_pass.append(observed.first_pass.get(kill["by"], float("inf")) - kill["at"])
+    exited_alone = {
+        c.identity: c.process.returncode
+        for c in candidates.values()
+        if not c.alive() and c.killed_at is None
+    }
+
+    figures = {
+        "kills": len(kills),
+        "lease_s": [LEASE_S, RENEW_DEADLINE_S, RETRY_S],
+        "takeover_s": {
+            "p50": round(statistics.median(takeover), 2),
+            "max": round(max(takeover), 2),
+            "min": round(min(takeover), 2),
+        },
+        "first_reconcile_s": {
+            "p50": round(statistics.median(first_pass), 2),
+            "max": round(max(first_pass), 2),
+        },
+        "jobs": dict(phases),
+        "pods": len(observed.pods),
+        "retried_attempts": sum(1 for (_, _, a) in per_attempt if a > 1),
+        "kill_phase_s": round(kill_phase, 1),
+        "total_s": round(took, 1),
+        "jobs_done_at_each_kill": [k["jobs_done"] for k in kills],
+        "lease_transitions": observed.holders[-1][2] if observed.holders else None,
+        "samples": len(observed.samples),
+    }
+    print("leader failover:", json.dumps(figures))
+    logs = "\n".join(f"--- {c.identity}\n{c.log()}" for c in candidates.values())
+    assert len(kills) == KILLS
+    assert len(listed) == len(observed.pods), (len(listed), len(observed.pods))
+    assert kills[-1]["jobs_done"] < JOBS, "the jobs finished before the last kill"
+    assert phases["Succeeded"] == JOBS, {n: j["status"].get("conditions") for n, j in jobs.items()}
+    assert doubled == {} and doubled_attempts == {}, (doubled, doubled_attempts)
+    assert gaps == [], gaps
+    assert both_leading == [] and both_reconciling == [], (both_leading, both_reconciling)
+    assert standbys_reconciled == {}, standbys_reconciled
+    assert early == [], early
+    assert exited_alone == {}, f"lost the Lease unkilled: {exited_alone}\n{logs}"
+    # A holder per kill, plus the first: no extra hand-overs (no leader lost it by itself).
+    assert holders == [first.identity, *(k["by"] for k in kills)], holders
+    assert figures["lease_transitions"] == KILLS
+    assert max(takeover) <= LEASE_S + 1.2 * RETRY_S + 2.0, takeover
+    assert len(observed.samples) > took / 0.2 / 3  # the sampler kept up, more or less
