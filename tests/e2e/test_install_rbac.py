@@ -321,7 +321,13 @@ def test_cluster_wide_install_on_a_fresh_control_plane(tmp_path: Path) -> None:
         for crd in ("bakingjobs", "workflows", "lanes", "slopolicies"):
             assert get(plane, "crd", f"{crd}.bakeline.io") is not None
         kinds = {doc["kind"] for doc in operator.manifest()}
-        assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and "Role" not in kinds
+        assert {"ClusterRole", "ClusterRoleBinding"} <= kinds
+        # Namespaced only the leader election Lease's Role, in the release's namespace: the
+        # operator below leads (as the chart's ServiceAccount) before it reconciles anything.
+        roles = [d["metadata"] for d in operator.manifest() if d["kind"] == "Role"]
+        assert [(r["name"], r["namespace"]) for r in roles] == [
+            (f"{RELEASE}-bakeline-leader-election", "bakeline-system")
+        ]
         assert "--all-namespaces" in operator.argv()
         env = scripted_agent_env(tmp_path / "bin", tmp_path / "script.json")
         node.namespace_env.update({"team-a": env, "team-b": env})
