@@ -38,7 +38,7 @@ from kubernetes import client, watch
 from reliability.probes import TERMINAL, items, wait_terminal
 
 from controlplane import ControlPlane, free_port
-from support.kube import apply, wait_for
+from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -425,3 +425,40 @@ def test_leader_sigkilled_ten_times_during_twenty_jobs_fails_over_without_doubli
     assert figures["lease_transitions"] == KILLS
     assert max(takeover) <= LEASE_S + 1.2 * RETRY_S + 2.0, takeover
     assert len(observed.samples) > took / 0.2 / 3  # the sampler kept up, more or less
+
+
+def test_a_leader_that_finds_the_lease_taken_stops_at_once_with_status_1(
+    cluster: ControlPlane,
+    namespace: str,
+    crds: None,
+    tmp_path: Path,
+    candidates: dict[str, Candidate],
+) -> None:
+    """The exit path for real: another writer takes the Lease (as a candidate that judged it
+    expired would); the leader's next renewal reads it and the process exits, status 1."""
+    leader = Candidate(cluster, namespace, "operator-a", tmp_path)
+    candidates[leader.identity] = leader
+
+    def holder() -> str | None:
+        lease = get(cluster, "lease", LEASE_NAME, namespace)
+        return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+    wait_for(lambda: holder() == leader.identity, 60, what="operator-a to lead")
+    wait_for(lambda: (leader.sample() or (0.0, 0.0))[0] == 1.0, 30, what="bakeline_leader 1")
+
+    def take() -> bool:
+        # At the version read: the leader renews every 0.5 s, so a write may meet a 409.
+        lease = get(cluster, "lease", LEASE_NAME, namespace)
+        lease["spec"]["holderIdentity"] = "intruder"
+        done = cluster.kubectl("replace", "-f", "-", input=json.dumps(lease), check=False)
+        return done.returncode == 0
+
+    wait_for(take, 20, interval=0.05, what="the Lease taken")
+    taken = time.monotonic()
+    leader.process.wait(timeout=RENEW_DEADLINE_S + 10)
+    stopped = time.monotonic() - taken
+    print(f"leader exited {stopped:.2f}s after its Lease was taken")
+    assert leader.process.returncode == 1, leader.log()
+    assert "leader election lost (the lease is now held by intruder)" in leader.log()
+    assert stopped < RETRY_S * 1.2 + 2.0  # its next renewal, not the renew deadline
+    assert holder() == "intruder"  # it wrote nothing on its way out
