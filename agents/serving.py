@@ -9,6 +9,11 @@ so what a package's user runs is what was timed. Use:
     from serve import Model
     model = Model(".")                       # the package's folder
     outputs = model.run({"input_ids": ids, "attention_mask": mask})   # name -> array
+
+or serve it over HTTP with KServe's v2 (Open Inference) protocol, as the model card's KServe
+ServingRuntime does:
+
+    python serve.py PACKAGE --name NAME --port 8080
 """
 
 from __future__ import annotations
@@ -92,3 +97,204 @@ class Model:
         runner = self.session(rows)
         names = [output.name for output in runner.get_outputs()]
         return dict(zip(names, runner.run(names, feeds), strict=True))
+
+
+# ---------------------------------------------------------------------------- serving over HTTP
+# The KServe Open Inference Protocol (v2) over HTTP, with the standard library only, so
+# `python serve.py PACKAGE --name NAME --port 8080` serves a package as a KServe ServingRuntime
+# container runs it (the model card shows one). JSON tensors only; no binary extension.
+
+DATATYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int16)": "INT16",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+}
+NUMPY = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT16": np.int16,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
+MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a request's body; larger ones are refused (413)
+
+
+class RequestError(Exception):
+    """A request the server refuses, with its HTTP status and the reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _tensor_metadata(arg: Any) -> dict[str, Any]:
+    shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+    return {"name": arg.name, "datatype": DATATYPES.get(arg.type, arg.type), "shape": shape}
+
+
+class InferenceServer:
+    """The v2 protocol's answers for one package, as plain functions of a request (the HTTP
+    handler below only moves bytes)."""
+
+    def __init__(self, package: str | Path, name: str) -> None:
+        self.model = Model(package)
+        self.name = name
+        probe = self.model.session(1)
+        self.inputs = {arg.name: _tensor_metadata(arg) for arg in probe.get_inputs()}
+        self.outputs = [_tensor_metadata(arg) for arg in probe.get_outputs()]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": list(self.inputs.values()),
+            "outputs": self.outputs,
+        }
+
+    def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in request.get("inputs") or []:
+            name = str(tensor.get("name"))
+            if name not in self.inputs:
+                raise RequestError(400, f"unknown input {name!r}; inputs: {sorted(self.inputs)}")
+            datatype = str(tensor.get("datatype"))
+            expected = self.inputs[name]["datatype"]
+            if datatype != expected:
+                raise RequestError(400, f"input {name}: datatype {datatype}, expected {expected}")
+            try:
+                array = np.asarray(tensor.get("data"), dtype=NUMPY[datatype])
+                feeds[name] = array.reshape([int(d) for d in tensor.get("shape") or []])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RequestError(400, f"input {name}: {exc}") from exc
+        missing = sorted(set(self.inputs) - set(feeds))
+        if missing:
+            raise RequestError(400, f"missing inputs: {missing}")
+        wanted = [str(o.get("name")) for o in request.get("outputs") or []]
+        try:
+            results = self.model.run(feeds)
+        except Exception as exc:  # ONNX Runtime's own words: a shape or value it refuses
+            raise RequestError(400, f"the model refused the inputs: {exc}") from exc
+        unknown = sorted(set(wanted) - set(results))
+        if unknown:
+            raise RequestError(400, f"unknown outputs {unknown}; outputs: {sorted(results)}")
+        answer = {"model_name": self.name, "model_version": "1", "outputs": []}
+        if request.get("id") is not None:
+            answer["id"] = request["id"]
+        for name, value in results.items():
+            if wanted and name not in wanted:
+                continue
+            datatype = next(o["datatype"] for o in self.outputs if o["name"] == name)
+            answer["outputs"].append(
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(value.shape),
+                    "data": value.reshape(-1).tolist(),
+                }
+            )
+        return answer
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """(status, JSON) for one request."""
+        parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        try:
+            if parts[:1] != ["v2"]:
+                raise RequestError(404, f"no such path {path}")
+            if method == "GET" and parts[1:] in (["health", "live"], ["health", "ready"]):
+                return 200, {parts[2]: True}
+            if method == "GET" and parts[1:] == []:
+                return 200, {"name": "bakeline-serve", "version": "1", "extensions": []}
+            if len(parts) < 3 or parts[1] != "models":
+                raise RequestError(404, f"no such path {path}")
+            if parts[2] != self.name:
+                raise RequestError(404, f"no model {parts[2]!r}; this server has {self.name!r}")
+            rest = parts[3:]
+            if rest[:1] == ["versions"]:  # one version, "1"
+                if rest[1:2] != ["1"]:
+                    raise RequestError(404, f"model {self.name} has version 1 only")
+                rest = rest[2:]
+            if method == "GET" and rest == []:
+                return 200, self.metadata()
+            if method == "GET" and rest == ["ready"]:
+                return 200, {"name": self.name, "ready": True}
+            if method == "POST" and rest == ["infer"]:
+                try:
+                    request = json.loads(body)
+                except ValueError as exc:
+                    raise RequestError(400, f"the body is not JSON: {exc}") from exc
+                if not isinstance(request, dict):
+                    raise RequestError(400, "the body is not a JSON object")
+                return 200, self.infer(request)
+            raise RequestError(404, f"no such path {path}")
+        except RequestError as exc:
+            return exc.status, {"error": str(exc)}
+
+
+# A serving container listens on every interface of its pod: KServe routes to the pod's IP.
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+
+
+def serve_http(package: str | Path, name: str, port: int, host: str = ALL_INTERFACES) -> None:
+    """Serve the package over HTTP until interrupted."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    server = InferenceServer(package, name)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_REQUEST_BYTES:
+                status, answer = 413, {"error": f"the body exceeds {MAX_REQUEST_BYTES} bytes"}
+            else:
+                status, answer = server.answer(method, self.path, self.rfile.read(length))
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._reply("GET")
+
+        def do_POST(self) -> None:
+            self._reply("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # one line per request on stderr is noise in a serving container
+
+    httpd = ThreadingHTTPServer((host, port), Handler)
+    print(f"serving {name} from {package} on http://{host}:{port}/v2", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve a baked package (KServe v2 protocol).")
+    parser.add_argument("package", nargs="?", default=".", help="the package's folder")
+    parser.add_argument("--name", default="model", help="the model's name in the URLs")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default=ALL_INTERFACES)
+    args = parser.parse_args(argv)
+    serve_http(args.package, args.name, args.port, args.host)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,12 +16,13 @@ Params: includeReports (true).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from bakeline.agents import serving
+from bakeline.agents import AGENT_VERSION, serving
 from bakeline.agents.checkpoint_io import ROLE_REPORT, TOKEN_OUTPUTS, TOKENIZER, InputCheckpoint
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.quality import worst, worst_output
@@ -182,6 +183,78 @@ def _how_to_run(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
     ]
 
 
+def _kserve_name(model_name: str) -> str:
+    """An InferenceService name (a DNS label) for the model."""
+    label = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:45].strip("-")
+    return label or "model"
+
+
+def _serving_on_kserve(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
+    """A KServe ServingRuntime that runs the package's own serve.py (the v2 protocol, runtime.json
+    applied) and an InferenceService reading the package where spec.output delivered it."""
+    if runtime.get("backend", "onnxruntime") != "onnxruntime":
+        return []
+    name = _kserve_name(source.manifest.model_name)
+    return [
+        "",
+        "## Serve it on KServe",
+        "",
+        "`serve.py` also serves the package over HTTP with KServe's v2 (Open Inference)",
+        "protocol: `python serve.py PACKAGE --name NAME --port 8080`. Deliver the package with",
+        "the job's `spec.output` to `s3://BUCKET/PREFIX` or `pvc://CLAIM/PATH` (KServe's storage",
+        "initializer reads both into `/mnt/models`), put that URI in `storageUri`, and apply:",
+        "",
+        "```yaml",
+        "apiVersion: serving.kserve.io/v1alpha1",
+        "kind: ServingRuntime",
+        "metadata:",
+        "  name: bakeline-onnx",
+        "spec:",
+        "  supportedModelFormats:",
+        "    - name: onnx",
+        '      version: "1"',
+        "      autoSelect: false  # chosen by name only, never for another onnx model",
+        "  protocolVersions: [v2]",
+        "  containers:",
+        "    - name: kserve-container",
+        f"      image: bakeline:{AGENT_VERSION}  # the Bakeline image: Python, ONNX Runtime, numpy",
+        "      command: [python, /mnt/models/serve.py, /mnt/models]",
+        '      args: ["--name={{.Name}}", "--port=8080"]',
+        "      ports:",
+        "        - containerPort: 8080",
+        "          protocol: TCP",
+        "      securityContext:",
+        "        runAsNonRoot: true",
+        "        runAsUser: 65532",
+        "        allowPrivilegeEscalation: false",
+        "        readOnlyRootFilesystem: true",
+        "        capabilities:",
+        "          drop: [ALL]",
+        "        seccompProfile:",
+        "          type: RuntimeDefault",
+        "---",
+        "apiVersion: serving.kserve.io/v1beta1",
+        "kind: InferenceService",
+        "metadata:",
+        f"  name: {name}",
+        "spec:",
+        "  predictor:",
+        "    model:",
+        "      runtime: bakeline-onnx",
+        "      modelFormat:",
+        "        name: onnx",
+        "      protocolVersion: v2",
+        f"      storageUri: s3://models/{name}  # the job's spec.output.uri (s3:// or pvc://)",
+        "```",
+        "",
+        "Requests go to `/v2/models/NAME/infer` with JSON tensors (named as above, datatype",
+        "and shape given). For a private bucket give the predictor a `serviceAccountName` whose",
+        "Secret carries KServe's `serving.kserve.io/s3-*` annotations. An `oci://` delivery is",
+        "an OCI artifact (one layer per file), not a KServe modelcar image: `oras pull` it onto",
+        "a volume and serve that as `pvc://`.",
+    ]
+
+
 def model_card(
     source: InputCheckpoint, metrics: dict[str, float], runtime: dict[str, Any], artifact: str
 ) -> str:
@@ -206,6 +279,7 @@ def model_card(
     ]
     if (source.directory / TOKENIZER).exists():
         lines.append("Tokenize with `tokenizer.json` (tokenizers library), padding to the longest.")
+    lines += _serving_on_kserve(source, runtime)
     data = evaluation_data(source)
     if data:
         lines += ["", "## Evaluation data", "", *data]
