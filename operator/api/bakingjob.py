@@ -415,6 +415,25 @@ class Output(WireModel):
     )
 
 
+ACCURACY_NEEDS_LABELS_MESSAGE = (
+    "quality.metric accuracy needs labelled evaluation data: of the builtin models only "
+    "digits-cnn brings labels, and synthetic inputs have none; name a dataset with labels in "
+    "quality.dataset (__labels__, or `label` per JSON line), or gate on cosine or "
+    "max-abs-error"
+)
+
+
+def _accuracy_has_labels(spec: BakingJobSpec) -> bool:
+    """What the spec alone shows: with the builtin dataset and the default workflow, only
+    digits-cnn's own data is labelled (a Workflow's import params may name data of its own)."""
+    return (
+        spec.quality.metric != "accuracy"
+        or spec.quality.dataset != "builtin"
+        or spec.workflow_ref is not None
+        or spec.model.source.builtin == "digits-cnn"
+    )
+
+
 class BakingJobSpec(WireModel):
     """The model, the workflow and lane to bake it with, and what the result must meet."""
 
@@ -454,6 +473,17 @@ class BakingJobSpec(WireModel):
         default=None,
         description="Where the package is delivered once baked: by `bakeline run` itself, in "
         "a cluster by a delivery pod (status.output, condition Delivered).",
+    )
+
+    cel_rules = (
+        Rule(
+            "self.quality.metric != 'accuracy' || self.quality.dataset != 'builtin' "
+            "|| has(self.workflowRef) "
+            "|| (has(self.model.source.builtin) && self.model.source.builtin == 'digits-cnn')",
+            ACCURACY_NEEDS_LABELS_MESSAGE,
+            _accuracy_has_labels,
+            field_path=".quality.metric",
+        ),
     )
 
 
