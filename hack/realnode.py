@@ -398,7 +398,8 @@ class RealNode:
         """Import an OCI or docker archive into the CRI plugin's namespace; no pull. With a
         `reference`, make sure the image answers to it as a pod names it (an OCI archive may
         carry only a tag, which ctr prefixes with `import-DATE`)."""
-        result = self.ctr("images", "import", "--all-platforms", str(archive))
+        # Gigabytes for the project's image: unpacking it takes minutes.
+        result = self.ctr("images", "import", "--all-platforms", str(archive), timeout=3600)
         if result.returncode != 0:
             raise NodeError(f"ctr images import {archive} failed: {result.stderr.strip()}")
         if reference is not None:
