@@ -229,6 +229,8 @@ class LeaderElector:
         # which only ever shortens how long this process believes it leads.
         now = self.clock()
         timeout = config.renew_deadline_s
+        if self.leading and self._renew_optimistically(now, timeout):
+            return True
         lease = self.kube.read_lease(config.namespace, config.name, timeout)
         if lease is None:
             self.observation = None
@@ -244,6 +246,7 @@ class LeaderElector:
         else:
             written = self.kube.replace_lease(config.namespace, config.name, body, timeout)
         if written is None:  # 409: someone wrote first; the next round reads what they wrote
+            log.info("lease %s conflicted (409): another write came first", action.value)
             return False
         self.observation = Observation(LeaseRecord.from_lease(written), now)
         self.renewed_at = now
@@ -258,7 +261,24 @@ class LeaderElector:
             )
         return True
 
+    def _renew_optimistically(self, now: float, timeout: float) -> bool:
+        """A leader renews at the version of its own last write, without reading first (as
+        client-go does): one request, not two, so a busy process renews sooner. A 409 means
+        the Lease changed since: the caller reads it."""
+        observation = self.observation
+        if observation is None or observation.record.holder != self.config.identity:
+            return False
+        body = lease_body(self.config, Action.RENEW, observation.record, self.wall())
+        written = self.kube.replace_lease(self.config.namespace, self.config.name, body, timeout)
+        if written is None:
+            return False
+        self.last_action = Action.RENEW
+        self.observation = Observation(LeaseRecord.from_lease(written), now)
+        self.renewed_at = now
+        return True
+
     async def _round(self, timeout: float) -> bool:
+        began = self.clock()
         try:
             return await asyncio.wait_for(
                 asyncio.to_thread(self.try_acquire_or_renew), timeout=max(timeout, 0.01)
@@ -267,6 +287,10 @@ class LeaderElector:
             log.warning("lease round took longer than %.1fs", timeout)
         except Exception as exc:  # the API server down or refusing: try again, the clock runs
             log.warning("lease round failed: %s", exc)
+        finally:
+            took = self.clock() - began
+            if took > self.config.retry_period_s:  # what eats into the renew deadline
+                log.warning("lease round took %.2fs", took)
         return False
 
     def _retry_wait(self) -> float:
@@ -294,7 +318,10 @@ class LeaderElector:
             self._watch(on_lost)
         try:
             while True:
+                slept = self.clock()
                 await self.sleep(config.retry_period_s)
+                if self.clock() - slept > config.retry_period_s + 1.0:
+                    log.warning("the event loop stalled: %.2fs", self.clock() - slept)
                 assert self.renewed_at is not None, "keep_leading follows acquire"
                 left = config.renew_deadline_s - (self.clock() - self.renewed_at)
                 if await self._round(left):

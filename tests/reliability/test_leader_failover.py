@@ -10,7 +10,7 @@ Lease only after the previous one was dead, never sooner than the lease could ha
 Takeover time is measured from the SIGKILL to the new holder's acquireTime (its own clock, the
 same machine's) and to its first reconcile pass (its /metrics, sampled every 0.2 s).
 
-The Lease settings are short (4 s / 3 s / 0.5 s instead of 15 s / 10 s / 2 s), so ten takeovers
+The Lease settings are short (7 s / 5 s / 0.5 s instead of 15 s / 10 s / 2 s), so ten takeovers
 fit in a few minutes; takeover time scales with the lease duration. The stages are the scripted
 agent's (tests/support/scripted_agent.py), each sleeping STAGE_SLEEP_S.
 """
@@ -50,7 +50,9 @@ STAGES = ("import", "graph", "quantize", "package")
 AGENTS = ("BakingCoordinator", "GraphOptimizer", "ModelOptimizer", "DeploymentPreparer")
 STAGE_SLEEP_S = 2.5
 RUNNING_AT_ONCE = 4  # the lane's maxConcurrentJobs: the 20 jobs outlast the 10 kills
-LEASE_S, RENEW_DEADLINE_S, RETRY_S = 4, 3.0, 0.5
+# Short, for ten takeovers in a few minutes; the deadline's margins are the defaults' in
+# spirit: renewals on this loaded 2-core machine were seen to stall for over 3 s.
+LEASE_S, RENEW_DEADLINE_S, RETRY_S = 7, 5.0, 0.5
 LEASE_NAME = "bakeline-operator"  # the flag's default
 STAGE_PODS = "bakeline.io/component=stage"  # not the fetch pods that copy packages out
 SEED = int(os.environ.get("BAKELINE_CHAOS_SEED", "27"))
@@ -137,6 +139,7 @@ class Observed:
 
     pods: list[tuple[float, str, str, tuple[str, str, int]]] = field(default_factory=list)
     holders: list[tuple[float, str, int, float | None]] = field(default_factory=list)
+    renewals: list[tuple[str, float]] = field(default_factory=list)  # holder, renewTime
     samples: list[tuple[float, dict[str, tuple[float, float]]]] = field(default_factory=list)
     first_pass: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -194,6 +197,8 @@ def observed(
 
     def on_lease(kind: str, lease: Any) -> None:
         holder = lease.spec.holder_identity or ""
+        if lease.spec.renew_time:
+            seen.renewals.append((holder, lease.spec.renew_time.timestamp()))
         if holder != seen.holder():
             acquired = lease.spec.acquire_time
             seen.holders.append(
@@ -372,15 +377,24 @@ def test_leader_sigkilled_ten_times_during_twenty_jobs_fails_over_without_doubli
         c.identity: last.get(c.identity) for c in never_led if last.get(c.identity, 0.0) > 0
     }
     # Each new holder took the Lease after its predecessor died, and not before the lease
-    # could have expired (its last renewal was at most a retry period before the kill).
+    # could have expired: a lease duration after the predecessor's last renewal (renewTime and
+    # acquireTime are written from this machine's one clock).
     takeover, first_pass, early = [], [], []
     for kill in kills:
         acquired = next(a for _, who, _, a in observed.holders if who == kill["by"])
         assert acquired is not None
         takeover.append(acquired - kill["at"])
-        if acquired - kill["at"] < LEASE_S - 1.2 * RETRY_S - 0.1:
-            early.append(kill)
+        last_renewal = max(t for who, t in observed.renewals if who == kill["killed"])
+        if acquired < kill["at"] or acquired - last_renewal < LEASE_S - 0.01:
+            early.append({**kill, "acquired": acquired, "last_renewal": last_renewal})
         first_pass.append(observed.first_pass.get(kill["by"], float("inf")) - kill["at"])
+    # How close the leaders came to their renew deadline: the longest gap between two
+    # renewals of one term.
+    gaps_s = [
+        b - a
+        for (who_a, a), (who_b, b) in zip(observed.renewals, observed.renewals[1:], strict=False)
+        if who_a == who_b and b > a
+    ]
     exited_alone = {
         c.identity: c.process.returncode
         for c in candidates.values()
@@ -406,6 +420,12 @@ def test_leader_sigkilled_ten_times_during_twenty_jobs_fails_over_without_doubli
         "total_s": round(took, 1),
         "jobs_done_at_each_kill": [k["jobs_done"] for k in kills],
         "lease_transitions": observed.holders[-1][2] if observed.holders else None,
+        "renewals": len(gaps_s) + 1,
+        "renewal_gap_s": {
+            "p50": round(statistics.median(gaps_s), 2),
+            "p99": round(_percentile(gaps_s, 0.99), 2),
+            "max": round(max(gaps_s), 2),
+        },
         "samples": len(observed.samples),
     }
     print("leader failover:", json.dumps(figures))
@@ -445,15 +465,12 @@ def test_a_leader_that_finds_the_lease_taken_stops_at_once_with_status_1(
 
     wait_for(lambda: holder() == leader.identity, 60, what="operator-a to lead")
     wait_for(lambda: (leader.sample() or (0.0, 0.0))[0] == 1.0, 30, what="bakeline_leader 1")
-
-    def take() -> bool:
-        # At the version read: the leader renews every 0.5 s, so a write may meet a 409.
-        lease = get(cluster, "lease", LEASE_NAME, namespace)
-        lease["spec"]["holderIdentity"] = "intruder"
-        done = cluster.kubectl("replace", "-f", "-", input=json.dumps(lease), check=False)
-        return done.returncode == 0
-
-    wait_for(take, 20, interval=0.05, what="the Lease taken")
+    # A merge patch, unconditional: a read-then-write from here would keep meeting 409s, the
+    # leader renewing every 0.5 s on a machine where kubectl takes longer than that to start.
+    patch = {"spec": {"holderIdentity": "intruder"}}
+    cluster.kubectl(
+        "patch", "lease", LEASE_NAME, "-n", namespace, "--type=merge", "-p", json.dumps(patch)
+    )
     taken = time.monotonic()
     leader.process.wait(timeout=RENEW_DEADLINE_S + 10)
     stopped = time.monotonic() - taken

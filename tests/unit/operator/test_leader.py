@@ -54,17 +54,20 @@ class FakeLeases:
         self.version = 0
         self.failing = False  # the API server unreachable
         self.writes: list[str] = []  # holder of each accepted write
+        self.calls: list[str] = []  # every request, by verb
 
     def _check(self) -> None:
         if self.failing:
             raise ConnectionError("API server unreachable")
 
     def read_lease(self, namespace: str, name: str, timeout: float | None = None) -> Any:
+        self.calls.append("get")
         self._check()
         lease = self.leases.get(name)
         return copy.deepcopy(lease) if lease else None
 
     def create_lease(self, body: dict[str, Any], timeout: float | None = None) -> Any:
+        self.calls.append("create")
         self._check()
         name = body["metadata"]["name"]
         if name in self.leases:
@@ -74,6 +77,7 @@ class FakeLeases:
     def replace_lease(
         self, namespace: str, name: str, body: dict[str, Any], timeout: float | None = None
     ) -> Any:
+        self.calls.append("update")
         self._check()
         current = self.leases.get(name)
         if (
@@ -244,6 +248,25 @@ def test_of_two_candidates_taking_over_at_once_the_api_server_admits_one() -> No
     assert leases.holder() == "a"
 
 
+def test_a_leader_renews_with_one_request_and_reads_only_after_a_conflict() -> None:
+    async def scenario() -> FakeLeases:
+        leases, clock = FakeLeases(), FakeClock()
+        a = elector(leases, clock, "a")
+        await a.acquire()
+        assert leases.calls == ["get", "create"]
+        leases.calls.clear()
+        assert a.try_acquire_or_renew()
+        assert leases.calls == ["update"]  # at the version of its own last write
+        # Changed behind its back (here: relabelled): the blind write is refused, it reads.
+        leases.leases["lease"]["metadata"]["resourceVersion"] = "50"
+        leases.calls.clear()
+        assert a.try_acquire_or_renew() and a.last_action is Action.RENEW
+        assert leases.calls == ["update", "get", "update"]
+        return leases
+
+    assert asyncio.run(scenario()).holder() == "a"
+
+
 def test_two_candidates_creating_at_once_one_wins() -> None:
     leases, clock = FakeLeases(), FakeClock()
     a, b = elector(leases, clock, "a"), elector(leases, clock, "b")
@@ -299,6 +322,7 @@ def test_a_leader_that_finds_the_lease_changed_hands_meanwhile_stops() -> None:
         lease = leases.leases["lease"]
         lease["spec"]["holderIdentity"] = ""
         lease["spec"]["leaseTransitions"] = 2
+        lease["metadata"]["resourceVersion"] = "98"
         reasons: list[str] = []
         await a.keep_leading(reasons.append)
         return reasons
