@@ -342,6 +342,12 @@ class RealNode:
         check_prerequisites()
         if not self.plane.node_token:
             raise NodeError("the control plane has no node token: start it with this checkout")
+        # One real node per machine: the bridge, its subnet and the DNAT rule are the machine's.
+        if other := _running_kubelet(exclude=self.kubelet_pid):
+            raise NodeError(
+                f"another real node's kubelet runs here (pid {other}): `hack/realnode down` "
+                "it, or let its test session finish"
+            )
         self.stop()
         binaries = ensure_binaries(("kubelet", "kube-scheduler"), log)
         pause = pause_archive(log)
@@ -552,7 +558,8 @@ state = "{state}"
             ):
                 pass  # every copy a crashed run may have left
             self.dnat_port = 0
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+            # Only a node that set the network up takes it down: never another node's bridge.
+            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
     def _unmount_all(self) -> None:
         """Overlay and tmpfs mounts containerd and kubelet left under the work directory."""
@@ -666,6 +673,20 @@ state = "{state}"
             )
         self._children.append(child)
         return child.pid
+
+
+def _running_kubelet(exclude: int = 0) -> int:
+    """The pid of a kubelet registered as NODE_NAME on this machine, other than `exclude`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == exclude:
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"--hostname-override={NODE_NAME}".encode() in cmdline and _pid_alive(int(proc.name)):
+            return int(proc.name)
+    return 0
 
 
 def _stop_group(pid: int) -> None:

@@ -82,15 +82,21 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
 
 
 @pytest.fixture(scope="session")
-def real_node(real_cluster: ControlPlane) -> Iterator[RealNode]:
+def real_node(
+    real_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealNode]:
     """The node, Ready, with the test image imported. Its work directory is short: the
-    containerd socket's path must fit a unix socket address (108 bytes)."""
+    containerd socket's path must fit a unix socket address (108 bytes). The logs of
+    containerd, kubelet and kube-scheduler are kept in the session's temporary directory."""
     workdir = Path(tempfile.mkdtemp(prefix="bkl-node-"))
     try:
         with node_running(workdir, real_cluster, log=lambda m: print(m, flush=True)) as node:
             node.import_image(test_image_archive())
             yield node
     finally:
+        logs = tmp_path_factory.mktemp("real-node-logs")
+        for log in workdir.glob("*.log"):
+            shutil.copy(log, logs / log.name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
