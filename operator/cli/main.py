@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-cache", action="store_true", help="run every stage, even when a result is cached"
     )
+    run.add_argument(
+        "--output",
+        metavar="URI",
+        help="deliver the package here instead of the job's spec.output: a folder (relative "
+        "to the current directory), file:///DIR, s3://BUCKET/PREFIX or oci://REGISTRY/REPO[:TAG]",
+    )
     _add_cluster_commands(commands)
     return parser
 
@@ -227,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("bakeline stage: give the agent command after --", file=sys.stderr)
             return EXIT_INVALID_INPUT
         return run_stage(agent)
-    from bakeline.cli.manifests import InputError, load_job_file
+    from bakeline.cli.manifests import InputError, load_job_file, with_output
     from bakeline.cli.run import RunOptions, run_job
 
     command = tuple(shlex.split(os.environ.get(_AGENT_COMMAND_ENV, "bakeline-agent")))
@@ -238,7 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent_command=command,
     )
     try:
-        return run_job(load_job_file(args.file), options, sys.stderr, sys.stdout)
+        job_file = load_job_file(args.file)
+        if args.output:
+            job_file = with_output(job_file, args.output)
+        return run_job(job_file, options, sys.stderr, sys.stdout)
     except InputError as exc:
         print(f"bakeline run: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT

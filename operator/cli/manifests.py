@@ -6,6 +6,7 @@ refuse, with the same messages, and names the document and field at fault.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,17 @@ def load_job_file(path: Path) -> JobFile:
             f"document to the file, or drop workflowRef to use the built-in default"
         )
     return JobFile(path, job, workflow, lanes, tuple(notes))
+
+
+def with_output(job_file: JobFile, uri: str) -> JobFile:
+    """The job file with its spec.output replaced by `uri` (`bakeline run --output`): a URI
+    as spec.output.uri takes it, or a folder, relative to the current directory."""
+    if "://" not in uri:
+        uri = Path(uri).resolve().as_uri()
+    document = job_file.job.to_wire()
+    document["spec"]["output"] = {"uri": uri}
+    job = _validate(BakingJob, document, f"--output {uri}")
+    return dataclasses.replace(job_file, job=job)
 
 
 def _validate(model: Any, document: dict[str, Any], where: str) -> Any:

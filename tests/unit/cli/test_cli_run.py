@@ -365,3 +365,25 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(
     report = _report(workdir)
     assert report["phase"] == "Succeeded"
     assert next(s for s in report["stages"] if s["name"] == "quantize")["attempts"] == 1
+
+
+def test_output_delivers_to_a_folder_relative_to_where_it_is_run(
+    tmp_path: Path,
+    agent_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--output replaces the job's spec.output for this run; a plain path is relative to the
+    current directory (not to the job file), and a bad URI is refused before anything runs."""
+    job = _job_file(tmp_path)
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert _run(job, "--workdir", tmp_path / "wd", "--output", "models/digits") == 0
+    report = _report(tmp_path / "wd")
+    assert report["output"]["uri"] == (here / "models" / "digits").as_uri()
+    assert (here / "models" / "digits" / "manifest.json").is_file()
+    capsys.readouterr()
+    assert _run(job, "--workdir", tmp_path / "wd2", "--output", "ftp://x/y") == 2
+    assert "--output ftp://x/y" in capsys.readouterr().err
+    assert not (tmp_path / "wd2" / "report.json").exists()
