@@ -173,7 +173,7 @@ class InferenceServer:
             if datatype != expected:
                 raise RequestError(400, f"input {name}: datatype {datatype}, expected {expected}")
             try:
-                array = np.asarray(tensor.get("data"), dtype=NUMPY[datatype])
+                array: np.ndarray = np.asarray(tensor.get("data"), dtype=NUMPY[datatype])
                 feeds[name] = array.reshape([int(d) for d in tensor.get("shape") or []])
             except (KeyError, TypeError, ValueError) as exc:
                 raise RequestError(400, f"input {name}: {exc}") from exc
@@ -188,14 +188,15 @@ class InferenceServer:
         unknown = sorted(set(wanted) - set(results))
         if unknown:
             raise RequestError(400, f"unknown outputs {unknown}; outputs: {sorted(results)}")
-        answer = {"model_name": self.name, "model_version": "1", "outputs": []}
+        answer: dict[str, Any] = {"model_name": self.name, "model_version": "1"}
         if request.get("id") is not None:
             answer["id"] = request["id"]
+        outputs: list[dict[str, Any]] = []
         for name, value in results.items():
             if wanted and name not in wanted:
                 continue
             datatype = next(o["datatype"] for o in self.outputs if o["name"] == name)
-            answer["outputs"].append(
+            outputs.append(
                 {
                     "name": name,
                     "datatype": datatype,
@@ -203,6 +204,7 @@ class InferenceServer:
                     "data": value.reshape(-1).tolist(),
                 }
             )
+        answer["outputs"] = outputs
         return answer
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
