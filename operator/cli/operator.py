@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import kopf
 from aiohttp import web
@@ -152,7 +152,11 @@ async def _operate(
         elector = LeaderElector(Kube(client.ApiClient()), election)
         # kopf's liveness endpoint starts with kopf, after the Lease is won: until then the
         # probes get this one, so that a standby is not restarted for standing by.
-        standby = await _serve_standby_health(health_port) if health_port else None
+        standby = (
+            await _serve_standby_health(health_port, lambda: elector.looked)
+            if health_port
+            else None
+        )
         await elector.acquire()
         if standby is not None:
             await standby.cleanup()
@@ -172,11 +176,15 @@ async def _operate(
             renewing.cancel()
 
 
-async def _serve_standby_health(port: int) -> web.AppRunner:
-    """/healthz while standing by: this event loop answers, so the process is alive."""
+async def _serve_standby_health(port: int, looked: Callable[[], bool]) -> web.AppRunner:
+    """/healthz while standing by: this event loop answers, so the process is alive; 503 until
+    it has read the Lease once, since a standby's wait for an expiry starts at its first look
+    (so a rollout, or the disruption budget, does not count it as ready before that)."""
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"leader": False})
+        return web.json_response(
+            {"leader": False, "looked": looked()}, status=200 if looked() else 503
+        )
 
     server = web.Application()
     server.router.add_get("/healthz", healthz)

@@ -218,6 +218,9 @@ class LeaderElector:
         self.renewed_at: float | None = None  # our last successful write, by `clock`
         self.leading = False
         self.last_action: Action | None = None
+        # Whether a read of the Lease has answered: a candidate's clock on the record starts
+        # at its first look, so one that has not looked cannot take over in time.
+        self.looked = False
         self._stopped = threading.Event()
         self._losing = threading.Lock()  # the loop and the watchdog may both find it lost
 
@@ -232,6 +235,7 @@ class LeaderElector:
         if self.leading and self._renew_optimistically(now, timeout):
             return True
         lease = self.kube.read_lease(config.namespace, config.name, timeout)
+        self.looked = True
         if lease is None:
             self.observation = None
         else:

@@ -209,7 +209,9 @@ def test_one_leader_then_the_other_after_the_lease_expires() -> None:
         a, b = elector(leases, clock, "a"), elector(leases, clock, "b")
         await a.acquire()
         assert a.leading and leases.holder() == "a" and LEADER._value.get() == 1
+        assert not b.looked  # its /healthz says 503 until it has looked once
         assert not b.try_acquire_or_renew()  # b sees a's fresh lease and waits
+        assert b.looked
         assert a.try_acquire_or_renew() and a.last_action is Action.RENEW
         renewed_at = clock.now
         # a dies: b takes over once the record has not changed for 15 s, not sooner.
