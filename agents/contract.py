@@ -67,6 +67,7 @@ class ModelSpec(_JobPart):
     format: str | None = None
     local_path: str | None = Field(default=None, alias="localPath")
     sha256: str | None = None
+    input_shapes: dict[str, list[int]] | None = Field(default=None, alias="inputShapes")
 
     @property
     def builtin(self) -> str | None:

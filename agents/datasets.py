@@ -10,7 +10,8 @@ mounted read-only). The format is told by the bytes, not the name:
   array (a pickle inside) is refused, and members bigger than `MAX_BYTES` are refused unread.
 - **JSON lines**: one object a line, either `{"text": "..."}` (tokenized with the model's
   tokenizer: only a model that ships one, such as the builtin minilm-l6) or token ids and any
-  other inputs by name (`{"input_ids": [...], "attention_mask": [...]}`), right-padded here.
+  other inputs by name (`{"input_ids": [...], "attention_mask": [...]}`), right-padded here;
+  a mask left out is the ids' lengths.
 
 Labels are optional: `__labels__` (an array) or `"label"` (a JSON lines field). A pickle, a
 `.npy`, or anything else is refused with what is accepted. `split` divides the rows into
@@ -23,6 +24,7 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -189,6 +191,11 @@ def _jsonl(
         arrays.update(_tokenize(tokenizer, [str(row[TEXT]) for row in rows], max_length))
     else:
         for name in input_names:
+            ids = _ids_beside_mask(rows, input_names) if name == MASK else None
+            if ids is not None and not any(name in row for row in rows):
+                # Right-padded for you, so the mask is the ids' own lengths: no need to write it.
+                arrays[name] = _pad([[1] * len(row[ids]) for row in rows], name)
+                continue
             if not all(name in row for row in rows):
                 raise InvalidInput(
                     f"every JSON line needs `{name}` (the model's inputs are {input_names}), "
@@ -200,6 +207,15 @@ def _jsonl(
             raise InvalidInput("some JSON lines have a `label` and some do not: label all or none")
         arrays[LABELS] = np.asarray(labels)
     return arrays
+
+
+def _ids_beside_mask(rows: list[dict[str, Any]], input_names: list[str]) -> str | None:
+    """The input whose lengths make the attention mask: the first other input every line
+    gives as a flat list of ids."""
+    for name in input_names:
+        if name != MASK and all(isinstance(row.get(name), list) for row in rows):
+            return name
+    return None
 
 
 def _pad(values: list[object], name: str) -> np.ndarray:

@@ -16,7 +16,8 @@ model gets synthetic inputs shaped as real ones (`bakeline.agents.synthetic`), w
 
 Params:
   calibrationSamples / evaluationSamples (int): sizes of synthetic data for user models.
-  inputShapes ({input: [dims without batch]}): for user models whose shapes are not recorded.
+  inputShapes ({input: [dims without batch]}): for user models whose shapes are not recorded;
+    the job's spec.model.inputShapes, when set, wins.
   inputRoles ({input: tokens|mask|segments|values}): what synthetic data each input gets,
     where inferring it from the graph and the names would guess wrong.
   dataset (path): a dataset file as quality.dataset takes it, for a custom Workflow; the job's
@@ -198,6 +199,8 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 model = BUILTINS[spec.builtin]()
             imported = self._import_builtin(model, out.directory, build.seconds, dataset)
         elif spec.local_path:
+            if spec.input_shapes:  # the job's field wins over a Workflow's param
+                params = params.model_copy(update={"input_shapes": spec.input_shapes})
             imported = self._import_file(
                 Path(spec.local_path), spec.sha256, spec.format, params, out.directory, dataset
             )
@@ -218,8 +221,16 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         runner: OutputsRunner = extra.pop("runner")
         tokens: list[str] = extra.pop("tokens")
         with Stopwatch() as ref_time:
-            ref_cal = run_outputs(runner, calibration, token_level=tokens)
-            ref_eval = run_outputs(runner, evaluation, token_level=tokens)
+            try:
+                ref_cal = run_outputs(runner, calibration, token_level=tokens)
+                ref_eval = run_outputs(runner, evaluation, token_level=tokens)
+            except Exception as exc:  # a user's model that fails on its data: not transient
+                if spec.builtin:
+                    raise
+                raise InvalidInput(
+                    f"the model does not run over the data in batches: {exc}; check the "
+                    "data's shapes against the model's inputs"
+                ) from exc
         _check_outputs(ref_cal, "calibration data")
         _check_outputs(ref_eval, "evaluation data")
         calibration.save(out.path(CALIBRATION))
@@ -394,6 +405,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             raise
         except Exception as exc:  # what a damaged file makes the loaders raise
             raise InvalidInput(f"{path.name} does not load as {fmt}: {exc}") from exc
+        _refuse_static_sequence(inputs)
         names = [spec.name for spec in inputs]
         try:
             runner = open_outputs(target, fmt, names)
@@ -464,6 +476,7 @@ def _signature(
     """Input/output specs (a dynamic dimension by its name, e.g. "batch", "s0"), the weights
     and what the graph says of the inputs (embedding tables, dimension ranges) of a user model."""
     shapes = params.input_shapes or {}
+    static: list[tuple[str, list[int | str]]] = []  # inputs whose batch is a number
     if fmt == "onnx":
         model = onnx.load(str(path))
         inits = {i.name for i in model.graph.initializer}
@@ -471,6 +484,9 @@ def _signature(
         for i in model.graph.input:
             if i.name in inits:
                 continue
+            first = i.type.tensor_type.shape.dim[:1]
+            if first and first[0].dim_value > 0:
+                static.append((i.name, [d.dim_value or "?" for d in i.type.tensor_type.shape.dim]))
             dims: list[int | str] = [
                 d.dim_value or _dim_name(d.dim_param or f"{i.name}_{axis}")
                 for axis, d in enumerate(i.type.tensor_type.shape.dim[1:], 1)
@@ -493,6 +509,7 @@ def _signature(
             )
             for o in model.graph.output
         ]
+        _refuse_static_batch(static)
         weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         return inputs, outputs, weights, onnx_hints(model)
     if fmt == "exported-program":
@@ -504,6 +521,9 @@ def _signature(
             name = getattr(spec.arg, "name", "input")
             node = next(n for n in program.graph.nodes if n.name == name)
             val = node.meta.get("val")
+            whole = list(getattr(val, "shape", []))
+            if whole and isinstance(whole[0], int):
+                static.append((name, [d if isinstance(d, int) else str(d) for d in whole]))
             dims = [
                 int(d) if isinstance(d, int) else _dim_name(str(d))
                 for d in getattr(val, "shape", [])[1:]
@@ -512,15 +532,72 @@ def _signature(
             inputs.append(
                 TensorSpec(name=name, dtype=dtype, shape=["batch", *shapes.get(name, dims)])
             )
+        _refuse_static_batch(static)
         weights = {k: v.detach().numpy() for k, v in program.state_dict.items()}
         hints = program_hints(program)
         hints.bounds = {_dim_name(k): v for k, v in hints.bounds.items()}
         return inputs, _program_outputs(program), weights, hints
     module = load_torch_module(path, "torchscript")
+    names = _script_inputs(module)
     if not shapes:
-        raise InvalidInput("TorchScript records no input shapes: pass params.inputShapes")
-    inputs = [TensorSpec(name=n, dtype="float32", shape=["batch", *s]) for n, s in shapes.items()]
+        example = ", ".join(f"{name}: [3, 224, 224]" for name in names) or "input: [3, 224, 224]"
+        raise InvalidInput(
+            "a TorchScript file records no input shapes: set spec.model.inputShapes to each "
+            f"input's dims without the batch, by name, e.g. inputShapes: {{{example}}}"
+        )
+    if names and set(shapes) != set(names):
+        raise InvalidInput(
+            f"spec.model.inputShapes names {sorted(shapes)}, but the TorchScript model's "
+            f"forward takes {names}: give a shape for each of those"
+        )
+    # Called positionally: the forward's own order, not the mapping's.
+    inputs = [
+        TensorSpec(name=n, dtype="float32", shape=["batch", *shapes[n]]) for n in names or shapes
+    ]
     return inputs, [], _torch_weights(module), ModelHints()
+
+
+def _refuse_static_sequence(inputs: list[TensorSpec]) -> None:
+    """Batches of padded text are cut to their longest sample (`Dataset.batch`), so a model
+    exported at one sequence length would fail on the first shorter batch, deep in a later
+    stage: say how to export it instead."""
+    mask = next((spec for spec in inputs if spec.name == MASK and len(spec.shape) == 2), None)
+    if mask is None or not isinstance(mask.shape[1], int):
+        return
+    same = [spec.name for spec in inputs if len(spec.shape) == 2 and spec.shape[1] == mask.shape[1]]
+    dynamic = ", ".join(f"'{name}': {{0: batch, 1: sequence}}" for name in same)
+    raise InvalidInput(
+        f"the model is exported with a fixed sequence length of {mask.shape[1]} (input `{MASK}` "
+        f"is {mask.shape}): Bakeline runs padded text at each batch's own length, so export it "
+        "with a dynamic sequence: batch, sequence = torch.export.Dim('batch'), "
+        "torch.export.Dim('sequence'); torch.export.export(model, args, "
+        f"dynamic_shapes={{{dynamic}}})"
+    )
+
+
+def _refuse_static_batch(static: list[tuple[str, list[int | str]]]) -> None:
+    """A model exported at one batch size cannot be run at the target's batch sizes, nor over
+    the data in batches of any size: say how to export it, not what torch or ORT raise later."""
+    if not static:
+        return
+    name, shape = static[0]
+    dynamic = ", ".join(f"'{n}': {{0: batch}}" for n, _ in static)
+    raise InvalidInput(
+        f"the model is exported with a static batch of {shape[0]} (input `{name}` is {shape}): "
+        "Bakeline runs it at target.batchSizes and over the data in batches of any size, so "
+        "export it with a dynamic batch: batch = torch.export.Dim('batch'); "
+        f"torch.export.export(model, args, dynamic_shapes={{{dynamic}}}) (for ONNX, "
+        "dynamic_axes or dynamic_shapes with the batch axis named)"
+    )
+
+
+def _script_inputs(module: torch.nn.Module) -> list[str]:
+    """The names of a scripted module's forward arguments (its schema), `self` left out."""
+    try:
+        arguments = module.forward.schema.arguments  # type: ignore[attr-defined]
+    except AttributeError:
+        return []
+    return [a.name for a in arguments if a.name != "self"]
 
 
 def _program_outputs(program: torch.export.ExportedProgram) -> list[TensorSpec]:

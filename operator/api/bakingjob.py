@@ -172,6 +172,16 @@ class ModelSpec(WireModel):
         description="Format of the model file: exported-program (torch.export .pt2), torchscript "
         "or onnx; auto detects it from the file's bytes. Pickled files are never loaded.",
     )
+    input_shapes: (
+        dict[str, Annotated[list[Annotated[int, Field(ge=1, le=1_000_000)]], Field(max_length=8)]]
+        | None
+    ) = Field(
+        default=None,
+        max_length=32,
+        description="Each input's dims without the batch, by input name, e.g. {image: [3, 224, "
+        "224]}: needed for a TorchScript file (which records no shapes), and fixing the "
+        "dynamic dims of the synthetic inputs of any other model.",
+    )
 
 
 class Target(WireModel):

@@ -132,3 +132,71 @@ def test_a_declared_format_that_the_bytes_contradict_is_refused(
         run_stage("BakingCoordinator", tmp_path / "wrong", job=job)
     job["model"] = {**job["model"], "format": "onnx"}  # type: ignore[dict-item]
     assert run_stage("BakingCoordinator", tmp_path / "right", job=job).manifest.format == "onnx"
+
+
+class _Mlp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(6, 3)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.body(features)
+        return result
+
+
+def test_torchscript_without_shapes_says_to_set_the_jobs_input_shapes(
+    tmp_path: Path, run_stage: StageRunner
+) -> None:
+    path = tmp_path / "mlp.ts"
+    torch.jit.save(torch.jit.script(_Mlp().eval()), str(path))  # type: ignore[no-untyped-call]
+    job = _job(path, sha256_file(path))
+    with pytest.raises(InvalidInput, match=r"set spec\.model\.inputShapes .*\{features: \["):
+        run_stage("BakingCoordinator", tmp_path / "bare", job=job)
+    wrong = {**job, "model": {**job["model"], "inputShapes": {"x": [6]}}}  # type: ignore[dict-item]
+    with pytest.raises(InvalidInput, match=r"forward takes \['features'\]"):
+        run_stage("BakingCoordinator", tmp_path / "wrong", job=wrong)
+    shaped = {**job, "model": {**job["model"], "inputShapes": {"features": [6]}}}  # type: ignore[dict-item]
+    result = run_stage(
+        "BakingCoordinator",
+        tmp_path / "shaped",
+        params={"calibrationSamples": 4, "evaluationSamples": 4},
+        job=shaped,
+    )
+    assert [(t.name, t.shape) for t in result.manifest.inputs] == [("features", ["batch", 6])]
+
+
+def test_a_static_batch_export_is_refused_saying_how_to_export_it(
+    tmp_path: Path, run_stage: StageRunner
+) -> None:
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(_Mlp().eval(), (torch.rand(4, 6),)), str(path))
+    with pytest.raises(InvalidInput, match=r"static batch of 4 .*dynamic_shapes=\{'features'"):
+        run_stage("BakingCoordinator", tmp_path / "out", job=_job(path, sha256_file(path)))
+
+
+class _Tokens(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        weights = attention_mask.unsqueeze(-1).float()
+        result: torch.Tensor = (self.embed(input_ids) * weights).sum(1)
+        return result
+
+
+def test_a_fixed_sequence_length_is_refused_saying_how_to_export_it(
+    tmp_path: Path, run_stage: StageRunner
+) -> None:
+    """Batches of padded text are cut to their longest sample: a fixed length would fail later."""
+    path = tmp_path / "fixed.pt2"
+    batch = torch.export.Dim("batch")
+    ids, mask = torch.ones(2, 12, dtype=torch.int64), torch.ones(2, 12, dtype=torch.int64)
+    program = torch.export.export(
+        _Tokens().eval(),
+        (ids, mask),
+        dynamic_shapes={"input_ids": {0: batch}, "attention_mask": {0: batch}},
+    )
+    torch.export.save(program, str(path))
+    with pytest.raises(InvalidInput, match=r"fixed sequence length of 12 .*1: sequence\}"):
+        run_stage("BakingCoordinator", tmp_path / "out", job=_job(path, sha256_file(path)))

@@ -110,6 +110,20 @@ def test_json_lines_of_token_ids_are_right_padded(tmp_path: Path) -> None:
     assert data.labels is not None and data.labels.tolist() == [1, 1, 0, 0]
 
 
+def test_json_lines_of_token_ids_alone_get_their_mask_from_their_lengths(tmp_path: Path) -> None:
+    rows = [{"input_ids": [7] * n} for n in (2, 5, 1, 3)]
+    (tmp_path / "ids.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data, _ = read_dataset(_uri(tmp_path / "ids.jsonl"), NAMES)
+    assert data.inputs["attention_mask"].tolist() == [
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+    ]
+    real = data.inputs["attention_mask"].astype(bool)
+    assert ((data.inputs["input_ids"] > 0) == real).all()
+
+
 def test_json_lines_of_text_need_the_models_tokenizer(tmp_path: Path) -> None:
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"text": f"s {i}"}) for i in range(5)))
     with pytest.raises(InvalidInput, match="ships no tokenizer"):
