@@ -16,8 +16,8 @@
 # cuDNN's kernels, cuSOLVER, nvJitLink). With the default CPU index (no nvidia-* at all) expect
 # ~2 GB: the CPU wheel is ~0.7 GB installed (estimated; not buildable here).
 # Build time with hack/image on 2 cores: COLD_BUILD cold (base bootstrap, ~3 GB of wheels,
-# layer commits), about 6 minutes after a change to operator/ or agents/ (torch's layer cached),
-# seconds when nothing changed.
+# layer commits), WARM_BUILD after a change to operator/ or agents/ (the dependencies' layers
+# cached), seconds when nothing changed.
 #
 # No C++ compiler is installed (it would add ~0.2 GB): InferenceAccelerator then reports the
 # torch-compile candidate as unavailable and chooses between ONNX Runtime and eager PyTorch.
@@ -50,37 +50,42 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/bakeline
 ENV PATH=/opt/bakeline/bin:$PATH
 
-# torch first and from its own index: the install of Bakeline below then finds torch satisfied
+# torch first and from its own index: the dependencies' install below then finds torch satisfied
 # and never resolves the CUDA build from PyPI. pip's cache is a cache mount, never in a layer,
 # so a rebuild downloads nothing twice.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
-COPY operator/ operator/
-COPY agents/ agents/
-# Runtime dependencies only (no [dev] extra), a regular (non-editable) install; bytecode is
-# compiled here because the runtime root filesystem is read-only.
+# Bakeline's dependencies alone (no [dev] extra), read from pyproject.toml: this layer, and the
+# runtime stage's copy of the venv, stay cached while operator/ and agents/ change.
+COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install . \
-    && pip check \
-    && bakeline --help > /dev/null \
-    && bakeline-agent --help > /dev/null
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+       > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && pip check
 
 # A CUDA torch on a CPU image (PyPI's): what only a GPU run loads goes, so the runtime stage does
 # not copy it. triton (the GPU kernel compiler; no C++ compiler here for torch.compile anyway),
 # cuSOLVER and nvJitLink (dlopened by CUDA linear algebra and sparse kernels), cuDNN's kernel
 # libraries (dlopened by libcudnn.so.9 when a CUDA convolution runs). What libtorch_cuda.so links
 # stays (cudart, cuBLAS, cuFFT, cuSPARSE, NCCL, libcudnn.so.9 ...): torch cannot import without
-# it. pip check ran above, before this; torch must still import and run a convolution after it
-# (-P: /src/operator would shadow the standard library's operator).
+# it. pip check ran above, before this; torch must still import and run a convolution after it.
 RUN if [ "${TORCH_CPU_ONLY}" = 1 ] && pip show triton > /dev/null 2>&1; then \
       pip uninstall -y triton nvidia-cusolver nvidia-nvjitlink \
       && site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
       && find "$site/nvidia/cudnn/lib" -name 'libcudnn_*.so*' -delete \
-      && python -P -c "import torch; print(torch.nn.Conv2d(1, 2, 3)(torch.ones(1, 1, 4, 4)).shape)"; \
+      && python -c "import torch; print(torch.nn.Conv2d(1, 2, 3)(torch.ones(1, 1, 4, 4)).shape)"; \
     fi
+
+COPY setup.py README.md ./
+COPY operator/ operator/
+COPY agents/ agents/
+# Bakeline itself, a regular (non-editable) install with its dependencies all above, into a
+# prefix of its own that the runtime stage lays over the venv: a code change rebuilds a layer of
+# a few MB, not the venv's 4 GB. Bytecode is compiled here: the runtime root is read-only.
+RUN pip install --no-cache-dir --no-deps --prefix /opt/bakeline-app .
 
 # ---------------------------------------------------------------------------- runtime stage
 FROM ${PYTHON_IMAGE}
@@ -95,6 +100,10 @@ RUN groupadd --system --gid 65532 bakeline \
        --shell /usr/sbin/nologin bakeline
 
 COPY --from=builder /opt/bakeline /opt/bakeline
+COPY --from=builder /opt/bakeline-app /opt/bakeline
+# Both commands start from the merged venv (never from /src: operator/ would shadow a module).
+RUN /opt/bakeline/bin/bakeline --help > /dev/null \
+    && /opt/bakeline/bin/bakeline-agent --help > /dev/null
 # The examples, read-only, where the working directory finds them: `bakeline run
 # examples/bakingjob-digits.yaml --workdir /tmp/bake` works in the image as in a checkout.
 COPY examples/ /srv/bakeline/examples/

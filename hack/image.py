@@ -184,9 +184,13 @@ def bootstrap_base(env: Mapping[str, str]) -> str:
 
 
 def python_base(env: Mapping[str, str]) -> str:
-    """The upstream slim base when it is here or can be pulled, else the bootstrapped one."""
+    """The upstream slim base when it is here or can be pulled, else the bootstrapped one (once
+    bootstrapped, no pull is tried again: a warm build needs no network)."""
     if image_exists(UPSTREAM_BASE, env):
         return UPSTREAM_BASE
+    bootstrapped = f"{BASE_REPOSITORY}:{base_recipe_hash()}"
+    if image_exists(bootstrapped, env):
+        return bootstrapped
     pulled = subprocess.run(
         ["podman", "pull", "--quiet", UPSTREAM_BASE],
         env=env,

@@ -3,7 +3,8 @@
 The chart's stage pods run as UID 65532 on a read-only root filesystem with every capability
 dropped and an emptyDir on /tmp; `podman run --read-only --user 65532 --tmpfs /tmp` is that
 container. The digits job bakes there with the issue's command word for word. The first build
-takes about 8 minutes (README, "The image"); later ones reuse hack/image's cache by content hash.
+takes about 12 minutes on 2 cores (README, "The image"); later ones reuse hack/image's cache by
+content hash.
 
 MiniLM bakes in the image too, but takes longer than a CI test should: README gives the command.
 """

@@ -115,9 +115,10 @@ def test_multi_stage_on_a_pinned_slim_python_311(instructions: list[Instruction]
     # The runtime stage installs nothing: it copies the builder's virtual environment.
     assert "pip" not in runtime_runs and "apt-get" not in runtime_runs
     copies = [ins.args for ins in runtime if ins.keyword == "COPY"]
-    # The venv, and the examples (read-only, where `bakeline run examples/...` finds them).
+    # The venv, then Bakeline laid over it (a small layer per code change), then the examples.
     assert copies == [
         "--from=builder /opt/bakeline /opt/bakeline",
+        "--from=builder /opt/bakeline-app /opt/bakeline",
         "examples/ /srv/bakeline/examples/",
     ]
     workdir = [ins.args for ins in runtime if ins.keyword == "WORKDIR"]
@@ -131,8 +132,16 @@ def test_only_runtime_dependencies_are_installed(instructions: list[Instruction]
     for run in installs:
         assert "[dev]" not in run and " -e " not in run, run
         # A cache mount is never part of a layer; pip's cache anywhere else would be.
-        assert run.startswith("--mount=type=cache,target=/root/.cache/pip "), run
-    assert any(re.search(r"pip install \.(\s|$)", run) for run in installs)
+        cache_mount = run.startswith("--mount=type=cache,target=/root/.cache/pip ")
+        assert cache_mount or "--no-cache-dir" in run, run
+    # The dependencies are pyproject.toml's own (never the optional ones), checked by pip; the
+    # project goes on top with nothing more.
+    deps = next(run for run in installs if "requirements.txt" in run)
+    assert "['project']['dependencies']" in deps and "&& pip check" in deps
+    assert any(
+        re.search(r"pip install --no-cache-dir --no-deps --prefix /opt/bakeline-app \.$", run)
+        for run in installs
+    )
 
 
 def test_torch_is_the_cpu_build_from_the_pytorch_index(instructions: list[Instruction]) -> None:
@@ -143,7 +152,7 @@ def test_torch_is_the_cpu_build_from_the_pytorch_index(instructions: list[Instru
     assert '--index-url "${TORCH_INDEX_URL}"' in runs[torch_step]
     assert '"torch==${TORCH_VERSION}"' in runs[torch_step]
     # Before Bakeline's own install, which then finds torch satisfied (no CUDA wheels).
-    project_step = next(i for i, run in enumerate(runs) if re.search(r"pip install \.(\s|$)", run))
+    project_step = next(i for i, run in enumerate(runs) if "requirements.txt" in run)
     assert torch_step < project_step
     # The pinned torch satisfies the project's own requirement.
     torch_req = next(
