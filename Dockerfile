@@ -52,8 +52,9 @@ RUN python -m venv /opt/bakeline
 ENV PATH=/opt/bakeline/bin:$PATH
 
 # torch first and from its own index: the dependencies' install below then finds torch satisfied
-# and never resolves the CUDA build from PyPI. pip's cache is a cache mount, never in a layer,
-# so a rebuild downloads nothing twice.
+# and never resolves the CUDA build from PyPI. pip's cache is a cache mount, never in a layer
+# (BuildKit keeps it between builds; buildah 1.28 was seen to keep it empty, so there the layer
+# cache is what spares a second torch download).
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
