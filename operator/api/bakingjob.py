@@ -380,9 +380,9 @@ class Output(WireModel):
             shows="self.uri",
         ),
         # The cluster's limit: `bakeline run` delivers to folders (and refuses pvc://).
+        # (only folders: an unknown scheme is the rule above's to name)
         Rule(
-            "self.uri.startsWith('s3://') || self.uri.startsWith('oci://') "
-            "|| self.uri.startsWith('pvc://')",
+            "self.uri.matches('^[a-zA-Z][-+.a-zA-Z0-9]*://') && !self.uri.startsWith('file://')",
             OUTPUT_IN_CLUSTER_MESSAGE,
             None,
             field_path=".uri",

@@ -82,23 +82,10 @@ def test_a_run_delivers_its_package_to_a_folder_and_again_writes_nothing(
     assert report["output"]["written"] == [] and len(report["output"]["present"]) == len(files) + 1
 
 
-def _runs_like_the_original(package: Path) -> None:
-    """The delivered model loads in ONNX Runtime and answers a digits-shaped input."""
-    import numpy as np
-    import onnxruntime as ort
-
-    manifest = json.loads((package / "manifest.json").read_text())
-    session = ort.InferenceSession(str(package / manifest["artifact"]))
-    feed = session.get_inputs()[0]
-    batch = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
-    [logits] = session.run(None, {feed.name: batch})[:1]
-    assert logits.shape[0] == 2
-
-
 def test_a_run_delivers_to_s3_and_a_second_writes_nothing(
     repo_root: Path, workdir: Path, tmp_path: Path, s3_server: Any
 ) -> None:
-    from support.storage_servers import s3_client
+    from support.storage_servers import read_s3_package, runs_as_digits, s3_client
 
     client = s3_client(s3_server)
     client.create_bucket(Bucket="models")
@@ -111,16 +98,8 @@ def test_a_run_delivers_to_s3_and_a_second_writes_nothing(
     assert done.returncode == 0, done.stderr[-4000:]
     # Read back with a client of the test's own: every file, then its sha256.
     fetched = tmp_path / "fetched"
-    manifest = json.loads(
-        client.get_object(Bucket="models", Key="digits/v1/manifest.json")["Body"].read()
-    )
-    for entry in manifest["files"]:
-        data = client.get_object(Bucket="models", Key=f"digits/v1/{entry['path']}")["Body"].read()
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
-        (fetched / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
-        (fetched / entry["path"]).write_bytes(data)
-    (fetched / "manifest.json").write_text(json.dumps(manifest))
-    _runs_like_the_original(fetched)
+    read_s3_package(client, "models", "digits/v1", fetched)
+    runs_as_digits(fetched)
 
     again = _run(job, tmp_path, workdir, env)
     assert again.returncode == 0, again.stderr[-4000:]
@@ -137,7 +116,7 @@ def test_a_run_delivers_to_s3_and_a_second_writes_nothing(
 def test_a_run_delivers_to_an_oci_registry_as_an_artifact(
     repo_root: Path, workdir: Path, tmp_path: Path, oci_registry: Any
 ) -> None:
-    from support.storage_servers import docker_config
+    from support.storage_servers import docker_config, pull_oci_package, runs_as_digits
 
     config = tmp_path / "docker"
     config.mkdir()
@@ -151,26 +130,9 @@ def test_a_run_delivers_to_an_oci_registry_as_an_artifact(
 
     # Pulled with the registry's API by hand: the tag names that manifest, each layer's
     # digest is its bytes' sha256, and its title is the file's path in the package.
-    import requests
-
-    auth = (oci_registry.username, oci_registry.password)
-    base = f"{oci_registry.endpoint}/v2/models/digits"
-    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-    answer = requests.get(f"{base}/manifests/v1", auth=auth, headers=accept, timeout=30)
-    assert answer.status_code == 200 and answer.headers["Docker-Content-Digest"] == digest
-    manifest = answer.json()
-    assert manifest["artifactType"] == "application/vnd.bakeline.package.v1"
     pulled = tmp_path / "pulled"
-    for layer in manifest["layers"]:
-        blob = requests.get(f"{base}/blobs/{layer['digest']}", auth=auth, timeout=60).content
-        assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
-        path = pulled / layer["annotations"]["org.opencontainers.image.title"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(blob)
-    assert set(_package_files(pulled)) <= {
-        layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]
-    }
-    _runs_like_the_original(pulled)
+    assert pull_oci_package(oci_registry, "models/digits", "v1", pulled) == digest
+    runs_as_digits(pulled)
 
     again = _run(job, tmp_path, workdir, {"DOCKER_CONFIG": str(config)})
     assert again.returncode == 0, again.stderr[-4000:]

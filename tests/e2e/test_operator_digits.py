@@ -1,7 +1,10 @@
-"""The operator bakes the digits CNN with the real agents in pods run by the node harness."""
+"""The operator bakes the digits CNN with the real agents in pods run by the node harness, then
+delivers the package to a real S3 server and a real OCI registry, where the test reads it back
+with clients of its own and runs the model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,14 +12,29 @@ from typing import Any
 import pytest
 
 from controlplane import ControlPlane
-from support.kube import get, wait_for
+from support.kube import apply, condition, get, wait_for
 from support.node_harness import NodeHarness
+from support.storage_servers import (
+    pull_oci_package,
+    read_s3_package,
+    registry_secret,
+    runs_as_digits,
+    s3_client,
+    s3_secret,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def test_digits_job_is_queued_runs_nine_stages_and_succeeds(
-    cluster: ControlPlane, namespace: str, node: NodeHarness, operator: Any, repo_root: Path
+def test_digits_job_runs_nine_stages_succeeds_and_is_delivered_to_s3_and_oci(
+    cluster: ControlPlane,
+    namespace: str,
+    node: NodeHarness,
+    operator: Any,
+    repo_root: Path,
+    tmp_path: Path,
+    s3_server: Any,
+    oci_registry: Any,
 ) -> None:
     examples = repo_root / "examples"
     for name in ("lanes.yaml", "workflow-default.yaml", "bakingjob-digits.yaml"):
@@ -71,3 +89,43 @@ def test_digits_job_is_queued_runs_nine_stages_and_succeeds(
     described = cluster.kubectl("describe", "bj", "digits-cnn", "-n", namespace).stdout
     for stage in ("import", "quantize", "validate", "package"):
         assert f"stage {stage}:" in described
+
+    # Delivered where serving reads models, the bake done once: a new spec.output is delivered
+    # afresh from the same result.
+    client = s3_client(s3_server)
+    client.create_bucket(Bucket=f"b-{namespace}")
+    s3 = {
+        "uri": f"s3://b-{namespace}/digits/v1",
+        "endpoint": s3_server.endpoint,
+        "credentialsSecret": "s3-writer",
+        "insecure": True,
+    }
+    oci = {
+        "uri": f"oci://{oci_registry.host}/{namespace}/digits:v1",
+        "credentialsSecret": "registry",
+        "insecure": True,
+    }
+    secrets = [s3_secret(s3_server, "s3-writer"), registry_secret(oci_registry, "registry")]
+    apply(cluster, secrets, namespace)
+    for attempt, output in enumerate((s3, oci), start=1):
+        patch = json.dumps([{"op": "add", "path": "/spec/output", "value": output}])
+        cluster.kubectl("patch", "bj", "digits-cnn", "-n", namespace, "--type=json", "-p", patch)
+
+        def delivered(attempt: int = attempt) -> dict[str, Any] | None:
+            job = get(cluster, "bj", "digits-cnn", namespace) or {}
+            out = (job.get("status") or {}).get("output") or {}
+            held = condition(job, "Delivered") or {}
+            done = out.get("attempts") == attempt and held.get("status") == "True"
+            return job if done else None
+
+        shipped = wait_for(delivered, 180, interval=1, what=f"delivery to {output['uri']}")
+        assert shipped["status"]["result"]["sha256"] == result["sha256"]  # not baked again
+        package = tmp_path / f"delivered-{attempt}"
+        if output is s3:
+            read_s3_package(client, f"b-{namespace}", "digits/v1", package)
+        else:
+            digest = pull_oci_package(oci_registry, f"{namespace}/digits", "v1", package)
+            assert shipped["status"]["output"]["digest"] == digest
+        artifact = json.loads((package / "manifest.json").read_text())["artifact"]
+        assert hashlib.sha256((package / artifact).read_bytes()).hexdigest() == result["sha256"]
+        runs_as_digits(package)

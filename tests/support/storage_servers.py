@@ -15,8 +15,10 @@ start failure fails the tests that asked with the reason and the log's tail; not
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,3 +109,56 @@ def registry_secret(server: OCIRegistry, name: str) -> dict[str, Any]:
         "type": "kubernetes.io/dockerconfigjson",
         "data": {".dockerconfigjson": config},
     }
+
+
+def read_s3_package(client: Any, bucket: str, prefix: str, into: Path) -> dict[str, Any]:
+    """Download a delivered package with the test's own S3 client into `into`, each file
+    checked against the sha256 its manifest.json lists; returns that manifest."""
+    manifest = json.loads(
+        client.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read()
+    )
+    for entry in manifest["files"]:
+        data = client.get_object(Bucket=bucket, Key=f"{prefix}/{entry['path']}")["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
+        (into / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (into / entry["path"]).write_bytes(data)
+    (into / "manifest.json").write_text(json.dumps(manifest))
+    return dict(manifest)
+
+
+def pull_oci_package(server: OCIRegistry, repository: str, tag: str, into: Path) -> str:
+    """Pull a delivered package by hand over the distribution API into `into`: each layer's
+    digest is checked against its bytes and written under its title; the package's manifest
+    must list exactly the pulled files. Returns the OCI manifest's digest."""
+    import requests
+
+    auth = (server.username, server.password)
+    base = f"{server.endpoint}/v2/{repository}"
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    answer = requests.get(f"{base}/manifests/{tag}", auth=auth, headers=accept, timeout=30)
+    assert answer.status_code == 200, answer.text
+    oci = answer.json()
+    assert oci["artifactType"] == "application/vnd.bakeline.package.v1"
+    for layer in oci["layers"]:
+        blob = requests.get(f"{base}/blobs/{layer['digest']}", auth=auth, timeout=60).content
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
+        path = into / layer["annotations"]["org.opencontainers.image.title"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+    listed = {e["path"] for e in json.loads((into / "manifest.json").read_text())["files"]}
+    titles = {layer["annotations"]["org.opencontainers.image.title"] for layer in oci["layers"]}
+    assert listed | {"manifest.json"} == titles
+    return str(answer.headers["Docker-Content-Digest"])
+
+
+def runs_as_digits(package: Path) -> None:
+    """The package's model loads in ONNX Runtime and answers a batch of digits-shaped input."""
+    import numpy as np
+    import onnxruntime as ort
+
+    manifest = json.loads((package / "manifest.json").read_text())
+    session = ort.InferenceSession(str(package / manifest["artifact"]))
+    feed = session.get_inputs()[0]
+    batch = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    logits = session.run(None, {feed.name: batch})[0]
+    assert logits.shape == (2, 10)
