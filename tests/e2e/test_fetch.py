@@ -153,7 +153,7 @@ def _verified(out: Path, status: dict[str, Any]) -> bytes:
         data = (out / entry["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
         assert len(data) == entry["sizeBytes"], entry["path"]
-    artifact = (out / manifest["artifact"]).read_bytes()
+    artifact = (out / str(manifest["artifact"])).read_bytes()
     assert hashlib.sha256(artifact).hexdigest() == status["result"]["sha256"]
     return artifact
 

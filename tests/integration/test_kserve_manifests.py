@@ -33,7 +33,7 @@ def _card_yaml(tmp_path: Path, model_name: str) -> str:
     source = cast(InputCheckpoint, SimpleNamespace(manifest=manifest, directory=tmp_path))
     card = model_card(source, {"sizeBytes": 1000.0}, {"intraOpThreads": 2}, "model.onnx")
     [block] = re.findall(r"```yaml\n(.*?)```", card, flags=re.S)
-    return block
+    return str(block)
 
 
 def test_the_model_cards_kserve_objects_pass_kserves_own_schema(

@@ -132,7 +132,7 @@ def pull_oci_package(server: OCIRegistry, repository: str, tag: str, into: Path)
     must list exactly the pulled files. Returns the OCI manifest's digest."""
     import requests
 
-    auth = (server.username, server.password)
+    auth = (str(server.username), str(server.password))
     base = f"{server.endpoint}/v2/{repository}"
     accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
     answer = requests.get(f"{base}/manifests/{tag}", auth=auth, headers=accept, timeout=30)

@@ -98,7 +98,7 @@ def test_a_v2_infer_answers_as_the_agents_session_does(served: Any) -> None:
     [feed] = meta["inputs"]
     assert feed["datatype"] == "FP32" and meta["platform"] == "onnxruntime_onnx"
     batch = np.random.default_rng(2).random((3, *feed["shape"][1:]), dtype=np.float32)
-    request = {
+    request: dict[str, Any] = {
         "id": "r-1",
         "inputs": [_tensor(feed["name"], "FP32", list(batch.shape), batch.ravel().tolist())],
     }
@@ -121,7 +121,7 @@ def test_what_the_server_refuses_it_says_why(served: Any) -> None:
     [feed] = meta["inputs"]
     shape = [2, *feed["shape"][1:]]
     size = int(np.prod(shape))
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"inputs": [_tensor("nope", "FP32", shape, [0.0] * size)]}, "unknown input"),
         ({"inputs": [_tensor(feed["name"], "INT64", shape, [0] * size)]}, "expected FP32"),
         ({"inputs": [_tensor(feed["name"], "FP32", shape, [0.0])]}, "cannot reshape"),
