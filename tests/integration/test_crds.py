@@ -326,7 +326,7 @@ def test_status_subresource_keeps_what_the_models_write_and_columns_show_it(
 
     rows = {
         "bj": (
-            "NAME PHASE LANE PROGRESS SPEEDUP VERIFIED AGE",
+            "NAME PHASE LANE PROGRESS SPEEDUP VERIFIED OUTPUT AGE",
             "minilm-l6 Running standard 4/9 2.5",
         ),
         "ln": ("NAME RUNNING QUEUED FROZEN AGE", "express 1 2 true"),
