@@ -118,7 +118,8 @@ def test_operator_sigkilled_ten_times_during_twenty_jobs_loses_nothing(
     took = time.monotonic() - started
 
     phases = collections.Counter(job["status"]["phase"] for job in jobs.values())
-    pods = items(cluster, "pods", namespace, "-l", "bakeline.io/job")
+    # Stage pods only: a Succeeded Volume-lane job also has its fetch pod (the export).
+    pods = items(cluster, "pods", namespace, "-l", "bakeline.io/job,bakeline.io/stage")
     keys = collections.Counter(
         (
             p["metadata"]["labels"]["bakeline.io/job"],
