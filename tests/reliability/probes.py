@@ -90,3 +90,24 @@ def unverified_checkpoints(
         elif hashlib.sha256(artifact.read_bytes()).hexdigest() != data.get("artifactSha256"):
             problems.append(f"{name}: sha256 of {artifact} differs from the record")
     return len(records), problems
+
+
+# Four uncached stages, one after another: the chain the chaos tests run their jobs through.
+CHAIN_STAGES = ("import", "graph", "quantize", "package")
+CHAIN_AGENTS = ("BakingCoordinator", "GraphOptimizer", "ModelOptimizer", "DeploymentPreparer")
+
+
+def chain_workflow(name: str) -> dict[str, Any]:
+    """A Workflow named `name` running CHAIN_STAGES in order, none served from the cache."""
+    stages = []
+    for i, (stage_name, agent) in enumerate(zip(CHAIN_STAGES, CHAIN_AGENTS, strict=True)):
+        stage: dict[str, Any] = {"name": stage_name, "agent": agent, "cache": False}
+        if i:
+            stage["dependsOn"] = [CHAIN_STAGES[i - 1]]
+        stages.append(stage)
+    return {
+        "apiVersion": "bakeline.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {"stages": stages},
+    }

@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 from e2e.conftest import OperatorProcess
 from reliability.probes import (
+    CHAIN_STAGES,
     TERMINAL,
+    chain_workflow,
     checkpoint_records,
     items,
     unverified_checkpoints,
@@ -38,24 +40,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 API = "bakeline.io/v1alpha1"
 JOBS = 20
 KILLS = 10
-STAGES = ("import", "graph", "quantize", "package")
-AGENTS = ("BakingCoordinator", "GraphOptimizer", "ModelOptimizer", "DeploymentPreparer")
+STAGES = CHAIN_STAGES
 SEED = int(os.environ.get("BAKELINE_CHAOS_SEED", "9"))
-
-
-def _workflow() -> dict[str, Any]:
-    stages = []
-    for i, (name, agent) in enumerate(zip(STAGES, AGENTS, strict=True)):
-        stage: dict[str, Any] = {"name": name, "agent": agent, "cache": False}
-        if i:
-            stage["dependsOn"] = [STAGES[i - 1]]
-        stages.append(stage)
-    return {
-        "apiVersion": API,
-        "kind": "Workflow",
-        "metadata": {"name": "chaos"},
-        "spec": {"stages": stages},
-    }
 
 
 def _job(name: str) -> dict[str, Any]:
@@ -95,7 +81,7 @@ def test_operator_sigkilled_ten_times_during_twenty_jobs_loses_nothing(
         "metadata": {"name": "chaos"},
         "spec": {"maxConcurrentJobs": JOBS, "storage": {"type": "Volume"}},
     }
-    apply(cluster, [lane, _workflow(), _job("reference")], namespace)
+    apply(cluster, [lane, chain_workflow("chaos"), _job("reference")], namespace)
     reference = wait_terminal(cluster, "reference", namespace, 120)
     assert reference["status"]["phase"] == "Succeeded", json.dumps(reference["status"])[-1500:]
     expected = _final_sha(cluster, namespace)["reference"]

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 from e2e.conftest import install_stage_rbac
 from kubernetes import client, watch
-from reliability.probes import TERMINAL, items, wait_terminal
+from reliability.probes import CHAIN_STAGES, TERMINAL, chain_workflow, items, wait_terminal
 
 from controlplane import ControlPlane, free_port
 from support.kube import apply, get, wait_for
@@ -48,8 +48,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 API = "bakeline.io/v1alpha1"
 JOBS = 20
 KILLS = 10
-STAGES = ("import", "graph", "quantize", "package")
-AGENTS = ("BakingCoordinator", "GraphOptimizer", "ModelOptimizer", "DeploymentPreparer")
+STAGES = CHAIN_STAGES
 STAGE_SLEEP_S = 2.5
 RUNNING_AT_ONCE = 4  # the lane's maxConcurrentJobs: the 20 jobs outlast the 10 kills
 # Short, for ten takeovers in a few minutes; the deadline's margins are the defaults' in
@@ -256,21 +255,6 @@ def candidates(tmp_path: Path) -> Iterator[dict[str, Candidate]]:
         candidate.stop()
 
 
-def _workflow() -> dict[str, Any]:
-    stages = []
-    for i, (name, agent) in enumerate(zip(STAGES, AGENTS, strict=True)):
-        stage: dict[str, Any] = {"name": name, "agent": agent, "cache": False}
-        if i:
-            stage["dependsOn"] = [STAGES[i - 1]]
-        stages.append(stage)
-    return {
-        "apiVersion": API,
-        "kind": "Workflow",
-        "metadata": {"name": "ha"},
-        "spec": {"stages": stages},
-    }
-
-
 def _job(name: str) -> dict[str, Any]:
     spec = {"model": {"source": {"builtin": "digits-cnn"}}, "workflowRef": "ha", "laneRef": "ha"}
     return {"apiVersion": API, "kind": "BakingJob", "metadata": {"name": name}, "spec": spec}
@@ -305,7 +289,7 @@ def test_leader_sigkilled_ten_times_during_twenty_jobs_fails_over_without_doubli
         "metadata": {"name": "ha"},
         "spec": {"maxConcurrentJobs": RUNNING_AT_ONCE, "storage": {"type": "Volume"}},
     }
-    apply(cluster, [lane, _workflow()], namespace)
+    apply(cluster, [lane, chain_workflow("ha")], namespace)
     serial = iter(range(1000))
 
     def start() -> Candidate:
