@@ -14,8 +14,10 @@ imported into containerd from an archive (`import_image`), never pulled.
 What the kubelet needs of the control plane is in hack/controlplane.py: the node's token
 (user system:node:NAME in system:nodes), the Node authorizer and NodeRestriction. Pods reach
 the API server at the `kubernetes` Service's address (10.0.0.1:443), which kubelet sets in
-KUBERNETES_SERVICE_HOST: there is no kube-proxy, so one DNAT rule on the pods' bridge sends it
-to the loopback API server (route_localnet on that bridge alone). No DNS.
+KUBERNETES_SERVICE_HOST: there is no kube-proxy, so the node holds that address itself (on `lo`)
+and socat forwards its port 443 to the loopback API server, TLS untouched. A forwarder, not a
+DNAT rule: it needs routing only, no netfilter, which some machines' kernels treat differently
+(a DNAT rule that worked here let CI's pods through to the closed network instead). No DNS.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -60,7 +64,7 @@ SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: first address of the contro
 PAUSE_IMAGE = "localhost/bakeline/pause:3.10"
 NAMESPACE = "k8s.io"  # containerd's namespace for the CRI plugin's images
 READY_TIMEOUT_S = 180.0
-PACKAGES = "containerd runc containernetworking-plugins busybox-static iptables"
+PACKAGES = "containerd runc containernetworking-plugins busybox-static socat"
 
 
 class NodeError(ControlPlaneError):
@@ -82,7 +86,7 @@ def check_prerequisites() -> None:
     """Root, the packages and a cgroup v1 memory controller; raise saying what is missing."""
     missing = [
         name
-        for name in ("containerd", "containerd-shim-runc-v2", "ctr", "iptables", "ip", "mount")
+        for name in ("containerd", "containerd-shim-runc-v2", "ctr", "socat", "ip", "mount")
         if shutil.which(name) is None
     ]
     missing += [str(CNI_BIN_DIR / p) for p in CNI_PLUGINS if not (CNI_BIN_DIR / p).is_file()]
@@ -309,7 +313,7 @@ class RealNode:
     containerd_pid: int = 0
     kubelet_pid: int = 0
     scheduler_pid: int = 0
-    dnat_port: int = 0
+    forwarder_pid: int = 0  # socat: the `kubernetes` Service address to the API server
     started_s: float = 0.0  # how long the last start took, until the Node was Ready
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
@@ -326,7 +330,7 @@ class RealNode:
         return self.workdir / f"{name}.log"
 
     def save(self) -> None:
-        keys = ("containerd_pid", "kubelet_pid", "scheduler_pid", "dnat_port", "started_s")
+        keys = ("containerd_pid", "kubelet_pid", "scheduler_pid", "forwarder_pid", "started_s")
         self.state_file.write_text(json.dumps({k: getattr(self, k) for k in keys}, indent=2))
 
     @classmethod
@@ -342,7 +346,8 @@ class RealNode:
         check_prerequisites()
         if not self.plane.node_token:
             raise NodeError("the control plane has no node token: start it with this checkout")
-        # One real node per machine: the bridge, its subnet and the DNAT rule are the machine's.
+        # One real node per machine: the bridge, its subnet and the Service address are the
+        # machine's.
         if other := _running_kubelet(exclude=self.kubelet_pid):
             raise NodeError(
                 f"another real node's kubelet runs here (pid {other}): `hack/realnode down` "
@@ -368,7 +373,7 @@ class RealNode:
         rule and the mounts under the work directory. Idempotent."""
         if self.containerd_pid and _pid_alive(self.containerd_pid):
             self._kill_all_tasks()
-        for pid in (self.scheduler_pid, self.kubelet_pid, self.containerd_pid):
+        for pid in (self.scheduler_pid, self.kubelet_pid, self.containerd_pid, self.forwarder_pid):
             _stop_group(pid)
         for child in self._children:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -377,7 +382,7 @@ class RealNode:
         self._kill_shims()
         self._teardown_network()
         self._unmount_all()
-        self.containerd_pid = self.kubelet_pid = self.scheduler_pid = 0
+        self.containerd_pid = self.kubelet_pid = self.scheduler_pid = self.forwarder_pid = 0
         if self.workdir.is_dir():
             self.save()
 
@@ -386,6 +391,7 @@ class RealNode:
             ("containerd", self.containerd_pid),
             ("kubelet", self.kubelet_pid),
             ("kube-scheduler", self.scheduler_pid),
+            ("forwarder", self.forwarder_pid),
         ):
             if not pid or not _pid_alive(pid):
                 raise NodeError(f"{name} (pid {pid}) is not running:\n{_tail(self.log_file(name))}")
@@ -531,34 +537,41 @@ state = "{state}"
         (self.workdir / "cni" / "net.d" / "10-bakeline.conflist").write_text(
             json.dumps(conflist, indent=2)
         )
-        # The bridge exists before the first pod, so that route_localnet is set on it alone:
-        # DNAT to 127.0.0.1 is otherwise dropped as a martian.
+        _drop_old_dnat_rules()
         if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
             _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         _run(["ip", "link", "set", BRIDGE, "up"])
-        Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet").write_text("1")
-        self.dnat_port = self.plane.apiserver_port
-        _run(["iptables", "-t", "nat", "-A", "PREROUTING", *self._dnat_rule()])
-
-    def _dnat_rule(self) -> list[str]:
-        return [
-            "-i", BRIDGE, "-d", f"{SERVICE_IP}/32", "-p", "tcp", "--dport", "443",
-            "-m", "comment", "--comment", "bakeline-realnode: kubernetes Service",
-            "-j", "DNAT", "--to-destination", f"127.0.0.1:{self.dnat_port}",
-        ]  # fmt: skip
+        # The Service address is this machine's own (on lo: the bridge plugin allows one IPv4
+        # address on its bridge), so a pod's packet to it is delivered here by routing alone.
+        if SERVICE_IP not in _run(["ip", "-4", "-o", "addr", "show", "dev", "lo"]):
+            _run(["ip", "addr", "add", f"{SERVICE_IP}/32", "dev", "lo"])
+        self.forwarder_pid = self._spawn(
+            "forwarder",
+            [
+                "socat",
+                "-d",
+                "-d",  # each connection in forwarder.log
+                f"TCP4-LISTEN:443,bind={SERVICE_IP},reuseaddr,fork",
+                f"TCP4:127.0.0.1:{self.plane.apiserver_port}",
+            ],
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((SERVICE_IP, 443), 1):
+                return
+            if not _pid_alive(self.forwarder_pid) or time.monotonic() > deadline:
+                raise NodeError(
+                    f"socat is not listening on {SERVICE_IP}:443:\n"
+                    f"{_tail(self.log_file('forwarder'))}"
+                )
+            time.sleep(0.1)
 
     def _teardown_network(self) -> None:
-        if self.dnat_port:
-            while (
-                subprocess.run(
-                    ["iptables", "-t", "nat", "-D", "PREROUTING", *self._dnat_rule()],
-                    capture_output=True,
-                ).returncode
-                == 0
-            ):
-                pass  # every copy a crashed run may have left
-            self.dnat_port = 0
-            # Only a node that set the network up takes it down: never another node's bridge.
+        # Only a node that set the network up takes it down: never another node's bridge.
+        if self.forwarder_pid:
+            subprocess.run(
+                ["ip", "addr", "del", f"{SERVICE_IP}/32", "dev", "lo"], capture_output=True
+            )
             subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
     def _unmount_all(self) -> None:
@@ -702,10 +715,23 @@ def _stop_group(pid: int) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def _run(argv: list[str]) -> None:
+def _drop_old_dnat_rules() -> None:
+    """Delete the DNAT rules an earlier hack/realnode used for the Service address. This
+    machine's kernel outlives sessions and CI runs: a run killed before its teardown left one,
+    and it sent the next run's pods to a closed port ahead of the forwarder."""
+    if shutil.which("iptables") is None:
+        return
+    listed = subprocess.run(["iptables", "-t", "nat", "-S", "PREROUTING"], capture_output=True)
+    for line in listed.stdout.decode().splitlines():
+        if "bakeline-realnode" in line and line.startswith("-A "):
+            _run(["iptables", "-t", "nat", "-D", *shlex.split(line)[1:]])
+
+
+def _run(argv: list[str]) -> str:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise NodeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def kube_root_ca(plane: ControlPlane, namespace: str) -> None:
