@@ -28,8 +28,9 @@ from bakeline.api.workflow import MAX_STAGES
 
 BUILTIN_MODELS = ("minilm-l6", "digits-cnn")
 BuiltinModel = Literal["minilm-l6", "digits-cnn"]
-# What the BakingCoordinator loads (safetensors holds weights without a graph: nothing to bake).
-ModelFormat = Literal["auto", "exported-program", "torchscript", "onnx"]
+# What the BakingCoordinator loads (safetensors alone holds weights without a graph: nothing to
+# bake; a Hugging Face folder's config.json names the graph).
+ModelFormat = Literal["auto", "exported-program", "torchscript", "onnx", "huggingface"]
 Device = Literal["cpu", "cuda"]
 QualityMetric = Literal["cosine", "accuracy", "max-abs-error"]
 JobPhase = Literal[
@@ -53,7 +54,8 @@ class ConfigMapModel(WireModel):
         min_length=1,
         max_length=253,
         pattern=r"^[-._a-zA-Z0-9]+$",
-        description="Key of the ConfigMap holding the model file.",
+        description="Key of the ConfigMap holding the model file (one file: a Hugging Face "
+        "model directory goes on a PersistentVolumeClaim).",
     )
 
 
@@ -61,7 +63,10 @@ class PvcModel(WireModel):
     """A model file on a PersistentVolumeClaim."""
 
     claim_name: ObjectName = Field(description="Name of the claim, in the job's namespace.")
-    path: RelativePath = Field(description="Path of the model file inside the volume, relative.")
+    path: RelativePath = Field(
+        description="Path of the model file inside the volume, relative; or of a Hugging Face "
+        "model directory (config.json, model.safetensors, tokenizer files)."
+    )
 
     cel_rules = (
         Rule(
@@ -86,6 +91,12 @@ def _url_has_host(url: str) -> bool:
     return not url.startswith(("https://", "http://")) or bool(urlparse(url).hostname)
 
 
+HUGGINGFACE_CONFIGMAP_MESSAGE = (
+    "a Hugging Face model directory cannot come from a ConfigMap: a ConfigMap source is one "
+    "file (one key); put the folder on a PersistentVolumeClaim (source.pvc.path names the folder)"
+)
+
+
 class UrlModel(WireModel):
     """A model file by address, for `bakeline run` (file://); its bytes must match sha256.
 
@@ -95,15 +106,17 @@ class UrlModel(WireModel):
     url: str = Field(
         min_length=1,
         max_length=2048,
-        description="file:// path of the model file, for `bakeline run` on one machine. A "
-        "cluster refuses url sources: the operator does not download models.",
+        description="file:// path of the model file (or of a Hugging Face model directory), "
+        "for `bakeline run` on one machine. A cluster refuses url sources: the operator does not "
+        "download models.",
     )
     # Required, but checked by a rule so the API server's message says why (see cel_rules).
     sha256: str | None = Field(
         default=None,
         max_length=64,
-        description="Lowercase hex sha256 of the file (64 characters); a download that does "
-        "not match is refused.",
+        description="Lowercase hex sha256 of the file (64 characters); of a folder, the sha256 "
+        "of `sha256sum` lines over its files sorted by path (`bakeline digest PATH` prints "
+        "either). A source that does not match is refused.",
     )
 
     cel_rules = (
@@ -169,8 +182,10 @@ class ModelSpec(WireModel):
     )
     format: ModelFormat = Field(
         default="auto",
-        description="Format of the model file: exported-program (torch.export .pt2), torchscript "
-        "or onnx; auto detects it from the file's bytes. Pickled files are never loaded.",
+        description="Format of the model: exported-program (torch.export .pt2), torchscript, "
+        "onnx, or huggingface (a model directory: config.json of an architecture transformers "
+        "knows, model.safetensors, tokenizer files; never trust_remote_code); auto detects it "
+        "from the file's bytes, or a folder with config.json. Pickled files are never loaded.",
     )
     input_shapes: (
         dict[str, Annotated[list[Annotated[int, Field(ge=1, le=1_000_000)]], Field(max_length=8)]]
@@ -181,6 +196,15 @@ class ModelSpec(WireModel):
         description="Each input's dims without the batch, by input name, e.g. {image: [3, 224, "
         "224]}: needed for a TorchScript file (which records no shapes), and fixing the "
         "dynamic dims of the synthetic inputs of any other model.",
+    )
+
+    cel_rules = (
+        Rule(
+            "self.format != 'huggingface' || !has(self.source.configMap)",
+            HUGGINGFACE_CONFIGMAP_MESSAGE,
+            lambda m: m.format != "huggingface" or m.source.config_map is None,
+            field_path=".source.configMap",
+        ),
     )
 
 
@@ -212,24 +236,39 @@ class Target(WireModel):
 
 DATASET_URL_MESSAGE = (
     "quality.dataset by url (https://, s3://, ...) is not fetched yet: put the file in a "
-    "ConfigMap (configmap/NAME/KEY) for a cluster, or name a local file (file://PATH) for "
-    "`bakeline run`"
+    "ConfigMap (configmap/NAME/KEY) or on a PersistentVolumeClaim (pvc://CLAIM/PATH) for a "
+    "cluster, or name a local file (file://PATH) for `bakeline run`"
 )
 DATASET_CONFIGMAP_MESSAGE = (
     "a ConfigMap dataset is configmap/NAME or configmap/NAME/KEY: NAME a ConfigMap in the "
     "job's namespace (lowercase DNS name), KEY one of its keys (letters, digits, '-', '_', '.')"
 )
+DATASET_PVC_MESSAGE = (
+    "a PersistentVolumeClaim dataset is pvc://CLAIM/PATH: CLAIM a claim in the job's namespace "
+    "(lowercase DNS name), PATH the file on it (segments of letters, digits, '-', '_', '.', "
+    "none starting with '.')"
+)
 DATASET_IN_CLUSTER_MESSAGE = (
-    "in a cluster quality.dataset is builtin or configmap/NAME[/KEY]: a stage pod cannot read "
-    "a local file (file://, a path); bake it with `bakeline run`, or put the file in a ConfigMap"
+    "in a cluster quality.dataset is builtin, configmap/NAME[/KEY] or pvc://CLAIM/PATH: a stage "
+    "pod cannot read a local file (file://, a path); bake it with `bakeline run`, or put the "
+    "file in a ConfigMap or on a claim"
 )
 _URL_SCHEME = re.compile(r"^[a-zA-Z][-+.a-zA-Z0-9]*://")
 _DNS_SUBDOMAIN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _CONFIGMAP_DATASET = f"^configmap/{_DNS_SUBDOMAIN}(/[-._a-zA-Z0-9]*[-_a-zA-Z0-9][-._a-zA-Z0-9]*)?$"
+# No segment starts with '.': no `..` out of the claim, no hidden file.
+_PVC_DATASET = f"^pvc://{_DNS_SUBDOMAIN}(/[-_a-zA-Z0-9][-._a-zA-Z0-9]*)+$"
 
 
 def _dataset_not_fetched(dataset: str) -> bool:
-    return not _URL_SCHEME.match(dataset) or dataset.startswith("file://")
+    return not _URL_SCHEME.match(dataset) or dataset.startswith(("file://", "pvc://"))
+
+
+def _pvc_dataset_ok(dataset: str) -> bool:
+    if not dataset.startswith("pvc://"):
+        return True
+    claim = dataset.removeprefix("pvc://").split("/")[0]
+    return bool(re.fullmatch(_PVC_DATASET, dataset)) and len(claim) <= 253
 
 
 def _configmap_dataset_ok(dataset: str) -> bool:
@@ -259,6 +298,8 @@ class Quality(WireModel):
         description="Calibration and evaluation inputs. builtin: a builtin model's own data, "
         "synthetic inputs for another (quality then unverified). configmap/NAME[/KEY] (in a "
         "cluster): a ConfigMap key holding the file, mounted read-only into the import stage; "
+        "pvc://CLAIM/PATH (in a cluster): a file on a PersistentVolumeClaim of the job's "
+        "namespace, the claim mounted read-only into the import stage; "
         "file://PATH or a path relative to the job file (`bakeline run`). The file is "
         "safetensors or npz (arrays keyed by input name, optional __labels__; never "
         "unpickled) or JSON lines (text, for a model with a tokenizer, or token ids by input "
@@ -280,7 +321,7 @@ class Quality(WireModel):
     cel_rules = (
         Rule(
             "!self.dataset.matches('^[a-zA-Z][-+.a-zA-Z0-9]*://') "
-            "|| self.dataset.startsWith('file://')",
+            "|| self.dataset.startsWith('file://') || self.dataset.startsWith('pvc://')",
             DATASET_URL_MESSAGE,
             lambda q: _dataset_not_fetched(q.dataset),
             field_path=".dataset",
@@ -292,6 +333,15 @@ class Quality(WireModel):
             "&& self.dataset.split('/')[1].size() <= 253)",
             DATASET_CONFIGMAP_MESSAGE,
             lambda q: _configmap_dataset_ok(q.dataset),
+            field_path=".dataset",
+            shows="self.dataset",
+        ),
+        Rule(
+            "!self.dataset.startsWith('pvc://') "
+            f"|| (self.dataset.matches('{_PVC_DATASET}') "
+            "&& self.dataset.substring(6).split('/')[0].size() <= 253)",
+            DATASET_PVC_MESSAGE,
+            lambda q: _pvc_dataset_ok(q.dataset),
             field_path=".dataset",
             shows="self.dataset",
         ),

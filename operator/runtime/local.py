@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from bakeline import contract
-from bakeline.checkpoints.manifest import sha256_file
+from bakeline.checkpoints.manifest import sha256_file, sha256_path
 from bakeline.contract import TERMINATION_LIMIT, TerminationMessage, parse_termination
 
 _KILL_GRACE_SECONDS = 5.0
@@ -258,7 +258,8 @@ def job_document(
     """The `--job` JSON: the job-level spec parts, with the model resolved to a local file.
 
     `builtin` models pass through (the agents know them); a `url` must be `file://` here (a path
-    relative to `base_dir`, the manifest's folder, is accepted too) and must match its sha256.
+    relative to `base_dir`, the manifest's folder, is accepted too) and must match its sha256
+    (a folder's: `sha256_tree`).
     """
     resolved = dict(model)
     source = dict(model.get("source") or {})
@@ -272,11 +273,16 @@ def job_document(
         path = _local_path(address, base_dir)
         if not expected:
             raise ModelSourceError("a url model source needs its sha256")
-        if not path.is_file():
+        if not path.is_file() and not path.is_dir():
             raise ModelSourceError(f"model file {path} does not exist")
-        actual = sha256_file(path)
+        # A folder (a Hugging Face model directory) by the digest of its files' sha256s.
+        actual = sha256_path(path)
         if actual != expected:
-            raise ModelSourceError(f"model file {path} has sha256 {actual}, expected {expected}")
+            what = "folder" if path.is_dir() else "file"
+            how = " (`bakeline digest` prints a folder's)" if path.is_dir() else ""
+            raise ModelSourceError(
+                f"model {what} {path} has sha256 {actual}, expected {expected}{how}"
+            )
         resolved["localPath"] = str(path)
         resolved["sha256"] = actual
     elif not source.get("builtin"):
@@ -298,9 +304,10 @@ def resolve_dataset(quality: Mapping[str, Any], base_dir: Path) -> dict[str, Any
     dataset = str(resolved.get("dataset") or "builtin")
     if dataset == "builtin":
         return resolved
-    if dataset.startswith("configmap/"):
+    if dataset.startswith(("configmap/", "pvc://")):
+        kind = "a ConfigMap" if dataset.startswith("configmap/") else "a PersistentVolumeClaim"
         raise ModelSourceError(
-            f"quality.dataset {dataset} is a ConfigMap, which the operator mounts in a cluster; "
+            f"quality.dataset {dataset} is {kind}, which the operator mounts in a cluster; "
             "`bakeline run` reads a local file: file://PATH or a path relative to the job file"
         )
     try:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from bakeline.api.bakingjob import HUGGINGFACE_CONFIGMAP_MESSAGE
 from bakeline.api.common import API_VERSION, GROUP
 from bakeline.api.output import parse_target
 from bakeline.contract import TERMINATION_MESSAGE_PATH
@@ -169,13 +170,17 @@ def _token_volume() -> dict[str, Any]:
 
 
 def model_source_mount(
-    source: Mapping[str, Any],
+    source: Mapping[str, Any], model_format: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], str] | None:
-    """(volume, volumeMount, localPath) that put a configMap or pvc model file in the pod;
-    None for a builtin. Raises ValueError for a source a pod cannot read (url, file://)."""
+    """(volume, volumeMount, localPath) that put a configMap or pvc model file in the pod (a
+    pvc `path` may name a Hugging Face model directory: the folder is the localPath); None for a
+    builtin. Raises ValueError for a source a pod cannot read (url, file://) and for a
+    `huggingface` model in a ConfigMap, which holds one file."""
     if source.get("builtin"):
         return None
     if source.get("configMap"):
+        if model_format == "huggingface":
+            raise ValueError(HUGGINGFACE_CONFIGMAP_MESSAGE)
         ref = source["configMap"]
         volume = {
             "name": "model",
@@ -204,21 +209,30 @@ def model_source_mount(
 def dataset_source_mount(
     document: Mapping[str, Any],
 ) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any]] | None]:
-    """The import stage's job document with a `configmap/NAME[/KEY]` quality.dataset resolved
-    to where the pod mounts it (`file:///dataset/KEY`, or the folder of all the ConfigMap's
-    keys, which must then hold one), and the (volume, volumeMount) that mount it read-only;
-    the document as it is, and None, for any other dataset."""
+    """The import stage's job document with a `configmap/NAME[/KEY]` or `pvc://CLAIM/PATH`
+    quality.dataset resolved to where the pod mounts it (`file:///dataset/KEY`, or the folder
+    of all the ConfigMap's keys, which must then hold one; `file:///dataset/PATH` on the
+    claim), and the (volume, volumeMount) that mount it read-only; the document as it is, and
+    None, for any other dataset."""
     quality = document.get("quality") or {}
     dataset = str(quality.get("dataset") or "")
-    if not dataset.startswith("configmap/"):
-        return dict(document), None
-    _, name, *key = dataset.split("/", 2)
-    config_map: dict[str, Any] = {"name": name}
-    if key:
-        config_map["items"] = [{"key": key[0], "path": key[0]}]
-    volume = {"name": "dataset", "configMap": config_map}
     mount = {"name": "dataset", "mountPath": DATASET_MOUNT, "readOnly": True}
-    local = f"file://{DATASET_MOUNT}/{key[0]}" if key else f"file://{DATASET_MOUNT}"
+    if dataset.startswith("pvc://"):
+        claim, path = dataset.removeprefix("pvc://").split("/", 1)
+        volume: dict[str, Any] = {
+            "name": "dataset",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+        }
+        local = f"file://{DATASET_MOUNT}/{path}"
+    elif dataset.startswith("configmap/"):
+        _, name, *key = dataset.split("/", 2)
+        config_map: dict[str, Any] = {"name": name}
+        if key:
+            config_map["items"] = [{"key": key[0], "path": key[0]}]
+        volume = {"name": "dataset", "configMap": config_map}
+        local = f"file://{DATASET_MOUNT}/{key[0]}" if key else f"file://{DATASET_MOUNT}"
+    else:
+        return dict(document), None
     return {**document, "quality": {**quality, "dataset": local}}, (volume, mount)
 
 
@@ -244,7 +258,7 @@ def build_stage_pod(
     `job_document` is the agent contract's `--job` JSON; `stage_defaults` is the lane's
     `stageDefaults` in wire form (resources, nodeSelector, tolerations, image);
     `model_mount` (from `model_source_mount`) gives the first stage the user's model file;
-    a `configmap/` quality.dataset is mounted into it too (`dataset_source_mount`).
+    a `configmap/` or `pvc://` quality.dataset is mounted into it too (`dataset_source_mount`).
 
     `storage` is the lane's store. Volume: the job's claim holds every checkpoint; one
     container, no token. ConfigMap: the agent, which opens model files from outside, never

@@ -825,12 +825,14 @@ def _write_files(target: Path, files: dict[str, bytes], items: Any) -> None:
 
 
 def _path_rewriter(mounts: dict[str, Path]) -> Callable[[str], str]:
-    """Replace container paths (longest first) by the local paths that stand in for them."""
+    """Replace container paths (longest first) by the local paths that stand in for them, alone
+    or in a file:// URI (a job document names its dataset so)."""
     ordered = sorted(mounts, key=len, reverse=True)
     if not ordered:
         return lambda value: value
+    start = r"(?:(?<![\w./-])|(?<=file://))"
     pattern = re.compile(
-        "|".join(rf"(?<![\w./-]){re.escape(p.rstrip('/'))}(?=$|[/\s\"',;:=])" for p in ordered)
+        "|".join(rf"{start}{re.escape(p.rstrip('/'))}(?=$|[/\s\"',;:=])" for p in ordered)
     )
     lookup = {p.rstrip("/"): str(mounts[p]) for p in ordered}
 

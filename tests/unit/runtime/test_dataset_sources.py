@@ -1,5 +1,5 @@
 """quality.dataset resolved by each driver: `bakeline run` hashes a local file into the job
-document; a stage pod mounts a ConfigMap key read-only (issue 25)."""
+document; a stage pod mounts a ConfigMap key or a claim read-only (issue 25)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def test_bakeline_run_resolves_a_dataset_file_with_its_sha256(tmp_path: Path) ->
     [
         ("missing.npz", "does not exist"),
         ("configmap/evals/data.npz", "ConfigMap, which the operator mounts"),
+        ("pvc://data/evals/data.npz", "PersistentVolumeClaim, which the operator mounts"),
         ("https://example.com/evals.npz", "not fetched yet"),
         ("s3://bucket/evals.npz", "not fetched yet"),
     ],
@@ -89,6 +90,15 @@ def test_a_configmap_key_is_mounted_read_only_into_the_import_pod() -> None:
         "name": "evals"
     }
     assert _job_env(whole)["quality"]["dataset"] == "file:///dataset"
+
+
+def test_a_file_on_a_claim_is_mounted_read_only_into_the_import_pod() -> None:
+    pod = _import_pod({"dataset": "pvc://data/evals/v2/data.npz"})
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "dataset")
+    assert volume["persistentVolumeClaim"] == {"claimName": "data", "readOnly": True}
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "dataset")
+    assert mount == {"name": "dataset", "mountPath": pods.DATASET_MOUNT, "readOnly": True}
+    assert _job_env(pod)["quality"] == {"dataset": "file:///dataset/evals/v2/data.npz"}
 
 
 def test_only_the_import_stage_mounts_the_dataset() -> None:
