@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +140,35 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def tree_files(root: Path) -> list[str]:
+    """The files a folder's digest covers: every file under `root` (links to files followed),
+    as POSIX paths relative to it, in byte order; names starting with '.' (a `.git` or `.cache`
+    folder, `.gitattributes`) are left out at every level."""
+    found: list[str] = []
+    for folder, folders, files in os.walk(root):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        base = Path(folder)
+        for name in files:
+            if not name.startswith(".") and (base / name).is_file():
+                found.append((base / name).relative_to(root).as_posix())
+    return sorted(found, key=lambda relative: relative.encode())
+
+
+def sha256_tree(root: Path) -> str:
+    """A folder's sha256 (a Hugging Face model directory's `sha256`): the sha256 of one line
+    `<file's sha256>  <relative path>\n` per file of `tree_files`, in that order, i.e. what
+    `sha256sum` prints for those files, hashed again. `bakeline digest DIR` prints it."""
+    lines = "".join(
+        f"{sha256_file(root / relative)}  {relative}\n" for relative in tree_files(root)
+    )
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """A model source's sha256: the file's bytes, or a folder's `sha256_tree`."""
+    return sha256_tree(path) if path.is_dir() else sha256_file(path)
 
 
 def file_entry(directory: Path, relative: str, role: str = "data") -> FileEntry:

@@ -126,7 +126,9 @@ def start(
     document = contract.job_view(job_document(job), action.agent)
     model_mount = None
     if action.input is None and "model" in document:
-        model_mount = manifests.model_source_mount(document["model"]["source"])
+        model_mount = manifests.model_source_mount(
+            document["model"]["source"], document["model"].get("format")
+        )
         if model_mount is not None:
             document["model"]["localPath"] = model_mount[2]
     pod = manifests.build_stage_pod(

@@ -96,7 +96,7 @@ def reconcile_job(
         return None
 
     try:
-        manifests.model_source_mount(spec.model.source.to_wire())
+        manifests.model_source_mount(spec.model.source.to_wire(), spec.model.format)
     except ValueError as exc:
         _fail_now(kube, obj, status, "ModelSourceUnsupported", str(exc))
         return None
