@@ -1070,3 +1070,244 @@ def _vet_inline_tensor(name: str, label: str, tensor: Any) -> None:
     )
     if declared > max(held, _ONNX_BYTES[tensor.data_type]) and declared > 0:
         raise VettingError(name, label, f"declares {declared} bytes but holds {held}")
+
+
+# --- Hugging Face model directories --------------------------------------------------------------
+
+# A config.json is a few KiB; one bigger than this is not a model's configuration.
+MAX_CONFIG_BYTES = 1 << 20
+# The safetensors library refuses headers past 100 MB; so do we, before reading one.
+MAX_SAFETENSORS_HEADER = 100_000_000
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+# Read as JSON or text only, and shipped with the model (tokenizer.json tokenizes text data).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+HF_TEXT_FILES = ("vocab.txt",)
+# Weights (or state) that only a pickle loader reads: never read here, whatever their name.
+_PICKLED = re.compile(r"(^|/)[^/]*\.(bin|pt|pth|pkl|pickle|ckpt)$")
+# safetensors dtypes and their element sizes in bytes.
+SAFETENSORS_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+_NEVER_REMOTE_CODE = (
+    "Bakeline never runs code that comes with a model (trust_remote_code is never used): "
+    "use an architecture transformers itself knows"
+)
+
+
+@dataclass(frozen=True)
+class VettedFolder:
+    """A Hugging Face model directory as vetting found it: the parsed config, the files to
+    read (relative names: config, weights, tokenizer files) and what was left unread, why."""
+
+    config: dict[str, Any]
+    files: tuple[str, ...]
+    ignored: tuple[str, ...] = field(default=())
+
+    @property
+    def tokenizer(self) -> str | None:
+        return "tokenizer.json" if "tokenizer.json" in self.files else None
+
+
+def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFolder:
+    """Vet a Hugging Face model directory from its bytes: config.json is JSON naming a
+    `model_type` of `model_types` (transformers' CONFIG_MAPPING, handed in: this module imports
+    no torch, which transformers does) and no custom code; weights come from model.safetensors
+    alone, its header checked; tokenizer files are JSON or text. Pickled files are never read:
+    beside model.safetensors they are left out (and named in `ignored`), without it refused."""
+    name = folder.name
+    if not folder.is_dir():
+        raise VettingError(name, None, "is not a folder (a Hugging Face model is a directory)")
+    present = {
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    }
+    if HF_CONFIG not in present:
+        raise VettingError(
+            name,
+            None,
+            "is a folder without config.json: a model folder must be a Hugging Face model "
+            "directory (config.json, model.safetensors, tokenizer files)",
+        )
+    pickled = sorted(relative for relative in present if _PICKLED.search(relative))
+    if HF_WEIGHTS not in present:
+        shards = sorted(r for r in present if re.fullmatch(r"model-\d+-of-\d+\.safetensors", r))
+        if shards:
+            raise VettingError(
+                name,
+                shards[0],
+                "is one shard of sharded weights, which are not read yet: save the model "
+                "with save_pretrained(..., max_shard_size='100GB') into one model.safetensors",
+            )
+        why = (
+            f"holds {', '.join(pickled[:3])}, pickled weights, which are never unpickled; "
+            if pickled
+            else ""
+        )
+        raise VettingError(
+            name,
+            None,
+            f"has no model.safetensors: {why}weights are read from model.safetensors only: "
+            "save the model with save_pretrained(..., safe_serialization=True)",
+        )
+    config = _vet_hf_config(name, folder / HF_CONFIG, frozenset(model_types))
+    _vet_safetensors(name, folder / HF_WEIGHTS)
+    files = [HF_CONFIG, HF_WEIGHTS]
+    for relative in HF_TOKENIZER_FILES:
+        if relative in present:
+            document = _hf_json(name, folder / relative, MAX_JSON_BYTES)
+            if relative == "tokenizer_config.json" and isinstance(document, dict):
+                _refuse_remote_code(name, relative, document)
+            files.append(relative)
+    for relative in HF_TEXT_FILES:
+        if relative in present:
+            _hf_text(name, folder / relative, MAX_JSON_BYTES)
+            files.append(relative)
+    ignored = [f"{relative} (a pickle: never unpickled)" for relative in pickled]
+    ignored += [
+        f"{relative} (code: never imported)"
+        for relative in sorted(present)
+        if relative.endswith(".py")
+    ]
+    return VettedFolder(config, tuple(files), tuple(ignored))
+
+
+def _hf_text(name: str, path: Path, limit: int) -> str:
+    entry = path.name
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise VettingError(name, entry, f"is {size} bytes (at most {limit})")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VettingError(name, entry, "is not UTF-8 text") from exc
+    except OSError as exc:
+        raise VettingError(name, entry, f"cannot be read: {exc}") from exc
+
+
+def _hf_json(name: str, path: Path, limit: int) -> Any:
+    return _json(name, path.name, _hf_text(name, path, limit))
+
+
+def _refuse_remote_code(name: str, entry: str, document: dict[str, Any]) -> None:
+    for key in ("auto_map", "custom_pipelines", "trust_remote_code"):
+        if key in document:
+            raise VettingError(
+                name,
+                entry,
+                f"declares {key}, which names custom code: refused; {_NEVER_REMOTE_CODE}",
+            )
+
+
+def _vet_hf_config(name: str, path: Path, model_types: frozenset[str]) -> dict[str, Any]:
+    config = _hf_json(name, path, MAX_CONFIG_BYTES)
+    if not isinstance(config, dict):
+        raise VettingError(name, HF_CONFIG, "is not a JSON object")
+    _refuse_remote_code(name, HF_CONFIG, config)
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise VettingError(name, HF_CONFIG, "has no model_type")
+    if model_type not in model_types:
+        raise VettingError(
+            name,
+            HF_CONFIG,
+            f"names model_type {model_type[:80]!r}, which this transformers does not know; "
+            f"{_NEVER_REMOTE_CODE}",
+        )
+    architectures = config.get("architectures")
+    if architectures is not None and (
+        not isinstance(architectures, list)
+        or not all(isinstance(a, str) and re.fullmatch(_NAME, a) for a in architectures)
+    ):
+        raise VettingError(name, HF_CONFIG, "has architectures that are not class names")
+    if config.get("quantization_config") is not None:
+        raise VettingError(
+            name,
+            HF_CONFIG,
+            "declares quantization_config (a pre-quantized model, loaded with kernels of its "
+            "own): give the unquantized weights, Bakeline quantizes them",
+        )
+    return config
+
+
+def _vet_safetensors(name: str, path: Path) -> None:
+    """The header read as JSON, every tensor's dtype known and its extent inside the file,
+    extents disjoint: what the safetensors library then maps is raw numbers, nothing else."""
+    entry = path.name
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise VettingError(name, entry, "is too short to be safetensors")
+        length = int.from_bytes(head, "little")
+        if length < 2 or length > MAX_SAFETENSORS_HEADER or 8 + length > size:
+            raise VettingError(
+                name,
+                entry,
+                f"declares a header of {length} bytes in a file of {size}: not safetensors",
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise VettingError(name, entry, f"has a header that is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise VettingError(name, entry, "has a header that is not a JSON object")
+    data = size - 8 - length
+    spans: list[tuple[int, int, str]] = []
+    for key, meta in header.items():
+        if key == "__metadata__":
+            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+                raise VettingError(name, entry, "has __metadata__ that is not strings")
+            continue
+        where = f"{entry} [{key[:80]}]"
+        if not isinstance(meta, dict) or set(meta) != {"dtype", "shape", "data_offsets"}:
+            raise VettingError(name, where, "is not a tensor entry (dtype, shape, data_offsets)")
+        itemsize = SAFETENSORS_BYTES.get(meta["dtype"]) if isinstance(meta["dtype"], str) else None
+        if itemsize is None:
+            raise VettingError(name, where, f"has an unknown dtype {meta['dtype']!r}")
+        shape, offsets = meta["shape"], meta["data_offsets"]
+        if not isinstance(shape, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise VettingError(name, where, "has a shape that is not non-negative integers")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data
+        ):
+            raise VettingError(name, where, f"has data offsets outside the file's {data} bytes")
+        count = 1
+        for n in shape:
+            count *= n
+        if count * itemsize != offsets[1] - offsets[0]:
+            raise VettingError(
+                name,
+                where,
+                f"declares {count * itemsize} bytes but its offsets span "
+                f"{offsets[1] - offsets[0]}: sizes that do not add up",
+            )
+        spans.append((offsets[0], offsets[1], key))
+    if not spans:
+        raise VettingError(name, entry, "holds no tensors")
+    spans.sort()
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise VettingError(name, f"{entry} [{second[:80]}]", f"overlaps {first[:80]}")

@@ -6,6 +6,11 @@ an ExportedProgram (.pt2), a TorchScript archive or an ONNX model. The file is c
 checkpoint, its copy checked against the sha256 and vetted from its bytes
 (`bakeline.agents.vetting`) before any loader opens it: a pickle, a `torch.save` archive, or an
 archive that would make torch unpickle, load native code or evaluate a string is refused (exit 2).
+A Hugging Face model directory (a folder with config.json; `model.format` huggingface or auto)
+is copied, checked against its folder digest (`sha256_tree`), vetted
+(`vetting.vet_huggingface_folder`), built offline by `bakeline.agents.huggingface` and exported
+to `original.pt2`, from there on an ExportedProgram like any other; its tokenizer.json is the
+model's tokenizer (text data) and ships in the checkpoint with the other tokenizer files.
 
 Data: the job's `quality.dataset`, as the driver resolved it (a `file://` address, see
 `bakeline.agents.datasets`: safetensors, npz or JSON lines, read as data only), split into
@@ -33,6 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,7 @@ import onnx
 import torch
 from pydantic import Field
 
+from bakeline.agents import huggingface
 from bakeline.agents.builtins import BUILTINS, BuiltinModel
 from bakeline.agents.checkpoint_io import (
     CALIBRATION,
@@ -76,9 +84,23 @@ from bakeline.agents.synthetic import (
     synthesize,
 )
 from bakeline.agents.timing import Stopwatch
-from bakeline.agents.vetting import vet_model_file
-from bakeline.checkpoints.manifest import ArtifactFormat, TensorSpec, sha256_file
+from bakeline.agents.vetting import (
+    HF_TEXT_FILES,
+    HF_TOKENIZER_FILES,
+    vet_huggingface_folder,
+    vet_model_file,
+)
+from bakeline.checkpoints.manifest import (
+    ArtifactFormat,
+    TensorSpec,
+    sha256_file,
+    sha256_tree,
+    tree_files,
+)
 from bakeline.contract import SYNTHETIC_INPUTS
+
+# A Hugging Face folder's files shipped with the model (role tokenizer).
+TOKENIZER_FILES = frozenset(HF_TOKENIZER_FILES + HF_TEXT_FILES)
 
 
 class CoordinatorParams(StageParams):
@@ -246,7 +268,11 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         out.add(EVALUATION, "evaluation")
         out.add(REFERENCE, "reference")
         for relative, source in extra.pop("files").items():
-            out.add_copy(source, relative, "tokenizer" if "tokenizer" in relative else "data")
+            role = "tokenizer" if "tokenizer" in relative or relative in TOKENIZER_FILES else "data"
+            if source == out.directory / relative:  # a Hugging Face folder's, put in place
+                out.add(relative, role)
+            else:
+                out.add_copy(source, relative, role)
 
         metrics.update(
             {
@@ -366,39 +392,23 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         directory: Path,
         dataset: str | None,
     ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
-        if not path.is_file():
-            raise InvalidInput(f"model file {path} does not exist")
-        # Copy first, then hash and vet the copy: the bytes checked are the bytes loaded, even
-        # if the source changes meanwhile.
-        incoming = directory / ".incoming"
-        incoming.mkdir(exist_ok=True)
-        staged = incoming / path.name
-        try:
-            staged.write_bytes(path.read_bytes())
-            actual = sha256_file(staged)
-            if sha256 and actual != sha256.lower():
-                raise InvalidInput(
-                    f"model file sha256 {actual} does not match job.model.sha256 {sha256}"
-                )
-            vetted = vet_model_file(staged, data_folder=path.resolve().parent)
-            fmt: ArtifactFormat = vetted.format
-            declared = spec_format if spec_format not in (None, "auto") else None
-            if declared is not None and declared != fmt:
-                raise InvalidInput(
-                    f"{path.name} is {fmt} by its bytes, but job.model.format says {declared}: "
-                    "fix the format, or leave it auto"
-                )
-            artifact = artifact_name(fmt, "original")
-            target = directory / artifact
-            if vetted.external_data:
-                # Vetted to lie inside the model's own folder; folded into one file so the
-                # checkpoint holds all of the model.
-                onnx.save(onnx.load(str(path), load_external_data=True), str(target))
-            else:
-                staged.replace(target)
-        finally:  # nothing refused, and no copy of it, stays in the checkpoint
-            staged.unlink(missing_ok=True)
-            incoming.rmdir()
+        folder: _Folder | None = None
+        if path.is_dir() or spec_format == "huggingface":
+            target, fmt, actual, folder = _stage_folder(path, sha256, spec_format, directory)
+        else:
+            target, fmt, actual = _stage_file(path, sha256, spec_format, directory)
+        return self._import_staged(path, target, fmt, actual, folder, params, dataset)
+
+    def _import_staged(
+        self,
+        path: Path,
+        target: Path,
+        fmt: ArtifactFormat,
+        actual: str,
+        folder: _Folder | None,
+        params: CoordinatorParams,
+        dataset: str | None,
+    ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
         try:
             inputs, outputs, weights, hints = _signature(target, fmt, params)
         except InvalidInput:
@@ -412,8 +422,17 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         except Exception as exc:
             raise InvalidInput(f"the {fmt} model does not load: {exc}") from exc
         facts = {"source": f"user file {path.name} (sha256 {actual})"}
+        if folder is not None:
+            facts = {"source": f"Hugging Face folder {path.name} ({folder.facts}, sha256 {actual})"}
+            if folder.ignored:
+                facts["ignored"] = "; ".join(folder.ignored)
         if dataset:
-            calibration, evaluation, data_facts = _job_data(dataset, inputs)
+            calibration, evaluation, data_facts = _job_data(
+                dataset,
+                inputs,
+                tokenizer=folder.tokenizer if folder else None,
+                max_length=folder.max_length if folder else 128,
+            )
             facts.update(data_facts)
         else:
             calibration, evaluation = _synthetic_data(inputs, params, hints)
@@ -440,7 +459,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         metrics = {"parameters": float(sum(w.size for w in weights.values()))}
         extra: dict[str, Any] = {
             "runner": runner,
-            "files": {},
+            "files": folder.files if folder else {},
             "weightsSha256": weights_fingerprint(weights),
             "dynamic": {
                 spec.name: {
@@ -455,10 +474,138 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             "inputs": inputs,
             "outputs": outputs,
             "tokens": tokens,
-            "name": path.stem,
+            "name": path.name if folder else path.stem,
             "task": "",
         }
-        return artifact, fmt, calibration, evaluation, metrics, extra
+        return target.name, fmt, calibration, evaluation, metrics, extra
+
+
+@dataclass
+class _Folder:
+    """What a Hugging Face folder adds to an import: the files shipped with the model (already
+    in the checkpoint), its tokenizer, what was left unread and what it is."""
+
+    files: dict[str, Path]
+    tokenizer: Path | None
+    max_length: int
+    ignored: tuple[str, ...]
+    facts: str
+
+
+def _stage_file(
+    path: Path, sha256: str | None, spec_format: str | None, directory: Path
+) -> tuple[Path, ArtifactFormat, str]:
+    """The model file copied into the checkpoint as `original.*`, hashed and vetted."""
+    if not path.is_file():
+        raise InvalidInput(f"model file {path} does not exist")
+    # Copy first, then hash and vet the copy: the bytes checked are the bytes loaded, even
+    # if the source changes meanwhile.
+    incoming = directory / ".incoming"
+    incoming.mkdir(exist_ok=True)
+    staged = incoming / path.name
+    try:
+        staged.write_bytes(path.read_bytes())
+        actual = sha256_file(staged)
+        if sha256 and actual != sha256.lower():
+            raise InvalidInput(
+                f"model file sha256 {actual} does not match job.model.sha256 {sha256}"
+            )
+        vetted = vet_model_file(staged, data_folder=path.resolve().parent)
+        fmt: ArtifactFormat = vetted.format
+        declared = spec_format if spec_format not in (None, "auto") else None
+        if declared is not None and declared != fmt:
+            raise InvalidInput(
+                f"{path.name} is {fmt} by its bytes, but job.model.format says {declared}: "
+                "fix the format, or leave it auto"
+            )
+        artifact = artifact_name(fmt, "original")
+        target = directory / artifact
+        if vetted.external_data:
+            # Vetted to lie inside the model's own folder; folded into one file so the
+            # checkpoint holds all of the model.
+            onnx.save(onnx.load(str(path), load_external_data=True), str(target))
+        else:
+            staged.replace(target)
+    finally:  # nothing refused, and no copy of it, stays in the checkpoint
+        staged.unlink(missing_ok=True)
+        incoming.rmdir()
+    return target, fmt, actual
+
+
+def _stage_folder(
+    path: Path, sha256: str | None, spec_format: str | None, directory: Path
+) -> tuple[Path, ArtifactFormat, str, _Folder]:
+    """A Hugging Face model directory: copied, its digest checked and vetted, built offline
+    from the copy and exported to the checkpoint as `original.pt2` (what later stages load for
+    any ExportedProgram); its tokenizer files go into the checkpoint beside it."""
+    if not path.is_dir():
+        raise InvalidInput(
+            f"job.model.format says huggingface, but {path.name} is a file: name the model "
+            "directory (the folder holding config.json and model.safetensors)"
+        )
+    if spec_format not in (None, "auto", "huggingface"):
+        raise InvalidInput(
+            f"{path.name} is a folder (a Hugging Face model directory), but job.model.format "
+            f"says {spec_format}: fix the format, or leave it auto"
+        )
+    # Copy first, then hash, vet and load the copy: the bytes checked are the bytes loaded.
+    incoming = directory / ".incoming"
+    staged = incoming / "model"
+    target = directory / artifact_name("exported-program", "original")
+    try:
+        for relative in tree_files(path):
+            (staged / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path / relative, staged / relative)
+        actual = sha256_tree(staged)
+        if sha256 and actual != sha256.lower():
+            raise InvalidInput(
+                f"model folder sha256 {actual} does not match job.model.sha256 {sha256} (a "
+                "folder's sha256 is over its files: `bakeline digest` prints it)"
+            )
+        vetted = vet_huggingface_folder(staged, huggingface.model_types())
+        for ignored in vetted.ignored:
+            log("left unread", file=ignored)
+        model = huggingface.build(staged, vetted)
+        example = {
+            "input_ids": torch.ones((2, 8), dtype=torch.int64),
+            "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3]),
+            "token_type_ids": torch.zeros((2, 8), dtype=torch.int64),
+        }
+        with Stopwatch() as export_time:
+            huggingface.export(model, example, target)
+        # Round trip: what later stages load must compute what the model computes.
+        names = model.inputs
+        eager = torch_outputs(model.module, names)({n: example[n].numpy() for n in names})
+        loaded = torch_outputs(load_exported_program(target).module(), names)(
+            {n: example[n].numpy() for n in names}
+        )
+        for name, value in eager.items():
+            error = float(np.abs(value - loaded[name]).max())
+            if error > 1e-4 * max(1.0, float(np.abs(value).max())):
+                raise InvalidInput(f"the exported {name} differs from the model's by {error}")
+        log(
+            "exported Hugging Face model",
+            architecture=model.architecture,
+            exportSeconds=export_time.seconds,
+        )
+        files = {}
+        for relative in vetted.files:
+            if relative in TOKENIZER_FILES:
+                shutil.copyfile(staged / relative, directory / relative)
+                files[relative] = directory / relative
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    finally:  # nothing refused, and no copy of it, stays in the checkpoint
+        shutil.rmtree(incoming, ignore_errors=True)
+    folder = _Folder(
+        files=files,
+        tokenizer=files.get("tokenizer.json"),
+        max_length=model.max_length,
+        ignored=vetted.ignored,
+        facts=f"{vetted.config['model_type']}, {model.architecture}",
+    )
+    return target, "exported-program", actual, folder
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}

@@ -54,8 +54,28 @@ def _parser() -> argparse.ArgumentParser:
         help="deliver the package here instead of the job's spec.output: a folder (relative "
         "to the current directory), file:///DIR, s3://BUCKET/PREFIX or oci://REGISTRY/REPO[:TAG]",
     )
+    digest = commands.add_parser(
+        "digest",
+        help="print the sha256 a job's model source needs (a file's, or a folder's)",
+        description="Print the sha256 of each PATH as spec.model.source.url.sha256 takes it: "
+        "a file's bytes; for a folder (a Hugging Face model directory) the sha256 of "
+        "`sha256sum` lines ('<sha256>  <relative path>') over its files in byte order of path, "
+        "names starting with '.' left out.",
+    )
+    digest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     _add_cluster_commands(commands)
     return parser
+
+
+def _digest(paths: Sequence[Path]) -> int:
+    from bakeline.checkpoints.manifest import sha256_path
+
+    for path in paths:
+        if not path.exists():
+            print(f"bakeline digest: {path} does not exist", file=sys.stderr)
+            return EXIT_INVALID_INPUT
+        print(f"{sha256_path(path)}  {path}")
+    return 0
 
 
 def _add_cluster_commands(commands: Any) -> None:
@@ -218,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"bakeline {bakeline.__version__}")
         return 0
+    if args.command == "digest":
+        return _digest(args.paths)
     if args.command in ("operator", "rerun", "fetch"):
         return _cluster_command(args)
     if args.command == "deliver":

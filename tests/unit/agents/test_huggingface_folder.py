@@ -1,0 +1,165 @@
+"""A Hugging Face model directory, vetted from its bytes before transformers sees it (issue 25):
+a folder save_pretrained writes passes; custom code, an unknown model_type, pickled weights, a
+config.json too big or not JSON, and a safetensors whose header lies are refused, each saying
+why. Then the vetted folder builds offline and exports to what later stages load."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from bakeline.agents import huggingface
+from bakeline.agents.runtimes import load_exported_program
+from bakeline.agents.vetting import MAX_CONFIG_BYTES, VettingError, vet_huggingface_folder
+
+TYPES = frozenset(huggingface.model_types())
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hf") / "tiny-bert"
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32}))
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\nword\n")
+    return folder
+
+
+def _copy(saved: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / saved.name
+    folder.mkdir(parents=True)
+    for path in saved.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def _config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _refused(folder: Path, *words: str) -> VettingError:
+    with pytest.raises(VettingError) as caught:
+        vet_huggingface_folder(folder, TYPES)
+    for word in words:
+        assert word in str(caught.value), caught.value
+    assert "nothing in it was run" in str(caught.value)
+    return caught.value
+
+
+def test_a_folder_save_pretrained_writes_passes(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 not read")  # beside safetensors
+    (folder / "modeling_evil.py").write_text("import os\n")
+    vetted = vet_huggingface_folder(folder, TYPES)
+    assert vetted.config["model_type"] == "bert"
+    assert vetted.files == (
+        "config.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+        "vocab.txt",
+    )
+    assert vetted.ignored == (
+        "pytorch_model.bin (a pickle: never unpickled)",
+        "modeling_evil.py (code: never imported)",
+    )
+
+
+def test_custom_code_is_refused_saying_trust_remote_code_is_never_used(
+    saved: Path, tmp_path: Path
+) -> None:
+    folder = _copy(saved, tmp_path)
+    _config(folder, auto_map={"AutoModel": "modeling_evil.EvilModel"})
+    _refused(folder, "config.json", "auto_map", "trust_remote_code is never used")
+    folder = _copy(saved, tmp_path / "tokenizer")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": {}}))
+    _refused(folder, "tokenizer_config.json", "auto_map")
+
+
+def test_an_unknown_model_type_is_refused(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    _config(folder, model_type="evil-bert")
+    _refused(folder, "model_type 'evil-bert'", "does not know")
+
+
+def test_pickled_weights_alone_are_refused_never_unpickled(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle that is never read")
+    _refused(folder, "no model.safetensors", "pytorch_model.bin", "never unpickled")
+
+
+def test_a_config_too_big_or_not_json_is_refused(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    (folder / "config.json").write_text(" " * (MAX_CONFIG_BYTES + 1) + "{}")
+    _refused(folder, "config.json", f"at most {MAX_CONFIG_BYTES}")
+    (folder / "config.json").write_text('{"model_type": "bert",')
+    _refused(folder, "config.json", "not valid JSON")
+    (folder / "config.json").write_bytes(b"\xff\xfe{}")
+    _refused(folder, "config.json", "not UTF-8")
+    (folder / "config.json").unlink()
+    _refused(folder, "without config.json")
+
+
+def _header(folder: Path, header: object, data: int = 8) -> None:
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(data))
+
+
+def test_a_safetensors_whose_header_lies_is_refused(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    _refused(folder, "model.safetensors", "declares a header of")
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", 4) + b"nope")
+    _refused(folder, "not JSON")
+    _header(folder, {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
+    _refused(folder, "[w]", "outside the file")
+    _header(folder, {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})
+    _refused(folder, "[w]", "do not add up")
+    _header(folder, {"w": {"dtype": "OBJECT", "shape": [1], "data_offsets": [0, 8]}})
+    _refused(folder, "unknown dtype")
+    _header(
+        folder,
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        },
+    )
+    _refused(folder, "overlaps")
+
+
+def test_the_vetted_folder_builds_offline_and_exports(saved: Path, tmp_path: Path) -> None:
+    vetted = vet_huggingface_folder(saved, TYPES)
+    model = huggingface.build(saved, vetted)
+    assert model.inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert model.architecture == "BertModel" and model.max_length == 32
+    reference = BertModel.from_pretrained(saved)  # in eval mode
+    ids = torch.tensor([[2, 5, 7, 0], [3, 4, 0, 0]])
+    mask = (ids > 0).long()
+    target = tmp_path / "original.pt2"
+    huggingface.export(
+        model,
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)},
+        target,
+    )
+    program = load_exported_program(target).module()
+    longer = torch.tensor([[2, 5, 7, 9, 11, 0], [3, 4, 6, 0, 0, 0], [1, 2, 3, 4, 5, 6]])
+    ours = program(longer, (longer > 0).long(), torch.zeros_like(longer))
+    with torch.no_grad():
+        theirs = reference(input_ids=longer, attention_mask=(longer > 0).long())
+    assert sorted(ours) == ["last_hidden_state", "pooler_output"]
+    assert torch.allclose(ours["pooler_output"], theirs.pooler_output, atol=1e-5)
