@@ -239,8 +239,15 @@ def _tokenize(path: Path, texts: list[str], max_length: int) -> dict[str, np.nda
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
+    # The file's own pad token where it declares one (a Hugging Face tokenizer.json may), else
+    # BERT's or RoBERTa's by name; always right-padded to the batch's longest.
+    declared = tok.padding
+    pad_token = str(declared["pad_token"]) if declared else "[PAD]"
+    if not declared and tok.token_to_id(pad_token) is None and tok.token_to_id("<pad>") is not None:
+        pad_token = "<pad>"  # noqa: S105 - a token, not a password
+    pad_id = int(declared["pad_id"]) if declared else tok.token_to_id(pad_token) or 0
     tok.no_padding()
-    tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0, pad_token="[PAD]")  # noqa: S106
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     tok.enable_truncation(max_length)
     encodings = tok.encode_batch(texts)
     return {

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from bakeline.agents.contract import InvalidInput
+from bakeline.checkpoints.manifest import tree_files
 
 VettedFormat = Literal["exported-program", "torchscript", "onnx"]
 
@@ -1132,12 +1133,7 @@ def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFo
     name = folder.name
     if not folder.is_dir():
         raise VettingError(name, None, "is not a folder (a Hugging Face model is a directory)")
-    present = {
-        path.relative_to(folder).as_posix()
-        for path in folder.rglob("*")
-        if path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    }
+    present = set(tree_files(folder))  # what the folder's sha256 covers, no more
     if HF_CONFIG not in present:
         raise VettingError(
             name,

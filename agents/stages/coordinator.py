@@ -550,9 +550,10 @@ def _stage_folder(
         )
     # Copy first, then hash, vet and load the copy: the bytes checked are the bytes loaded.
     incoming = directory / ".incoming"
-    staged = incoming / "model"
+    staged = incoming / (path.resolve().name or "model")  # refusals name the user's folder
     target = directory / artifact_name("exported-program", "original")
     try:
+        staged.mkdir(parents=True)
         for relative in tree_files(path):
             (staged / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path / relative, staged / relative)

@@ -14,8 +14,11 @@ import torch
 from transformers import BertConfig, BertModel
 
 from bakeline.agents import huggingface
+from bakeline.agents.contract import InvalidInput
 from bakeline.agents.runtimes import load_exported_program
+from bakeline.agents.stages.coordinator import _stage_folder
 from bakeline.agents.vetting import MAX_CONFIG_BYTES, VettingError, vet_huggingface_folder
+from bakeline.checkpoints.manifest import sha256_tree
 
 TYPES = frozenset(huggingface.model_types())
 
@@ -163,3 +166,28 @@ def test_the_vetted_folder_builds_offline_and_exports(saved: Path, tmp_path: Pat
         theirs = reference(input_ids=longer, attention_mask=(longer > 0).long())
     assert sorted(ours) == ["last_hidden_state", "pooler_output"]
     assert torch.allclose(ours["pooler_output"], theirs.pooler_output, atol=1e-5)
+
+
+def test_the_import_stage_honours_model_format_for_folders(saved: Path, tmp_path: Path) -> None:
+    out = tmp_path / "checkpoint"
+    out.mkdir()
+    with pytest.raises(InvalidInput, match=r"says huggingface, but config\.json is a file"):
+        _stage_folder(saved / "config.json", None, "huggingface", out)
+    with pytest.raises(InvalidInput, match=r"is a folder .* but job\.model\.format says onnx"):
+        _stage_folder(saved, None, "onnx", out)
+    with pytest.raises(InvalidInput, match=r"does not match job\.model\.sha256"):
+        _stage_folder(saved, "0" * 64, "auto", out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VettingError, match=r"without config\.json"):
+        _stage_folder(empty, None, "auto", out)
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing refused stays
+    target, fmt, actual, folder = _stage_folder(saved, sha256_tree(saved), "huggingface", out)
+    assert (target.name, fmt, actual) == ("original.pt2", "exported-program", sha256_tree(saved))
+    assert sorted(folder.files) == ["tokenizer_config.json", "vocab.txt"]
+    assert folder.tokenizer is None and folder.max_length == 32
+    assert sorted(p.name for p in out.iterdir()) == [
+        "original.pt2",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
