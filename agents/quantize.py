@@ -26,8 +26,13 @@ from onnxruntime.quantization import (
 from bakeline.agents.data import Dataset
 
 Mode = Literal["dynamic", "static"]
-DYNAMIC_OPS = ("MatMul", "Gemm")
+# LSTM: ONNX Runtime's DynamicQuantizeLSTM (int8 W and R); GRU and RNN have no int8 kernel.
+DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
 STATIC_OPS = ("Conv", "MatMul", "Gemm")
+# Layers with a weight input (input 1): what a precision label counts.
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN"})
+_RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+_FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,37 @@ def quantizable(model: onnx.ModelProto, mode: Mode) -> list[Quantizable]:
         if node.op_type in ops and len(node.input) > 1 and node.input[1] in inits:
             found.append(Quantizable(node.name, node.op_type, node.input[1], inits[node.input[1]]))
     return found
+
+
+def float_layers(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(node, op) of every weighted layer whose weight is still a float initializer."""
+    floats = {i.name for i in model.graph.initializer if i.data_type in _FLOATS}
+    return [
+        (node.name, node.op_type)
+        for node in model.graph.node
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in floats
+    ]
+
+
+def fold_recurrent_weights(source: Path, target: Path) -> Path:
+    """`source` with its constants folded when a recurrent layer's weights are computed
+    (torch's exporter reorders LSTM gates with Slice and Concat): the quantizer only takes
+    weights that are initializers. onnxscript's optimizer (torch's own exporter's) folds
+    them, in standard ops; ONNX Runtime's basic level leaves these. Any other graph is
+    returned as it is."""
+    model = onnx.load(str(source))
+    inits = {i.name for i in model.graph.initializer}
+    computed = [
+        node
+        for node in model.graph.node
+        if node.op_type in _RECURRENT_OPS and any(w not in inits for w in node.input[1:3])
+    ]
+    if not computed:
+        return source
+    import onnxscript.optimizer  # heavy: only for the graphs that need it
+
+    onnx.save(onnxscript.optimizer.optimize(model), str(target))
+    return target
 
 
 class _Reader(CalibrationDataReader):  # type: ignore[misc]

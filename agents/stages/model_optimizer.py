@@ -38,7 +38,8 @@ Measures: size before/after, quantized and float layer counts, calibration cosin
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -49,11 +50,13 @@ from bakeline.agents.checkpoint_io import InputCheckpoint, artifact_name
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import name_nodes, save, scratch_dir
-from bakeline.agents.quality import by_output, named_metrics, worst
+from bakeline.agents.quality import Gate, by_output, named_metrics, worst
 from bakeline.agents.quantize import (
     Quantizable,
     blockwise_int8,
     choose_mode,
+    float_layers,
+    fold_recurrent_weights,
     quantizable,
     quantize,
 )
@@ -96,15 +99,33 @@ class ModelParams(StageParams):
     smoothing_alpha: float = Field(default=0.7, alias="smoothingAlpha", gt=0, lt=1)
 
 
-def precision_label(scheme: str, quantized: int, kept: int, blockwise: bool) -> str:
+def precision_label(
+    scheme: str,
+    quantized: int,
+    kept: int,
+    blockwise: bool,
+    unreached: Mapping[str, int] | None = None,
+) -> str:
     """What the artifact's weights are, in a few words (a status field holds 64 characters):
-    the scheme only for the layers it reached."""
+    the scheme only for the layers it reached. `kept`: layers the sensitivity search kept out
+    of int8 (float, or int8-blockwise); `unreached`: float layers the scheme does not quantize,
+    by op (an LSTM in a convolutional model, a GRU), named so the label cannot hide them."""
     if scheme == "none" or quantized == 0:
         return "fp32 (no layer quantized)" if scheme != "none" else "fp32"
-    if kept == 0:
-        return f"{scheme}: all {quantized} layers"
     rest = "int8-blockwise" if blockwise else "fp32"
-    return f"{scheme}: {quantized} of {quantized + kept} layers, the rest {rest}"
+    unreached = dict(unreached or {})
+    total = quantized + kept + sum(unreached.values())
+    if not unreached:
+        if kept == 0:
+            return f"{scheme}: all {quantized} layers"
+        return f"{scheme}: {quantized} of {total} layers, the rest {rest}"
+    parts = [f"{kept} {rest}"] if kept else []
+    ops = ", ".join(sorted(unreached))
+    label = "; ".join([f"{scheme}: {quantized} of {total} layers", *parts, f"{ops} fp32"])
+    if len(label) > 64:
+        others = sum(unreached.values())
+        label = "; ".join([f"{scheme}: {quantized} of {total} layers", *parts, f"{others} fp32"])
+    return label
 
 
 @register
@@ -121,7 +142,9 @@ class ModelOptimizer(Agent[ModelParams]):
         gate = quality_gate(source, ctx.job)
         with scratch_dir() as tmp_name:
             tmp = Path(tmp_name)
-            onnx_path = export_to_onnx(source, tmp / "exported.onnx")
+            onnx_path = fold_recurrent_weights(
+                export_to_onnx(source, tmp / "exported.onnx"), tmp / "folded.onnx"
+            )
             model = name_nodes(onnx.load(str(onnx_path)))
             named = save(model, tmp / "named.onnx")
             size_before = size_of(onnx_path)
@@ -130,6 +153,7 @@ class ModelOptimizer(Agent[ModelParams]):
             blockwise = reduced = False
             share = 0.0
             smoothed_layers: dict[str, float] = {}
+            candidates: list[Quantizable] = []
             if params.scheme == "none":
                 out.add_copy(named, artifact, "model")
                 layers, mode = 0, "none"
@@ -197,6 +221,7 @@ class ModelOptimizer(Agent[ModelParams]):
                             candidates,
                             params,
                             tmp,
+                            gate,
                         )
                     else:
                         kept = [] if params.keep_float == "none" else list(params.keep_float)
@@ -234,6 +259,15 @@ class ModelOptimizer(Agent[ModelParams]):
                 )
         quality = score_file(out.directory / artifact, "onnx", source, "calibration", SCORING)
         size_after = size_of(out.directory / artifact)
+        # What the artifact holds, read from it: float layers the scheme did not reach (an
+        # LSTM whose weights stayed computed, a GRU, a kept layer blockwise int8 cannot take)
+        # are named in the label, and not counted as quantized.
+        left = float_layers(onnx.load(str(out.directory / artifact)))
+        still_float = {node for node, _ in left}
+        chose_float = set() if blockwise else set(kept)
+        unreached = Counter(op for node, op in left if node not in chose_float)
+        layers -= sum(1 for c in candidates if c.node in still_float - set(kept))
+        kept_label = len(set(kept) - still_float) if blockwise else len(kept)
         metrics = {
             "sizeBytes": size_after,
             "sizeBytesBefore": size_before,
@@ -276,7 +310,9 @@ class ModelOptimizer(Agent[ModelParams]):
                 "dtype": "fp32" if params.scheme == "none" else "int8",
                 # What the artifact holds, not what was asked: a scheme that quantized nothing
                 # is not an int8 model.
-                "precision": precision_label(params.scheme, layers, len(kept), blockwise),
+                "precision": precision_label(
+                    params.scheme, layers, kept_label, blockwise, unreached
+                ),
             },
         )
         smoothing = f", {len(smoothed_layers)} inputs smoothed" if smoothed_layers else ""
@@ -312,14 +348,18 @@ class ModelOptimizer(Agent[ModelParams]):
         layers: list[Quantizable],
         params: ModelParams,
         tmp: Path,
+        gate: Gate,
     ) -> tuple[list[str], dict[str, float]]:
         """Greedy: rank layers by the cosine they cost, keep the worst float until targets hold,
-        within maxFloatLayers and maxFloatShare (a layer past the share is passed over)."""
+        within maxFloatLayers and maxFloatShare (a layer past the share is passed over). The
+        targets include the job's own gate: a classifier's near-tied logits can flip at a
+        cosine of 0.9999, which the cosine targets alone would call good."""
 
         def meets(m: dict[str, float]) -> bool:
             return (
                 worst(m, "cosineMean") >= params.target_cosine_mean
                 and worst(m, "cosineMin") >= params.target_cosine_min
+                and calibration_holds(gate, m)[0]
             )
 
         base = run([], tmp / "all.onnx")
