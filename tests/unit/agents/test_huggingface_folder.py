@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 from bakeline.agents import huggingface
@@ -191,3 +192,12 @@ def test_the_import_stage_honours_model_format_for_folders(saved: Path, tmp_path
         "tokenizer_config.json",
         "vocab.txt",
     ]
+
+
+def test_weights_the_file_lacks_are_refused_not_left_random(saved: Path, tmp_path: Path) -> None:
+    folder = _copy(saved, tmp_path)
+    weights = load_file(str(folder / "model.safetensors"))
+    dropped = next(name for name in sorted(weights) if name.endswith("query.weight"))
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(folder / "model.safetensors"))
+    with pytest.raises(InvalidInput, match="lacks 1 of BertModel's weights"):
+        huggingface.build(folder, vet_huggingface_folder(folder, TYPES))
