@@ -35,7 +35,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # The metrics each output of a several-output model reports as `<metric>.<output name>`.
-PER_OUTPUT = ("cosineMean", "cosineMin", "maxAbsError", "agreement")
+PER_OUTPUT = ("cosineMean", "cosineMin", "maxAbsError", "scaledError", "agreement")
+# Errors: the worst output is the one with the largest (the others: the smallest).
+_ERRORS = frozenset({"maxAbsError", "scaledError"})
 
 
 def _wider(array: np.ndarray, width: int) -> np.ndarray:
@@ -68,10 +70,15 @@ def compare(
     if outputs.shape != reference.shape:
         raise ValueError(f"output shape {outputs.shape} differs from reference {reference.shape}")
     cos = cosine_rows(outputs, reference)
+    error = float(np.abs(outputs.astype(np.float64) - reference).max())
+    # Relative to the output's own scale (its largest magnitude, where above 1): logits in the
+    # hundreds differ by 1e-4 under any reordering of a float sum.
+    scale = max(1.0, float(np.abs(reference).max()) if reference.size else 1.0)
     metrics = {
         "cosineMean": float(cos.mean()),
         "cosineMin": float(cos.min()),
-        "maxAbsError": float(np.abs(outputs.astype(np.float64) - reference).max()),
+        "maxAbsError": error,
+        "scaledError": error / scale,
         "samples": float(outputs.shape[0]),
     }
     if outputs.ndim == 2 and not token_level:  # class scores: does the argmax agree?
@@ -137,7 +144,7 @@ def worst(metrics: Mapping[str, float], key: str) -> float:
     values = [found[key] for found in by_output(metrics).values() if key in found]
     if not values:
         return metrics[key]
-    return max(values) if key == "maxAbsError" else min(values)
+    return max(values) if key in _ERRORS else min(values)
 
 
 def worst_output(metrics: Mapping[str, float], key: str) -> str:
@@ -146,7 +153,7 @@ def worst_output(metrics: Mapping[str, float], key: str) -> str:
     named = {name: m[key] for name, m in found.items() if key in m}
     if not named:
         return ""
-    pick = max if key == "maxAbsError" else min
+    pick = max if key in _ERRORS else min
     return pick(named, key=named.__getitem__)
 
 

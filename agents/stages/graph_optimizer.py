@@ -23,7 +23,8 @@ graph wherever the rewrite applies and holds.
 
 Params: level ("basic" | "extended" | "all"), fuseSiblingMatMuls (true), fusions ("auto" | "on"
 | "off"), removePadding ("auto" | "on" | "off"), timingRuns (20), maxAbsError (bound on a
-rewrite's deviation from the reference outputs on calibration data; a larger one fails the gate).
+rewrite's deviation from the reference outputs on calibration data, on real positions, per unit
+of the output's scale where its largest magnitude is above 1; a larger one fails the gate).
 Measures: node counts before/after, training-only ops before/after, weight bytes, deviation,
 fusions applied, the fused / unfused and unpadded / padded latency ratios, packed nodes, and
 attention restores and packs done head-major.
@@ -64,6 +65,7 @@ class GraphParams(StageParams):
     fuse_sibling_matmuls: bool = Field(default=True, alias="fuseSiblingMatMuls")
     fusions: Literal["auto", "on", "off"] = "auto"
     timing_runs: int = Field(default=20, alias="timingRuns", ge=5)
+    # Relative to the output's scale above 1 (quality.compare's scaledError).
     max_abs_error: float = Field(default=1e-3, alias="maxAbsError", gt=0)
     remove_padding: Literal["auto", "on", "off"] = Field(default="auto", alias="removePadding")
 
@@ -138,11 +140,12 @@ class GraphOptimizer(Agent[GraphParams]):
             "cosineMin": quality["cosineMin"],
             **named_metrics(quality, ("maxAbsError",)),
         }
-        deviation = worst(quality, "maxAbsError")
+        deviation = worst(quality, "scaledError")
         if deviation > params.max_abs_error:
-            output = worst_output(quality, "maxAbsError")
+            output = worst_output(quality, "scaledError")
             raise GateFailed(
-                f"the optimised graph deviates from the reference by {deviation:.3g} "
+                f"the optimised graph deviates from the reference by {deviation:.3g} of the "
+                f"output's scale (max abs error {worst(quality, 'maxAbsError'):.3g}) "
                 f"> maxAbsError {params.max_abs_error}"
                 + (f" on output `{output}`" if output else ""),
                 metrics,
@@ -193,7 +196,7 @@ def choose_graph(
             within.append(name)
             continue
         deviation = score_file(paths[name], "onnx", source, "calibration", limit=64)
-        if worst(deviation, "maxAbsError") > params.max_abs_error:
+        if worst(deviation, "scaledError") > params.max_abs_error:
             log(f"{name} graph deviates: not kept", **deviation, level="warning")
         else:
             within.append(name)

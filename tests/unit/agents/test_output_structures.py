@@ -16,7 +16,7 @@ from bakeline.agents.checkpoint_io import open_input
 from bakeline.agents.contract import GateFailed
 from bakeline.agents.data import Dataset
 from bakeline.agents.pipeline import StageRunner
-from bakeline.agents.quality import Gate, compare, compare_outputs
+from bakeline.agents.quality import Gate, compare, compare_outputs, worst, worst_output
 from bakeline.agents.runtimes import (
     flatten_outputs,
     open_outputs,
@@ -143,6 +143,19 @@ def test_token_level_outputs_are_compared_on_real_positions_only() -> None:
     assert compare(garbage, reference, None)["cosineMin"] < 0.5  # unmasked it is noise
     # A narrower output (one batch's width) against the padded reference: padded, then compared.
     assert compare(reference[:, :2], reference, None, mask)["cosineMin"] == pytest.approx(1.0)
+
+
+def test_the_error_is_also_measured_against_the_outputs_scale() -> None:
+    reference = np.array([[300.0, -120.0], [40.0, 2.0]], dtype=np.float32)
+    shifted = reference + np.float32(0.02)
+    found = compare(shifted, reference, None)
+    assert found["maxAbsError"] == pytest.approx(0.02, rel=1e-3)
+    assert found["scaledError"] == pytest.approx(0.02 / 300, rel=1e-3)  # 300: the largest value
+    small = np.array([[0.5, -0.25]], dtype=np.float32)  # below 1: the absolute error itself
+    assert compare(small + np.float32(1e-3), small, None)["scaledError"] == pytest.approx(1e-3, rel=1e-4)
+    two = compare_outputs({"a": shifted, "b": small}, {"a": reference, "b": small}, None)
+    assert worst(two, "scaledError") == two["scaledError.a"] and two["scaledError.b"] == 0.0
+    assert worst_output(two, "scaledError") == "a"
 
 
 def test_the_gate_holds_per_output_and_names_the_one_that_misses() -> None:
