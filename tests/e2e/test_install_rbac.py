@@ -523,8 +523,9 @@ def test_configmap_lane_bakes_with_the_token_kept_from_the_agents_container(
     # Every stage pod: no ingress, no egress. This plane's API server advertises a loopback
     # address, which it does not publish as the `kubernetes` Service's endpoints: the chart
     # found none, so ConfigMap lanes got no egress rule either.
-    assert set(policies) == {f"{SERVICE_ACCOUNT}-stage"}
+    assert set(policies) == {f"{SERVICE_ACCOUNT}-{name}" for name in ("stage", "delivery", "fetch")}
     assert policies[f"{SERVICE_ACCOUNT}-stage"]["spec"]["egress"] == []
+    assert policies[f"{SERVICE_ACCOUNT}-fetch"]["spec"]["egress"] == []
     # Published, `helm upgrade` finds them: the API server alone, for ConfigMap lanes' pods.
     cluster.kubectl("apply", "-f", "-", input=json.dumps(API_SERVER_SLICE))
     try:

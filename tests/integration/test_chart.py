@@ -88,6 +88,8 @@ def test_default_render_is_a_restricted_operator_of_two_replicas_and_a_leader() 
     docs = render()
     assert sorted(doc["kind"] for doc in docs) == [
         "Deployment",
+        "NetworkPolicy",  # delivery pods: no ingress
+        "NetworkPolicy",  # fetch pods: no ingress, no egress (no API server address given)
         "NetworkPolicy",  # stage pods: no ingress, no egress (no API server address given)
         "PodDisruptionBudget",  # one operator pod stays through a drain
         "Role",  # the operator's

@@ -26,6 +26,8 @@ from bakeline.runtime.pods import (
     LABEL_JOB,
     LABEL_MANAGED_BY,
     MANAGER,
+    build_delivery_pod,
+    build_fetch_pod,
     build_stage_pod,
     checkpoint_store_prefix,
     owner_reference,
@@ -472,6 +474,23 @@ def _stage_pod(storage: str) -> dict[str, Any]:
     )
 
 
+def _delivery_pod() -> dict[str, Any]:
+    job = {"metadata": {"name": "digits", "namespace": "ops", "uid": "u"}}
+    return build_delivery_pod(
+        job,
+        attempt=1,
+        checkpoint="package-1",
+        record={},
+        output={"uri": "s3://models/digits"},
+        image="i",
+    )
+
+
+def _fetch_pod() -> dict[str, Any]:
+    job = {"metadata": {"name": "digits", "namespace": "ops", "uid": "u"}}
+    return build_fetch_pod(job, checkpoint="package-1", image="i", service_account="s")
+
+
 def _selects(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
     wanted = policy["spec"]["podSelector"]["matchLabels"].items()
     return bool(wanted <= pod["metadata"]["labels"].items())
@@ -482,14 +501,31 @@ def test_stage_pods_get_no_ingress_and_no_egress_but_the_api_server_for_configma
     docs = render("--set", given, "--set", "watch.namespaces={team-a,team-b}", namespace="ops")
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in policies} == {
-        (ns, name)
+        (ns, f"rel-bakeline-{name}")
         for ns in ("team-a", "team-b")
-        for name in ("rel-bakeline-stage", "rel-bakeline-stage-store")
+        for name in ("stage", "stage-store", "delivery", "fetch")
     }
     configmap, volume = _stage_pod("ConfigMap"), _stage_pod("Volume")
+    delivery, fetch = _delivery_pod(), _fetch_pod()
+    api_server = [
+        {
+            "to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}],
+            "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+        }
+    ]
     for policy in policies:
         spec = policy["spec"]
-        if policy["metadata"]["name"].endswith("-stage"):
+        others = [configmap, volume, delivery, fetch]
+        if policy["metadata"]["name"].endswith("-delivery"):
+            # Nothing connects to it; its egress (the user's bucket or registry) stays open.
+            assert spec["policyTypes"] == ["Ingress"] and spec["ingress"] == []
+            assert [_selects(policy, pod) for pod in others] == [False, False, True, False]
+        elif policy["metadata"]["name"].endswith("-fetch"):
+            # The export of a Volume lane's package: the API server alone.
+            assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []
+            assert spec["egress"] == api_server
+            assert [_selects(policy, pod) for pod in others] == [False, False, False, True]
+        elif policy["metadata"]["name"].endswith("-stage"):
             # Every stage pod: both directions on, nothing allowed.
             assert spec["policyTypes"] == ["Ingress", "Egress"]
             assert spec["ingress"] == [] and spec["egress"] == []
@@ -509,7 +545,12 @@ def test_stage_pods_get_no_ingress_and_no_egress_but_the_api_server_for_configma
             assert _selects(policy, configmap) and not _selects(policy, volume)
     # Not told the API server (`helm template` cannot look it up): no egress at all.
     plain = [d for d in render(namespace="ops") if d["kind"] == "NetworkPolicy"]
-    assert [p["metadata"]["name"] for p in plain] == ["rel-bakeline-stage"]
+    assert [p["metadata"]["name"] for p in plain] == [
+        "rel-bakeline-stage",
+        "rel-bakeline-delivery",
+        "rel-bakeline-fetch",
+    ]
+    assert plain[2]["spec"]["egress"] == []  # the fetch pod: nowhere to go
     # Off, and cluster-wide with the namespaces named.
     off = render("--set", "stagePods.networkPolicy.enabled=false")
     assert not [d for d in off if d["kind"] == "NetworkPolicy"]

@@ -177,3 +177,19 @@ never share a Lease. The operator's Role pins get and update to it.
 {{- define "bakeline.leaseName" -}}
 {{ include "bakeline.fullname" . }}
 {{- end }}
+
+{{/*
+The one egress rule to the API server's endpoints: (dict "cidrs" LIST "ports" LIST).
+*/}}
+{{- define "bakeline.apiServerEgressRule" -}}
+- to:
+    {{- range $cidr := .cidrs }}
+    - ipBlock:
+        cidr: {{ $cidr }}
+    {{- end }}
+  ports:
+    {{- range $port := .ports }}
+    - protocol: TCP
+      port: {{ $port }}
+    {{- end }}
+{{- end }}
