@@ -10,6 +10,7 @@ import base64
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,16 +136,17 @@ def test_a_users_dataset_gives_one_verdict_from_bakeline_run_a_configmap_and_a_c
     for job in jobs.values():
         apply(cluster, job, namespace)
 
-    def finished(name: str) -> dict[str, Any] | None:
-        job = get(cluster, "bj", name, namespace) or {}
-        done = (job.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-        return job if done else None
+    def finished(name: str) -> Callable[[], dict[str, Any] | None]:
+        def check() -> dict[str, Any] | None:
+            job = get(cluster, "bj", name, namespace) or {}
+            done = (job.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            return job if done else None
+
+        return check
 
     expected = local["result"]
     for name in jobs:
-        job = wait_for(
-            lambda name=name: finished(name), 1200, interval=2, what=f"job {name} to finish"
-        )
+        job = wait_for(finished(name), 1200, interval=2, what=f"job {name} to finish")
         status = job["status"]
         assert status["phase"] == "Succeeded", json.dumps(status, indent=1) + operator.log()
         result = status["result"]

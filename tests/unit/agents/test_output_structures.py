@@ -152,7 +152,8 @@ def test_the_error_is_also_measured_against_the_outputs_scale() -> None:
     assert found["maxAbsError"] == pytest.approx(0.02, rel=1e-3)
     assert found["scaledError"] == pytest.approx(0.02 / 300, rel=1e-3)  # 300: the largest value
     small = np.array([[0.5, -0.25]], dtype=np.float32)  # below 1: the absolute error itself
-    assert compare(small + np.float32(1e-3), small, None)["scaledError"] == pytest.approx(1e-3, rel=1e-4)
+    found = compare(small + np.float32(1e-3), small, None)
+    assert found["scaledError"] == pytest.approx(1e-3, rel=1e-4)
     two = compare_outputs({"a": shifted, "b": small}, {"a": reference, "b": small}, None)
     assert worst(two, "scaledError") == two["scaledError.a"] and two["scaledError.b"] == 0.0
     assert worst_output(two, "scaledError") == "a"
