@@ -30,6 +30,7 @@ from safetensors.numpy import save_file
 from torch import nn
 
 from bakeline.checkpoints.manifest import sha256_path
+from support.user_models import build_huggingface_folder
 
 pytestmark = pytest.mark.slow
 
@@ -295,85 +296,6 @@ def _build_torchscript(folder: Path) -> tuple[Path, Path | None]:
     return path, folder / "features.npz"
 
 
-_WORDS = [
-    "the",
-    "a",
-    "model",
-    "bakes",
-    "fast",
-    "small",
-    "quantized",
-    "weights",
-    "text",
-    "token",
-    "layer",
-    "sentence",
-    "data",
-    "quality",
-    "speed",
-    "size",
-    "user",
-    "folder",
-    "graph",
-    "export",
-    "runs",
-    "every",
-    "batch",
-    "kernel",
-    "memory",
-    "cache",
-    "gate",
-    "held",
-    "out",
-    "calibration",
-    "evaluation",
-    "encoder",
-    "attention",
-    "head",
-    "vector",
-]
-
-
-def _build_huggingface(folder: Path) -> tuple[Path, Path | None]:
-    """A tiny BERT as `save_pretrained` writes it (config.json, model.safetensors) with a
-    WordPiece tokenizer.json over the test's own words and a tokenizer_config.json; the data
-    is JSON lines of text, tokenized with that tokenizer by the import stage."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    directory = folder / "tiny-bert"
-    vocab = {token: index for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])}
-    for word in _WORDS:
-        vocab.setdefault(word, len(vocab))
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(directory, safe_serialization=True)
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizerFast", "model_max_length": 64})
-    )
-    rng = np.random.default_rng(7)
-    lines = [
-        json.dumps({"text": " ".join(rng.choice(_WORDS, int(rng.integers(3, 14))))})
-        for _ in range(60)
-    ]
-    (folder / "text.jsonl").write_text("\n".join(lines) + "\n")
-    return directory, folder / "text.jsonl"
-
-
 CASES = [
     Case("resnet-cnn", _build_resnet, ["output_0"], {"quality": {"metric": "accuracy"}}),
     Case(
@@ -396,7 +318,7 @@ CASES = [
     ),
     Case(
         "huggingface-folder",
-        _build_huggingface,
+        build_huggingface_folder,
         ["last_hidden_state", "pooler_output"],
         {"model": {"format": "huggingface"}},
     ),
