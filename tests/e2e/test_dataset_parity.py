@@ -1,8 +1,9 @@
 """One job, one verdict on the user's data (issue 25, "Both paths"): a user's model judged on
 the user's dataset gives the same verdict, quality and evidence from `bakeline run` (the
 files beside the job) as from the operator, with model and dataset in ConfigMaps in one job
-and on a PersistentVolumeClaim in another. The agents are the real ones, in pods the node
-harness runs."""
+and on a PersistentVolumeClaim in another; so does a Hugging Face folder on a claim, and a bake
+with no data of the user's says "unverified" in the cluster as `bakeline run` does. The agents
+are the real ones, in pods the node harness runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import base64
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ import pytest
 import torch
 import yaml
 
-from bakeline.checkpoints.manifest import sha256_file
+from bakeline.checkpoints.manifest import sha256_file, sha256_path
+from bakeline.engine.result import UNVERIFIED_NOTE
 from controlplane import ControlPlane
 from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness
+from support.user_models import build_huggingface_folder
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -58,13 +60,13 @@ def _files(folder: Path) -> tuple[Path, Path]:
     return model, dataset
 
 
-def _job(name: str, source: dict[str, Any], dataset: str) -> dict[str, Any]:
+def _job(name: str, source: dict[str, Any], dataset: str, **model: Any) -> dict[str, Any]:
     return {
         "apiVersion": "bakeline.io/v1alpha1",
         "kind": "BakingJob",
         "metadata": {"name": name},
         "spec": {
-            "model": {"source": source},
+            "model": {"source": source, **model},
             "workflowRef": "default",
             "laneRef": "express",
             "target": {"device": "cpu", "batchSizes": [1, 16]},
@@ -84,6 +86,30 @@ def _bakeline_run(job: dict[str, Any], folder: Path) -> dict[str, Any]:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report: dict[str, Any] = json.loads((folder / "work" / "report.json").read_text())
     return report
+
+
+def _claim(cluster: ControlPlane, namespace: str, node: NodeHarness) -> Path:
+    """The user's claim (the node harness's folder for it)."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    apply(cluster, claim, namespace)
+    return node.pvc_dir(namespace, CLAIM)
+
+
+def _finished(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        job = get(cluster, "bj", name, namespace) or {}
+        done = (job.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        return job if done else None
+
+    status: dict[str, Any] = wait_for(check, 1200, interval=2, what=f"job {name} to finish")[
+        "status"
+    ]
+    return status
 
 
 def test_a_users_dataset_gives_one_verdict_from_bakeline_run_a_configmap_and_a_claim(
@@ -110,14 +136,7 @@ def test_a_users_dataset_gives_one_verdict_from_bakeline_run_a_configmap_and_a_c
         body = {"metadata": {"name": config_map}, "binaryData": binary}
         apply(cluster, {"apiVersion": "v1", "kind": "ConfigMap", **body}, namespace)
     # ... and on a claim, both under folders of their own.
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": CLAIM},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }
-    apply(cluster, claim, namespace)
-    on_claim = node.pvc_dir(namespace, CLAIM)
+    on_claim = _claim(cluster, namespace, node)
     for folder, path in (("models", model), ("data/v1", dataset)):
         (on_claim / folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, on_claim / folder / path.name)
@@ -136,18 +155,9 @@ def test_a_users_dataset_gives_one_verdict_from_bakeline_run_a_configmap_and_a_c
     for job in jobs.values():
         apply(cluster, job, namespace)
 
-    def finished(name: str) -> Callable[[], dict[str, Any] | None]:
-        def check() -> dict[str, Any] | None:
-            job = get(cluster, "bj", name, namespace) or {}
-            done = (job.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-            return job if done else None
-
-        return check
-
     expected = local["result"]
     for name in jobs:
-        job = wait_for(finished(name), 1200, interval=2, what=f"job {name} to finish")
-        status = job["status"]
+        status = _finished(cluster, namespace, name)
         assert status["phase"] == "Succeeded", json.dumps(status, indent=1) + operator.log()
         result = status["result"]
         # The verdict and what it was measured on: the same rows of the same file.
@@ -163,3 +173,62 @@ def test_a_users_dataset_gives_one_verdict_from_bakeline_run_a_configmap_and_a_c
         assert abs(quality["value"] - local_quality["value"]) < 0.02, (quality, local_quality)
         imported = status["stages"][0]
         assert imported["phase"] == "Succeeded", imported
+
+
+def test_a_hugging_face_folder_on_a_claim_and_a_bake_without_data_mean_the_same_on_both_paths(
+    cluster: ControlPlane,
+    namespace: str,
+    node: NodeHarness,
+    operator: Any,
+    repo_root: Path,
+    tmp_path: Path,
+) -> None:
+    folder, text = build_huggingface_folder(tmp_path)
+    assert text is not None
+    model, _ = _files(tmp_path)
+    local_folder = {"url": {"url": f"file://{folder}", "sha256": sha256_path(folder)}}
+    (tmp_path / "hf").mkdir()
+    hf = _bakeline_run(
+        _job("tiny-bert", local_folder, text.as_uri(), format="huggingface"), tmp_path / "hf"
+    )
+    assert hf["phase"] == "Succeeded", hf.get("reason")
+    (tmp_path / "synthetic").mkdir()
+    local_model = {"url": {"url": f"file://{model}", "sha256": sha256_file(model)}}
+    synthetic = _bakeline_run(_job("cnn-no-data", local_model, "builtin"), tmp_path / "synthetic")
+    assert synthetic["result"]["qualityVerified"] is False
+
+    for name in ("lanes.yaml", "workflow-default.yaml"):
+        cluster.kubectl("apply", "-n", namespace, "-f", str(repo_root / "examples" / name))
+    on_claim = _claim(cluster, namespace, node)
+    shutil.copytree(folder, on_claim / "models" / folder.name)
+    (on_claim / "data").mkdir()
+    shutil.copy(text, on_claim / "data" / text.name)
+    binary = {model.name: base64.b64encode(model.read_bytes()).decode()}
+    body = {"metadata": {"name": "user-model"}, "binaryData": binary}
+    apply(cluster, {"apiVersion": "v1", "kind": "ConfigMap", **body}, namespace)
+    claimed = {"pvc": {"claimName": CLAIM, "path": f"models/{folder.name}"}}
+    in_config_map = {"configMap": {"name": "user-model", "key": model.name}}
+    jobs = {
+        "bert-pvc": (
+            _job("bert-pvc", claimed, f"pvc://{CLAIM}/data/{text.name}", format="huggingface"),
+            hf,
+        ),
+        "cnn-no-data": (_job("cnn-no-data", in_config_map, "builtin"), synthetic),
+    }
+    for job, _ in jobs.values():
+        apply(cluster, job, namespace)
+    for name, (_, local) in jobs.items():
+        status = _finished(cluster, namespace, name)
+        assert status["phase"] == "Succeeded", json.dumps(status, indent=1) + operator.log()
+        result, expected = status["result"], local["result"]
+        assert {k: result.get(k) for k in EVIDENCE} == {k: expected.get(k) for k in EVIDENCE}
+        assert result["quality"]["passed"] == expected["quality"]["passed"] is True
+        assert abs(result["quality"]["value"] - expected["quality"]["value"]) < 0.02
+    # The folder's every output, judged on the user's text, as `bakeline run` judged it.
+    bert = _finished(cluster, namespace, "bert-pvc")
+    assert bert["result"]["evaluationData"] == "dataset" and bert["result"]["qualityVerified"]
+    # No data: a success, and the status says what it is worth, as the summary does.
+    unverified = _finished(cluster, namespace, "cnn-no-data")
+    assert unverified["result"]["qualityNote"] == UNVERIFIED_NOTE
+    succeeded = next(c for c in unverified["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["message"].endswith(f"; {UNVERIFIED_NOTE}"), succeeded

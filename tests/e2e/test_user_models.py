@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import yaml
 from safetensors.numpy import save_file
 from torch import nn
 
+from bakeline.agents.quantize import float_layers
 from bakeline.checkpoints.manifest import sha256_path
 from support.user_models import build_huggingface_folder
 
@@ -389,6 +391,12 @@ def test_a_users_model_bakes_or_is_refused_at_import_saying_what_to_change(
             assert f"`{name}`" in validated["message"], validated["message"]
     if "accuracy" in metrics:  # the labels are the original's classes: top-1 agreement
         assert metrics["accuracy"] >= 0.8, validated
+    # The label says what the artifact holds: float layers left in it are named as float.
+    package = Path(result["manifest"]).parent
+    artifact = package / json.loads((package / "manifest.json").read_text())["artifact"]
+    precision = str(result.get("precision"))
+    left = float_layers(onnx.load(str(artifact)))
+    assert not left or "fp32" in precision or "fp16" in precision, (precision, left)
     _record(
         case.name,
         {
