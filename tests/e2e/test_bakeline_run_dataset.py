@@ -16,19 +16,9 @@ import torch
 import yaml
 
 from bakeline.checkpoints.manifest import sha256_file
+from support.user_models import SmallCnn
 
 pytestmark = pytest.mark.slow
-
-
-class _SmallCnn(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8 * 8 * 8, 10)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        result: torch.Tensor = self.head(torch.relu(self.conv(image)).flatten(1))
-        return result
 
 
 def _bake(manifest: Path, workdir: Path) -> dict[str, Any]:
@@ -50,7 +40,7 @@ def test_a_user_model_bakes_on_the_users_dataset_file(tmp_path: Path) -> None:
     model = tmp_path / "cnn.pt2"
     batch = torch.export.Dim("batch")
     program = torch.export.export(
-        _SmallCnn().eval(), (torch.rand(2, 1, 8, 8),), dynamic_shapes={"image": {0: batch}}
+        SmallCnn().eval(), (torch.rand(2, 1, 8, 8),), dynamic_shapes={"image": {0: batch}}
     )
     torch.export.save(program, str(model))
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ from bakeline.engine.result import UNVERIFIED_NOTE
 from controlplane import ControlPlane
 from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness
-from support.user_models import build_huggingface_folder
+from support.user_models import SmallCnn, build_huggingface_folder
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -34,24 +34,13 @@ EVIDENCE = ("qualityVerified", "qualityNote", "evaluationData", "calibrationSamp
             "evaluationSamples")  # fmt: skip
 
 
-class _SmallCnn(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8 * 8 * 8, 10)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        result: torch.Tensor = self.head(torch.relu(self.conv(image)).flatten(1))
-        return result
-
-
 def _files(folder: Path) -> tuple[Path, Path]:
     """The user's model (an ExportedProgram with a dynamic batch) and dataset (npz, labels)."""
     torch.manual_seed(0)
     model = folder / "cnn.pt2"
     batch = torch.export.Dim("batch")
     program = torch.export.export(
-        _SmallCnn().eval(), (torch.rand(2, 1, 8, 8),), dynamic_shapes={"image": {0: batch}}
+        SmallCnn().eval(), (torch.rand(2, 1, 8, 8),), dynamic_shapes={"image": {0: batch}}
     )
     torch.export.save(program, str(model))
     images = np.random.default_rng(0).random((60, 1, 8, 8)).astype(np.float32)
