@@ -232,6 +232,12 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 "job.model.localPath"
             )
         artifact, fmt, calibration, evaluation, metrics, extra = imported
+        origin = _downloaded_from(spec.source)
+        if origin:  # the model card's provenance: where the bytes came from, not the cache
+            extra["facts"] = {
+                **extra["facts"],
+                "source": f"{extra['facts']['source']} from {origin}",
+            }
         # A gate on accuracy needs labels: say so now, not after the bake.
         if ctx.job.quality.metric == "accuracy" and evaluation.labels is None:
             raise InvalidInput(
@@ -703,6 +709,13 @@ def _signature(
         TensorSpec(name=n, dtype="float32", shape=["batch", *shapes[n]]) for n in names or shapes
     ]
     return inputs, [], _torch_weights(module), ModelHints()
+
+
+def _downloaded_from(source: dict[str, Any]) -> str | None:
+    """The https:// or http:// address `bakeline run` downloaded the model from, if it did."""
+    url = source.get("url")
+    address = str(url.get("url", "")) if isinstance(url, dict) else str(url or "")
+    return address if address.startswith(("https://", "http://")) else None
 
 
 def _refuse_static_sequence(inputs: list[TensorSpec]) -> None:

@@ -98,7 +98,8 @@ HUGGINGFACE_CONFIGMAP_MESSAGE = (
 
 
 class UrlModel(WireModel):
-    """A model file by address, for `bakeline run` (file://); its bytes must match sha256.
+    """A model file by address, for `bakeline run` (file://, https://); its bytes must match
+    sha256.
 
     The API server refuses url sources (`URL_IN_CLUSTER_MESSAGE`), so the rules below are
     `bakeline run`'s alone: one mistake, one message."""
@@ -106,9 +107,10 @@ class UrlModel(WireModel):
     url: str = Field(
         min_length=1,
         max_length=2048,
-        description="file:// path of the model file (or of a Hugging Face model directory), "
-        "for `bakeline run` on one machine. A cluster refuses url sources: the operator does not "
-        "download models.",
+        description="For `bakeline run` on one machine: file:// path of the model file (or of "
+        "a Hugging Face model directory), or an https:// or http:// address it downloads (once, "
+        "into a cache by sha256, resumed where a connection dropped, at most 16 GiB). A cluster "
+        "refuses url sources: the operator does not download models.",
     )
     # Required, but checked by a rule so the API server's message says why (see cel_rules).
     sha256: str | None = Field(

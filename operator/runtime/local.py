@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 from bakeline import contract
 from bakeline.checkpoints.manifest import sha256_file, sha256_path
 from bakeline.contract import TERMINATION_LIMIT, TerminationMessage, parse_termination
+from bakeline.runtime.download import DownloadError, fetch, is_remote
 
 _KILL_GRACE_SECONDS = 5.0
 _LOG_TAIL_LINES = 20
@@ -257,9 +258,9 @@ def job_document(
 ) -> dict[str, Any]:
     """The `--job` JSON: the job-level spec parts, with the model resolved to a local file.
 
-    `builtin` models pass through (the agents know them); a `url` must be `file://` here (a path
-    relative to `base_dir`, the manifest's folder, is accepted too) and must match its sha256
-    (a folder's: `sha256_tree`).
+    `builtin` models pass through (the agents know them); a `url` is `file://` (a path relative
+    to `base_dir`, the manifest's folder, is accepted too) or https:// / http:// (downloaded by
+    `download.fetch` into a cache), and must match its sha256 (a folder's: `sha256_tree`).
     """
     resolved = dict(model)
     source = dict(model.get("source") or {})
@@ -270,9 +271,15 @@ def job_document(
         address, expected = str(url or ""), source.get("sha256")
     expected = expected or model.get("sha256")
     if address:
-        path = _local_path(address, base_dir)
         if not expected:
             raise ModelSourceError("a url model source needs its sha256")
+        if is_remote(address):
+            try:
+                path = fetch(address, str(expected))
+            except DownloadError as exc:
+                raise ModelSourceError(str(exc)) from None
+        else:
+            path = _local_path(address, base_dir)
         if not path.is_file() and not path.is_dir():
             raise ModelSourceError(f"model file {path} does not exist")
         # A folder (a Hugging Face model directory) by the digest of its files' sha256s.
@@ -289,7 +296,7 @@ def job_document(
         kinds = ", ".join(sorted(k for k, v in source.items() if v)) or "none"
         raise ModelSourceError(
             f"model source {kinds} is not available to `bakeline run` on one machine: "
-            "use `builtin` or a file:// `url` with its sha256"
+            "use `builtin` or a file:// or https:// `url` with its sha256"
         )
     quality = resolve_dataset(quality, base_dir)
     return contract.job_document(name, {"target": target, "quality": quality}, resolved)
@@ -333,7 +340,8 @@ def _local_path(url: str, base_dir: Path) -> Path:
         path = Path(url)
         return path if path.is_absolute() else (base_dir / path)
     raise ModelSourceError(
-        f"{parsed.scheme}:// model sources need the operator; `bakeline run` reads file:// only"
+        f"{parsed.scheme}:// is not a model source `bakeline run` reads: file://, a path, "
+        "https:// or http://"
     )
 
 

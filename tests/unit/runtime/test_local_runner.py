@@ -123,9 +123,9 @@ def test_job_documents_resolve_local_model_files(tmp_path: Path) -> None:
         job_document(
             "j", {"source": {"url": {"url": model.as_uri(), "sha256": "f" * 64}}}, {}, {}, tmp_path
         )
-    with pytest.raises(ModelSourceError, match="need the operator"):
+    with pytest.raises(ModelSourceError, match="not a model source `bakeline run` reads"):
         job_document(
-            "j", {"source": {"url": {"url": "https://x/m", "sha256": digest}}}, {}, {}, tmp_path
+            "j", {"source": {"url": {"url": "ftp://x/m", "sha256": digest}}}, {}, {}, tmp_path
         )
     with pytest.raises(ModelSourceError, match="not available"):
         job_document("j", {"source": {"pvc": {"claimName": "c", "path": "m"}}}, {}, {}, tmp_path)
