@@ -237,9 +237,9 @@ class Target(WireModel):
 
 
 DATASET_URL_MESSAGE = (
-    "quality.dataset by url (https://, s3://, ...) is not fetched yet: put the file in a "
+    "quality.dataset by s3://, oci:// or another scheme is not fetched yet: put the file in a "
     "ConfigMap (configmap/NAME/KEY) or on a PersistentVolumeClaim (pvc://CLAIM/PATH) for a "
-    "cluster, or name a local file (file://PATH) for `bakeline run`"
+    "cluster, or name a local file (file://PATH) or an https:// address for `bakeline run`"
 )
 DATASET_CONFIGMAP_MESSAGE = (
     "a ConfigMap dataset is configmap/NAME or configmap/NAME/KEY: NAME a ConfigMap in the "
@@ -252,8 +252,8 @@ DATASET_PVC_MESSAGE = (
 )
 DATASET_IN_CLUSTER_MESSAGE = (
     "in a cluster quality.dataset is builtin, configmap/NAME[/KEY] or pvc://CLAIM/PATH: a stage "
-    "pod cannot read a local file (file://, a path); bake it with `bakeline run`, or put the "
-    "file in a ConfigMap or on a claim"
+    "pod cannot read a local file (file://, a path) and has no network (https://); bake it "
+    "with `bakeline run`, or put the file in a ConfigMap or on a claim"
 )
 _URL_SCHEME = re.compile(r"^[a-zA-Z][-+.a-zA-Z0-9]*://")
 _DNS_SUBDOMAIN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -263,7 +263,8 @@ _PVC_DATASET = f"^pvc://{_DNS_SUBDOMAIN}(/[-_a-zA-Z0-9][-._a-zA-Z0-9]*)+$"
 
 
 def _dataset_not_fetched(dataset: str) -> bool:
-    return not _URL_SCHEME.match(dataset) or dataset.startswith(("file://", "pvc://"))
+    schemes = ("file://", "pvc://", "https://", "http://")
+    return not _URL_SCHEME.match(dataset) or dataset.startswith(schemes)
 
 
 def _pvc_dataset_ok(dataset: str) -> bool:
@@ -302,11 +303,12 @@ class Quality(WireModel):
         "cluster): a ConfigMap key holding the file, mounted read-only into the import stage; "
         "pvc://CLAIM/PATH (in a cluster): a file on a PersistentVolumeClaim of the job's "
         "namespace, the claim mounted read-only into the import stage; "
-        "file://PATH or a path relative to the job file (`bakeline run`). The file is "
+        "file://PATH or a path relative to the job file, or an https:// address, downloaded "
+        "(`bakeline run`). The file is "
         "safetensors or npz (arrays keyed by input name, optional __labels__; never "
         "unpickled) or JSON lines (text, for a model with a tokenizer, or token ids by input "
         "name, optional label); every third sample calibrates, the rest evaluate. Datasets "
-        "by url (https://, s3://) are not fetched yet and are refused.",
+        "by s3:// or oci:// are not fetched yet and are refused.",
     )
     metric: QualityMetric = Field(
         default="cosine",
@@ -323,7 +325,8 @@ class Quality(WireModel):
     cel_rules = (
         Rule(
             "!self.dataset.matches('^[a-zA-Z][-+.a-zA-Z0-9]*://') "
-            "|| self.dataset.startsWith('file://') || self.dataset.startsWith('pvc://')",
+            "|| self.dataset.startsWith('file://') || self.dataset.startsWith('pvc://') "
+            "|| self.dataset.startsWith('https://') || self.dataset.startsWith('http://')",
             DATASET_URL_MESSAGE,
             lambda q: _dataset_not_fetched(q.dataset),
             field_path=".dataset",
@@ -351,7 +354,8 @@ class Quality(WireModel):
         Rule(
             "self.dataset == 'builtin' || self.dataset.startsWith('configmap/') "
             "|| (self.dataset.matches('^[a-zA-Z][-+.a-zA-Z0-9]*://') "
-            "&& !self.dataset.startsWith('file://'))",
+            "&& !self.dataset.startsWith('file://') && !self.dataset.startsWith('https://') "
+            "&& !self.dataset.startsWith('http://'))",
             DATASET_IN_CLUSTER_MESSAGE,
             None,
             field_path=".dataset",

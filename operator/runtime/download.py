@@ -5,6 +5,7 @@ them as it vets any local file, in a process that holds none of the user's crede
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ def is_remote(address: str) -> bool:
 
 def fetch(
     url: str,
-    sha256: str,
+    sha256: str | None,
     *,
     cache: Path | None = None,
     max_bytes: int = MAX_BYTES,
@@ -47,16 +48,23 @@ def fetch(
 ) -> Path:
     """The file at `url` whose bytes have `sha256`, as a local path (`<cache>/<sha256>/<name>`:
     the url's own file name, for the model card). A cached copy with those bytes is used as it
-    is; a partial one is resumed. Raises DownloadError: refused (4xx, too large, other bytes)
-    at once, transient failures after `attempts` tries with doubling pauses."""
+    is; a partial one is resumed. With no `sha256` (a dataset names none) the file is fetched
+    afresh and kept under the sha256 it turns out to have. Raises DownloadError: refused (4xx,
+    too large, other bytes) at once, transient failures after `attempts` tries with doubling
+    pauses."""
     parsed = urlparse(url)
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
         raise DownloadError(f"{url} is not an https:// or http:// url with a host")
     name = PurePosixPath(unquote(parsed.path)).name or "model"
-    folder = (cache or cache_dir()) / sha256
-    target, partial = folder / name, folder / f".{name}.part"
-    if target.is_file() and sha256_file(target) == sha256:
-        return target
+    root = cache or cache_dir()
+    if sha256 is not None:
+        folder = root / sha256
+        if (folder / name).is_file() and sha256_file(folder / name) == sha256:
+            return folder / name
+    else:  # nothing to check a partial file against: start from the first byte
+        folder = root / "pending" / hashlib.sha256(url.encode()).hexdigest()[:16]
+        (folder / f".{name}.part").unlink(missing_ok=True)
+    partial = folder / f".{name}.part"
     folder.mkdir(parents=True, exist_ok=True)
     http = urllib3.PoolManager(
         retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
@@ -75,11 +83,13 @@ def fetch(
     else:
         raise DownloadError(f"could not download {url} in {attempts} attempts: {why}")
     actual = sha256_file(partial)
-    if actual != sha256:
+    if sha256 is not None and actual != sha256:
         partial.unlink()
         raise DownloadError(
             f"{url} has sha256 {actual}, but the job names {sha256}: the file was not kept"
         )
+    target = root / actual / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial.replace(target)
     return target
 

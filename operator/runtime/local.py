@@ -304,12 +304,19 @@ def job_document(
 
 def resolve_dataset(quality: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     """`quality` with its dataset resolved for the import stage: a file:// url or a path
-    (relative to `base_dir`, the manifest's folder, as a model url's is) becomes
-    `file://ABSOLUTE#sha256=HEX`: the agent reads that file and checks it has those bytes, and
+    (relative to `base_dir`, the manifest's folder, as a model url's is), or an https:// one
+    (downloaded afresh), becomes `file://ABSOLUTE#sha256=HEX`: the agent reads that file and checks it has those bytes, and
     the sha256, part of the job document, is part of the import stage's cache key."""
     resolved = dict(quality)
     dataset = str(resolved.get("dataset") or "builtin")
     if dataset == "builtin":
+        return resolved
+    if is_remote(dataset):
+        try:
+            path = fetch(dataset, None)
+        except DownloadError as exc:
+            raise ModelSourceError(f"quality.dataset: {exc}") from None
+        resolved["dataset"] = f"{path.as_uri()}#sha256={sha256_file(path)}"
         return resolved
     if dataset.startswith(("configmap/", "pvc://")):
         kind = "a ConfigMap" if dataset.startswith("configmap/") else "a PersistentVolumeClaim"
@@ -321,8 +328,9 @@ def resolve_dataset(quality: Mapping[str, Any], base_dir: Path) -> dict[str, Any
         path = _local_path(dataset, base_dir)
     except ModelSourceError:
         raise ModelSourceError(
-            f"quality.dataset {dataset}: datasets by url are not fetched yet; `bakeline run` "
-            "reads a local file (file://PATH or a path relative to the job file)"
+            f"quality.dataset {dataset}: datasets by this scheme are not fetched yet; `bakeline "
+            "run` reads a local file (file://PATH or a path relative to the job file) or an "
+            "https:// address"
         ) from None
     if not path.is_absolute():
         path = base_dir / path

@@ -45,7 +45,6 @@ def test_bakeline_run_resolves_a_dataset_file_with_its_sha256(tmp_path: Path) ->
         ("missing.npz", "does not exist"),
         ("configmap/evals/data.npz", "ConfigMap, which the operator mounts"),
         ("pvc://data/evals/data.npz", "PersistentVolumeClaim, which the operator mounts"),
-        ("https://example.com/evals.npz", "not fetched yet"),
         ("s3://bucket/evals.npz", "not fetched yet"),
     ],
 )

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bakeline.runtime.download import DownloadError, fetch
-from bakeline.runtime.local import ModelSourceError, job_document
+from bakeline.runtime.local import ModelSourceError, job_document, resolve_dataset
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = hashlib.sha256(BODY).hexdigest()
@@ -130,3 +130,19 @@ def test_bakeline_runs_job_document_downloads_an_https_source(
     wrong = {"url": {"url": server.url, "sha256": "1" * 64}}
     with pytest.raises(ModelSourceError, match="the file was not kept"):
         job_document("j", {"source": wrong}, {}, {}, tmp_path)
+
+
+def test_an_https_dataset_is_fetched_afresh_and_pinned_by_the_sha256_it_has(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BAKELINE_CACHE", str(tmp_path / "home-cache"))
+    resolved = resolve_dataset({"dataset": server.url, "metric": "cosine"}, tmp_path)
+    local = tmp_path / "home-cache" / "downloads" / DIGEST / "model.pt2"
+    # The import stage checks these bytes again (the sha256 travels in the job document).
+    assert resolved == {"dataset": f"{local.as_uri()}#sha256={DIGEST}", "metric": "cosine"}
+    assert local.read_bytes() == BODY
+    resolve_dataset({"dataset": server.url}, tmp_path)
+    assert len(server.requests) == 2  # no sha256 to trust a cached copy by: fetched again
+    server.status = 404
+    with pytest.raises(ModelSourceError, match=r"quality.dataset: .* answered HTTP 404"):
+        resolve_dataset({"dataset": server.url}, tmp_path)
