@@ -305,8 +305,9 @@ def job_document(
 def resolve_dataset(quality: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     """`quality` with its dataset resolved for the import stage: a file:// url or a path
     (relative to `base_dir`, the manifest's folder, as a model url's is), or an https:// one
-    (downloaded afresh), becomes `file://ABSOLUTE#sha256=HEX`: the agent reads that file and checks it has those bytes, and
-    the sha256, part of the job document, is part of the import stage's cache key."""
+    (downloaded afresh), becomes `file://ABSOLUTE#sha256=HEX`: the agent reads that file and
+    checks it has those bytes, and the sha256, part of the job document, is part of the import
+    stage's cache key."""
     resolved = dict(quality)
     dataset = str(resolved.get("dataset") or "builtin")
     if dataset == "builtin":
