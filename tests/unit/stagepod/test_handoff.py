@@ -54,7 +54,9 @@ def _agent_container(
     }
     agent = [sys.executable, str(pod / "agent.py"), message, str(code)]
     agent += [str(release)] if release else []
-    return subprocess.Popen([sys.executable, "-c", WRAPPER, "stage", "--", *agent], env=env)
+    # Its own session: the container's processes end together, as a container's do.
+    command = [sys.executable, "-c", WRAPPER, "stage", "--", *agent]
+    return subprocess.Popen(command, env=env, start_new_session=True)
 
 
 @pytest.mark.parametrize("code", [0, 2, 3, 1])
@@ -88,7 +90,7 @@ def test_an_agent_container_killed_outright_leaves_no_outcome_and_the_store_stop
     while not (pod / "handoff" / HANDOFF_STARTED).exists():
         assert time.monotonic() < deadline, "the wrapper never took the lock"
         time.sleep(0.02)
-    os.kill(container.pid, signal.SIGKILL)  # as the OOM killer would end the container
+    os.killpg(container.pid, signal.SIGKILL)  # as the kernel ends a container: all of it
     container.wait(timeout=10)
     started = time.monotonic()
     assert wait_for_agent(pod / "handoff", 5) == (None, "")
