@@ -79,13 +79,12 @@ def float_layers(model: onnx.ModelProto) -> list[tuple[str, str]]:
     ]
 
 
-def fold_recurrent_weights(source: Path, target: Path) -> Path:
-    """`source` with its constants folded when a recurrent layer's weights are computed
+def fold_recurrent_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its constants folded when a recurrent layer's weights are computed
     (torch's exporter reorders LSTM gates with Slice and Concat): the quantizer only takes
     weights that are initializers. onnxscript's optimizer (torch's own exporter's) folds
-    them, in standard ops; ONNX Runtime's basic level leaves these. Any other graph is
-    returned as it is."""
-    model = onnx.load(str(source))
+    them, in standard ops; ONNX Runtime's basic level leaves these. Any other model is
+    returned as it is, the same object."""
     inits = {i.name for i in model.graph.initializer}
     computed = [
         node
@@ -93,11 +92,11 @@ def fold_recurrent_weights(source: Path, target: Path) -> Path:
         if node.op_type in _RECURRENT_OPS and any(w not in inits for w in node.input[1:3])
     ]
     if not computed:
-        return source
+        return model
     import onnxscript.optimizer  # heavy: only for the graphs that need it
 
-    onnx.save(onnxscript.optimizer.optimize(model), str(target))
-    return target
+    folded: onnx.ModelProto = onnxscript.optimizer.optimize(model)
+    return folded
 
 
 class _Reader(CalibrationDataReader):  # type: ignore[misc]

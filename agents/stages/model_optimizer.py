@@ -114,18 +114,15 @@ def precision_label(
         return "fp32 (no layer quantized)" if scheme != "none" else "fp32"
     rest = "int8-blockwise" if blockwise else "fp32"
     unreached = dict(unreached or {})
-    total = quantized + kept + sum(unreached.values())
-    if not unreached:
-        if kept == 0:
-            return f"{scheme}: all {quantized} layers"
-        return f"{scheme}: {quantized} of {total} layers, the rest {rest}"
-    parts = [f"{kept} {rest}"] if kept else []
-    ops = ", ".join(sorted(unreached))
-    label = "; ".join([f"{scheme}: {quantized} of {total} layers", *parts, f"{ops} fp32"])
-    if len(label) > 64:
-        others = sum(unreached.values())
-        label = "; ".join([f"{scheme}: {quantized} of {total} layers", *parts, f"{others} fp32"])
-    return label
+    others = sum(unreached.values())
+    if not kept and not others:
+        return f"{scheme}: all {quantized} layers"
+    head = f"{scheme}: {quantized} of {quantized + kept + others} layers"
+    if not others:
+        return f"{head}, the rest {rest}"
+    parts = [head, *([f"{kept} {rest}"] if kept else [])]
+    label = "; ".join([*parts, f"{', '.join(sorted(unreached))} fp32"])
+    return label if len(label) <= 64 else "; ".join([*parts, f"{others} fp32"])
 
 
 @register
@@ -142,10 +139,8 @@ class ModelOptimizer(Agent[ModelParams]):
         gate = quality_gate(source, ctx.job)
         with scratch_dir() as tmp_name:
             tmp = Path(tmp_name)
-            onnx_path = fold_recurrent_weights(
-                export_to_onnx(source, tmp / "exported.onnx"), tmp / "folded.onnx"
-            )
-            model = name_nodes(onnx.load(str(onnx_path)))
+            onnx_path = export_to_onnx(source, tmp / "exported.onnx")
+            model = name_nodes(fold_recurrent_weights(onnx.load(str(onnx_path))))
             named = save(model, tmp / "named.onnx")
             size_before = size_of(onnx_path)
             kept: list[str] = []

@@ -45,13 +45,13 @@ def fetch(
     attempts: int = ATTEMPTS,
     backoff_s: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
-) -> Path:
+) -> tuple[Path, str]:
     """The file at `url` whose bytes have `sha256`, as a local path (`<cache>/<sha256>/<name>`:
-    the url's own file name, for the model card). A cached copy with those bytes is used as it
-    is; a partial one is resumed. With no `sha256` (a dataset names none) the file is fetched
-    afresh and kept under the sha256 it turns out to have. Raises DownloadError: refused (4xx,
-    too large, other bytes) at once, transient failures after `attempts` tries with doubling
-    pauses."""
+    the url's own file name, for the model card), and that sha256, hashed once here. A cached
+    copy with those bytes is used as it is; a partial one is resumed. With no `sha256` (a
+    dataset names none) the file is fetched afresh and kept under the sha256 it turns out to
+    have. Raises DownloadError: refused (4xx, too large, other bytes) at once, transient
+    failures after `attempts` tries with doubling pauses."""
     parsed = urlparse(url)
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
         raise DownloadError(f"{url} is not an https:// or http:// url with a host")
@@ -60,7 +60,7 @@ def fetch(
     if sha256 is not None:
         folder = root / sha256
         if (folder / name).is_file() and sha256_file(folder / name) == sha256:
-            return folder / name
+            return folder / name, sha256
     else:  # nothing to check a partial file against: start from the first byte
         folder = root / "pending" / hashlib.sha256(url.encode()).hexdigest()[:16]
         (folder / f".{name}.part").unlink(missing_ok=True)
@@ -91,7 +91,7 @@ def fetch(
     target = root / actual / name
     target.parent.mkdir(parents=True, exist_ok=True)
     partial.replace(target)
-    return target
+    return target, actual
 
 
 def _get(http: urllib3.PoolManager, url: str, partial: Path, max_bytes: int) -> bool:

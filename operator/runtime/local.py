@@ -274,16 +274,16 @@ def job_document(
         if not expected:
             raise ModelSourceError("a url model source needs its sha256")
         if is_remote(address):
-            try:
-                path = fetch(address, str(expected))
+            try:  # fetch keeps only the bytes that have `expected`
+                path, actual = fetch(address, str(expected))
             except DownloadError as exc:
                 raise ModelSourceError(str(exc)) from None
         else:
             path = _local_path(address, base_dir)
-        if not path.is_file() and not path.is_dir():
-            raise ModelSourceError(f"model file {path} does not exist")
-        # A folder (a Hugging Face model directory) by the digest of its files' sha256s.
-        actual = sha256_path(path)
+            if not path.is_file() and not path.is_dir():
+                raise ModelSourceError(f"model file {path} does not exist")
+            # A folder (a Hugging Face model directory) by the digest of its files' sha256s.
+            actual = sha256_path(path)
         if actual != expected:
             what = "folder" if path.is_dir() else "file"
             how = " (`bakeline digest` prints a folder's)" if path.is_dir() else ""
@@ -314,10 +314,10 @@ def resolve_dataset(quality: Mapping[str, Any], base_dir: Path) -> dict[str, Any
         return resolved
     if is_remote(dataset):
         try:
-            path = fetch(dataset, None)
+            path, digest = fetch(dataset, None)
         except DownloadError as exc:
             raise ModelSourceError(f"quality.dataset: {exc}") from None
-        resolved["dataset"] = f"{path.as_uri()}#sha256={sha256_file(path)}"
+        resolved["dataset"] = f"{path.as_uri()}#sha256={digest}"
         return resolved
     if dataset.startswith(("configmap/", "pvc://")):
         kind = "a ConfigMap" if dataset.startswith("configmap/") else "a PersistentVolumeClaim"

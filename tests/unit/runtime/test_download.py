@@ -73,7 +73,11 @@ def server() -> Iterator[_Server]:
 
 
 def _fetch(server: _Server, tmp_path: Path, **kwargs: Any) -> Path:
-    return fetch(server.url, DIGEST, cache=tmp_path / "cache", sleep=lambda _: None, **kwargs)
+    path, digest = fetch(
+        server.url, DIGEST, cache=tmp_path / "cache", sleep=lambda _: None, **kwargs
+    )
+    assert digest == DIGEST
+    return path
 
 
 def test_a_dropped_connection_is_resumed_where_it_ended(server: _Server, tmp_path: Path) -> None:
