@@ -16,8 +16,9 @@ What the kubelet needs of the control plane is in hack/controlplane.py: the node
 the API server at the `kubernetes` Service's address (10.0.0.1:443), which kubelet sets in
 KUBERNETES_SERVICE_HOST: there is no kube-proxy, so the node holds that address itself (on `lo`)
 and socat forwards its port 443 to the loopback API server, TLS untouched. A forwarder, not a
-DNAT rule: it needs routing only, no netfilter, which some machines' kernels treat differently
-(a DNAT rule that worked here let CI's pods through to the closed network instead). No DNS.
+DNAT rule: it needs routing only, and nothing of it outlives its process but the address (a
+DNAT rule left by a killed run, to that run's API server port, shadowed the next run's rule:
+this machine's kernel outlives sessions and is CI's too). No DNS.
 """
 
 from __future__ import annotations
@@ -369,8 +370,9 @@ class RealNode:
         log(f"node {NODE_NAME} ready in {self.started_s:.1f}s (containerd, kubelet, scheduler)")
 
     def stop(self) -> None:
-        """Stop every container, then kube-scheduler, kubelet and containerd; undo the network
-        rule and the mounts under the work directory. Idempotent."""
+        """Stop every container, then kube-scheduler, kubelet, containerd and the forwarder;
+        remove the Service address, the bridge and the mounts under the work directory.
+        Idempotent."""
         if self.containerd_pid and _pid_alive(self.containerd_pid):
             self._kill_all_tasks()
         for pid in (self.scheduler_pid, self.kubelet_pid, self.containerd_pid, self.forwarder_pid):

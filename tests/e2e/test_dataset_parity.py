@@ -89,6 +89,19 @@ def _claim(cluster: ControlPlane, namespace: str, node: NodeHarness) -> Path:
     return node.pvc_dir(namespace, CLAIM)
 
 
+def _user_setup(cluster: ControlPlane, namespace: str, repo_root: Path) -> None:
+    """The example lanes and default workflow, as the README installs them."""
+    for name in ("lanes.yaml", "workflow-default.yaml"):
+        cluster.kubectl("apply", "-n", namespace, "-f", str(repo_root / "examples" / name))
+
+
+def _file_in_config_map(cluster: ControlPlane, namespace: str, name: str, path: Path) -> None:
+    """A ConfigMap holding `path` under its file name, as binaryData (as a user would)."""
+    binary = {path.name: base64.b64encode(path.read_bytes()).decode()}
+    body = {"metadata": {"name": name}, "binaryData": binary}
+    apply(cluster, {"apiVersion": "v1", "kind": "ConfigMap", **body}, namespace)
+
+
 def _finished(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         job = get(cluster, "bj", name, namespace) or {}
@@ -117,13 +130,10 @@ def test_a_users_dataset_gives_one_verdict_from_bakeline_run_a_configmap_and_a_c
     )
     assert local["phase"] == "Succeeded", local.get("reason")
 
-    for name in ("lanes.yaml", "workflow-default.yaml"):
-        cluster.kubectl("apply", "-n", namespace, "-f", str(repo_root / "examples" / name))
+    _user_setup(cluster, namespace, repo_root)
     # As a user would: the files in ConfigMaps (binaryData) ...
     for config_map, path in (("user-model", model), ("user-evals", dataset)):
-        binary = {path.name: base64.b64encode(path.read_bytes()).decode()}
-        body = {"metadata": {"name": config_map}, "binaryData": binary}
-        apply(cluster, {"apiVersion": "v1", "kind": "ConfigMap", **body}, namespace)
+        _file_in_config_map(cluster, namespace, config_map, path)
     # ... and on a claim, both under folders of their own.
     on_claim = _claim(cluster, namespace, node)
     for folder, path in (("models", model), ("data/v1", dataset)):
@@ -186,15 +196,12 @@ def test_a_hugging_face_folder_on_a_claim_and_a_bake_without_data_mean_the_same_
     synthetic = _bakeline_run(_job("cnn-no-data", local_model, "builtin"), tmp_path / "synthetic")
     assert synthetic["result"]["qualityVerified"] is False
 
-    for name in ("lanes.yaml", "workflow-default.yaml"):
-        cluster.kubectl("apply", "-n", namespace, "-f", str(repo_root / "examples" / name))
+    _user_setup(cluster, namespace, repo_root)
     on_claim = _claim(cluster, namespace, node)
     shutil.copytree(folder, on_claim / "models" / folder.name)
     (on_claim / "data").mkdir()
     shutil.copy(text, on_claim / "data" / text.name)
-    binary = {model.name: base64.b64encode(model.read_bytes()).decode()}
-    body = {"metadata": {"name": "user-model"}, "binaryData": binary}
-    apply(cluster, {"apiVersion": "v1", "kind": "ConfigMap", **body}, namespace)
+    _file_in_config_map(cluster, namespace, "user-model", model)
     claimed = {"pvc": {"claimName": CLAIM, "path": f"models/{folder.name}"}}
     in_config_map = {"configMap": {"name": "user-model", "key": model.name}}
     jobs = {
