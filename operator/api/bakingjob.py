@@ -611,6 +611,11 @@ class QualityResult(StatusModel):
     passed: bool = Field(description="Whether it met the bound.")
 
 
+# Bounds of the result's free-text labels; the engine clips an agent's longer label to them.
+RUNTIME_MAX = 64
+PRECISION_MAX = 256
+
+
 class BakeResult(StatusModel):
     """The baked artifact and what baking bought."""
 
@@ -633,10 +638,13 @@ class BakeResult(StatusModel):
         default_factory=dict, max_length=8, description="Speedup per batch size, e.g. {'32': 2.8}."
     )
     runtime: str | None = Field(
-        default=None, max_length=64, description="Runtime chosen, e.g. onnxruntime."
+        default=None, max_length=RUNTIME_MAX, description="Runtime chosen, e.g. onnxruntime."
     )
     precision: str | None = Field(
-        default=None, max_length=64, description="Numeric precision, e.g. int8-per-channel."
+        default=None,
+        max_length=PRECISION_MAX,
+        description="What the artifact's weights are, e.g. 'int8-per-channel: 22 of 24 layers, "
+        "the rest fp32; 2 embedding tables int4'.",
     )
     quality: QualityResult | None = Field(default=None, description="The quality gate's outcome.")
     quality_verified: bool | None = Field(

@@ -13,7 +13,7 @@ from typing import Any
 
 from bakeline import contract
 from bakeline.api import BakeResult, QualityResult
-from bakeline.api.bakingjob import Quality, Target
+from bakeline.api.bakingjob import PRECISION_MAX, RUNTIME_MAX, Quality, Target
 from bakeline.engine.pipeline import JobPhase, Plan, RunState, StagePhase
 from bakeline.engine.retry import AttemptOutcome
 
@@ -71,10 +71,16 @@ def bake_result(
         original_size_bytes=int(original) if original is not None else None,
         speedup=speedup,
         speedups=speedups,
-        runtime=artifact.runtime,
-        precision=artifact.precision,
+        runtime=_clipped(artifact.runtime, RUNTIME_MAX),
+        precision=_clipped(artifact.precision, PRECISION_MAX),
         quality=quality_result(quality, metrics),
     )
+
+
+def _clipped(label: str | None, bound: int) -> str | None:
+    """An agent's label within the status field's bound: a long one loses its tail, never the
+    job's result."""
+    return label if label is None or len(label) <= bound else label[: bound - 3] + "..."
 
 
 # What a result says of the data its quality was measured on (QualityEvidence.data).

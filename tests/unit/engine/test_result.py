@@ -65,6 +65,22 @@ def test_the_result_names_speedups_per_batch_size_and_quality() -> None:
     assert result.sha256 == "ab" * 32
 
 
+def test_a_precision_label_of_any_length_leaves_the_result_whole() -> None:
+    # An honest label names what stayed float and what the memory stage changed: it grew past
+    # the old 64-character bound and the finished bake's report failed to build.
+    label = (
+        "int8-per-channel: 22 of 24 layers, the rest fp32; 2 embedding tables int4; 2 weights fp16"
+    )
+    huge = "x" * 1000
+    for given, expected in ((label, label), (huge, huge[:253] + "...")):
+        artifact = replace(ARTIFACT, precision=given, runtime=huge)
+        result = bake_result(
+            PLAN, _succeeded({}), Target(batch_sizes=[1]), Quality(metric="cosine"), artifact
+        )
+        assert result.precision == expected
+        assert result.runtime is not None and len(result.runtime) == 64
+
+
 def test_the_final_checkpoints_metrics_win_and_a_failed_gate_shows() -> None:
     state = _succeeded({"package": {"b1.speedup": 1.0}})
     result = bake_result(
