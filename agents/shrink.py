@@ -8,6 +8,10 @@ With `bits=4` the table is stored as packed 4-bit codes with an asymmetric scale
 per block of `block_size` values of a row, looked up by ONNX Runtime's GatherBlockQuantized
 (com.microsoft) kernel: 5 MB instead of 11.7 MB for MiniLM's vocabulary, for about 0.001 of
 cosine.
+Every row of a table is checked data-free before its precision is kept: calibration text reaches
+a few hundred of MiniLM's 30522 rows, so a quality gate on data cannot vouch for the rest. A
+table whose worst row comes back further than `max_row_error` (relative L2) from itself at 4 bits
+is stored at 8; failing at 8 too, it stays float.
 Float weights that quantization left (sensitive layers kept in float) are stored as fp16 and cast
 back to fp32 when the session loads (ONNX Runtime folds the Cast): half the bytes on disk, the
 same fp32 arithmetic.
@@ -24,7 +28,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 @dataclass
 class ShrinkReport:
-    embeddings: list[str] = field(default_factory=list)
+    embeddings: list[str] = field(default_factory=list)  # "name[VxD]:int4"
+    # Per table: the worst row's relative L2 error at the precision kept (at the one tried last
+    # where the table stayed float).
+    row_errors: dict[str, float] = field(default_factory=dict)
+    # Tables stored above the asked precision (or left float) because a row failed the check.
+    raised: list[str] = field(default_factory=list)
     fp16_weights: list[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
@@ -69,6 +78,50 @@ def quantize_blocks_int4(
     return pack(codes), scale, pack(zero.astype(np.uint8))
 
 
+def dequantize_blocks_int4(
+    codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, block: int
+) -> np.ndarray:
+    """The float table that `quantize_blocks_int4`'s output stands for."""
+
+    def unpack(packed: np.ndarray) -> np.ndarray:
+        values = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.float32)
+        values[:, 0::2], values[:, 1::2] = packed & 15, packed >> 4
+        return values
+
+    rows = codes.shape[0]
+    values = unpack(codes).reshape(rows, -1, block)
+    return ((values - unpack(zero)[..., None]) * scale[..., None]).reshape(rows, -1)
+
+
+def row_errors(table: np.ndarray, approximation: np.ndarray) -> np.ndarray:
+    """Each row's relative L2 error (0 for an all-zero row reproduced exactly)."""
+    norms = np.linalg.norm(table, axis=1)
+    errors = np.linalg.norm(approximation - table, axis=1)
+    return np.where(norms > 0, errors / np.where(norms > 0, norms, 1.0), errors)
+
+
+def _table_bits(
+    table: np.ndarray, asked: int, block: int, bound: float
+) -> tuple[int | None, float, tuple[np.ndarray, ...]]:
+    """The fewest bits, from `asked` up, at which every row holds within `bound` (None: float),
+    the worst row's error there (at 8 bits where none held), and the quantized arrays."""
+    worst = 0.0
+    for bits in (4, 8) if asked == 4 else (8,):
+        quantized: tuple[np.ndarray, ...]
+        if bits == 4:
+            if table.shape[1] % block or (table.shape[1] // block) % 2:
+                continue  # GatherBlockQuantized needs whole, paired blocks
+            quantized = quantize_blocks_int4(table, block)
+            approximation = dequantize_blocks_int4(*quantized, block)
+        else:
+            quantized = quantize_row(table)
+            approximation = quantized[0].astype(np.float32) * quantized[1]
+        worst = float(row_errors(table, approximation).max())
+        if worst <= bound:
+            return bits, worst, quantized
+    return None, worst, ()
+
+
 def _axis(node: onnx.NodeProto) -> int:
     return next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
 
@@ -80,8 +133,10 @@ def shrink(
     fp16_weights: bool,
     min_elements: int,
     block_size: int = 32,
+    max_row_error: float = 0.15,
 ) -> tuple[onnx.ModelProto, ShrinkReport]:
-    """Shrink `model` in place; embedding_bits None leaves embeddings, 8 or 4 quantizes them."""
+    """Shrink `model` in place; embedding_bits None leaves embeddings, 8 or 4 quantizes them
+    (at more bits, or not at all, where a row would come back further than max_row_error)."""
     report = ShrinkReport()
     inits = {init.name: init for init in model.graph.initializer}
     users = _consumers(model)
@@ -90,6 +145,8 @@ def shrink(
     prologue: list[onnx.NodeProto] = []
     removed: set[str] = set()
     added: list[onnx.TensorProto] = []
+    decided: dict[str, int | None] = {}  # table -> bits kept (None: float)
+    quantized: tuple[np.ndarray, ...] = ()
 
     for node in model.graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" and node.input else None
@@ -103,18 +160,29 @@ def shrink(
             and all(user.op_type == "Gather" for user in users[table.name])
         ):
             base, out = table.name, node.output[0]
-            array = numpy_helper.to_array(table)
-            blocks = array.shape[1] // block_size
-            if embedding_bits == 4 and array.shape[1] % block_size == 0 and blocks % 2 == 0:
+            shape = "x".join(map(str, table.dims))
+            if base not in decided:
+                bits, worst, quantized = _table_bits(
+                    numpy_helper.to_array(table), embedding_bits, block_size, max_row_error
+                )
+                decided[base] = bits
+                report.row_errors[base] = round(worst, 6)
+                if bits != embedding_bits:
+                    report.raised.append(base)
+            bits = decided[base]
+            if bits is None:
+                new_nodes.append(node)
+                continue
+            if bits == 4:
                 if base not in removed:
-                    codes, scale, zero = quantize_blocks_int4(array, block_size)
+                    codes, scale, zero = quantized
                     added += [
                         numpy_helper.from_array(codes, base + "_int4"),
                         numpy_helper.from_array(scale, base + "_scale"),
                         numpy_helper.from_array(zero, base + "_zero"),
                     ]
                     removed.add(base)
-                    report.embeddings.append(f"{base}[{array.shape[0]}x{array.shape[1]}]:int4")
+                    report.embeddings.append(f"{base}[{shape}]:int4")
                 new_nodes.append(
                     helper.make_node(
                         "GatherBlockQuantized",
@@ -130,13 +198,13 @@ def shrink(
                 )
                 continue
             if base not in removed:
-                q, scale8 = quantize_row(array)
+                q, scale8 = quantized
                 added += [
                     numpy_helper.from_array(q, base + "_int8"),
                     numpy_helper.from_array(scale8, base + "_scale"),
                 ]
                 removed.add(base)
-                report.embeddings.append(f"{base}[{q.shape[0]}x{q.shape[1]}]:int8")
+                report.embeddings.append(f"{base}[{shape}]:int8")
             new_nodes += [
                 helper.make_node(
                     "Gather",

@@ -141,16 +141,33 @@ def load_minilm(directory: Path | None = None) -> MiniLMEncoder:
     return model.eval()
 
 
-def sentences() -> list[str]:
-    path = Path(__file__).with_name("sentences.txt")
+def _lines(name: str) -> list[str]:
+    path = Path(__file__).with_name(name)
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def sentences() -> list[str]:
+    """Short descriptive English sentences (STS style): what the model was trained on."""
+    return _lines("sentences.txt")
+
+
+def texts() -> list[str]:
+    """Text of other kinds a user sends: code, commands, logs, identifiers, reviews, chat, other
+    languages, and paragraphs of 50 to 80 words (long sequences reach positions and activation
+    ranges no short sentence does)."""
+    return _lines("texts.txt")
+
+
 def split_sentences() -> tuple[list[str], list[str]]:
-    """Calibration (every third sentence) and evaluation (the rest); they never overlap."""
-    every = sentences()
-    calibration = [s for i, s in enumerate(every) if i % 3 == 0]
-    evaluation = [s for i, s in enumerate(every) if i % 3 != 0]
+    """Calibration (every third line of each file) and evaluation (the rest); they never overlap.
+
+    Both halves hold both kinds: calibrated on short sentences alone, the quantizer's choices
+    (smoothing scales above all) fit them and cost quality on long and unusual text."""
+    calibration: list[str] = []
+    evaluation: list[str] = []
+    for lines in (sentences(), texts()):
+        calibration += [s for i, s in enumerate(lines) if i % 3 == 0]
+        evaluation += [s for i, s in enumerate(lines) if i % 3 != 0]
     return calibration, evaluation
 
 

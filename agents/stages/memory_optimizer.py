@@ -4,6 +4,9 @@ Params:
   embeddings: "int8" (default: per-row int8 embedding tables, near lossless) | "int4" (4-bit
     blocks of embeddingBlockSize with scale and zero point: less than half of int8's bytes, about
     0.001 cosine on MiniLM) | "none"
+  maxRowError (0.15): every row of a table, checked data-free (calibration text reaches few rows),
+    must come back within this relative L2 error of itself; a table that fails at 4 bits is
+    stored at 8, failing at 8 it stays float (`raisedEmbeddings` counts them)
   floatWeights: "fp16" (default: store float MatMul weights as fp16, cast back at load) | "keep"
   minElements (65536): smaller tensors are not worth touching
 Measures: size and weight bytes before/after, peak RSS of a fresh process loading and running the
@@ -14,6 +17,7 @@ quality gate on calibration data (on any output: the message names it).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -39,11 +43,12 @@ from bakeline.agents.stages.common import (
 class MemoryParams(StageParams):
     embeddings: Literal["int8", "int4", "none"] = "int8"
     embedding_block_size: int = Field(default=32, alias="embeddingBlockSize", ge=16)
+    max_row_error: float = Field(default=0.15, alias="maxRowError", gt=0, le=1)
     float_weights: Literal["fp16", "keep"] = Field(default="fp16", alias="floatWeights")
     min_elements: int = Field(default=65536, alias="minElements", ge=1)
 
 
-def _precision(source: InputCheckpoint, embeddings: str, report: ShrinkReport) -> str:
+def _precision(source: InputCheckpoint, report: ShrinkReport) -> str:
     """The quantization stage's label (what the weights are), with what this stage changed."""
     label = str(
         source.manifest.attributes.get("precision")
@@ -51,10 +56,22 @@ def _precision(source: InputCheckpoint, embeddings: str, report: ShrinkReport) -
         or "fp32"
     )
     if report.embeddings:
-        label += f"; {len(report.embeddings)} embedding tables {embeddings}"
+        kinds = sorted(Counter(entry.rsplit(":", 1)[1] for entry in report.embeddings).items())
+        if len(kinds) == 1:
+            (bits, count), plural = kinds[0], "s" if kinds[0][1] > 1 else ""
+            label += f"; {count} embedding table{plural} {bits}"
+        else:
+            label += "; embedding tables " + ", ".join(f"{n} {bits}" for bits, n in kinds)
     if report.fp16_weights:
         label += f"; {len(report.fp16_weights)} weights fp16"
     return label
+
+
+def _raised(report: ShrinkReport) -> str:
+    if not report.raised:
+        return ""
+    worst = ", ".join(f"{name} {report.row_errors[name]:.3f}" for name in report.raised)
+    return f"; above the asked precision, a row's error over the bound: {worst}"
 
 
 @register
@@ -79,6 +96,7 @@ class MemoryOptimizer(Agent[MemoryParams]):
                 block_size=params.embedding_block_size,
                 fp16_weights=params.float_weights == "fp16",
                 min_elements=params.min_elements,
+                max_row_error=params.max_row_error,
             )
             onnx.checker.check_model(model)
             save(model, out.path(artifact))
@@ -94,6 +112,8 @@ class MemoryOptimizer(Agent[MemoryParams]):
             "peakMemoryMB": memory_after["modelMB"],
             "peakMemoryMBBefore": memory_before["modelMB"],
             "embeddingsQuantized": float(len(report.embeddings)),
+            "raisedEmbeddings": float(len(report.raised)),
+            "embeddingRowErrorMax": max(report.row_errors.values(), default=0.0),
             "fp16Weights": float(len(report.fp16_weights)),
             "cosineMean": quality["cosineMean"],
             "cosineMin": quality["cosineMin"],
@@ -113,13 +133,19 @@ class MemoryOptimizer(Agent[MemoryParams]):
             format="onnx",
             metrics=metrics,
             attributes={
-                "memory": {"int8Embeddings": report.embeddings, "fp16Weights": report.fp16_weights},
-                "precision": _precision(source, params.embeddings, report),
+                "memory": {
+                    "embeddings": report.embeddings,
+                    "embeddingRowErrors": report.row_errors,
+                    "raisedEmbeddings": report.raised,
+                    "fp16Weights": report.fp16_weights,
+                },
+                "precision": _precision(source, report),
             },
         )
         message = (
             f"{size_before / 1e6:.2f} -> {metrics['sizeBytes'] / 1e6:.2f} MB "
-            f"({len(report.embeddings)} embedding tables {params.embeddings}, "
+            f"({', '.join(report.embeddings) or 'no embedding table quantized'}"
+            f"{_raised(report)}, "
             f"{len(report.fp16_weights)} float "
             f"weights fp16); peak memory {memory_before['modelMB']:.1f} -> "
             f"{memory_after['modelMB']:.1f} MB; calibration cosine {quality['cosineMean']:.4f}"

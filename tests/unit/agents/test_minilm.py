@@ -23,6 +23,17 @@ def test_sentences_are_many_varied_and_split_without_overlap() -> None:
     assert min(lengths) <= 3 and max(lengths) >= 25  # short and long sentences both
 
 
+def test_both_halves_hold_text_of_other_kinds_and_long_sequences() -> None:
+    # Calibrated on short sentences alone, the smoothing scales fit them: long text lost most.
+    calibration, evaluation = minilm.split_sentences()
+    others = set(minilm.texts())
+    tok = minilm.tokenizer()
+    tok.no_padding()
+    for half in (calibration, evaluation):
+        assert len(others & set(half)) >= 20
+        assert max(len(e.ids) for e in tok.encode_batch(half)) > 150
+
+
 def test_tokenizer_pads_to_the_longest_sentence_not_to_128() -> None:
     feeds = minilm.encode(minilm.tokenizer(), ["A cat.", "A much longer sentence about a cat."])
     assert feeds["input_ids"].shape[1] < 20

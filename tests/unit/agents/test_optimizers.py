@@ -223,6 +223,44 @@ def test_shrink_quantizes_embeddings_and_stores_float_weights_as_fp16(
     assert cosine_rows(after, before).min() > min_cosine
 
 
+def test_every_row_is_checked_and_a_table_with_a_failing_row_keeps_more_bits(
+    tmp_path: Path,
+) -> None:
+    # Row 5 is +-1 with one spike per block: at 4 bits its small values all round to zero, an
+    # error no calibration text would see unless it used that token.
+    path, table = _embedding_model(tmp_path)
+    spiky = np.where(np.arange(64) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    spiky[[0, 32]] = 30.0
+    table[5] = spiky
+    model = onnx.load(str(path))
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(table, "table"))
+    onnx.save(model, str(path))
+    shrunk, report = shrink(model, embedding_bits=4, fp16_weights=False, min_elements=10_000)
+    assert report.embeddings == ["table[1000x64]:int8"] and report.raised == ["table"]
+    assert report.row_errors["table"] < 0.02  # at 8 bits
+    onnx.save(shrunk, str(tmp_path / "raised.onnx"))
+    ids = {"ids": np.array([5], dtype=np.int64)}
+    before, after = run_onnx(path, ids), run_onnx(tmp_path / "raised.onnx", ids)
+    assert cosine_rows(after, before).min() > 0.999
+
+    kept, report = shrink(
+        onnx.load(str(path)),
+        embedding_bits=8,
+        fp16_weights=False,
+        min_elements=10_000,
+        max_row_error=0.001,
+    )
+    assert report.embeddings == [] and report.raised == ["table"]
+    assert [n.op_type for n in kept.graph.node] == ["Gather", "MatMul"]  # left float
+
+
+def test_a_table_whose_rows_all_hold_keeps_the_asked_bits(tmp_path: Path) -> None:
+    path, table = _embedding_model(tmp_path)
+    _, report = shrink(onnx.load(str(path)), embedding_bits=4, fp16_weights=False, min_elements=1)
+    assert report.embeddings == ["table[1000x64]:int4"] and report.raised == []
+    assert 0.05 < report.row_errors["table"] < 0.15
+
+
 def test_checkpoint_files_carry_forward(digits_chain: Chain) -> None:
     ckpt = open_input(digits_chain.dirs["MemoryOptimizer"])
     roles = {f.path: f.role for f in ckpt.manifest.files}
