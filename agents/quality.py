@@ -19,12 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bakeline.agents.contract import QualityMetric
-
-# Defaults when neither the job nor the stage's params name a threshold. Accuracy's default is
-# relative: within one point of the reference model's own accuracy.
-DEFAULT_COSINE = 0.99
-DEFAULT_ACCURACY_DROP = 0.01
-DEFAULT_MAX_ABS_ERROR = 0.05
+from bakeline.contract import REFERENCE_ACCURACY, default_threshold
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -86,7 +81,7 @@ def compare(
         metrics["agreement"] = float((predicted == expected).mean())
         if labels is not None:
             metrics["accuracy"] = float((predicted == labels).mean())
-            metrics["referenceAccuracy"] = float((expected == labels).mean())
+            metrics[REFERENCE_ACCURACY] = float((expected == labels).mean())
     return metrics
 
 
@@ -219,10 +214,7 @@ class Gate:
 def default_gate(
     metric: QualityMetric, threshold: float | None, reference_accuracy: float | None
 ) -> Gate:
-    if threshold is not None:
-        return Gate(metric, threshold)
-    if metric == "cosine":
-        return Gate(metric, DEFAULT_COSINE)
-    if metric == "accuracy":
-        return Gate(metric, (reference_accuracy or 0.0) - DEFAULT_ACCURACY_DROP)
-    return Gate(metric, DEFAULT_MAX_ABS_ERROR)
+    """`threshold`, else the metric's default (the contract's: both drivers report it)."""
+    if threshold is None:
+        threshold = default_threshold(metric, reference_accuracy)
+    return Gate(metric, threshold)

@@ -159,6 +159,14 @@ LOWER_IS_BETTER = frozenset({"max-abs-error"})
 # the quality validator's verdict is then `QUALITY_VERIFIED` 0.0: it measured noise.
 SYNTHETIC_INPUTS = "syntheticInputs"
 QUALITY_VERIFIED = "qualityVerified"
+# The bound the quality validator judged by (the job's threshold, else the metric's default).
+QUALITY_THRESHOLD = "threshold"
+# The original model's accuracy on the evaluation labels, measured by the import stage.
+REFERENCE_ACCURACY = "referenceAccuracy"
+# The bound of a job that names no threshold. Accuracy's is relative: the original's own
+# accuracy less ACCURACY_DEFAULT_DROP (an absolute default fails every model less accurate).
+DEFAULT_THRESHOLDS: Mapping[str, float] = {"cosine": 0.98, "max-abs-error": 0.05}
+ACCURACY_DEFAULT_DROP = 0.01
 
 
 def per_batch_key(batch_size: int, kind: str) -> str:
@@ -174,6 +182,14 @@ def per_batch(metrics: Mapping[str, float], kind: str) -> dict[str, float]:
         if match and match.group(2) == kind:
             found[match.group(1)] = value
     return found
+
+
+def default_threshold(metric: str, reference_accuracy: float | None) -> float:
+    """The bound of `metric` when nobody named one. Accuracy without a reference (the data had
+    no labels) has nothing to fall below: 0."""
+    if metric == "accuracy":
+        return 0.0 if reference_accuracy is None else reference_accuracy - ACCURACY_DEFAULT_DROP
+    return DEFAULT_THRESHOLDS[metric]
 
 
 def quality_passes(metric: str, value: float, threshold: float) -> bool:
@@ -267,7 +283,14 @@ AGENT_TRAITS: Mapping[str, AgentTraits] = {
         _traits(
             "QualityValidator",
             ("quality",),
-            ("cosineMean", "cosineMin", "accuracy", "maxAbsError", "threshold", QUALITY_VERIFIED),
+            (
+                "cosineMean",
+                "cosineMin",
+                "accuracy",
+                "maxAbsError",
+                QUALITY_THRESHOLD,
+                QUALITY_VERIFIED,
+            ),
         ),
         _traits(
             "PerformanceProfiler",

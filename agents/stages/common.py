@@ -33,6 +33,7 @@ from bakeline.agents.runtimes import (
     open_runner,
     run_outputs,
 )
+from bakeline.contract import REFERENCE_ACCURACY
 
 
 def dynamic_axes(checkpoint: InputCheckpoint) -> dict[str, dict[int, str]]:
@@ -145,7 +146,7 @@ def lineage_metric(checkpoint: InputCheckpoint, key: str) -> float | None:
 
 
 def reference_accuracy(checkpoint: InputCheckpoint) -> float | None:
-    return lineage_metric(checkpoint, "referenceAccuracy")
+    return lineage_metric(checkpoint, REFERENCE_ACCURACY)
 
 
 def quality_gate(

@@ -97,7 +97,7 @@ from bakeline.checkpoints.manifest import (
     sha256_tree,
     tree_files,
 )
-from bakeline.contract import SYNTHETIC_INPUTS
+from bakeline.contract import REFERENCE_ACCURACY, SYNTHETIC_INPUTS
 
 # A Hugging Face folder's files shipped with the model (role tokenizer).
 TOKENIZER_FILES = frozenset(HF_TOKENIZER_FILES + HF_TEXT_FILES)
@@ -294,7 +294,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             and primary.ndim == 2
             and next(iter(ref_eval)) not in tokens
         ):
-            metrics["referenceAccuracy"] = float((primary.argmax(1) == evaluation.labels).mean())
+            metrics[REFERENCE_ACCURACY] = float((primary.argmax(1) == evaluation.labels).mean())
         if len(ref_eval) > 1:
             metrics["outputs"] = float(len(ref_eval))
         out.add(artifact, "model")

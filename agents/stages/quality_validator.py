@@ -30,7 +30,7 @@ from bakeline.agents.stages.common import (
     score,
     write_report,
 )
-from bakeline.contract import QUALITY_VERIFIED, SYNTHETIC_INPUTS
+from bakeline.contract import QUALITY_THRESHOLD, QUALITY_VERIFIED, SYNTHETIC_INPUTS
 
 
 class QualityParams(StageParams):
@@ -48,7 +48,7 @@ class QualityValidator(Agent[QualityParams]):
         "cosineMin",
         "accuracy",
         "maxAbsError",
-        "threshold",
+        QUALITY_THRESHOLD,
         QUALITY_VERIFIED,
     )
 
@@ -61,7 +61,7 @@ class QualityValidator(Agent[QualityParams]):
         synthetic = bool(lineage_metric(source, SYNTHETIC_INPUTS))
         metrics = {
             **{k: v for k, v in measured.items() if "." not in k},  # the primary output's
-            "threshold": gate.threshold,
+            QUALITY_THRESHOLD: gate.threshold,
             "passed": float(ok),
             QUALITY_VERIFIED: float(not synthetic),
         }

@@ -315,11 +315,13 @@ class Quality(WireModel):
         description="cosine: mean cosine similarity of outputs; accuracy: agreement of predicted "
         "classes; max-abs-error: largest absolute output difference.",
     )
-    threshold: float = Field(
-        default=0.98,
+    threshold: float | None = Field(
+        default=None,
         ge=0,
         description="Bound the metric must meet: at least this for cosine and accuracy (a "
-        "fraction in (0, 1]), at most this for max-abs-error.",
+        "fraction in (0, 1]), at most this for max-abs-error. Unset: 0.98 for cosine, 0.05 for "
+        "max-abs-error, and for accuracy the original model's own accuracy on the evaluation "
+        "labels less 0.01 (status.result.quality.threshold says which bound was used).",
     )
 
     cel_rules = (
@@ -362,9 +364,12 @@ class Quality(WireModel):
             shows="self.dataset",
         ),
         Rule(
-            "self.metric == 'max-abs-error' || (self.threshold > 0.0 && self.threshold <= 1.0)",
+            "!has(self.threshold) || self.metric == 'max-abs-error' "
+            "|| (self.threshold > 0.0 && self.threshold <= 1.0)",
             "threshold for cosine and accuracy is a fraction in (0, 1], e.g. 0.98",
-            lambda q: q.metric == "max-abs-error" or 0.0 < q.threshold <= 1.0,
+            lambda q: (
+                q.threshold is None or q.metric == "max-abs-error" or 0.0 < q.threshold <= 1.0
+            ),
             field_path=".threshold",
         ),
     )

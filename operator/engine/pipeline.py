@@ -31,7 +31,12 @@ from bakeline.api.bakingjob import Quality
 from bakeline.api.validation import topological_order
 from bakeline.api.workflow import QUALITY_METRIC, GateOperator, WorkflowSpec
 from bakeline.api.workflow import Gate as GateSpec
-from bakeline.contract import QUALITY_METRIC_KEYS
+from bakeline.contract import (
+    QUALITY_METRIC_KEYS,
+    QUALITY_THRESHOLD,
+    REFERENCE_ACCURACY,
+    default_threshold,
+)
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS, cache_key, canonical_json, job_key
 from bakeline.engine.dag import ancestors, descendants
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds
@@ -67,6 +72,7 @@ class FailureStrategy(StrEnum):
 
 # The result metric that carries each quality metric of a job (the agents' camelCase names).
 QUALITY_RESULT_METRIC: Mapping[str, str] = QUALITY_METRIC_KEYS
+_QUALITY_OF = {key: metric for metric, key in QUALITY_METRIC_KEYS.items()}
 
 DONE_PHASES = frozenset({StagePhase.SUCCEEDED, StagePhase.CACHED, StagePhase.SKIPPED})
 _GOOD_PHASES = frozenset({StagePhase.SUCCEEDED, StagePhase.CACHED})
@@ -100,15 +106,23 @@ class Gate:
 
     metric: str
     operator: GateOperator
-    bound: float
+    # None: the job's own gate of a job that names no threshold, whose bound is the one the
+    # quality validator judged by, else the metric's default (contract.default_threshold).
+    bound: float | None
 
     def violation(self, metrics: Mapping[str, float]) -> str | None:
-        """Why the gate fails on `metrics`, or None when it passes."""
+        """Why the gate fails on `metrics` (the stage's, over the job's earlier stages'), or
+        None when it passes."""
         value = metrics.get(self.metric)
         if value is None:
             return f"gate metric {self.metric!r} is missing from the stage's result"
-        if not _COMPARE[self.operator](value, self.bound):
-            return f"gate failed: {self.metric} = {value:.6g}, needs {self.operator} {self.bound:g}"
+        bound = self.bound
+        if bound is None:
+            bound = metrics.get(QUALITY_THRESHOLD)
+        if bound is None:
+            bound = default_threshold(_QUALITY_OF[self.metric], metrics.get(REFERENCE_ACCURACY))
+        if not _COMPARE[self.operator](value, bound):
+            return f"gate failed: {self.metric} = {value:.6g}, needs {self.operator} {bound:g}"
         return None
 
 
@@ -434,7 +448,11 @@ def stage_finished(
     if outcome is AttemptOutcome.SUCCEEDED and checkpoint is None:
         outcome, message = AttemptOutcome.TRANSIENT, message or "the stage left no checkpoint"
     if outcome is AttemptOutcome.SUCCEEDED and spec.gate is not None:
-        violation = spec.gate.violation(metrics)
+        judged = metrics
+        if spec.gate.bound is None:  # the default may need the import stage's reference
+            earlier = [s.metrics for s in state.stages.values() if s.phase in _GOOD_PHASES]
+            judged = _merged(*earlier, metrics)
+        violation = spec.gate.violation(judged)
         if violation is not None:
             outcome, message = AttemptOutcome.GATE_FAILED, violation
     finished = replace(current, finished_at=now, metrics=metrics, message=message)
@@ -651,6 +669,13 @@ def _with(
     stages = dict(state.stages)
     stages[stage] = stage_state
     return replace(state, stages=stages, phase=phase or state.phase)
+
+
+def _merged(*metrics: Mapping[str, float]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for each in metrics:
+        merged.update(each)
+    return merged
 
 
 def _gate(spec: GateSpec, quality: Quality) -> Gate:

@@ -202,12 +202,24 @@ def quality_result(quality: Quality, metrics: Mapping[str, float]) -> QualityRes
     value = metrics.get(contract.QUALITY_METRIC_KEYS[quality.metric])
     if value is None:
         return None
+    threshold = job_threshold(quality, metrics)
     return QualityResult(
         metric=quality.metric,
         value=value,
-        threshold=quality.threshold,
-        passed=contract.quality_passes(quality.metric, value, quality.threshold),
+        threshold=threshold,
+        passed=contract.quality_passes(quality.metric, value, threshold),
     )
+
+
+def job_threshold(quality: Quality, metrics: Mapping[str, float]) -> float:
+    """The bound of the job's own gate: its threshold, else the one the quality validator
+    judged by (it knows the original's accuracy), else the metric's default."""
+    if quality.threshold is not None:
+        return quality.threshold
+    judged = metrics.get(contract.QUALITY_THRESHOLD)
+    if judged is not None:
+        return judged
+    return contract.default_threshold(quality.metric, metrics.get(contract.REFERENCE_ACCURACY))
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,10 @@ def test_the_digits_example_bakes_end_to_end(baked: tuple[Path, Path]) -> None:
     verify_checkpoint(Path(result["manifest"]).parent)
     quality = result["quality"]
     assert quality["metric"] == "accuracy" and quality["passed"] and quality["value"] >= 0.97
+    # The example names no threshold: within one point of the original's own accuracy.
+    imported = next(s for s in report["stages"] if s["name"] == "import")
+    reference = imported["metrics"]["referenceAccuracy"]
+    assert quality["threshold"] == pytest.approx(reference - 0.01, abs=1e-6), quality
     assert (workdir / "report.html").is_file()
 
 

@@ -255,7 +255,7 @@ def test_every_row_is_checked_and_a_table_with_a_failing_row_keeps_more_bits(
 
 
 def test_a_table_whose_rows_all_hold_keeps_the_asked_bits(tmp_path: Path) -> None:
-    path, table = _embedding_model(tmp_path)
+    path, _ = _embedding_model(tmp_path)
     _, report = shrink(onnx.load(str(path)), embedding_bits=4, fp16_weights=False, min_elements=1)
     assert report.embeddings == ["table[1000x64]:int4"] and report.raised == []
     assert 0.05 < report.row_errors["table"] < 0.15

@@ -46,7 +46,7 @@ def test_defaults() -> None:
     assert spec.lane_ref == "standard"
     assert spec.workflow_ref is None  # the built-in default workflow
     assert spec.target.device == "cpu" and spec.target.batch_sizes == [1, 32]
-    assert (spec.quality.metric, spec.quality.threshold) == ("cosine", 0.98)
+    assert (spec.quality.metric, spec.quality.threshold) == ("cosine", None)  # per metric
     assert spec.suspend is False
     lane = LaneSpec()
     assert lane.storage.type == "ConfigMap" and lane.circuit_breaker.consecutive_failures == 3

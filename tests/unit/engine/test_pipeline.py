@@ -213,6 +213,26 @@ def test_the_stage_gate_is_checked_on_the_result_metrics() -> None:
     assert state.stages["a"].phase is StagePhase.SUCCEEDED
 
 
+def test_a_job_gate_without_a_threshold_judges_by_the_validators_bound_or_the_reference() -> None:
+    # An accuracy job that names no threshold: an absolute default failed every model below it.
+    plan = Plan.from_workflow(default_workflow().spec, Quality(metric="accuracy"))
+    gate = plan.stage("validate").gate
+    assert gate == Gate("accuracy", ">=", None)
+    assert gate.violation({"accuracy": 0.58, "threshold": 0.575}) is None
+    assert "needs >= 0.6" in (gate.violation({"accuracy": 0.58, "threshold": 0.6}) or "")
+    # No bound reported: the import stage's reference accuracy less one point.
+    assert gate.violation({"accuracy": 0.58, "referenceAccuracy": 0.59}) is None
+    assert gate.violation({"accuracy": 0.57, "referenceAccuracy": 0.59}) is not None
+
+    chain = _chain(
+        StagePlan("import", "BakingCoordinator"),
+        StagePlan("validate", "QualityValidator", gate=gate),
+    )
+    _, state, _ = _run(chain, RunState.initial(chain), OK, metrics={"referenceAccuracy": 0.59})
+    _, state, events = _run(chain, state, OK, metrics={"accuracy": 0.585})
+    assert state.stages["validate"].phase is StagePhase.SUCCEEDED, events
+
+
 def test_a_skipped_stage_passes_its_input_through() -> None:
     plan = _chain(
         StagePlan("a", "GraphOptimizer"),

@@ -81,6 +81,21 @@ def test_a_precision_label_of_any_length_leaves_the_result_whole() -> None:
         assert result.runtime is not None and len(result.runtime) == 64
 
 
+def test_a_job_without_a_threshold_reports_the_bound_it_was_judged_by() -> None:
+    judged = {**PACKAGE, "accuracy": 0.58, "threshold": 0.575}
+    for quality, metrics, bound in (
+        (Quality(metric="accuracy"), judged, 0.575),  # the validator's
+        (Quality(metric="accuracy"), {"accuracy": 0.58, "referenceAccuracy": 0.6}, 0.59),
+        (Quality(metric="accuracy", threshold=0.5), judged, 0.5),  # the job's wins
+        (Quality(metric="cosine"), {"cosineMean": 0.99}, 0.98),  # the metric's default
+    ):
+        state = _succeeded({"package": metrics})
+        result = bake_result(PLAN, state, Target(batch_sizes=[1]), quality, ARTIFACT)
+        assert result.quality is not None
+        assert result.quality.threshold == pytest.approx(bound), (quality, metrics)
+        assert result.quality.passed is (result.quality.value >= bound)
+
+
 def test_the_final_checkpoints_metrics_win_and_a_failed_gate_shows() -> None:
     state = _succeeded({"package": {"b1.speedup": 1.0}})
     result = bake_result(
