@@ -16,6 +16,8 @@ from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import Dataset
 from bakeline.agents.datasets import read_dataset, split
 from bakeline.agents.pipeline import StageRunner
+from bakeline.agents.quality import Gate
+from bakeline.agents.stages.common import calibration_holds
 from bakeline.agents.synthetic import ModelHints, infer_roles
 from bakeline.checkpoints.manifest import TensorSpec, sha256_file
 
@@ -286,3 +288,15 @@ def test_a_builtin_takes_the_jobs_dataset(tmp_path: Path, run_stage: StageRunner
     result = run_stage("BakingCoordinator", tmp_path / "out", job=job)
     assert result.outcome.metrics["syntheticInputs"] == 0.0
     assert result.outcome.metrics["evaluationSamples"] == 8.0
+
+
+def test_the_users_labels_judge_calibration_by_accuracy_not_by_agreement() -> None:
+    # Int8 may flip a few argmaxes of a 0.59-accurate model without costing accuracy: with
+    # labels the job's gate is checked as it is on evaluation, without them by agreement.
+    gate = Gate("accuracy", 0.58)
+    flips = {"agreement": 0.95, "accuracy": 0.59, "referenceAccuracy": 0.59}
+    assert calibration_holds(gate, flips)[0]
+    assert not calibration_holds(gate, {**flips, "accuracy": 0.55})[0]
+    unlabelled = {"agreement": 0.95}
+    ok, why = calibration_holds(gate, unlabelled)
+    assert not ok and "agreement" in why
