@@ -2,7 +2,8 @@
 
 Candidates: ONNX Runtime on the artifact under several session options (graph optimisation
 levels, with and without the SkipLayerNormalization fusion, which measures slower on the int8
-MiniLM graph; the configured threads and one), the imported model in eager torch, and
+MiniLM graph, where the graph has a LayerNormalization for it to fuse; the configured threads
+and one), the imported model in eager torch, and
 torch.compile of it (not for a quantized ONNX artifact: it would drop the quantization).
 Candidates run with spinning worker threads off, so that none steals cores
 from the next while timed; `allowSpinning` decides whether the kept config spins (it trades CPU
@@ -25,14 +26,17 @@ intra-op thread), threadsByBatchSize (true: allow thread counts per batch size).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from itertools import product
 from pathlib import Path
 from typing import Literal
 
+import onnx
 from pydantic import Field
 
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
+from bakeline.agents.onnx_tools import op_histogram
 from bakeline.agents.runtimes import OptLevel, OutputsRunner, RuntimeConfig
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
@@ -56,6 +60,22 @@ ORT_CANDIDATES: tuple[tuple[str, OptLevel, list[str]], ...] = (
     ("ort-extended", "extended", []),
     ("ort-basic", "basic", []),
 )
+
+
+# What each disabled optimizer rewrites: where the graph has none of it, the candidate that
+# disables it is the same session as the one that does not, timed twice for nothing.
+FUSION_INPUTS = {"SkipLayerNormFusion": frozenset({"LayerNormalization", "SkipLayerNormalization"})}
+
+
+def applicable(
+    candidates: tuple[tuple[str, OptLevel, list[str]], ...], ops: Collection[str]
+) -> list[tuple[str, OptLevel, list[str]]]:
+    """The candidates whose disabled optimizers would have something to rewrite in `ops`."""
+    return [
+        (name, level, disabled)
+        for name, level, disabled in candidates
+        if all(FUSION_INPUTS[fusion] & set(ops) for fusion in disabled)
+    ]
 
 
 class AcceleratorParams(StageParams):
@@ -86,7 +106,9 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
             # Fewer threads can win for small models: waking a worker costs more than it saves.
             fewer = {1} if params.try_fewer_threads else set()
             thread_counts = sorted({base.intra_op_threads, *fewer} - {0}) or [0]
-            for (name, level, disabled), threads in product(ORT_CANDIDATES, thread_counts):
+            for (name, level, disabled), threads in product(
+                applicable(ORT_CANDIDATES, op_histogram(onnx.load(artifact))), thread_counts
+            ):
                 label = name if threads == max(thread_counts) else f"{name}-{threads}thread"
                 thread_variants.setdefault(name, []).append(label)
                 configs[label] = (

@@ -17,7 +17,11 @@ from bakeline.agents.hardware import cpu_flags, supports, usable_cpus
 from bakeline.agents.pipeline import Chain, StageRunner
 from bakeline.agents.runtimes import RuntimeConfig
 from bakeline.agents.stages import hardware_adapter
-from bakeline.agents.stages.inference_accelerator import threads_by_batch_size
+from bakeline.agents.stages.inference_accelerator import (
+    ORT_CANDIDATES,
+    applicable,
+    threads_by_batch_size,
+)
 from bakeline.checkpoints.manifest import verify_checkpoint
 
 
@@ -237,3 +241,13 @@ def test_an_onnx_runner_runs_each_batch_on_the_session_for_its_size(
     opened.clear()
     runtimes.onnx_runner(tmp_path / "model.onnx", RuntimeConfig(intra_op_threads=2))
     assert opened == [2]
+
+
+def test_a_candidate_that_disables_a_fusion_with_nothing_to_fuse_is_not_timed() -> None:
+    # On a CNN, "all but SkipLayerNorm" is the "all" session again: a quarter of the timing.
+    def names(ops: set[str]) -> list[str]:
+        return [name for name, _, _ in applicable(ORT_CANDIDATES, ops)]
+
+    assert "ort-all-no-skiplayernorm" not in names({"Conv", "Relu", "Add", "Gemm"})
+    assert names({"MatMul", "LayerNormalization"}) == [c[0] for c in ORT_CANDIDATES]
+    assert "ort-all" in names(set())
