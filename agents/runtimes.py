@@ -23,7 +23,7 @@ from bakeline.agents import serving
 from bakeline.agents.data import MASK, Dataset, Feeds
 from bakeline.agents.vetting import vet_or_raise
 
-Backend = Literal["onnxruntime", "torch-eager", "torch-compile"]
+Backend = Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"]
 OptLevel = Literal["disabled", "basic", "extended", "all"]
 
 
@@ -42,6 +42,9 @@ class RuntimeConfig(BaseModel):
     allow_spinning: bool = Field(default=False, alias="allowSpinning")
     disabled_optimizers: list[str] = Field(default_factory=list, alias="disabledOptimizers")
     dtype: str = "fp32"
+    # OpenVINO only: the precision its float parts computed in where the bake measured them
+    # (bf16 on a CPU with AMX or AVX-512 BF16), so that serving computes in it too.
+    inference_precision: str | None = Field(default=None, alias="inferencePrecision")
     # Small batches can run faster on fewer threads (waking a worker costs more than it saves),
     # large ones slower: a runner keeps one session per thread count and picks by batch size.
     batch_threads: dict[int, int] = Field(
@@ -126,9 +129,39 @@ def onnx_runner(path: Path, config: RuntimeConfig) -> Runner:
 def onnx_outputs(
     path: Path, config: RuntimeConfig, names: Sequence[str] | None = None
 ) -> OutputsRunner:
-    """As `onnx_runner`, every output."""
+    """As `onnx_runner`, every output (on OpenVINO where the config's backend says so)."""
+    if config.backend == "openvino":
+        return _by_rows(config, lambda c: openvino_outputs(path, c, names))
     runner: OutputsRunner = _by_rows(config, lambda c: ort_outputs(ort_session(path, c), names))
     return runner
+
+
+def openvino_precision() -> str | None:
+    """The precision OpenVINO's CPU plugin computes float parts in on this CPU (bf16 where it
+    has AMX or AVX-512 BF16, else f32); None where OpenVINO is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return serving.precision_name(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
+def openvino_outputs(
+    path: Path, config: RuntimeConfig, names: Sequence[str] | None = None
+) -> OutputsRunner:
+    """Every output of the ONNX file compiled by OpenVINO as the package's serve.py compiles it
+    (`serving.openvino_model`), by the graph's output names (or by `names`, as `ort_outputs`)."""
+    compiled = serving.openvino_model(path, config.dump())
+    ports = list(compiled.outputs)
+    graph = [port.get_any_name() for port in ports]
+    keys = list(names) if names and len(names) == len(graph) else graph
+    inputs = {port.get_any_name() for port in compiled.inputs}
+
+    def run(feeds: Feeds) -> Outputs:
+        result = compiled({k: v for k, v in feeds.items() if k in inputs})
+        return {key: np.asarray(result[port]) for key, port in zip(keys, ports, strict=True)}
+
+    return run
 
 
 @contextlib.contextmanager
@@ -251,6 +284,8 @@ def open_runner(
     if format == "onnx":
         if config.intra_op_threads > 0:
             torch.set_num_threads(config.intra_op_threads)
+        if config.backend == "openvino":
+            return first(onnx_outputs(path, config))
         return onnx_runner(path, config)
     return first(open_outputs(path, format, input_names, config))
 

@@ -1,10 +1,11 @@
-"""Run a baked package exactly as it was profiled: `runtime.json` applied in full (graph
-optimisation level, disabled optimizers, intra- and inter-op threads, the intra-op threads per
-batch size, spinning, execution provider).
+"""Run a baked package exactly as it was profiled: `runtime.json` applied in full (its backend;
+for ONNX Runtime the graph optimisation level, disabled optimizers, intra- and inter-op threads,
+the intra-op threads per batch size, spinning, execution provider; for OpenVINO the threads per
+batch size and the inference precision).
 
 Copied into every package as `serve.py`, beside the model, so it imports onnxruntime and numpy
-only; the agents build their ONNX Runtime sessions with it too (`agents/runtimes.ort_session`),
-so what a package's user runs is what was timed. Use:
+only (and openvino, for a package whose runtime.json names it); the agents build their sessions
+with it too (`agents/runtimes`), so what a package's user runs is what was timed. Use:
 
     from serve import Model
     model = Model(".")                       # the package's folder
@@ -19,12 +20,14 @@ ServingRuntime does:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+BACKENDS = ("onnxruntime", "openvino")
 LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -73,30 +76,110 @@ def threads_for(runtime: dict[str, Any], rows: int) -> int:
     return by_size[min(fits)] if fits else int(runtime.get("intraOpThreads", 0))
 
 
+def openvino_model(
+    path: str | Path, runtime: dict[str, Any], threads: int | None = None, profile: bool = False
+) -> Any:
+    """An OpenVINO compiled model of the ONNX file at `path` as `runtime` says: one stream,
+    latency first, on `threads` inference threads when given (else its intraOpThreads; 0: the
+    runtime's own), at its inferencePrecision (what the bake measured: unset, OpenVINO would
+    pick bf16 on one CPU and f32 on another)."""
+    import openvino  # only a package whose runtime.json names OpenVINO needs it
+
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    intra = int(runtime.get("intraOpThreads", 0) if threads is None else threads)
+    if intra > 0:
+        config["INFERENCE_NUM_THREADS"] = intra
+    if runtime.get("inferencePrecision"):
+        config["INFERENCE_PRECISION_HINT"] = str(runtime["inferencePrecision"])
+    if profile:
+        config["PERF_COUNT"] = True
+    return openvino.Core().compile_model(str(path), "CPU", config)
+
+
+def precision_name(element_type: Any) -> str:
+    """An OpenVINO element type as its configuration takes it back (e.g. "bf16")."""
+    return str(element_type.get_type_name())
+
+
+# OpenVINO's element types as the v2 protocol names them.
+OPENVINO_DATATYPES = {
+    "f32": "FP32",
+    "f16": "FP16",
+    "f64": "FP64",
+    "i64": "INT64",
+    "i32": "INT32",
+    "i16": "INT16",
+    "i8": "INT8",
+    "u8": "UINT8",
+    "boolean": "BOOL",
+}
+Runs = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def _ort_runs(runner: ort.InferenceSession) -> Runs:
+    names = [output.name for output in runner.get_outputs()]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, runner.run(names, feeds), strict=True))
+
+    return run
+
+
+def _openvino_runs(compiled: Any) -> Runs:
+    ports = [(port, port.get_any_name()) for port in compiled.outputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = compiled(feeds)
+        return {name: np.asarray(result[port]) for port, name in ports}
+
+    return run
+
+
 class Model:
     """The package's model, one session per thread count its runtime.json asks for."""
 
     def __init__(self, package: str | Path = ".") -> None:
         folder = Path(package)
         self.runtime: dict[str, Any] = json.loads((folder / "runtime.json").read_text())
-        if self.runtime.get("backend", "onnxruntime") != "onnxruntime":
-            raise ValueError(f"this package runs on {self.runtime['backend']}, not ONNX Runtime")
+        self.backend = str(self.runtime.get("backend", "onnxruntime"))
+        if self.backend not in BACKENDS:
+            raise ValueError(f"this package runs on {self.backend}, not {' or '.join(BACKENDS)}")
         manifest = json.loads((folder / "manifest.json").read_text())
         self.path = folder / manifest["artifact"]
-        self._sessions: dict[int, ort.InferenceSession] = {}
+        self._sessions: dict[int, Any] = {}
+        self._runs: dict[int, Runs] = {}
 
-    def session(self, rows: int) -> ort.InferenceSession:
+    def session(self, rows: int) -> Any:
+        """The ONNX Runtime session or OpenVINO compiled model a batch of `rows` runs on."""
         threads = threads_for(self.runtime, rows)
         if threads not in self._sessions:
-            self._sessions[threads] = session(self.path, self.runtime, threads)
+            if self.backend == "openvino":
+                self._sessions[threads] = openvino_model(self.path, self.runtime, threads)
+            else:
+                self._sessions[threads] = session(self.path, self.runtime, threads)
         return self._sessions[threads]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output by name, for a batch of named inputs."""
         rows = len(next(iter(feeds.values())))
-        runner = self.session(rows)
-        names = [output.name for output in runner.get_outputs()]
-        return dict(zip(names, runner.run(names, feeds), strict=True))
+        threads = threads_for(self.runtime, rows)
+        if threads not in self._runs:
+            found = self.session(rows)
+            self._runs[threads] = (
+                _openvino_runs(found) if self.backend == "openvino" else _ort_runs(found)
+            )
+        return self._runs[threads](feeds)
+
+    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The inputs' and outputs' v2 metadata: name, datatype, shape (-1: any)."""
+        probe = self.session(1)
+        if self.backend == "openvino":
+            return [_openvino_metadata(p) for p in probe.inputs], [
+                _openvino_metadata(p) for p in probe.outputs
+            ]
+        return [_tensor_metadata(a) for a in probe.get_inputs()], [
+            _tensor_metadata(a) for a in probe.get_outputs()
+        ]
 
 
 # ---------------------------------------------------------------------------- serving over HTTP
@@ -142,6 +225,16 @@ def _tensor_metadata(arg: Any) -> dict[str, Any]:
     return {"name": arg.name, "datatype": DATATYPES.get(arg.type, arg.type), "shape": shape}
 
 
+def _openvino_metadata(port: Any) -> dict[str, Any]:
+    shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+    kind = port.get_element_type().get_type_name()
+    return {
+        "name": port.get_any_name(),
+        "datatype": OPENVINO_DATATYPES.get(kind, kind),
+        "shape": shape,
+    }
+
+
 class InferenceServer:
     """The v2 protocol's answers for one package, as plain functions of a request (the HTTP
     handler below only moves bytes)."""
@@ -149,15 +242,14 @@ class InferenceServer:
     def __init__(self, package: str | Path, name: str) -> None:
         self.model = Model(package)
         self.name = name
-        probe = self.model.session(1)
-        self.inputs = {arg.name: _tensor_metadata(arg) for arg in probe.get_inputs()}
-        self.outputs = [_tensor_metadata(arg) for arg in probe.get_outputs()]
+        inputs, self.outputs = self.model.signature()
+        self.inputs = {arg["name"]: arg for arg in inputs}
 
     def metadata(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "versions": ["1"],
-            "platform": "onnxruntime_onnx",
+            "platform": f"{self.model.backend}_onnx",
             "inputs": list(self.inputs.values()),
             "outputs": self.outputs,
         }
@@ -183,7 +275,7 @@ class InferenceServer:
         wanted = [str(o.get("name")) for o in request.get("outputs") or []]
         try:
             results = self.model.run(feeds)
-        except Exception as exc:  # ONNX Runtime's own words: a shape or value it refuses
+        except Exception as exc:  # the runtime's own words: a shape or value it refuses
             raise RequestError(400, f"the model refused the inputs: {exc}") from exc
         unknown = sorted(set(wanted) - set(results))
         if unknown:

@@ -162,14 +162,29 @@ def _outputs_note(source: InputCheckpoint) -> list[str]:
 
 def _how_to_run(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
     """The snippet that runs the model as it was timed: `serve.py` applies runtime.json."""
-    if runtime.get("backend", "onnxruntime") != "onnxruntime":
+    backend = runtime.get("backend", "onnxruntime")
+    if backend not in serving.BACKENDS:
         return [f"Runtime: `{json.dumps(runtime)}` (not ONNX Runtime: `serve.py` does not apply)."]
     feeds = ", ".join(f"'{t.name}': {t.name}" for t in source.manifest.inputs)
     first = source.manifest.outputs[0].name if source.manifest.outputs else "output"
+    if backend == "openvino":
+        applied = [
+            f"The InferenceAccelerator timed it fastest on **OpenVINO** ({_openvino_version()}),",
+            "so it needs `openvino` beside numpy (`pip install openvino`); `serve.py` runs it",
+            "exactly as it was profiled: `runtime.json` applied in full (threads, threads per",
+            "batch size with one compiled model per thread count, the inference precision",
+            f"{runtime.get('inferencePrecision') or 'of the CPU'}). The file is plain ONNX: ONNX",
+            "Runtime runs it too, slower on the node it was baked on.",
+        ]
+    else:
+        applied = [
+            "`serve.py` (ONNX Runtime and numpy only) runs it exactly as it was profiled:",
+            "`runtime.json` applied in full (graph level, disabled optimizers, threads, threads "
+            "per",
+            "batch size with one session per thread count, spinning, execution provider).",
+        ]
     return [
-        "`serve.py` (ONNX Runtime and numpy only) runs it exactly as it was profiled:",
-        "`runtime.json` applied in full (graph level, disabled optimizers, threads, threads per",
-        "batch size with one session per thread count, spinning, execution provider).",
+        *applied,
         "",
         "```python",
         "from serve import Model  # run from this folder, or put it on sys.path",
@@ -183,6 +198,12 @@ def _how_to_run(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
     ]
 
 
+def _openvino_version() -> str:
+    from importlib.metadata import version
+
+    return f"openvino {version('openvino')}"
+
+
 def _kserve_name(model_name: str) -> str:
     """An InferenceService name (a DNS label) for the model."""
     label = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:45].strip("-")
@@ -192,7 +213,7 @@ def _kserve_name(model_name: str) -> str:
 def _serving_on_kserve(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
     """A KServe ServingRuntime that runs the package's own serve.py (the v2 protocol, runtime.json
     applied) and an InferenceService reading the package where spec.output delivered it."""
-    if runtime.get("backend", "onnxruntime") != "onnxruntime":
+    if runtime.get("backend", "onnxruntime") not in serving.BACKENDS:
         return []
     name = _kserve_name(source.manifest.model_name)
     return [
@@ -217,7 +238,7 @@ def _serving_on_kserve(source: InputCheckpoint, runtime: dict[str, Any]) -> list
         "  protocolVersions: [v2]",
         "  containers:",
         "    - name: kserve-container",
-        f"      image: bakeline:{AGENT_VERSION}  # the Bakeline image: Python, ONNX Runtime, numpy",
+        f"      image: bakeline:{AGENT_VERSION}  # Python, ONNX Runtime, OpenVINO, numpy",
         "      command: [python, /mnt/models/serve.py, /mnt/models]",
         '      args: ["--name={{.Name}}", "--port=8080"]',
         "      ports:",

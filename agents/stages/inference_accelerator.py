@@ -37,7 +37,7 @@ from pydantic import Field
 from bakeline.agents.contract import GateFailed, InvalidInput, Outcome, StageParams
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import op_histogram
-from bakeline.agents.runtimes import OptLevel, OutputsRunner, RuntimeConfig
+from bakeline.agents.runtimes import OptLevel, OutputsRunner, RuntimeConfig, openvino_precision
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import (
     batch_sizes,
@@ -51,8 +51,8 @@ from bakeline.agents.stages.common import (
 )
 from bakeline.agents.timing import SELECTION, compare, rotating
 
-Family = Literal["onnxruntime", "torch-eager", "torch-compile"]
-FAMILIES: tuple[Family, ...] = ("onnxruntime", "torch-eager", "torch-compile")
+Family = Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"]
+FAMILIES: tuple[Family, ...] = ("onnxruntime", "openvino", "torch-eager", "torch-compile")
 QUALITY_SAMPLES = 64
 ORT_CANDIDATES: tuple[tuple[str, OptLevel, list[str]], ...] = (
     ("ort-all", "all", []),
@@ -101,11 +101,12 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
 
         configs: dict[str, tuple[RuntimeConfig, str, str]] = {}  # name -> config, path, format
         thread_variants: dict[str, list[str]] = {}  # ONNX Runtime candidate -> its thread counts
+        failures_before: dict[str, str] = {}  # candidates that could not even be made
+        # Fewer threads can win for small models: waking a worker costs more than it saves.
+        fewer = {1} if params.try_fewer_threads else set()
+        thread_counts = sorted({base.intra_op_threads, *fewer} - {0}) or [0]
         if "onnxruntime" in params.candidates and source.format == "onnx":
             artifact = str(source.artifact)
-            # Fewer threads can win for small models: waking a worker costs more than it saves.
-            fewer = {1} if params.try_fewer_threads else set()
-            thread_counts = sorted({base.intra_op_threads, *fewer} - {0}) or [0]
             for (name, level, disabled), threads in product(
                 applicable(ORT_CANDIDATES, op_histogram(onnx.load(artifact))), thread_counts
             ):
@@ -122,6 +123,30 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
                         }
                     ),
                     artifact,
+                    "onnx",
+                )
+        if "openvino" in params.candidates and source.format == "onnx":
+            # The same ONNX file compiled by OpenVINO: its CPU plugin runs a QDQ graph's int8
+            # convolutions on AMX where the CPU has it, and the float parts at the precision it
+            # picks for this CPU (recorded, so that serving computes in it too). It cannot load
+            # every com.microsoft operator ONNX Runtime's dynamic quantization writes: such a
+            # candidate fails to open and is reported so.
+            precision = openvino_precision()
+            if precision is None:
+                failures_before["openvino"] = "openvino is not installed"
+            for threads in thread_counts if precision is not None else []:
+                label = "openvino" if threads == max(thread_counts) else f"openvino-{threads}thread"
+                thread_variants.setdefault("openvino", []).append(label)
+                configs[label] = (
+                    base.model_copy(
+                        update={
+                            "backend": "openvino",
+                            "intra_op_threads": threads,
+                            "allow_spinning": False,
+                            "inference_precision": precision,
+                        }
+                    ),
+                    str(source.artifact),
                     "onnx",
                 )
         torch_source = (
@@ -142,7 +167,7 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
 
         runners: dict[str, OutputsRunner] = {}
         quality: dict[str, dict[str, float]] = {}
-        failures: dict[str, str] = {}
+        failures: dict[str, str] = dict(failures_before)
         for name, (config, path, fmt) in configs.items():
             try:
                 runner = open_model(source, Path(path), fmt, config)

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import Field
 
+from bakeline.agents import serving
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.data import Feeds
 from bakeline.agents.onnx_tools import scratch_dir
@@ -61,6 +62,20 @@ def onnx_operator_times(path: Path, config: RuntimeConfig, feeds: Feeds) -> dict
     for event in trace:
         if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
             totals[str(event.get("args", {}).get("op_name", "?"))] += float(event.get("dur", 0))
+    return dict(totals)
+
+
+def openvino_operator_times(path: Path, config: RuntimeConfig, feeds: Feeds) -> dict[str, float]:
+    """Microseconds per operator type over PROFILE_RUNS calls (OpenVINO's performance counters,
+    which name the kernel too: e.g. Convolution as brgconv_avx512_amx_I8)."""
+    compiled = serving.openvino_model(path, config.dump(), profile=True)
+    request = compiled.create_infer_request()
+    names = {port.get_any_name() for port in compiled.inputs}
+    totals: dict[str, float] = defaultdict(float)
+    for _ in range(PROFILE_RUNS):
+        request.infer({k: v for k, v in feeds.items() if k in names})
+        for info in request.get_profiling_info():  # the last call's
+            totals[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1e6
     return dict(totals)
 
 
@@ -110,7 +125,9 @@ class PerformanceProfiler(Agent[ProfilerParams]):
                 metrics[f"b{size}.originalP50Ms"] = entry["original"]["p50Ms"]
 
         profile_feeds = timing_batch(source, sizes[-1])
-        if source.format == "onnx":
+        if source.format == "onnx" and config.backend == "openvino":
+            ops = openvino_operator_times(source.artifact, config, profile_feeds)
+        elif source.format == "onnx":
             ops = onnx_operator_times(source.artifact, config, profile_feeds)
         else:
             ops = torch_operator_times(lambda: baked(profile_feeds))

@@ -24,7 +24,7 @@ DIGITS_JOB: dict[str, Any] = {
 # Quick settings: the unit tests check behaviour, not timings.
 QUICK: dict[str, dict[str, Any]] = {
     "HardwareAdapter": {"threads": 1},
-    "InferenceAccelerator": {"candidates": ["onnxruntime", "torch-eager"], "runs": 4},
+    "InferenceAccelerator": {"candidates": ["onnxruntime", "openvino", "torch-eager"], "runs": 4},
     "PerformanceProfiler": {"runs": 6},
 }
 

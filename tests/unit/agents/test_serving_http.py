@@ -4,6 +4,7 @@ as the agents' own session does, and refuses what it cannot run with a status an
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -140,3 +141,37 @@ def test_what_the_server_refuses_it_says_why(served: Any) -> None:
             f"Content-Length: {MAX_REQUEST_BYTES + 1}\r\n\r\n".encode()
         )
         assert b" 413 " in raw.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_a_package_on_openvino_serves_what_onnx_runtime_computes(
+    digits_chain: Chain, tmp_path: Path
+) -> None:
+    # The InferenceAccelerator may keep OpenVINO (the same ONNX file): serve.py then compiles
+    # it as runtime.json says, and answers the v2 protocol as for ONNX Runtime.
+    package = tmp_path / "package"
+    shutil.copytree(digits_chain.dirs["DeploymentPreparer"], package)
+    runtime = json.loads((package / "runtime.json").read_text())
+    on_ort = Model(package) if runtime.get("backend") == "onnxruntime" else None
+    runtime.update(backend="openvino", inferencePrecision="f32", threadsByBatchSize={"1": 1})
+    (package / "runtime.json").write_text(json.dumps(runtime))
+    model = Model(package)
+    server = InferenceServer(package, "digits")
+    [feed] = server.inputs.values()
+    assert feed["datatype"] == "FP32" and feed["shape"][0] == -1
+    assert server.metadata()["platform"] == "openvino_onnx"
+    for rows in (1, 5):  # one thread for a single row, intraOpThreads above
+        batch = np.random.default_rng(rows).random((rows, *feed["shape"][1:]), dtype=np.float32)
+        outputs = model.run({feed["name"]: batch})
+        assert set(outputs) == {o["name"] for o in server.outputs}
+        if on_ort is not None:
+            expected = on_ort.run({feed["name"]: batch})
+            for name, value in expected.items():
+                assert np.allclose(outputs[name], value, atol=1e-3), name
+        request = {
+            "inputs": [_tensor(feed["name"], "FP32", list(batch.shape), batch.ravel().tolist())]
+        }
+        status, answer = server.answer(
+            "POST", "/v2/models/digits/infer", json.dumps(request).encode()
+        )
+        assert status == 200, answer
+    assert set(model._sessions) == {1, runtime["intraOpThreads"]} - {0} or model._sessions
