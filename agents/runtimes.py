@@ -120,8 +120,11 @@ def _by_rows(config: RuntimeConfig, make: Callable[[RuntimeConfig], Callable[[Fe
 
 
 def onnx_runner(path: Path, config: RuntimeConfig) -> Runner:
-    """ONNX Runtime on `path` under `config`, its primary output: one session per thread count
-    it names, each batch run by the session its size calls for."""
+    """ONNX Runtime (or OpenVINO, where the config's backend says so) on `path` under `config`,
+    its primary output: one session per thread count it names, each batch run by the session
+    its size calls for."""
+    if config.backend == "openvino":
+        return first(onnx_outputs(path, config))
     runner: Runner = _by_rows(config, lambda c: ort_runner(ort_session(path, c)))
     return runner
 
@@ -284,8 +287,6 @@ def open_runner(
     if format == "onnx":
         if config.intra_op_threads > 0:
             torch.set_num_threads(config.intra_op_threads)
-        if config.backend == "openvino":
-            return first(onnx_outputs(path, config))
         return onnx_runner(path, config)
     return first(open_outputs(path, format, input_names, config))
 

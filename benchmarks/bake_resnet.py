@@ -18,8 +18,8 @@ CPU peers on held-out images of another kind: ONE JSON line.
    sha256, `quality.dataset`, `target.batchSizes: [1, 32]`, metric accuracy, threshold the fp32
    model's accuracy on the evaluation rows minus one point), `bakeline run` in a subprocess;
    the package's model.onnx loaded with its runtime.json applied in full (`onnx_runner`:
-   `serving.session`, what the package's serve.py runs, one session per thread count; spinning
-   off while timed, as for every candidate).
+   what the package's serve.py runs, on the backend runtime.json names (ONNX Runtime or
+   OpenVINO), one session per thread count; spinning off while timed, as for every candidate).
 4. The peers, each by its documented recipe, from the same fp32 weights, in the same process:
    - fp32: the module in eager torch (the speedups' baseline);
    - ortFp32: `torch.onnx.export` (dynamic batch) under ONNX Runtime;
