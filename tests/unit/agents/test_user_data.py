@@ -297,6 +297,11 @@ def test_the_users_labels_judge_calibration_by_accuracy_not_by_agreement() -> No
     flips = {"agreement": 0.95, "accuracy": 0.59, "referenceAccuracy": 0.59}
     assert calibration_holds(gate, flips)[0]
     assert not calibration_holds(gate, {**flips, "accuracy": 0.55})[0]
+    # The job's bound came from other rows: where the original itself scores 0.50 on these,
+    # the bound is its own less a point (the float model never fails its own gate).
+    harder = {"agreement": 1.0, "accuracy": 0.50, "referenceAccuracy": 0.50}
+    assert calibration_holds(gate, harder)[0]
+    assert not calibration_holds(gate, {**harder, "accuracy": 0.48})[0]
     unlabelled = {"agreement": 0.95}
     ok, why = calibration_holds(gate, unlabelled)
     assert not ok and "agreement" in why
