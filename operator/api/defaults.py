@@ -82,7 +82,7 @@ def default_workflow() -> Workflow:
         Stage(
             name="accelerate",
             agent="InferenceAccelerator",
-            params={"candidates": ["onnxruntime", "torch-eager", "torch-compile"]},
+            params={"candidates": ["onnxruntime", "openvino", "torch-eager", "torch-compile"]},
             depends_on=["hardware"],
             timeout_seconds=1800,
             on_failure="Skip",
