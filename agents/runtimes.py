@@ -133,9 +133,11 @@ def onnx_outputs(
     path: Path, config: RuntimeConfig, names: Sequence[str] | None = None
 ) -> OutputsRunner:
     """As `onnx_runner`, every output (on OpenVINO where the config's backend says so)."""
+    runner: OutputsRunner
     if config.backend == "openvino":
-        return _by_rows(config, lambda c: openvino_outputs(path, c, names))
-    runner: OutputsRunner = _by_rows(config, lambda c: ort_outputs(ort_session(path, c), names))
+        runner = _by_rows(config, lambda c: openvino_outputs(path, c, names))
+    else:
+        runner = _by_rows(config, lambda c: ort_outputs(ort_session(path, c), names))
     return runner
 
 

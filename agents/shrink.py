@@ -90,14 +90,16 @@ def dequantize_blocks_int4(
 
     rows = codes.shape[0]
     values = unpack(codes).reshape(rows, -1, block)
-    return ((values - unpack(zero)[..., None]) * scale[..., None]).reshape(rows, -1)
+    table: np.ndarray = ((values - unpack(zero)[..., None]) * scale[..., None]).reshape(rows, -1)
+    return table
 
 
 def row_errors(table: np.ndarray, approximation: np.ndarray) -> np.ndarray:
     """Each row's relative L2 error (0 for an all-zero row reproduced exactly)."""
     norms = np.linalg.norm(table, axis=1)
     errors = np.linalg.norm(approximation - table, axis=1)
-    return np.where(norms > 0, errors / np.where(norms > 0, norms, 1.0), errors)
+    relative: np.ndarray = np.where(norms > 0, errors / np.where(norms > 0, norms, 1.0), errors)
+    return relative
 
 
 def _table_bits(
