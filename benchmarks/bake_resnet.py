@@ -391,7 +391,7 @@ def openvino_peers(
         notes["skipped"] = {"openvinoNncfInt8": f"nncf not installed: {exc}"}
     precision = {}
     for name, program in compiled.items():
-        precision[name] = str(program.get_property("INFERENCE_PRECISION_HINT"))
+        precision[name] = program.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         runners[name] = _ov_runner(program)
     notes["inferencePrecision"] = precision
     return runners, sizes, notes
