@@ -262,6 +262,7 @@ def build(
     reference = f"{REPOSITORY}:{image_hash(build_args)}"
     if image_exists(reference, env):
         return reference
+    make_room(env)
     command = [
         "buildah",
         "build",
@@ -279,6 +280,34 @@ def build(
     subprocess.run([*command, str(REPO)], check=True, env=env, stdout=sys.stderr)
     log(f"built {reference} in {time.monotonic() - started:.0f} s")
     return reference
+
+
+# A build from nothing writes about 13 GB of layers (the builder's venv and the runtime stage's
+# copy of it) and its OCI archive 3 GB more.
+MIN_FREE_BYTES = 20 * 2**30
+
+
+def make_room(env: Mapping[str, str], min_free: int = MIN_FREE_BYTES) -> None:
+    """Where the storage's disk has less than `min_free` free, remove every image but the
+    bootstrapped bases, the layer cache with them (the next build starts from a base). Each
+    dependency change adds a venv of about 7 GB that no build uses again: without this the
+    storage grows until a build fails mid-layer for want of space."""
+    free = shutil.disk_usage(config_dir()).free
+    if free >= min_free:
+        return
+    log(f"{free / 2**30:.1f} GiB free, under {min_free / 2**30:.0f}: removing old images")
+    subprocess.run(["buildah", "rm", "--all"], env=env, capture_output=True, check=False)
+    listed = subprocess.run(
+        ["buildah", "images", "--all", "--noheading", "--format", "{{.ID}} {{.Name}}"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = [line.split() for line in listed.stdout.splitlines() if line.strip()]
+    doomed = [row[0] for row in rows if row[1:] != [BASE_REPOSITORY]]
+    for image_id in doomed:  # newest first: children before their parents
+        subprocess.run(
+            ["buildah", "rmi", "--force", image_id], env=env, capture_output=True, check=False
+        )
+    log(f"{shutil.disk_usage(config_dir()).free / 2**30:.1f} GiB free after removing them")
 
 
 def export_oci_archive(reference: str, path: Path, env: Mapping[str, str]) -> None:
