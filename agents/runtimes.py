@@ -154,17 +154,18 @@ def openvino_precision() -> str | None:
 def openvino_outputs(
     path: Path, config: RuntimeConfig, names: Sequence[str] | None = None
 ) -> OutputsRunner:
-    """Every output of the ONNX file compiled by OpenVINO as the package's serve.py compiles it
-    (`serving.openvino_model`), by the graph's output names (or by `names`, as `ort_outputs`)."""
+    """Every output of the ONNX file compiled by OpenVINO as the package's serve.py compiles and
+    runs it (`serving.openvino_model`, `serving.openvino_runs`), by the graph's output names (or
+    by `names`, as `ort_outputs`)."""
     compiled = serving.openvino_model(path, config.dump())
-    ports = list(compiled.outputs)
-    graph = [port.get_any_name() for port in ports]
-    keys = list(names) if names and len(names) == len(graph) else graph
+    runs = serving.openvino_runs(compiled)
     inputs = {port.get_any_name() for port in compiled.inputs}
+    graph = [port.get_any_name() for port in compiled.outputs]
+    keys = list(names) if names and len(names) == len(graph) else graph
 
     def run(feeds: Feeds) -> Outputs:
-        result = compiled({k: v for k, v in feeds.items() if k in inputs})
-        return {key: np.asarray(result[port]) for key, port in zip(keys, ports, strict=True)}
+        outputs = runs({k: v for k, v in feeds.items() if k in inputs})
+        return dict(zip(keys, outputs.values(), strict=True))
 
     return run
 

@@ -125,7 +125,8 @@ def _ort_runs(runner: ort.InferenceSession) -> Runs:
     return run
 
 
-def _openvino_runs(compiled: Any) -> Runs:
+def openvino_runs(compiled: Any) -> Runs:
+    """Every output of an OpenVINO compiled model, by name, in the graph's order."""
     ports = [(port, port.get_any_name()) for port in compiled.outputs]
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -166,7 +167,7 @@ class Model:
         if threads not in self._runs:
             found = self.session(rows)
             self._runs[threads] = (
-                _openvino_runs(found) if self.backend == "openvino" else _ort_runs(found)
+                openvino_runs(found) if self.backend == "openvino" else _ort_runs(found)
             )
         return self._runs[threads](feeds)
 
