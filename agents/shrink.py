@@ -104,10 +104,11 @@ def row_errors(table: np.ndarray, approximation: np.ndarray) -> np.ndarray:
 
 def _table_bits(
     table: np.ndarray, asked: int, block: int, bound: float
-) -> tuple[int | None, float, tuple[np.ndarray, ...]]:
+) -> tuple[int | None, float, tuple[np.ndarray, ...], bool]:
     """The fewest bits, from `asked` up, at which every row holds within `bound` (None: float),
-    the worst row's error there (at 8 bits where none held), and the quantized arrays."""
-    worst = 0.0
+    the worst row's error there (at 8 bits where none held), the quantized arrays, and whether
+    a row failed at fewer bits (rather than the 4-bit blocks not fitting the table's width)."""
+    worst, failed = 0.0, False
     for bits in (4, 8) if asked == 4 else (8,):
         quantized: tuple[np.ndarray, ...]
         if bits == 4:
@@ -120,8 +121,9 @@ def _table_bits(
             approximation = quantized[0].astype(np.float32) * quantized[1]
         worst = float(row_errors(table, approximation).max())
         if worst <= bound:
-            return bits, worst, quantized
-    return None, worst, ()
+            return bits, worst, quantized, failed
+        failed = True
+    return None, worst, (), failed
 
 
 def _axis(node: onnx.NodeProto) -> int:
@@ -164,12 +166,12 @@ def shrink(
             base, out = table.name, node.output[0]
             shape = "x".join(map(str, table.dims))
             if base not in decided:
-                bits, worst, quantized = _table_bits(
+                bits, worst, quantized, failed = _table_bits(
                     numpy_helper.to_array(table), embedding_bits, block_size, max_row_error
                 )
                 decided[base] = bits
                 report.row_errors[base] = round(worst, 6)
-                if bits != embedding_bits:
+                if failed:
                     report.raised.append(base)
             bits = decided[base]
             if bits is None:

@@ -192,6 +192,16 @@ def default_threshold(metric: str, reference_accuracy: float | None) -> float:
     return DEFAULT_THRESHOLDS[metric]
 
 
+def judged_threshold(metric: str, metrics: Mapping[str, float]) -> float:
+    """The bound of a job that named none, from its stages' metrics: the one the quality
+    validator reported judging by, else the metric's default (with the import stage's
+    reference accuracy)."""
+    judged = metrics.get(QUALITY_THRESHOLD)
+    if judged is not None:
+        return judged
+    return default_threshold(metric, metrics.get(REFERENCE_ACCURACY))
+
+
 def quality_passes(metric: str, value: float, threshold: float) -> bool:
     return value <= threshold if metric in LOWER_IS_BETTER else value >= threshold
 

@@ -173,15 +173,15 @@ def _how_to_run(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
             "so it needs `openvino` beside numpy (`pip install openvino`); `serve.py` runs it",
             "exactly as it was profiled: `runtime.json` applied in full (threads, threads per",
             "batch size with one compiled model per thread count, the inference precision",
-            f"{runtime.get('inferencePrecision') or 'of the CPU'}). The file is plain ONNX: ONNX",
-            "Runtime runs it too, slower on the node it was baked on.",
+            f"{runtime.get('inferencePrecision') or 'of the CPU'}). The file is plain ONNX:",
+            "ONNX Runtime runs it too, slower on the node it was baked on.",
         ]
     else:
         applied = [
             "`serve.py` (ONNX Runtime and numpy only) runs it exactly as it was profiled:",
-            "`runtime.json` applied in full (graph level, disabled optimizers, threads, threads "
-            "per",
-            "batch size with one session per thread count, spinning, execution provider).",
+            "`runtime.json` applied in full (graph level, disabled optimizers, threads and",
+            "threads per batch size with one session per thread count, spinning, execution",
+            "provider).",
         ]
     return [
         *applied,

@@ -27,7 +27,6 @@ intra-op thread), threadsByBatchSize (true: allow thread counts per batch size).
 from __future__ import annotations
 
 from collections.abc import Collection
-from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -100,54 +99,44 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         original_path, original_format = source.original()
 
         configs: dict[str, tuple[RuntimeConfig, str, str]] = {}  # name -> config, path, format
-        thread_variants: dict[str, list[str]] = {}  # ONNX Runtime candidate -> its thread counts
+        thread_variants: dict[str, list[str]] = {}  # ONNX file candidate -> its thread counts
         failures_before: dict[str, str] = {}  # candidates that could not even be made
         # Fewer threads can win for small models: waking a worker costs more than it saves.
         fewer = {1} if params.try_fewer_threads else set()
         thread_counts = sorted({base.intra_op_threads, *fewer} - {0}) or [0]
-        if "onnxruntime" in params.candidates and source.format == "onnx":
-            artifact = str(source.artifact)
-            for (name, level, disabled), threads in product(
-                applicable(ORT_CANDIDATES, op_histogram(onnx.load(artifact))), thread_counts
-            ):
+
+        def on_the_onnx_file(name: str, update: dict[str, object]) -> None:
+            """One candidate running the artifact as it is, at each thread count."""
+            for threads in thread_counts:
                 label = name if threads == max(thread_counts) else f"{name}-{threads}thread"
                 thread_variants.setdefault(name, []).append(label)
-                configs[label] = (
-                    base.model_copy(
-                        update={
-                            "backend": "onnxruntime",
-                            "graph_optimization_level": level,
-                            "allow_spinning": False,
-                            "disabled_optimizers": disabled,
-                            "intra_op_threads": threads,
-                        }
-                    ),
-                    artifact,
-                    "onnx",
+                config = base.model_copy(
+                    update={**update, "intra_op_threads": threads, "allow_spinning": False}
+                )
+                configs[label] = (config, str(source.artifact), "onnx")
+
+        if "onnxruntime" in params.candidates and source.format == "onnx":
+            ops = op_histogram(onnx.load(str(source.artifact)))
+            for name, level, disabled in applicable(ORT_CANDIDATES, ops):
+                on_the_onnx_file(
+                    name,
+                    {
+                        "backend": "onnxruntime",
+                        "graph_optimization_level": level,
+                        "disabled_optimizers": disabled,
+                    },
                 )
         if "openvino" in params.candidates and source.format == "onnx":
             # The same ONNX file compiled by OpenVINO: its CPU plugin runs a QDQ graph's int8
             # convolutions on AMX where the CPU has it, and the float parts at the precision it
-            # picks for this CPU (recorded, so that serving computes in it too). It cannot load
-            # every com.microsoft operator ONNX Runtime's dynamic quantization writes: such a
-            # candidate fails to open and is reported so.
+            # picks for this CPU (recorded, so that serving computes in it too). A graph with an
+            # operator it cannot load fails to open, and is reported so.
             precision = openvino_precision()
             if precision is None:
                 failures_before["openvino"] = "openvino is not installed"
-            for threads in thread_counts if precision is not None else []:
-                label = "openvino" if threads == max(thread_counts) else f"openvino-{threads}thread"
-                thread_variants.setdefault("openvino", []).append(label)
-                configs[label] = (
-                    base.model_copy(
-                        update={
-                            "backend": "openvino",
-                            "intra_op_threads": threads,
-                            "allow_spinning": False,
-                            "inference_precision": precision,
-                        }
-                    ),
-                    str(source.artifact),
-                    "onnx",
+            else:
+                on_the_onnx_file(
+                    "openvino", {"backend": "openvino", "inference_precision": precision}
                 )
         torch_source = (
             (str(source.artifact), source.format)

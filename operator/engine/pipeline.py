@@ -31,12 +31,7 @@ from bakeline.api.bakingjob import Quality
 from bakeline.api.validation import topological_order
 from bakeline.api.workflow import QUALITY_METRIC, GateOperator, WorkflowSpec
 from bakeline.api.workflow import Gate as GateSpec
-from bakeline.contract import (
-    QUALITY_METRIC_KEYS,
-    QUALITY_THRESHOLD,
-    REFERENCE_ACCURACY,
-    default_threshold,
-)
+from bakeline.contract import QUALITY_METRIC_KEYS, judged_threshold
 from bakeline.engine.cache import HARDWARE_DEPENDENT_AGENTS, cache_key, canonical_json, job_key
 from bakeline.engine.dag import ancestors, descendants
 from bakeline.engine.retry import AttemptOutcome, backoff_seconds
@@ -107,7 +102,7 @@ class Gate:
     metric: str
     operator: GateOperator
     # None: the job's own gate of a job that names no threshold, whose bound is the one the
-    # quality validator judged by, else the metric's default (contract.default_threshold).
+    # quality validator judged by, else the metric's default (contract.judged_threshold).
     bound: float | None
 
     def violation(self, metrics: Mapping[str, float]) -> str | None:
@@ -118,9 +113,7 @@ class Gate:
             return f"gate metric {self.metric!r} is missing from the stage's result"
         bound = self.bound
         if bound is None:
-            bound = metrics.get(QUALITY_THRESHOLD)
-        if bound is None:
-            bound = default_threshold(_QUALITY_OF[self.metric], metrics.get(REFERENCE_ACCURACY))
+            bound = judged_threshold(_QUALITY_OF[self.metric], metrics)
         if not _COMPARE[self.operator](value, bound):
             return f"gate failed: {self.metric} = {value:.6g}, needs {self.operator} {bound:g}"
         return None

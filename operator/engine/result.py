@@ -216,10 +216,7 @@ def job_threshold(quality: Quality, metrics: Mapping[str, float]) -> float:
     judged by (it knows the original's accuracy), else the metric's default."""
     if quality.threshold is not None:
         return quality.threshold
-    judged = metrics.get(contract.QUALITY_THRESHOLD)
-    if judged is not None:
-        return judged
-    return contract.default_threshold(quality.metric, metrics.get(contract.REFERENCE_ACCURACY))
+    return contract.judged_threshold(quality.metric, metrics)
 
 
 @dataclass(frozen=True)
