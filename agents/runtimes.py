@@ -63,6 +63,12 @@ class RuntimeConfig(BaseModel):
         return self.batch_threads[min(fits)] if fits else self.intra_op_threads
 
 
+def session_defaults(threads: int) -> RuntimeConfig:
+    """ONNX Runtime's own defaults on `threads` intra-op threads (a plain InferenceSession: all
+    graph optimizations, workers spinning): how a recipe that sets nothing else loads a model."""
+    return RuntimeConfig(intra_op_threads=threads, allow_spinning=True)
+
+
 # A model's outputs by name, in the model's order: the first is its primary output (the one
 # `Runner`s return, and the one the unsuffixed quality metrics describe).
 Outputs = dict[str, np.ndarray]

@@ -2,10 +2,11 @@
 
 `compare` is what the InferenceAccelerator, the PerformanceProfiler and benchmarks/ call, with
 the same `METHOD`, so that a speedup in a report and one in BENCHMARKS.md mean the same thing:
-candidates in one process, fixed thread counts, ONNX Runtime's spinning workers off while timed
-(they would steal the cores from whichever candidate runs next), interleaved in blocks whose
-first calls are not timed (each candidate timed in its steady state, its weights in the caches,
-as when serving), inputs rotating over real samples (the same sample for every candidate in a
+candidates in one process, fixed thread counts, each run as it would serve (ONNX Runtime's
+workers spinning or not as its config says), interleaved in blocks whose first calls are not
+timed (each candidate timed in its steady state, its weights in the caches, as when serving;
+those calls also outlast the previous candidate's spinning workers, which would otherwise steal
+its cores), inputs rotating over real samples (the same sample for every candidate in a
 round), medians, in several windows of which the least disturbed one is kept (the one where the
 baseline ran fastest: a shared machine's other work slows torch's fork-join threads far more
 than ONNX Runtime's pool, so a busy window would flatter the speedup).
@@ -18,10 +19,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:
-    from bakeline.agents.runtimes import RuntimeConfig
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -103,11 +101,6 @@ def rotating(run: Callable[[T], object], arguments: Sequence[T]) -> Callable[[in
         return run(arguments[index % len(arguments)])
 
     return call
-
-
-def timed_config(config: RuntimeConfig) -> RuntimeConfig:
-    """The runtime config a candidate is timed under: as configured, spinning off."""
-    return config.model_copy(update={"allow_spinning": False})
 
 
 @dataclass

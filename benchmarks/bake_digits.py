@@ -7,7 +7,7 @@ or calibration), median of >= 50 timed runs per variant and batch size, the leas
 several windows:
   - fp32: the imported model (checkpoint 0's ExportedProgram) in eager torch;
   - quantizeDynamic: torch's dynamic int8 Linear layers (the hand-rolled baseline);
-  - baked: the packaged ONNX model under its packaged runtime config (spinning off).
+  - baked: the packaged ONNX model under its packaged runtime config.
 Targets: accuracy within 1 point of fp32, smaller and faster.
 
 Usage: python benchmarks/bake_digits.py [--threads 2] [--runs 50] [--workdir DIR]
@@ -36,7 +36,7 @@ from bakeline.agents.runtimes import (
     onnx_runner,
     torch_runner,
 )
-from bakeline.agents.timing import Method, compare, rotating, timed_config, wait_for_quiet
+from bakeline.agents.timing import Method, compare, rotating, wait_for_quiet
 
 JOB = {
     "name": "bench-digits",
@@ -74,7 +74,6 @@ def main() -> int:
     package = runs[-1].output
     runtime = RuntimeConfig.model_validate(json.loads((package / "runtime.json").read_text()))
     # As packaged (the accelerator may have kept one thread: faster for so small a model).
-    timed = timed_config(runtime)
     test = checkpoint0.dataset("evaluation.safetensors")
     assert test.labels is not None
 
@@ -92,7 +91,7 @@ def main() -> int:
     variants = {
         "fp32": torch_runner(fp32_module, ["image"]),
         "quantizeDynamic": torch_runner(qdyn_module, ["image"]),
-        "baked": onnx_runner(package / "model.onnx", timed),
+        "baked": onnx_runner(package / "model.onnx", runtime),
     }
     accuracy = {
         name: float(

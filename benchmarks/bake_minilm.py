@@ -44,8 +44,9 @@
    headline cosineMean / cosineMin), per kind (`quality`), and separately on the builtin
    evaluation sentences (`evaluationCosineMean` / `evaluationCosineMin`).
 4. Times them by THE timing method (`bakeline.agents.timing.compare`, the PerformanceProfiler's
-   too), every candidate in the same run, interleaved: one process, fixed threads, ONNX Runtime
-   sessions with spinning off, interleaved blocks, rotating inputs, median of the timed runs
+   too), every candidate in the same run, interleaved: one process, fixed threads, each as it
+   is loaded (the peers' ONNX Runtime sessions with ONNX Runtime's defaults, workers spinning;
+   the artifact as runtime.json says), interleaved blocks, rotating inputs, median of the timed runs
    per candidate and batch size, the least disturbed of several windows. At batch 1 and 32 on
    the builtin evaluation split (never used for calibration; short sentences and texts of
    other kinds, up to 215 tokens: b{1,32}P50Ms, speedupB{1,32}, the headline), and with
@@ -100,9 +101,10 @@ from bakeline.agents.runtimes import (
     onnx_runner,
     ort_runner,
     ort_session,
+    session_defaults,
     torch_runner,
 )
-from bakeline.agents.timing import Method, compare, rotating, timed_config, wait_for_quiet
+from bakeline.agents.timing import Method, compare, rotating, wait_for_quiet
 
 JOB = Path(__file__).resolve().parent.parent / "examples" / "bakingjob-minilm.yaml"
 # Issue 5 (the agents issue's figures) and issue 8 section 1 (the peers' level, in absolute terms).
@@ -565,7 +567,7 @@ def main() -> int:
         minilm.load_minilm(), minilm.encode(tok, calibration[:2]), peers / "fp32.onnx"
     )
     peer_path = ort_int8(fp32_onnx, peers / "int8.onnx")
-    ort_config = timed_config(RuntimeConfig(intra_op_threads=args.threads))
+    ort_config = session_defaults(args.threads)  # as the recipes load their models
     variants: dict[str, Runner] = {
         "fp32": torch_runner(fp32_module, NAMES),
         "quantizeDynamic": torch_runner(qdyn_module, NAMES),
@@ -606,7 +608,7 @@ def main() -> int:
         sizes["optimumO3Int8"] = optimum_path.stat().st_size
     peer_seconds = time.monotonic() - peer_started
     # As packaged: with threadsByBatchSize, one session per thread count.
-    variants["baked"] = onnx_runner(package / "model.onnx", timed_config(runtime))
+    variants["baked"] = onnx_runner(package / "model.onnx", runtime)
     sizes["baked"] = (package / "model.onnx").stat().st_size
 
     by_kind = {kind: cosines(embed(variants, tok, texts)) for kind, texts in unseen.items()}

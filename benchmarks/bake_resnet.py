@@ -19,7 +19,8 @@ CPU peers on held-out images of another kind: ONE JSON line.
    model's accuracy on the evaluation rows minus one point), `bakeline run` in a subprocess;
    the package's model.onnx loaded with its runtime.json applied in full (`onnx_runner`:
    what the package's serve.py runs, on the backend runtime.json names (ONNX Runtime or
-   OpenVINO), one session per thread count; spinning off while timed, as for every candidate).
+   OpenVINO), one session per thread count, spinning as runtime.json says; ONNX Runtime's
+   peers run with its defaults, workers spinning, as their recipes load them).
 4. The peers, each by its documented recipe, from the same fp32 weights, in the same process:
    - fp32: the module in eager torch (the speedups' baseline);
    - ortFp32: `torch.onnx.export` (dynamic batch) under ONNX Runtime;
@@ -81,9 +82,10 @@ from bakeline.agents.runtimes import (
     onnx_runner,
     ort_runner,
     ort_session,
+    session_defaults,
     torch_runner,
 )
-from bakeline.agents.timing import Method, compare, rotating, timed_config, wait_for_quiet
+from bakeline.agents.timing import Method, compare, rotating, wait_for_quiet
 from bakeline.checkpoints.manifest import sha256_file
 
 INPUT = "image"
@@ -492,7 +494,7 @@ def main() -> int:
     peer_started = time.monotonic()
     fp32_onnx = export_onnx(module, user[0][:2], peers / "fp32.onnx")
     int8_onnx = ort_int8_static(fp32_onnx, calibration, peers / "int8.onnx")
-    ort_config = timed_config(RuntimeConfig(intra_op_threads=args.threads))
+    ort_config = session_defaults(args.threads)  # as the recipes load their models
     variants: dict[str, Runner] = {
         "fp32": torch_runner(module, [INPUT]),
         "ortFp32": ort_runner(ort_session(fp32_onnx, ort_config)),
@@ -508,8 +510,8 @@ def main() -> int:
     variants.update(ov_runners)
     sizes.update(ov_sizes)
     peer_seconds = time.monotonic() - peer_started
-    # runtime.json applied in full (threads per batch size, optimizers), spinning off as timed.
-    variants["baked"] = onnx_runner(package / "model.onnx", timed_config(runtime))
+    # runtime.json applied in full (threads per batch size, optimizers, spinning).
+    variants["baked"] = onnx_runner(package / "model.onnx", runtime)
     sizes["baked"] = (package / "model.onnx").stat().st_size
 
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in variants}

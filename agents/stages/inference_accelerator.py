@@ -5,9 +5,12 @@ levels, with and without the SkipLayerNormalization fusion, which measures slowe
 MiniLM graph, where the graph has a LayerNormalization for it to fuse; the configured threads
 and one), the imported model in eager torch, and
 torch.compile of it (not for a quantized ONNX artifact: it would drop the quantization).
-Candidates run with spinning worker threads off, so that none steals cores
-from the next while timed; `allowSpinning` decides whether the kept config spins (it trades CPU
-for latency; under a pod's CPU quota it is usually a loss). Each is scored against the reference
+ONNX Runtime's workers can spin between operators instead of sleeping: it trades
+CPU for latency (waking a sleeping worker costs microseconds per operator, a quarter of the int8
+MiniLM's time at batch 32 on two threads; under a tight CPU quota spinning can lose instead).
+`allowSpinning: auto` (default) times each multi-threaded ONNX Runtime candidate both ways on the
+node, under the pod's own CPU limit, and keeps what wins; `true` / `false` time and keep one way.
+Each is scored against the reference
 outputs on calibration data and timed by THE timing method (`bakeline.agents.timing.compare`)
 at every target batch size; the fastest (the smallest worst-case latency relative to the best at
 each batch size) among those passing the job's quality gate is kept, with its runtime config
@@ -20,7 +23,7 @@ candidate that runs each batch size on its fastest count is timed-by-composition
 (`threadsByBatchSize` in the runtime config: the runner keeps a session per count).
 
 Params: candidates (["onnxruntime", "torch-eager", "torch-compile"]), runs (20), batchSizes
-(default job.target.batchSizes), allowSpinning (false), tryFewerThreads (true: also time one
+(default job.target.batchSizes), allowSpinning ("auto"), tryFewerThreads (true: also time one
 intra-op thread), threadsByBatchSize (true: allow thread counts per batch size).
 """
 
@@ -81,7 +84,7 @@ class AcceleratorParams(StageParams):
     candidates: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     runs: int = Field(default=20, ge=3)
     batch_sizes: list[int] | None = Field(default=None, alias="batchSizes")
-    allow_spinning: bool = Field(default=False, alias="allowSpinning")
+    allow_spinning: Literal["auto"] | bool = Field(default="auto", alias="allowSpinning")
     try_fewer_threads: bool = Field(default=True, alias="tryFewerThreads")
     threads_by_batch_size: bool = Field(default=True, alias="threadsByBatchSize")
 
@@ -105,15 +108,19 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         fewer = {1} if params.try_fewer_threads else set()
         thread_counts = sorted({base.intra_op_threads, *fewer} - {0}) or [0]
 
-        def on_the_onnx_file(name: str, update: dict[str, object]) -> None:
-            """One candidate running the artifact as it is, at each thread count."""
+        def on_the_onnx_file(name: str, update: dict[str, object], spins: bool = False) -> None:
+            """One candidate running the artifact as it is, at each thread count (and, where
+            `spins` and it has workers, with them spinning and not, as allowSpinning asks)."""
             for threads in thread_counts:
                 label = name if threads == max(thread_counts) else f"{name}-{threads}thread"
-                thread_variants.setdefault(name, []).append(label)
-                config = base.model_copy(
-                    update={**update, "intra_op_threads": threads, "allow_spinning": False}
-                )
-                configs[label] = (config, str(source.artifact), "onnx")
+                ways = spinning_ways(params.allow_spinning) if spins and threads != 1 else [False]
+                for spinning in ways:
+                    timed = f"{label}-spinning" if spinning and len(ways) > 1 else label
+                    thread_variants.setdefault(name, []).append(timed)
+                    config = base.model_copy(
+                        update={**update, "intra_op_threads": threads, "allow_spinning": spinning}
+                    )
+                    configs[timed] = (config, str(source.artifact), "onnx")
 
         if "onnxruntime" in params.candidates and source.format == "onnx":
             ops = op_histogram(onnx.load(str(source.artifact)))
@@ -125,6 +132,7 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
                         "graph_optimization_level": level,
                         "disabled_optimizers": disabled,
                     },
+                    spins=True,
                 )
         if "openvino" in params.candidates and source.format == "onnx":
             # The same ONNX file compiled by OpenVINO: its CPU plugin runs a QDQ graph's int8
@@ -200,7 +208,6 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         }
         chosen = min(relative, key=lambda n: relative[n])
         config, path, fmt = configs[chosen]
-        config = config.model_copy(update={"allow_spinning": params.allow_spinning})
         eager = "torch-eager" if "torch-eager" in latency else None
 
         metrics: dict[str, float] = {
@@ -247,6 +254,11 @@ class InferenceAccelerator(Agent[AcceleratorParams]):
         return StageResult(Outcome(message, metrics), manifest)
 
 
+def spinning_ways(allow: Literal["auto"] | bool) -> list[bool]:
+    """The spinning settings a multi-threaded ONNX Runtime candidate is timed with."""
+    return [False, True] if allow == "auto" else [allow]
+
+
 def threads_by_batch_size(
     variants: dict[str, list[str]],
     configs: dict[str, RuntimeConfig],
@@ -266,6 +278,14 @@ def threads_by_batch_size(
         if len(set(fastest.values())) < 2:
             continue
         largest = configs[fastest[sizes[-1]]]
+        # A runner keeps one session per thread count: a smaller size whose fastest runs on the
+        # largest's thread count but spins otherwise cannot be run as it was timed.
+        if any(
+            configs[fastest[size]].intra_op_threads == largest.intra_op_threads
+            and configs[fastest[size]].allow_spinning != largest.allow_spinning
+            for size in sizes[:-1]
+        ):
+            continue
         # Batches up to each smaller size run on that size's fastest, larger ones as the largest.
         by_size = {size: configs[fastest[size]].intra_op_threads for size in sizes[:-1]}
         config = largest.model_copy(update={"batch_threads": by_size})

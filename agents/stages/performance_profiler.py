@@ -37,7 +37,7 @@ from bakeline.agents.stages.common import (
     timing_batches,
     write_report,
 )
-from bakeline.agents.timing import compare, rotating, timed_config
+from bakeline.agents.timing import compare, rotating
 
 BOTTLENECK_SHARE = 0.2
 PROFILE_RUNS = 10
@@ -98,9 +98,7 @@ class PerformanceProfiler(Agent[ProfilerParams]):
         source = ctx.open_input()
         config = runtime_config(source)
         threads = config.intra_op_threads
-        baked = open_runner(
-            source.artifact, source.format, source.input_names, timed_config(config)
-        )
+        baked = open_runner(source.artifact, source.format, source.input_names, config)
         original = original_runner(source, threads) if params.compare_original else None
         sizes = batch_sizes(ctx.job, params.batch_sizes)
 

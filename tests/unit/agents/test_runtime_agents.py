@@ -20,6 +20,7 @@ from bakeline.agents.stages import hardware_adapter
 from bakeline.agents.stages.inference_accelerator import (
     ORT_CANDIDATES,
     applicable,
+    spinning_ways,
     threads_by_batch_size,
 )
 from bakeline.checkpoints.manifest import verify_checkpoint
@@ -100,6 +101,45 @@ def test_inference_accelerator_keeps_the_fastest_passing_candidate(digits_chain:
     # the chosen one is never slower than every other at both batch sizes
     others = [name for name in latencies if name != chosen]
     assert any(latencies[chosen][b] <= latencies[o][b] for o in others for b in ("1", "8"))
+
+
+def test_the_accelerator_times_spinning_workers_and_keeps_what_it_timed(
+    digits_chain: Chain, tmp_path: Path, run_stage: StageRunner
+) -> None:
+    # The quick chain adapts to one thread; on two, every ONNX Runtime candidate with workers is
+    # timed spinning and not (allowSpinning: auto), and the kept config spins exactly when the
+    # candidate it keeps was timed spinning.
+    hardware = tmp_path / "hardware"
+    run_stage("HardwareAdapter", hardware, digits_chain.input_of("HardwareAdapter"), {"threads": 2})
+    result = run_stage(
+        "InferenceAccelerator",
+        tmp_path / "accelerate",
+        hardware,
+        {"candidates": ["onnxruntime"], "runs": 4},
+    )
+    report = json.loads(
+        (tmp_path / "accelerate" / "reports/inference-accelerator.json").read_text()
+    )
+    timed = set(report["latencyP50Ms"])
+    assert {"ort-all", "ort-all-spinning", "ort-basic", "ort-basic-spinning"} <= timed
+    assert "ort-all-1thread" in timed and "ort-all-1thread-spinning" not in timed
+    runtime = result.manifest.attributes["runtime"]
+    chosen = report["chosen"]
+    if chosen.endswith("+threads-by-batch-size"):  # runs its largest batches as timed there
+        base = chosen.removesuffix("+threads-by-batch-size")
+        labels = {base, f"{base}-spinning", f"{base}-1thread"} & timed
+        chosen = min(labels, key=lambda label: report["latencyP50Ms"][label]["8"])
+    assert runtime["allowSpinning"] == chosen.endswith("-spinning")
+    # Forced off: nothing is timed spinning, nothing kept spinning.
+    off = run_stage(
+        "InferenceAccelerator",
+        tmp_path / "off",
+        hardware,
+        {"candidates": ["onnxruntime"], "runs": 4, "allowSpinning": False},
+    )
+    assert off.manifest.attributes["runtime"]["allowSpinning"] is False
+    off_report = json.loads((tmp_path / "off" / "reports/inference-accelerator.json").read_text())
+    assert not any(n.endswith("-spinning") for n in off_report["latencyP50Ms"])
 
 
 def test_quality_validator_passes_with_the_job_default(digits_chain: Chain) -> None:
@@ -216,6 +256,35 @@ def test_threads_per_batch_size_combine_each_sizes_fastest_thread_count() -> Non
     # As packaged (runtime.json) and read back: batch 1 on one thread, anything larger on two.
     again = RuntimeConfig.model_validate(json.loads(json.dumps(config.dump())))
     assert [again.threads_for(rows) for rows in (1, 2, 32, 64)] == [1, 2, 2, 2]
+
+
+def test_threads_per_batch_size_keep_the_spinning_the_largest_batch_was_timed_with() -> None:
+    configs = {
+        "ort-all": RuntimeConfig(intra_op_threads=2),
+        "ort-all-spinning": RuntimeConfig(intra_op_threads=2, allow_spinning=True),
+        "ort-all-1thread": RuntimeConfig(intra_op_threads=1),
+    }
+    variants = {"ort-all": list(configs)}
+    latency = {
+        "ort-all": {1: 1.0, 32: 12.0},
+        "ort-all-spinning": {1: 0.9, 32: 9.0},
+        "ort-all-1thread": {1: 0.6, 32: 18.0},
+    }
+    config, runs_on = threads_by_batch_size(variants, configs, latency, [1, 32])[
+        "ort-all+threads-by-batch-size"
+    ]
+    assert runs_on == {1: "ort-all-1thread", 32: "ort-all-spinning"}
+    assert config.allow_spinning and config.batch_threads == {1: 1}
+    # Batch 1 fastest on two threads NOT spinning, batch 32 spinning: one session per thread
+    # count cannot run both as timed, so no combination is offered.
+    latency["ort-all"] = {1: 0.5, 32: 12.0}
+    assert threads_by_batch_size(variants, configs, latency, [1, 32]) == {}
+
+
+def test_spinning_is_timed_both_ways_unless_the_workflow_decides() -> None:
+    assert spinning_ways("auto") == [False, True]
+    assert spinning_ways(True) == [True]
+    assert spinning_ways(False) == [False]
 
 
 def test_an_onnx_runner_runs_each_batch_on_the_session_for_its_size(
