@@ -15,6 +15,10 @@ sees them. `fusions: auto` (default) decides by measurement on this node: the fu
 graphs are timed by THE timing method at the job's batch sizes, and the fused one is kept only
 when it is faster overall and within maxAbsError; `on` keeps it whenever it fuses anything.
 
+Attention-mask fill values (Hugging Face's finfo.min on padded keys) are softened to one that
+keeps CPU softmax kernels off their subnormal slow path (`bakeline.agents.attention_mask`) where
+the outputs stay within maxAbsError of the reference: the same weights, a faster softmax.
+
 Padding removal (`bakeline.agents.padding`) then runs the per-token layers of each candidate on
 the real tokens only: a third of the positions in MiniLM's batches of 32 are padding. Every
 candidate (plain, fused, each with and without padding) within maxAbsError of the reference is
@@ -26,18 +30,20 @@ Params: level ("basic" | "extended" | "all"), fuseSiblingMatMuls (true), fusions
 rewrite's deviation from the reference outputs on calibration data, on real positions, per unit
 of the output's scale where its largest magnitude is above 1; a larger one fails the gate).
 Measures: node counts before/after, training-only ops before/after, weight bytes, deviation,
-fusions applied, the fused / unfused and unpadded / padded latency ratios, packed nodes, and
-attention restores and packs done head-major.
+fusions applied, the fused / unfused and unpadded / padded latency ratios, packed nodes,
+attention restores and packs done head-major, and mask fill values softened.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
 import onnx
 from pydantic import Field
 
+from bakeline.agents.attention_mask import soften_masks
 from bakeline.agents.checkpoint_io import InputCheckpoint, artifact_name
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.logs import log
@@ -88,6 +94,7 @@ class GraphOptimizer(Agent[GraphParams]):
             with Stopwatch() as export_time:
                 raw = onnx.load(str(export_to_onnx(source, Path(tmp) / "raw.onnx")))
                 folded = name_nodes(onnxscript_optimize(raw))
+            folded, masks = checked_mask_fills(folded, source, Path(tmp), params)
             variants = {"plain": folded}
             applied: dict[str, int] = {}
             if params.fusions != "off":
@@ -136,6 +143,7 @@ class GraphOptimizer(Agent[GraphParams]):
             "headMajorRewrites": float(unpadded[chosen].head_major if chosen in unpadded else 0),
             "unpaddedLatencyRatio": _ratio(relative, chosen, UNPADDED),
             "optimizeSeconds": optimize_time.seconds,
+            "maskFillsSoftened": float(masks),
             "maxAbsError": quality["maxAbsError"],
             "cosineMin": quality["cosineMin"],
             **named_metrics(quality, ("maxAbsError",)),
@@ -167,8 +175,10 @@ class GraphOptimizer(Agent[GraphParams]):
                 }
             },
         )
-        fusions = (", transformer fusions" if fused_graph else "") + (
-            ", padding removed" if chosen in unpadded else ""
+        fusions = (
+            (", transformer fusions" if fused_graph else "")
+            + (", padding removed" if chosen in unpadded else "")
+            + (f", {masks} attention mask fill{'s' if masks > 1 else ''} softened" if masks else "")
         )
         message = (
             f"graph: {int(metrics['nodesBefore'])} -> {int(metrics['nodesAfter'])} nodes "
@@ -177,6 +187,24 @@ class GraphOptimizer(Agent[GraphParams]):
             f"max abs error {quality['maxAbsError']:.2g}"
         )
         return StageResult(Outcome(message, metrics), manifest)
+
+
+def checked_mask_fills(
+    model: onnx.ModelProto, source: InputCheckpoint, tmp: Path, params: GraphParams
+) -> tuple[onnx.ModelProto, int]:
+    """`model` with its attention-mask fill values softened (`bakeline.agents.attention_mask`)
+    where the result stays within maxAbsError of the reference on calibration data; else
+    `model` unchanged. Returns the model and how many fill values it softened."""
+    softened, count = soften_masks(copy.deepcopy(model))
+    if not count:
+        return model, 0
+    deviation = score_file(
+        save(softened, tmp / "softened.onnx"), "onnx", source, "calibration", limit=64
+    )
+    if worst(deviation, "scaledError") > params.max_abs_error:
+        log("softened attention masks deviate: not kept", **deviation, level="warning")
+        return model, 0
+    return softened, count
 
 
 def choose_graph(
