@@ -37,8 +37,8 @@ class RuntimeConfig(BaseModel):
     intra_op_threads: int = Field(default=0, alias="intraOpThreads", description="0: runtime's")
     inter_op_threads: int = Field(default=1, alias="interOpThreads")
     graph_optimization_level: OptLevel = Field(default="all", alias="graphOptimizationLevel")
-    # Off by default: spinning workers burn CPU that a pod's CPU quota throttles, and they steal
-    # cores from anything else in the process.
+    # Workers spin between operators within a run (they stop at its end); off unless timed
+    # faster: spinning burns CPU that a pod's CPU quota throttles.
     allow_spinning: bool = Field(default=False, alias="allowSpinning")
     disabled_optimizers: list[str] = Field(default_factory=list, alias="disabledOptimizers")
     dtype: str = "fp32"
@@ -65,7 +65,9 @@ class RuntimeConfig(BaseModel):
 
 def session_defaults(threads: int) -> RuntimeConfig:
     """ONNX Runtime's own defaults on `threads` intra-op threads (a plain InferenceSession: all
-    graph optimizations, workers spinning): how a recipe that sets nothing else loads a model."""
+    graph optimizations, workers spinning): how a recipe that sets nothing else loads a model.
+    Its workers stop spinning at the end of each run (`serving.session`), which changes nothing
+    within a run and keeps them off the cores of whatever is timed next."""
     return RuntimeConfig(intra_op_threads=threads, allow_spinning=True)
 
 

@@ -5,8 +5,8 @@ the same `METHOD`, so that a speedup in a report and one in BENCHMARKS.md mean t
 candidates in one process, fixed thread counts, each run as it would serve (ONNX Runtime's
 workers spinning or not as its config says), interleaved in blocks whose first calls are not
 timed (each candidate timed in its steady state, its weights in the caches, as when serving;
-those calls also outlast the previous candidate's spinning workers, which would otherwise steal
-its cores), inputs rotating over real samples (the same sample for every candidate in a
+spinning workers stop at the end of each run, `serving.session`, so none spins into the next
+candidate's time), inputs rotating over real samples (the same sample for every candidate in a
 round), medians, in several windows of which the least disturbed one is kept (the one where the
 baseline ran fastest: a shared machine's other work slows torch's fork-join threads far more
 than ONNX Runtime's pool, so a busy window would flatter the speedup).

@@ -180,8 +180,8 @@ def _how_to_run(source: InputCheckpoint, runtime: dict[str, Any]) -> list[str]:
         applied = [
             "`serve.py` (ONNX Runtime and numpy only) runs it exactly as it was profiled:",
             "`runtime.json` applied in full (graph level, disabled optimizers, threads and",
-            "threads per batch size with one session per thread count, spinning, execution",
-            "provider).",
+            "threads per batch size with one session per thread count, spinning between",
+            "operators and not after a run, execution provider).",
         ]
     return [
         *applied,

@@ -159,6 +159,8 @@ def test_the_package_runs_with_its_own_serve_py_as_it_was_profiled(
         "  'threads': threads_for(model.runtime, 3),\n"
         "  'spinning': session.get_session_options().get_session_config_entry(\n"
         "      'session.intra_op.allow_spinning'),\n"
+        "  'stops': session.get_session_options().get_session_config_entry(\n"
+        "      'session.force_spinning_stop'),\n"
         "  'first': out[next(iter(out))].tolist()}))\n"
     )
     done = subprocess.run(
@@ -172,6 +174,7 @@ def test_the_package_runs_with_its_own_serve_py_as_it_was_profiled(
     ran = json.loads(done.stdout)
     assert ran["shapes"][0][0] == 3
     assert ran["spinning"] == ("1" if runtime.get("allowSpinning") else "0")
+    assert ran["stops"] == ran["spinning"]  # spinning workers stop at the end of each run
     sizes = {int(k): int(v) for k, v in (runtime.get("threadsByBatchSize") or {}).items()}
     fits = [size for size in sizes if size >= 3]
     assert ran["threads"] == (sizes[min(fits)] if fits else runtime.get("intraOpThreads", 0))
