@@ -1,7 +1,10 @@
-"""The shape every agent shares: declared params, declared metrics, one `run` per stage.
+"""The shape every agent shares: declared params, one `run` per stage.
 
-Agents register themselves (Olive-style passes): a name, a typed params model, the checkpoint
-files they read and write, and the metrics they report. `bakeline-agent` looks them up here.
+Agents register themselves (Olive-style passes): a name, a typed params model and the checkpoint
+files they read and write. What the drivers know of an agent without importing it (whether it
+reads a checkpoint, the job parts it reads, the metrics it reports first) is its row in
+`bakeline.contract.AGENT_TRAITS`, declared there only: an agent without a row does not register.
+`bakeline-agent` looks them up here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from bakeline.agents.checkpoint_io import InputCheckpoint, OutputCheckpoint, open_input
 from bakeline.agents.contract import InvalidInput, JobSpec, Outcome, StageParams, kebab
 from bakeline.checkpoints.manifest import ArtifactFormat, Manifest, utc_now
+from bakeline.contract import AGENT_TRAITS
 
 P = TypeVar("P", bound=StageParams)
 
@@ -52,8 +56,6 @@ class Agent(ABC, Generic[P]):
     params_model: ClassVar[type[StageParams]]
     reads: ClassVar[tuple[str, ...]] = ()  # checkpoint files it needs
     writes: ClassVar[tuple[str, ...]] = ()  # files it adds
-    metrics: ClassVar[tuple[str, ...]] = ()  # headline metrics it reports
-    needs_input: ClassVar[bool] = True
 
     @abstractmethod
     def run(self, ctx: StageContext, params: P) -> StageResult: ...
@@ -86,6 +88,8 @@ REGISTRY: dict[str, type[Agent[StageParams]]] = {}
 
 
 def register(cls: type[Agent[P]]) -> type[Agent[P]]:
+    if cls.name not in AGENT_TRAITS:
+        raise TypeError(f"agent {cls.name} has no row in bakeline.contract.AGENT_TRAITS")
     REGISTRY[cls.name] = cls  # type: ignore[assignment]
     return cls
 

@@ -199,14 +199,6 @@ class BakingCoordinator(Agent[CoordinatorParams]):
     name = "BakingCoordinator"
     params_model = CoordinatorParams
     writes = ("original.*", CALIBRATION, EVALUATION, REFERENCE)
-    metrics = (
-        "parameters",
-        "sizeBytes",
-        "calibrationSamples",
-        "evaluationSamples",
-        SYNTHETIC_INPUTS,
-    )
-    needs_input = False
 
     def run(self, ctx: StageContext, params: CoordinatorParams) -> StageResult:
         spec = ctx.job.model

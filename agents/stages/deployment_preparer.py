@@ -336,7 +336,6 @@ class DeploymentPreparer(Agent[DeploymentParams]):
     name = "DeploymentPreparer"
     params_model = DeploymentParams
     writes = (RUNTIME, README, LOADER)
-    metrics = ("sizeBytes", "files")
 
     def run(self, ctx: StageContext, params: DeploymentParams) -> StageResult:
         source = ctx.open_input()

@@ -84,7 +84,6 @@ class GraphOptimizer(Agent[GraphParams]):
     name = "GraphOptimizer"
     params_model = GraphParams
     writes = ("model.onnx",)
-    metrics = ("nodesBefore", "nodesAfter", "trainingOpsAfter", "maxAbsError")
 
     def run(self, ctx: StageContext, params: GraphParams) -> StageResult:
         source = ctx.open_input()

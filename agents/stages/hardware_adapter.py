@@ -48,7 +48,6 @@ class HardwareParams(StageParams):
 class HardwareAdapter(Agent[HardwareParams]):
     name = "HardwareAdapter"
     params_model = HardwareParams
-    metrics = ("threads", "int8Native", "bf16Native", "fp16Native", "gflopsFp32")
 
     def run(self, ctx: StageContext, params: HardwareParams) -> StageResult:
         source = ctx.open_input()

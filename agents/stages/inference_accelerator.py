@@ -93,7 +93,6 @@ class AcceleratorParams(StageParams):
 class InferenceAccelerator(Agent[AcceleratorParams]):
     name = "InferenceAccelerator"
     params_model = AcceleratorParams
-    metrics = ("chosenP50Ms", "speedupVsEager")
 
     def run(self, ctx: StageContext, params: AcceleratorParams) -> StageResult:
         source = ctx.open_input()

@@ -80,7 +80,6 @@ class MemoryOptimizer(Agent[MemoryParams]):
     params_model = MemoryParams
     reads = (CALIBRATION,)
     writes = ("model.onnx",)
-    metrics = ("sizeBytes", "peakMemoryMB", "peakMemoryMBBefore", "cosineMean")
 
     def run(self, ctx: StageContext, params: MemoryParams) -> StageResult:
         source = ctx.open_input()

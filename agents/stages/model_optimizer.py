@@ -130,7 +130,6 @@ class ModelOptimizer(Agent[ModelParams]):
     name = "ModelOptimizer"
     params_model = ModelParams
     writes = ("model.onnx",)
-    metrics = ("sizeBytes", "sizeRatio", "quantizedLayers", "floatLayers", "cosineMean")
 
     def run(self, ctx: StageContext, params: ModelParams) -> StageResult:
         source = ctx.open_input()

@@ -92,7 +92,6 @@ def torch_operator_times(run: Callable[[], object]) -> dict[str, float]:
 class PerformanceProfiler(Agent[ProfilerParams]):
     name = "PerformanceProfiler"
     params_model = ProfilerParams
-    metrics = ("p50Ms", "p95Ms", "p99Ms", "throughput", "speedup")
 
     def run(self, ctx: StageContext, params: ProfilerParams) -> StageResult:
         source = ctx.open_input()

@@ -43,14 +43,6 @@ class QualityParams(StageParams):
 class QualityValidator(Agent[QualityParams]):
     name = "QualityValidator"
     params_model = QualityParams
-    metrics = (
-        "cosineMean",
-        "cosineMin",
-        "accuracy",
-        "maxAbsError",
-        QUALITY_THRESHOLD,
-        QUALITY_VERIFIED,
-    )
 
     def run(self, ctx: StageContext, params: QualityParams) -> StageResult:
         source = ctx.open_input()

@@ -16,9 +16,11 @@ from bakeline.agents.contract import (
     parse_job,
     parse_params,
 )
+from bakeline.agents.pipeline import Chain
 from bakeline.agents.stages import REGISTRY, resolve
 from bakeline.agents.stages.model_optimizer import ModelParams
 from bakeline.agents.timing import Method, compare, interleaved, percentile, rotating
+from bakeline.contract import AGENT_TRAITS
 
 NINE = {
     "BakingCoordinator",
@@ -181,3 +183,17 @@ def test_the_agents_version_holds_a_digest_of_their_source(
     assert printed == ["bakeline-agent", agent_version()]
     release, digest = agent_version().split("+src.")
     assert release == AGENT_VERSION and len(digest) == 12 and int(digest, 16) >= 0
+
+
+def test_every_agent_reports_the_metrics_its_row_of_traits_puts_first(digits_chain: Chain) -> None:
+    # The row in bakeline.contract.AGENT_TRAITS is the only declaration: what each agent
+    # really reports must hold it (a per-batch-size figure counts as `b<size>.<name>`).
+    for agent, result in digits_chain.results.items():
+        reported = result.outcome.metrics
+        missing = [
+            name
+            for name in AGENT_TRAITS[agent].headline_metrics
+            if name not in reported and not any(key.endswith(f".{name}") for key in reported)
+        ]
+        assert not missing, (agent, missing, sorted(reported))
+    assert set(digits_chain.results) == set(AGENT_TRAITS)
