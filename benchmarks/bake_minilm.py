@@ -90,6 +90,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import openvino_recipes
 import torch
 from tokenizers import Tokenizer
 
@@ -325,52 +326,11 @@ def ort_int8(exported: Path, target: Path) -> Path:
 def openvino_peers(
     fp32: Path, calibration: list[dict[str, np.ndarray]], folder: Path, threads: int
 ) -> tuple[dict[str, Runner], dict[str, int], dict[str, Any], dict[str, str]]:
-    """OpenVINO (default precision) and OpenVINO + NNCF int8: runners, sizes, notes, skipped."""
-    runners: dict[str, Runner] = {}
-    sizes: dict[str, int] = {}
-    notes: dict[str, Any] = {}
-    try:
-        ov: Any = importlib.import_module("openvino")
-    except ImportError as exc:
-        reason = f"openvino not installed: {exc}"
-        return runners, sizes, notes, {"openvino": reason, "openvinoNncfInt8": reason}
-    skipped: dict[str, str] = {}
-    notes["openvinoVersion"] = ov.__version__
-    core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
-    model = ov.convert_model(str(fp32))
-    ov.save_model(model, str(folder / "ov_fp32.xml"), compress_to_fp16=False)
-    compiled: dict[str, Any] = {"openvino": core.compile_model(model, "CPU", config)}
-    sizes["openvino"] = _ov_size(folder / "ov_fp32.xml")
-    try:
-        nncf: Any = importlib.import_module("nncf")
-    except ImportError as exc:
-        skipped["openvinoNncfInt8"] = f"nncf not installed: {exc}"
-    else:
-        notes["nncfVersion"] = nncf.__version__
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset(calibration),
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(calibration),
-        )
-        ov.save_model(quantized, str(folder / "ov_int8.xml"), compress_to_fp16=False)
-        compiled["openvinoNncfInt8"] = core.compile_model(quantized, "CPU", config)
-        sizes["openvinoNncfInt8"] = _ov_size(folder / "ov_int8.xml")
-    notes["inferencePrecision"] = {
-        name: program.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        for name, program in compiled.items()
-    }
-    notes["inferenceNumThreads"] = {
-        name: int(program.get_property("INFERENCE_NUM_THREADS"))
-        for name, program in compiled.items()
-    }
-    runners.update({name: _ov_runner(program) for name, program in compiled.items()})
-    return runners, sizes, notes, skipped
-
-
-def _ov_size(xml: Path) -> int:
-    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    """OpenVINO (default precision) and OpenVINO + NNCF int8 (transformer preset): runners,
+    sizes, notes, skipped."""
+    built = openvino_recipes.build(fp32, calibration, folder, threads, transformer=True)
+    runners = {name: _ov_runner(program) for name, program in built.compiled.items()}
+    return runners, built.sizes, built.notes, built.skipped
 
 
 def _ov_runner(compiled: Any) -> Runner:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -70,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openvino_recipes
 import torch
 import yaml
 from torch import nn
@@ -358,49 +358,10 @@ def openvino_peers(
     fp32: Path, calibration: np.ndarray, folder: Path, threads: int
 ) -> tuple[dict[str, Runner], dict[str, int], dict[str, Any]]:
     """OpenVINO fp32 (default and f32 precision) and OpenVINO + NNCF int8, or the reason not."""
-    notes: dict[str, Any] = {}
-    runners: dict[str, Runner] = {}
-    sizes: dict[str, int] = {}
-    try:
-        ov: Any = importlib.import_module("openvino")
-    except ImportError as exc:
-        notes["skipped"] = {p: f"openvino not installed: {exc}" for p in PEERS if "openvino" in p}
-        return runners, sizes, notes
-    notes["openvinoVersion"] = ov.__version__
-    core = ov.Core()
-    base = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
-    model = ov.convert_model(str(fp32))
-    ov.save_model(model, str(folder / "ov_fp32.xml"), compress_to_fp16=False)
-    compiled: dict[str, Any] = {
-        "openvino": core.compile_model(model, "CPU", base),
-        "openvinoF32": core.compile_model(
-            model, "CPU", {**base, "INFERENCE_PRECISION_HINT": "f32"}
-        ),
-    }
-    sizes["openvino"] = sizes["openvinoF32"] = _ov_size(folder / "ov_fp32.xml")
-    try:
-        nncf: Any = importlib.import_module("nncf")
-        notes["nncfVersion"] = nncf.__version__
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
-            subset_size=len(calibration),
-        )
-        ov.save_model(quantized, str(folder / "ov_int8.xml"), compress_to_fp16=False)
-        compiled["openvinoNncfInt8"] = core.compile_model(quantized, "CPU", base)
-        sizes["openvinoNncfInt8"] = _ov_size(folder / "ov_int8.xml")
-    except ImportError as exc:
-        notes["skipped"] = {"openvinoNncfInt8": f"nncf not installed: {exc}"}
-    precision = {}
-    for name, program in compiled.items():
-        precision[name] = program.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        runners[name] = _ov_runner(program)
-    notes["inferencePrecision"] = precision
-    return runners, sizes, notes
-
-
-def _ov_size(xml: Path) -> int:
-    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    feeds = [calibration[i : i + 1] for i in range(len(calibration))]
+    built = openvino_recipes.build(fp32, feeds, folder, threads, f32=True)
+    notes = {**built.notes, **({"skipped": built.skipped} if built.skipped else {})}
+    return {name: _ov_runner(p) for name, p in built.compiled.items()}, built.sizes, notes
 
 
 def _ov_runner(compiled: Any) -> Runner:
