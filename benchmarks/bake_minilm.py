@@ -89,6 +89,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import bakeline_run
 import numpy as np
 import openvino_recipes
 import torch
@@ -267,21 +268,8 @@ def mixed(evaluation: list[str], unseen: dict[str, list[str]]) -> list[str]:
 
 def bake(workdir: Path, reuse: bool) -> tuple[dict[str, Any], float | None]:
     """`bakeline run` on the example job; its report.json and wall seconds (None if reused)."""
-    if not reuse:
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "bakeline.cli.main", "run", str(JOB), "--workdir", str(workdir)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        seconds: float | None = time.monotonic() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"bakeline run exited {done.returncode}: {done.stderr[-2000:]}")
-    else:
-        seconds = None
-    report: dict[str, Any] = json.loads((workdir / "report.json").read_text())
-    return report, seconds
+    seconds = None if reuse else bakeline_run.bake(JOB, workdir)
+    return bakeline_run.report(workdir), seconds
 
 
 # -- the peers -----------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # shadow the standard library's `operator`).
 sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]
 
+import bakeline_run  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 from bakeline.agents.reads import roles_left_in_store  # noqa: E402
@@ -64,16 +64,8 @@ NAMESPACE = "bench"
 
 def bake(workdir: Path, reuse: bool) -> dict[str, Any]:
     if not reuse:
-        done = subprocess.run(
-            ["bakeline", "run", str(JOB), "--workdir", str(workdir), "--no-cache"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"bakeline run exited {done.returncode}: {done.stderr[-2000:]}")
-    report: dict[str, Any] = json.loads((workdir / "report.json").read_text())
-    return report
+        bakeline_run.bake(JOB, workdir, "--no-cache")
+    return bakeline_run.report(workdir)
 
 
 class Stage(NamedTuple):
