@@ -197,13 +197,20 @@ def checked_mask_fills(
     softened, count = soften_masks(copy.deepcopy(model))
     if not count:
         return model, 0
-    deviation = score_file(
-        save(softened, tmp / "softened.onnx"), "onnx", source, "calibration", limit=64
-    )
-    if worst(deviation, "scaledError") > params.max_abs_error:
+    deviation = beyond_bound(save(softened, tmp / "softened.onnx"), source, params)
+    if deviation is not None:
         log("softened attention masks deviate: not kept", **deviation, level="warning")
         return model, 0
     return softened, count
+
+
+def beyond_bound(
+    path: Path, source: InputCheckpoint, params: GraphParams
+) -> dict[str, float] | None:
+    """How the rewritten graph at `path` deviates from the reference on calibration data, where
+    that is beyond maxAbsError (per unit of the output's scale); None where it holds."""
+    deviation = score_file(path, "onnx", source, "calibration", limit=64)
+    return deviation if worst(deviation, "scaledError") > params.max_abs_error else None
 
 
 def choose_graph(
@@ -222,8 +229,8 @@ def choose_graph(
         if name == "plain":
             within.append(name)
             continue
-        deviation = score_file(paths[name], "onnx", source, "calibration", limit=64)
-        if worst(deviation, "scaledError") > params.max_abs_error:
+        deviation = beyond_bound(paths[name], source, params)
+        if deviation is not None:
             log(f"{name} graph deviates: not kept", **deviation, level="warning")
         else:
             within.append(name)
