@@ -6,11 +6,11 @@ Nothing reaches the hub (`HF_HUB_OFFLINE`) and no code of the model's runs: the 
 is the vetted config.json's dict handed to the config class transformers registers for its
 `model_type`, the model is the class transformers itself defines (the first of
 `config.architectures` it knows, else `AutoModel`), built empty with `trust_remote_code=False`,
-and its weights are model.safetensors' raw numbers (`safetensors.torch.load_file`). Text models
-only (their main input is `input_ids`): the graph takes `input_ids` and, where the forward
-accepts them, `attention_mask` and `token_type_ids`, all dynamic in batch and sequence, and
-returns every tensor of the model's output by its field name (`last_hidden_state`,
-`pooler_output`, `logits`).
+and its weights are the raw numbers of model.safetensors, or of the shards its index names
+(`safetensors.torch.load_file`). Text models only (their main input is `input_ids`): the
+graph takes `input_ids` and, where the forward accepts them, `attention_mask` and
+`token_type_ids`, all dynamic in batch and sequence, and returns every tensor of the model's
+output by its field name (`last_hidden_state`, `pooler_output`, `logits`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from bakeline.agents.contract import InvalidInput
-from bakeline.agents.vetting import HF_WEIGHTS, VettedFolder
+from bakeline.agents.vetting import VettedFolder
 
 # Set before transformers is imported: it reads them once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -116,7 +116,7 @@ def build(folder: Path, vetted: VettedFolder) -> HuggingFaceModel:
             "are imported from a Hugging Face folder so far; export it with torch.export.save "
             "and bake the .pt2"
         )
-    _load_weights(model, folder / HF_WEIGHTS)
+    _load_weights(model, [folder / name for name in vetted.weights])
     model = model.float().eval()
     accepted = inspect.signature(model.forward).parameters
     # Positional, in this order (the exported graph's inputs are the wrapper's arguments): the
@@ -138,10 +138,13 @@ def build(folder: Path, vetted: VettedFolder) -> HuggingFaceModel:
     )
 
 
-def _load_weights(model: Any, path: Path) -> None:
-    """model.safetensors into the model, under its own names or its base model's prefix; a
-    parameter the file lacks (and no tied one provides) is refused, not left random."""
-    weights = load_file(str(path))
+def _load_weights(model: Any, paths: list[Path]) -> None:
+    """The vetted safetensors files (model.safetensors, or its shards) into the model, under
+    its own names or its base model's prefix; a parameter they lack (and no tied one provides)
+    is refused, not left random."""
+    weights = {}
+    for path in paths:  # vetting saw that no tensor is in two of them
+        weights.update(load_file(str(path)))
     own = model.state_dict()
     prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
 
@@ -169,8 +172,9 @@ def _load_weights(model: Any, path: Path) -> None:
     )
     if missing:
         raise InvalidInput(
-            f"model.safetensors lacks {len(missing)} of {type(model).__name__}'s weights "
-            f"({', '.join(missing[:3])}): save the whole model with save_pretrained"
+            f"{paths[0].name + ' lacks' if len(paths) == 1 else f'the {len(paths)} shards lack'} "
+            f"{len(missing)} of {type(model).__name__}'s weights ({', '.join(missing[:3])}): "
+            "save the whole model with save_pretrained"
         )
 
 

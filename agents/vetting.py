@@ -1081,6 +1081,9 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_SAFETENSORS_HEADER = 100_000_000
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
+# Sharded weights (save_pretrained past max_shard_size): this index maps each tensor to its shard.
+HF_WEIGHTS_INDEX = "model.safetensors.index.json"
+_HF_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 # Read as JSON or text only, and shipped with the model (tokenizer.json tokenizes text data).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 HF_TEXT_FILES = ("vocab.txt",)
@@ -1118,6 +1121,9 @@ class VettedFolder:
     config: dict[str, Any]
     files: tuple[str, ...]
     ignored: tuple[str, ...] = field(default=())
+    # The safetensors files the weights are read from: model.safetensors, or every shard its
+    # index names (each vetted, no tensor in two).
+    weights: tuple[str, ...] = field(default=(HF_WEIGHTS,))
 
     @property
     def tokenizer(self) -> str | None:
@@ -1142,14 +1148,15 @@ def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFo
             "directory (config.json, model.safetensors, tokenizer files)",
         )
     pickled = sorted(relative for relative in present if _PICKLED.search(relative))
-    if HF_WEIGHTS not in present:
-        shards = sorted(r for r in present if re.fullmatch(r"model-\d+-of-\d+\.safetensors", r))
+    if HF_WEIGHTS not in present and HF_WEIGHTS_INDEX not in present:
+        shards = sorted(r for r in present if _HF_SHARD.fullmatch(r))
         if shards:
             raise VettingError(
                 name,
                 shards[0],
-                "is one shard of sharded weights, which are not read yet: save the model "
-                "with save_pretrained(..., max_shard_size='100GB') into one model.safetensors",
+                f"is one shard of sharded weights, but the folder has no {HF_WEIGHTS_INDEX} "
+                "to say which tensors each shard holds: copy the whole folder save_pretrained "
+                "wrote",
             )
         why = (
             f"holds {', '.join(pickled[:3])}, pickled weights, which are never unpickled; "
@@ -1159,12 +1166,26 @@ def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFo
         raise VettingError(
             name,
             None,
-            f"has no model.safetensors: {why}weights are read from model.safetensors only: "
-            "save the model with save_pretrained(..., safe_serialization=True)",
+            f"has no model.safetensors: {why}weights are read from model.safetensors (or the "
+            f"shards {HF_WEIGHTS_INDEX} names) only: save the model with "
+            "save_pretrained(..., safe_serialization=True)",
         )
     config = _vet_hf_config(name, folder / HF_CONFIG, frozenset(model_types))
-    _vet_safetensors(name, folder / HF_WEIGHTS)
-    files = [HF_CONFIG, HF_WEIGHTS]
+    unread: list[str] = []
+    if HF_WEIGHTS in present:  # what transformers reads first, too: an index beside it is not
+        _vet_safetensors(name, folder / HF_WEIGHTS)
+        weights: tuple[str, ...] = (HF_WEIGHTS,)
+        files = [HF_CONFIG, HF_WEIGHTS]
+        if HF_WEIGHTS_INDEX in present:
+            unread.append(f"{HF_WEIGHTS_INDEX} (model.safetensors is read instead)")
+    else:
+        weights = _vet_shards(name, folder, present)
+        files = [HF_CONFIG, HF_WEIGHTS_INDEX, *weights]
+    unread += [
+        f"{relative} (a shard {HF_WEIGHTS_INDEX} does not name: not read)"
+        for relative in sorted(present)
+        if _HF_SHARD.fullmatch(relative) and relative not in weights
+    ]
     for relative in HF_TOKENIZER_FILES:
         if relative in present:
             document = _hf_json(name, folder / relative, MAX_JSON_BYTES)
@@ -1181,7 +1202,48 @@ def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFo
         for relative in sorted(present)
         if relative.endswith(".py")
     ]
-    return VettedFolder(config, tuple(files), tuple(ignored))
+    return VettedFolder(config, tuple(files), tuple(ignored + unread), weights)
+
+
+def _vet_shards(name: str, folder: Path, present: set[str]) -> tuple[str, ...]:
+    """The shards model.safetensors.index.json names, in order, each vetted: plain file names
+    of this folder's safetensors files, every tensor of the index in the shard it names, no
+    tensor in two shards. Returns their names."""
+    index = _hf_json(name, folder / HF_WEIGHTS_INDEX, MAX_CONFIG_BYTES * 16)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(v, str) for v in weight_map.values())
+    ):
+        raise VettingError(
+            name, HF_WEIGHTS_INDEX, "has no weight_map of tensor names to shard files"
+        )
+    claimed: dict[str, set[str]] = {}
+    for tensor, shard in weight_map.items():
+        claimed.setdefault(shard, set()).add(tensor)
+    seen: dict[str, str] = {}
+    for shard, tensors in claimed.items():
+        where = f"{HF_WEIGHTS_INDEX} [{shard[:80]}]"
+        if "/" in shard or "\\" in shard or not shard.endswith(".safetensors"):
+            raise VettingError(
+                name, where, "names a shard that is not a .safetensors file of the folder itself"
+            )
+        if shard not in present:
+            raise VettingError(name, where, "names a shard the folder does not hold")
+        held = _vet_safetensors(name, folder / shard)
+        missing = sorted(tensors - held)
+        if missing:
+            raise VettingError(
+                name, where, f"maps {missing[0][:80]} to a shard that does not hold it"
+            )
+        for tensor in held:
+            if tensor in seen:
+                raise VettingError(
+                    name, f"{shard} [{tensor[:80]}]", f"is also in {seen[tensor]}: refused"
+                )
+            seen[tensor] = shard
+    return tuple(sorted(claimed))
 
 
 def _hf_text(name: str, path: Path, limit: int) -> str:
@@ -1242,9 +1304,10 @@ def _vet_hf_config(name: str, path: Path, model_types: frozenset[str]) -> dict[s
     return config
 
 
-def _vet_safetensors(name: str, path: Path) -> None:
+def _vet_safetensors(name: str, path: Path) -> set[str]:
     """The header read as JSON, every tensor's dtype known and its extent inside the file,
-    extents disjoint: what the safetensors library then maps is raw numbers, nothing else."""
+    extents disjoint: what the safetensors library then maps is raw numbers, nothing else.
+    Returns the names of the tensors it holds."""
     entry = path.name
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -1307,3 +1370,4 @@ def _vet_safetensors(name: str, path: Path) -> None:
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise VettingError(name, f"{entry} [{second[:80]}]", f"overlaps {first[:80]}")
+    return {key for _, _, key in spans}

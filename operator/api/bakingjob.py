@@ -65,7 +65,7 @@ class PvcModel(WireModel):
     claim_name: ObjectName = Field(description="Name of the claim, in the job's namespace.")
     path: RelativePath = Field(
         description="Path of the model file inside the volume, relative; or of a Hugging Face "
-        "model directory (config.json, model.safetensors, tokenizer files)."
+        "model directory (config.json, model.safetensors or its shards, tokenizer files)."
     )
 
     cel_rules = (
@@ -186,7 +186,8 @@ class ModelSpec(WireModel):
         default="auto",
         description="Format of the model: exported-program (torch.export .pt2), torchscript, "
         "onnx, or huggingface (a model directory: config.json of an architecture transformers "
-        "knows, model.safetensors, tokenizer files; never trust_remote_code); auto detects it "
+        "knows, model.safetensors or its shards, tokenizer files; never trust_remote_code); "
+        "auto detects it "
         "from the file's bytes, or a folder with config.json. Pickled files are never loaded.",
     )
     input_shapes: (

@@ -7,8 +7,8 @@ The models are small (each bake well under a minute on two free cores) but shape
 a ResNet-style block with batch-norm, a CNN exported with a static batch, a BERT-style encoder
 (token-level, and pooled over the attention mask on padded text), a dict output, a tuple of
 two outputs, an LSTM classifier, a TorchScript file that records no input shapes, and a Hugging
-Face model directory (a tiny BERT saved with save_pretrained, its tokenizer built offline with
-the `tokenizers` library) baked on JSON lines of text.
+Face model directory (a tiny BERT saved with save_pretrained, whole and in shards, its tokenizer
+built offline with the `tokenizers` library) baked on JSON lines of text.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 
 from bakeline.agents.quantize import float_layers
 from bakeline.checkpoints.manifest import sha256_path
-from support.user_models import build_huggingface_folder
+from support.user_models import build_huggingface_folder, build_sharded_huggingface_folder
 
 pytestmark = pytest.mark.slow
 
@@ -321,6 +321,12 @@ CASES = [
     Case(
         "huggingface-folder",
         build_huggingface_folder,
+        ["last_hidden_state", "pooler_output"],
+        {"model": {"format": "huggingface"}},
+    ),
+    Case(
+        "huggingface-sharded",
+        build_sharded_huggingface_folder,
         ["last_hidden_state", "pooler_output"],
         {"model": {"format": "huggingface"}},
     ),

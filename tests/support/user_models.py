@@ -61,10 +61,13 @@ WORDS = [
 ]
 
 
-def build_huggingface_folder(folder: Path) -> tuple[Path, Path | None]:
-    """A tiny BERT as `save_pretrained` writes it (config.json, model.safetensors) with a
-    WordPiece tokenizer.json over the test's own words and a tokenizer_config.json; the data
-    is JSON lines of text, tokenized with that tokenizer by the import stage."""
+def build_huggingface_folder(
+    folder: Path, max_shard_size: str | None = None
+) -> tuple[Path, Path | None]:
+    """A tiny BERT as `save_pretrained` writes it (config.json, model.safetensors, or its shards
+    and model.safetensors.index.json past `max_shard_size`) with a WordPiece tokenizer.json
+    over the test's own words and a tokenizer_config.json; the data is JSON lines of text,
+    tokenized with that tokenizer by the import stage."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel
 
@@ -81,7 +84,10 @@ def build_huggingface_folder(folder: Path) -> tuple[Path, Path | None]:
         intermediate_size=64,
         max_position_embeddings=64,
     )
-    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    # transformers' own default shard size where none is asked for.
+    BertModel(config).save_pretrained(
+        directory, safe_serialization=True, max_shard_size=max_shard_size or "50GB"
+    )
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -99,3 +105,11 @@ def build_huggingface_folder(folder: Path) -> tuple[Path, Path | None]:
     ]
     (folder / "text.jsonl").write_text("\n".join(lines) + "\n")
     return directory, folder / "text.jsonl"
+
+
+def build_sharded_huggingface_folder(folder: Path) -> tuple[Path, Path | None]:
+    """`build_huggingface_folder`'s model saved in shards of at most 16 KB (several files)."""
+    directory, data = build_huggingface_folder(folder, max_shard_size="16KB")
+    assert not (directory / "model.safetensors").exists()
+    assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1
+    return directory, data

@@ -1,12 +1,14 @@
 """A Hugging Face model directory, vetted from its bytes before transformers sees it (issue 25):
-a folder save_pretrained writes passes; custom code, an unknown model_type, pickled weights, a
-config.json too big or not JSON, and a safetensors whose header lies are refused, each saying
-why. Then the vetted folder builds offline and exports to what later stages load."""
+a folder save_pretrained writes passes, whole or sharded; custom code, an unknown model_type,
+pickled weights, a config.json too big or not JSON, a safetensors whose header lies and a shard
+index that lies are refused, each saying why. Then the vetted folder builds offline and exports
+to what later stages load."""
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,9 +121,9 @@ def test_a_config_too_big_or_not_json_is_refused(saved: Path, tmp_path: Path) ->
     _refused(folder, "without config.json")
 
 
-def _header(folder: Path, header: object, data: int = 8) -> None:
+def _header(folder: Path, header: object, data: int = 8, name: str = "model.safetensors") -> None:
     raw = json.dumps(header).encode()
-    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(data))
+    (folder / name).write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(data))
 
 
 def test_a_safetensors_whose_header_lies_is_refused(saved: Path, tmp_path: Path) -> None:
@@ -201,3 +203,80 @@ def test_weights_the_file_lacks_are_refused_not_left_random(saved: Path, tmp_pat
     save_file({k: v for k, v in weights.items() if k != dropped}, str(folder / "model.safetensors"))
     with pytest.raises(InvalidInput, match="lacks 1 of BertModel's weights"):
         huggingface.build(folder, vet_huggingface_folder(folder, TYPES))
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory, saved: Path) -> Path:
+    """The same tiny BERT saved past a max_shard_size: model.safetensors.index.json and shards."""
+    folder = tmp_path_factory.mktemp("hf-sharded") / "tiny-bert"
+    BertModel.from_pretrained(saved).save_pretrained(
+        folder, safe_serialization=True, max_shard_size="8KB"
+    )
+    for name in ("tokenizer_config.json", "vocab.txt"):
+        (folder / name).write_bytes((saved / name).read_bytes())
+    return folder
+
+
+def _shards(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))
+
+
+def _index(folder: Path, change: Callable[[dict[str, str]], None]) -> None:
+    path = folder / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    change(index["weight_map"])
+    path.write_text(json.dumps(index))
+
+
+def test_sharded_weights_are_vetted_shard_by_shard_and_build_the_same_model(
+    saved: Path, sharded: Path, tmp_path: Path
+) -> None:
+    shards = _shards(sharded)
+    assert len(shards) > 1 and not (sharded / "model.safetensors").exists()
+    vetted = vet_huggingface_folder(sharded, TYPES)
+    assert vetted.weights == tuple(shards)
+    assert vetted.files[:2] == ("config.json", "model.safetensors.index.json")
+    assert vetted.files[2 : 2 + len(shards)] == tuple(shards)
+    whole = huggingface.build(saved, vet_huggingface_folder(saved, TYPES)).module
+    parts = huggingface.build(sharded, vetted).module
+    ids = torch.tensor([[2, 5, 7, 0], [3, 4, 0, 0]])
+    with torch.no_grad():
+        ours, theirs = parts(ids, (ids > 0).long()), whole(ids, (ids > 0).long())
+    assert torch.equal(ours["last_hidden_state"], theirs["last_hidden_state"])
+    # A stray shard the index does not name is left unread, and said so.
+    folder = _copy(sharded, tmp_path / "stray")
+    (folder / "model-00009-of-00009.safetensors").write_bytes(b"never read")
+    assert vet_huggingface_folder(folder, TYPES).ignored == (
+        "model-00009-of-00009.safetensors (a shard model.safetensors.index.json does not name: "
+        "not read)",
+    )
+
+
+def test_an_index_that_lies_is_refused(sharded: Path, tmp_path: Path) -> None:
+    first, second = _shards(sharded)[:2]
+    folder = _copy(sharded, tmp_path / "outside")
+    _index(folder, lambda m: m.update({"x": "../elsewhere.safetensors"}))
+    _refused(folder, "../elsewhere.safetensors", "not a .safetensors file of the folder itself")
+    folder = _copy(sharded, tmp_path / "pickle")
+    _index(folder, lambda m: m.update({"x": "pytorch_model-00001-of-00002.bin"}))
+    _refused(folder, "pytorch_model-00001-of-00002.bin", "not a .safetensors file")
+    folder = _copy(sharded, tmp_path / "missing")
+    (folder / second).unlink()
+    _refused(folder, second, "names a shard the folder does not hold")
+    folder = _copy(sharded, tmp_path / "misplaced")
+    held = sorted(load_file(str(folder / second)))[0]
+    _index(folder, lambda m: m.update({held: first}))
+    _refused(folder, first, f"maps {held} to a shard that does not hold it")
+    folder = _copy(sharded, tmp_path / "twice")
+    extra = load_file(str(folder / second))
+    save_file({**load_file(str(folder / first)), held: extra[held]}, str(folder / first))
+    _refused(folder, held, "is also in")
+    folder = _copy(sharded, tmp_path / "no-map")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    _refused(folder, "model.safetensors.index.json", "no weight_map")
+    folder = _copy(sharded, tmp_path / "no-index")
+    (folder / "model.safetensors.index.json").unlink()
+    _refused(folder, first, "no model.safetensors.index.json")
+    folder = _copy(sharded, tmp_path / "lying-shard")
+    _header(folder, {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, name=first)
+    _refused(folder, first, "outside the file")
