@@ -7,32 +7,36 @@ is the vetted config.json's dict handed to the config class transformers registe
 `model_type`, the model is the class transformers itself defines (the first of
 `config.architectures` it knows, else `AutoModel`), built empty with `trust_remote_code=False`,
 and its weights are the raw numbers of model.safetensors, or of the shards its index names
-(`safetensors.torch.load_file`). Text models only (their main input is `input_ids`): the
-graph takes `input_ids` and, where the forward accepts them, `attention_mask` and
-`token_type_ids`, all dynamic in batch and sequence, and returns every tensor of the model's
-output by its field name (`last_hidden_state`, `pooler_output`, `logits`).
+(`safetensors.torch.load_file`). Text and image models: a text model's graph takes
+`input_ids` and, where the forward accepts them, `attention_mask` and `token_type_ids`, all
+dynamic in batch and sequence; an image model's takes `pixel_values` (channels, height and
+width from the job's inputShapes or the config's num_channels and image_size), dynamic in
+batch. Either returns every tensor of the model's output by its field name
+(`last_hidden_state`, `pooler_output`, `logits`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from bakeline.agents.contract import InvalidInput
-from bakeline.agents.vetting import VettedFolder
+from bakeline.agents.vetting import HF_CONFIG, HF_WEIGHTS_INDEX, VettedFolder
 
 # Set before transformers is imported: it reads them once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+IMAGE_INPUT = "pixel_values"  # an image model's one input: batch x channels x height x width
 # Where neither config nor tokenizer says how long a text may be.
 DEFAULT_MAX_LENGTH = 512
 
@@ -50,11 +54,29 @@ class HuggingFaceModel:
     inputs: list[str]
     architecture: str
     max_length: int  # the longest sequence to tokenize to
+    image: tuple[int, int, int] | None = None  # an image model's input: channels, height, width
+
+    def example(self) -> dict[str, torch.Tensor]:
+        """Two samples of the model's inputs: what it is exported on and checked against."""
+        if self.image is not None:
+            noise = torch.Generator().manual_seed(0)
+            return {IMAGE_INPUT: torch.randn((2, *self.image), generator=noise)}
+        return {
+            "input_ids": torch.ones((2, 8), dtype=torch.int64),
+            "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3]),
+            "token_type_ids": torch.zeros((2, 8), dtype=torch.int64),
+        }
+
+
+def _tensors(out: Any) -> dict[str, torch.Tensor]:
+    """A ModelOutput's tensors by field name (it also carries None and caches, which no
+    exporter takes)."""
+    items = out.items() if hasattr(out, "items") else [("output", out)]
+    return {str(k): v for k, v in items if isinstance(v, torch.Tensor)}
 
 
 class _Outputs(torch.nn.Module):
-    """The model with plain tensor inputs in a fixed order and a dict of its tensor outputs
-    (a ModelOutput also carries None and caches, which no exporter takes)."""
+    """A text model with plain tensor inputs in a fixed order and a dict of its tensor outputs."""
 
     def __init__(self, model: torch.nn.Module, inputs: list[str], extra: dict[str, Any]) -> None:
         super().__init__()
@@ -70,13 +92,26 @@ class _Outputs(torch.nn.Module):
     ) -> dict[str, torch.Tensor]:
         given = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
         feeds = {"input_ids": input_ids, **{k: v for k, v in given.items() if k in self.inputs}}
-        out = self.model(**feeds, **self.extra)
-        items = out.items() if hasattr(out, "items") else [("output", out)]
-        return {str(k): v for k, v in items if isinstance(v, torch.Tensor)}
+        return _tensors(self.model(**feeds, **self.extra))
 
 
-def build(folder: Path, vetted: VettedFolder) -> HuggingFaceModel:
-    """The vetted folder's model, in eval mode and float32, with its weights loaded."""
+class _ImageOutputs(torch.nn.Module):
+    """An image model taking pixel_values alone, with a dict of its tensor outputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _tensors(self.model(pixel_values=pixel_values, return_dict=True))
+
+
+def build(
+    folder: Path, vetted: VettedFolder, input_shapes: Mapping[str, list[int]] | None = None
+) -> HuggingFaceModel:
+    """The vetted folder's model, in eval mode and float32, with its weights loaded. An image
+    model's input dims come from `input_shapes` (the job's spec.model.inputShapes) where they
+    name pixel_values, else from its config (num_channels, image_size)."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -101,23 +136,45 @@ def build(folder: Path, vetted: VettedFolder) -> HuggingFaceModel:
         ),
         None,
     )
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # noise in a log
+    loader = cls if cls is not None else transformers.AutoModel
     try:
-        model = (
-            cls(config)
-            if cls is not None
-            # Untyped in transformers; remote code is off whatever the default.
-            else transformers.AutoModel.from_config(config, trust_remote_code=False)  # type: ignore[no-untyped-call]
-        )
+        # transformers' own loader, for the renamings and conversions between the names a
+        # checkpoint was saved under and those of this version's modules; it sees a folder of
+        # the vetted config and weights alone, so no other file of the user's is read.
+        with _vetted_only(folder, vetted) as weights:
+            loaded: Any = loader.from_pretrained(
+                weights,
+                config=config,
+                use_safetensors=True,
+                local_files_only=True,
+                trust_remote_code=False,
+                output_loading_info=True,
+            )
+            model, loading = loaded  # with output_loading_info, a (model, info) pair
     except Exception as exc:
         raise InvalidInput(f"transformers cannot build a {model_type} model: {exc}") from exc
-    if model.main_input_name != "input_ids":
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:  # transformers would leave them random
+        files = vetted.weights
         raise InvalidInput(
-            f"{type(model).__name__} takes {model.main_input_name}: only text models (input_ids) "
-            "are imported from a Hugging Face folder so far; export it with torch.export.save "
-            "and bake the .pt2"
+            f"{files[0] + ' lacks' if len(files) == 1 else f'the {len(files)} shards lack'} "
+            f"{len(missing)} of {type(model).__name__}'s weights ({', '.join(missing[:3])}): "
+            "save the whole model with save_pretrained"
         )
-    _load_weights(model, [folder / name for name in vetted.weights])
+    architecture = type(model).__name__
+    if model.main_input_name not in ("input_ids", IMAGE_INPUT):
+        raise InvalidInput(
+            f"{architecture} takes {model.main_input_name}: only text (input_ids) and image "
+            f"({IMAGE_INPUT}) models are imported from a Hugging Face folder so far; export it "
+            "with torch.export.save and bake the .pt2"
+        )
     model = model.float().eval()
+    if model.main_input_name == IMAGE_INPUT:
+        image = _image_dims(config, architecture, dict(input_shapes or {}))
+        return HuggingFaceModel(
+            _ImageOutputs(model), [IMAGE_INPUT], architecture, DEFAULT_MAX_LENGTH, image
+        )
     accepted = inspect.signature(model.forward).parameters
     # Positional, in this order (the exported graph's inputs are the wrapper's arguments): the
     # longest run of them the forward accepts.
@@ -133,62 +190,64 @@ def build(folder: Path, vetted: VettedFolder) -> HuggingFaceModel:
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 1:
         limits.append(positions)
-    return HuggingFaceModel(
-        _Outputs(model, inputs, extra), inputs, type(model).__name__, min(limits)
-    )
+    return HuggingFaceModel(_Outputs(model, inputs, extra), inputs, architecture, min(limits))
 
 
-def _load_weights(model: Any, paths: list[Path]) -> None:
-    """The vetted safetensors files (model.safetensors, or its shards) into the model, under
-    its own names or its base model's prefix; a parameter they lack (and no tied one provides)
-    is refused, not left random."""
-    weights = {}
-    for path in paths:  # vetting saw that no tensor is in two of them
-        weights.update(load_file(str(path)))
-    own = model.state_dict()
-    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
-
-    def rename(key: str) -> str:
-        if key in own or not prefix:
-            return key
-        if key.startswith(prefix) and key[len(prefix) :] in own:
-            return key[len(prefix) :]  # a head model's file, loaded into its base model
-        if prefix + key in own:
-            return prefix + key  # a base model's file, loaded into a model with a head
-        return key
-
-    state = {}
-    for key, tensor in weights.items():
-        name = rename(key)
-        if name in own:
-            state[name] = tensor.float() if tensor.is_floating_point() else tensor
-    model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    loaded = {own[name].data_ptr() for name in state}
-    missing = sorted(
-        name
-        for name, tensor in model.state_dict().items()
-        if name not in state and tensor.data_ptr() not in loaded
-    )
-    if missing:
+def _image_dims(
+    config: Any, architecture: str, input_shapes: dict[str, list[int]]
+) -> tuple[int, int, int]:
+    """An image model's input dims without the batch: spec.model.inputShapes' pixel_values,
+    else the config's num_channels and image_size; refused where neither says."""
+    channels = getattr(config, "num_channels", 3)
+    example = f"{{{IMAGE_INPUT}: [{channels}, 224, 224]}}"
+    if set(input_shapes) - {IMAGE_INPUT}:
         raise InvalidInput(
-            f"{paths[0].name + ' lacks' if len(paths) == 1 else f'the {len(paths)} shards lack'} "
-            f"{len(missing)} of {type(model).__name__}'s weights ({', '.join(missing[:3])}): "
-            "save the whole model with save_pretrained"
+            f"spec.model.inputShapes names {sorted(input_shapes)}, but {architecture} takes "
+            f"{IMAGE_INPUT} alone: give its dims (channels, height, width), e.g. {example}"
         )
+    given = input_shapes.get(IMAGE_INPUT)
+    if given is not None:
+        if len(given) != 3:
+            raise InvalidInput(
+                f"spec.model.inputShapes.{IMAGE_INPUT} is {given}: an image model's input is "
+                f"[channels, height, width] without the batch, e.g. {example}"
+            )
+        return given[0], given[1], given[2]
+    size = getattr(config, "image_size", None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return channels, size, size
+    if isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(n, int) for n in size):
+        return channels, size[0], size[1]
+    raise InvalidInput(
+        f"config.json gives {architecture} no image_size: set spec.model.inputShapes to the "
+        f"images' dims (channels, height, width), e.g. inputShapes: {example}"
+    )
+
+
+@contextlib.contextmanager
+def _vetted_only(folder: Path, vetted: VettedFolder) -> Iterator[Path]:
+    """A scratch folder holding links to the vetted config.json and weight files alone."""
+    with tempfile.TemporaryDirectory(prefix="bakeline-hf-") as scratch:
+        for name in vetted.files:
+            if name in (HF_CONFIG, HF_WEIGHTS_INDEX, *vetted.weights):
+                (Path(scratch) / name).symlink_to((folder / name).resolve())
+        yield Path(scratch)
 
 
 def export(model: HuggingFaceModel, example: dict[str, Any], target: Path) -> None:
-    """torch.export with batch and sequence dynamic, saved as an ExportedProgram."""
+    """torch.export with the batch dynamic (and a text model's sequence), saved as an
+    ExportedProgram."""
     args = tuple(torch.as_tensor(example[name]) for name in model.inputs)
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=model.max_length)
-    shapes = {name: {0: batch, 1: sequence} for name in model.inputs}
+    shapes: dict[str, dict[int, Any]] = {
+        name: {0: batch} if model.image else {0: batch, 1: sequence} for name in model.inputs
+    }
     try:
         program = torch.export.export(model.module, args, dynamic_shapes=shapes)
     except Exception as exc:
+        dynamic = "batch" if model.image else "batch and sequence"
         raise InvalidInput(
-            f"{model.architecture} does not export with torch.export at a dynamic batch and "
-            f"sequence: {exc}"
+            f"{model.architecture} does not export with torch.export at a dynamic {dynamic}: {exc}"
         ) from exc
     torch.export.save(program, str(target))

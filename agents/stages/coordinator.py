@@ -392,7 +392,9 @@ class BakingCoordinator(Agent[CoordinatorParams]):
     ) -> tuple[str, ArtifactFormat, Dataset, Dataset, dict[str, float], dict[str, Any]]:
         folder: _Folder | None = None
         if path.is_dir() or spec_format == "huggingface":
-            target, fmt, actual, folder = _stage_folder(path, sha256, spec_format, directory)
+            target, fmt, actual, folder = _stage_folder(
+                path, sha256, spec_format, directory, params.input_shapes
+            )
         else:
             target, fmt, actual = _stage_file(path, sha256, spec_format, directory)
         return self._import_staged(path, target, fmt, actual, folder, params, dataset)
@@ -531,7 +533,11 @@ def _stage_file(
 
 
 def _stage_folder(
-    path: Path, sha256: str | None, spec_format: str | None, directory: Path
+    path: Path,
+    sha256: str | None,
+    spec_format: str | None,
+    directory: Path,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> tuple[Path, ArtifactFormat, str, _Folder]:
     """A Hugging Face model directory: copied, its digest checked and vetted, built offline
     from the copy and exported to the checkpoint as `original.pt2` (what later stages load for
@@ -564,12 +570,8 @@ def _stage_folder(
         vetted = vet_huggingface_folder(staged, huggingface.model_types())
         for ignored in vetted.ignored:
             log("left unread", file=ignored)
-        model = huggingface.build(staged, vetted)
-        example = {
-            "input_ids": torch.ones((2, 8), dtype=torch.int64),
-            "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3]),
-            "token_type_ids": torch.zeros((2, 8), dtype=torch.int64),
-        }
+        model = huggingface.build(staged, vetted, input_shapes)
+        example = model.example()
         with Stopwatch() as export_time:
             huggingface.export(model, example, target)
         # Round trip: what later stages load must compute what the model computes.

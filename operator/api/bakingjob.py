@@ -185,10 +185,10 @@ class ModelSpec(WireModel):
     format: ModelFormat = Field(
         default="auto",
         description="Format of the model: exported-program (torch.export .pt2), torchscript, "
-        "onnx, or huggingface (a model directory: config.json of an architecture transformers "
-        "knows, model.safetensors or its shards, tokenizer files; never trust_remote_code); "
-        "auto detects it "
-        "from the file's bytes, or a folder with config.json. Pickled files are never loaded.",
+        "onnx, or huggingface (a model directory of a text or image model: config.json of an "
+        "architecture transformers knows, model.safetensors or its shards, tokenizer files; "
+        "never trust_remote_code); auto detects it from the file's bytes, or a folder with "
+        "config.json. Pickled files are never loaded.",
     )
     input_shapes: (
         dict[str, Annotated[list[Annotated[int, Field(ge=1, le=1_000_000)]], Field(max_length=8)]]
@@ -197,8 +197,10 @@ class ModelSpec(WireModel):
         default=None,
         max_length=32,
         description="Each input's dims without the batch, by input name, e.g. {image: [3, 224, "
-        "224]}: needed for a TorchScript file (which records no shapes), and fixing the "
-        "dynamic dims of the synthetic inputs of any other model.",
+        "224]}: needed for a TorchScript file (which records no shapes) and for a Hugging Face "
+        "image model whose config gives no image_size ({pixel_values: [3, 224, 224]}, which "
+        "also wins over the config's), and fixing the dynamic dims of the synthetic inputs of "
+        "any other model.",
     )
 
     cel_rules = (

@@ -8,7 +8,8 @@ a ResNet-style block with batch-norm, a CNN exported with a static batch, a BERT
 (token-level, and pooled over the attention mask on padded text), a dict output, a tuple of
 two outputs, an LSTM classifier, a TorchScript file that records no input shapes, and a Hugging
 Face model directory (a tiny BERT saved with save_pretrained, whole and in shards, its tokenizer
-built offline with the `tokenizers` library) baked on JSON lines of text.
+built offline with the `tokenizers` library) baked on JSON lines of text, and one of an image
+model (a tiny ViT, auto-detected as a folder) baked on the user's images.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ from torch import nn
 
 from bakeline.agents.quantize import float_layers
 from bakeline.checkpoints.manifest import sha256_path
-from support.user_models import build_huggingface_folder, build_sharded_huggingface_folder
+from support.user_models import (
+    build_huggingface_folder,
+    build_huggingface_image_folder,
+    build_sharded_huggingface_folder,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -330,6 +335,7 @@ CASES = [
         ["last_hidden_state", "pooler_output"],
         {"model": {"format": "huggingface"}},
     ),
+    Case("huggingface-image", build_huggingface_image_folder, ["logits"]),
 ]
 
 

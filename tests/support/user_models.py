@@ -113,3 +113,26 @@ def build_sharded_huggingface_folder(folder: Path) -> tuple[Path, Path | None]:
     assert not (directory / "model.safetensors").exists()
     assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1
     return directory, data
+
+
+def build_huggingface_image_folder(folder: Path) -> tuple[Path, Path | None]:
+    """A tiny ViT image classifier as `save_pretrained` writes it (its config gives image_size,
+    so no inputShapes is needed), and images for it: an npz keyed `pixel_values`."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    directory = folder / "tiny-vit"
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    config.num_labels = 10  # a PretrainedConfig attribute, not a typed argument
+    ViTForImageClassification(config).save_pretrained(directory, safe_serialization=True)
+    rng = np.random.default_rng(8)
+    images = rng.normal(0, 1, (60, 3, 16, 16)).astype(np.float32)
+    np.savez(folder / "images.npz", pixel_values=images)
+    return directory, folder / "images.npz"

@@ -280,3 +280,85 @@ def test_an_index_that_lies_is_refused(sharded: Path, tmp_path: Path) -> None:
     folder = _copy(sharded, tmp_path / "lying-shard")
     _header(folder, {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, name=first)
     _refused(folder, first, "outside the file")
+
+
+def _save(model: torch.nn.Module, folder: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
+    return folder
+
+
+def test_an_image_model_builds_with_its_configured_size_and_exports_at_any_batch(
+    tmp_path: Path,
+) -> None:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    config.num_labels = 3  # a PretrainedConfig attribute, not a typed argument
+    folder = _save(ViTForImageClassification(config), tmp_path / "tiny-vit")
+    model = huggingface.build(folder, vet_huggingface_folder(folder, TYPES))
+    assert (model.inputs, model.image, model.architecture) == (
+        ["pixel_values"],
+        (3, 16, 16),
+        "ViTForImageClassification",
+    )
+    target = tmp_path / "original.pt2"
+    huggingface.export(model, model.example(), target)
+    images = torch.randn(5, 3, 16, 16)
+    ours = load_exported_program(target).module()(images)
+    reference = ViTForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        theirs = reference(pixel_values=images).logits
+    assert sorted(ours) == ["logits"] and torch.allclose(ours["logits"], theirs, atol=1e-5)
+    # inputShapes, where given, wins over the config; anything but pixel_values is refused.
+    assert huggingface.build(
+        folder, vet_huggingface_folder(folder, TYPES), {"pixel_values": [3, 32, 32]}
+    ).image == (3, 32, 32)
+    with pytest.raises(InvalidInput, match=r"takes pixel_values alone"):
+        huggingface.build(folder, vet_huggingface_folder(folder, TYPES), {"image": [3, 16, 16]})
+    with pytest.raises(InvalidInput, match=r"\[channels, height, width\]"):
+        huggingface.build(folder, vet_huggingface_folder(folder, TYPES), {"pixel_values": [16]})
+
+
+def test_an_image_model_without_a_configured_size_needs_input_shapes(tmp_path: Path) -> None:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+    config.num_labels = 3
+    folder = _save(ResNetForImageClassification(config), tmp_path / "tiny-resnet")
+    vetted = vet_huggingface_folder(folder, TYPES)
+    with pytest.raises(InvalidInput, match=r"no image_size: set spec\.model\.inputShapes"):
+        huggingface.build(folder, vetted)
+    model = huggingface.build(folder, vetted, {"pixel_values": [3, 32, 32]})
+    target = tmp_path / "original.pt2"
+    huggingface.export(model, model.example(), target)
+    assert load_exported_program(target).module()(torch.randn(3, 3, 32, 32))["logits"].shape == (
+        3,
+        3,
+    )
+
+
+def test_a_model_of_another_input_is_refused_saying_what_is_imported(tmp_path: Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+    )
+    folder = _save(Wav2Vec2Model(config), tmp_path / "tiny-wav2vec2")
+    with pytest.raises(InvalidInput, match=r"takes input_values: only text .* and image"):
+        huggingface.build(folder, vet_huggingface_folder(folder, TYPES))
