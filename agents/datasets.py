@@ -77,8 +77,10 @@ def read_dataset(
     input_names: list[str],
     tokenizer: Path | None = None,
     max_length: int = 128,
+    mask: str | None = MASK,
 ) -> tuple[Dataset, str]:
-    """The dataset at `address` with the model's inputs in order, and its sha256."""
+    """The dataset at `address` with the model's inputs in order, and its sha256. `mask` is the
+    input whose role is the attention mask (`synthetic.mask_input`), where the model has one."""
     path, expected = dataset_location(address)
     path = _one_file(path)
     if not path.is_file():
@@ -99,7 +101,7 @@ def read_dataset(
     elif kind == "npz":
         arrays = _npz(path)
     elif kind == "jsonl":
-        arrays = _jsonl(raw, input_names, tokenizer, max_length)
+        arrays = _jsonl(raw, input_names, tokenizer, max_length, mask)
     elif kind == "pickle":
         raise InvalidInput(
             f"dataset {path.name} is a pickle: datasets are read as data only, never "
@@ -112,7 +114,7 @@ def read_dataset(
         )
     else:
         raise InvalidInput(f"dataset {path.name} is not a dataset Bakeline reads: give {ACCEPTED}")
-    return _assemble(arrays, input_names, path.name), actual
+    return _assemble(arrays, input_names, path.name, mask), actual
 
 
 def sniff(raw: bytes) -> str:
@@ -164,7 +166,11 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _jsonl(
-    raw: bytes, input_names: list[str], tokenizer: Path | None, max_length: int
+    raw: bytes,
+    input_names: list[str],
+    tokenizer: Path | None,
+    max_length: int,
+    mask: str | None,
 ) -> dict[str, np.ndarray]:
     rows = []
     for number, line in enumerate(raw.decode("utf-8", errors="strict").splitlines(), 1):
@@ -191,7 +197,7 @@ def _jsonl(
         arrays.update(_tokenize(tokenizer, [str(row[TEXT]) for row in rows], max_length))
     else:
         for name in input_names:
-            ids = _ids_beside_mask(rows, input_names) if name == MASK else None
+            ids = _ids_beside_mask(rows, input_names, name) if name == mask else None
             if ids is not None and not any(name in row for row in rows):
                 # Right-padded for you, so the mask is the ids' own lengths: no need to write it.
                 arrays[name] = _pad([[1] * len(row[ids]) for row in rows], name)
@@ -209,11 +215,11 @@ def _jsonl(
     return arrays
 
 
-def _ids_beside_mask(rows: list[dict[str, Any]], input_names: list[str]) -> str | None:
+def _ids_beside_mask(rows: list[dict[str, Any]], input_names: list[str], mask: str) -> str | None:
     """The input whose lengths make the attention mask: the first other input every line
     gives as a flat list of ids."""
     for name in input_names:
-        if name != MASK and all(isinstance(row.get(name), list) for row in rows):
+        if name != mask and all(isinstance(row.get(name), list) for row in rows):
             return name
     return None
 
@@ -257,7 +263,9 @@ def _tokenize(path: Path, texts: list[str], max_length: int) -> dict[str, np.nda
     }
 
 
-def _assemble(arrays: dict[str, np.ndarray], input_names: list[str], name: str) -> Dataset:
+def _assemble(
+    arrays: dict[str, np.ndarray], input_names: list[str], name: str, mask: str | None
+) -> Dataset:
     labels = arrays.pop(LABELS, None)
     missing = [n for n in input_names if n not in arrays]
     if missing:
@@ -282,13 +290,14 @@ def _assemble(arrays: dict[str, np.ndarray], input_names: list[str], name: str) 
             raise InvalidInput(f"dataset {name}: `{key}` is {array.dtype}, not numbers")
     if labels is not None and (labels.ndim != 1 or labels.dtype.kind not in "biu"):
         raise InvalidInput(f"dataset {name}: {LABELS} must be one integer class per sample")
-    mask = inputs.get(MASK)
-    if mask is not None and mask.ndim == 2 and bool((np.diff(mask, axis=1) > 0).any()):
+    data = Dataset(inputs, labels, mask)
+    marks = data.mask_array
+    if marks is not None and bool((np.diff(marks, axis=1) > 0).any()):
         raise InvalidInput(
-            f"dataset {name}: {MASK} must be right-padded (each row 1s, then 0s): batches are "
+            f"dataset {name}: {mask} must be right-padded (each row 1s, then 0s): batches are "
             "trimmed to their longest row"
         )
-    return Dataset(inputs, labels)
+    return data
 
 
 def conform(data: Dataset, dtypes: dict[str, str]) -> Dataset:
@@ -300,7 +309,7 @@ def conform(data: Dataset, dtypes: dict[str, str]) -> Dataset:
             raise InvalidInput(f"the model's input {name} takes integers; the dataset has floats")
         converted[name] = array.astype(want, copy=False)
     labels = None if data.labels is None else data.labels.astype(np.int64, copy=False)
-    return Dataset(converted, labels)
+    return Dataset(converted, labels, data.mask)
 
 
 def split(data: Dataset) -> tuple[Dataset, Dataset]:
@@ -314,6 +323,7 @@ def split(data: Dataset) -> tuple[Dataset, Dataset]:
         return Dataset(
             {n: np.ascontiguousarray(a[rows]) for n, a in data.inputs.items()},
             None if labels is None else np.ascontiguousarray(labels[rows]),
+            data.mask,
         )
 
     return take(calibration), take(evaluation)

@@ -35,9 +35,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bakeline.agents.data import MASK
 from bakeline.agents.onnx_tools import topological_order
 
-MASK_INPUT = "attention_mask"
 _PREFIX = "unpad_"
 
 # Ops that compute each position from that position alone; the value says which inputs must be
@@ -74,12 +74,13 @@ class Unpadded:
     head_major: int = 0  # restores and packs done straight from / into attention's heads
 
 
-def remove_padding(model: onnx.ModelProto) -> Unpadded | None:
+def remove_padding(model: onnx.ModelProto, mask_input: str | None = MASK) -> Unpadded | None:
     """A copy of the model with its per-token layers on real tokens only, or None where nothing
-    applies (no [batch, sequence] attention mask input, or no weight MatMul that could run
-    packed). The model passed in is left as it was."""
+    applies (no [batch, sequence] attention mask input: `mask_input`, the input whose role it
+    is, as the checkpoint's datasets record it; or no weight MatMul that could run packed). The
+    model passed in is left as it was."""
     graph = model.graph
-    mask = next((i for i in graph.input if i.name == MASK_INPUT), None)
+    mask = next((i for i in graph.input if i.name == mask_input), None)
     if mask is None or len(mask.type.tensor_type.shape.dim) != 2:
         return None
     batch, sequence = (d.dim_param for d in mask.type.tensor_type.shape.dim)
@@ -99,7 +100,7 @@ def remove_padding(model: onnx.ModelProto) -> Unpadded | None:
         return None
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return _rewrite(copy, packed, _constants(copy.graph), (batch, sequence))
+    return _rewrite(copy, packed, _constants(copy.graph), (batch, sequence), mask.name)
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -209,6 +210,7 @@ def _rewrite(
     packed: set[str],
     consts: dict[str, onnx.TensorProto],
     dims: tuple[str, str],
+    mask: str,
 ) -> Unpadded:
     """Packed nodes read and write `unpad_<name>` [tokens, features] tensors; a padded tensor they
     read is packed once at their door; a packed one read outside is restored under its own name,
@@ -221,7 +223,7 @@ def _rewrite(
     outputs_of_packed = {
         out for node in graph.node if node.name in packed for out in node.output if out
     }
-    new_nodes: list[onnx.NodeProto] = _index_nodes()
+    new_nodes: list[onnx.NodeProto] = _index_nodes(mask)
     new_inits = [
         numpy_helper.from_array(np.array(value, dtype=np.int64), p + name)
         for name, value in (
@@ -568,15 +570,15 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _index_nodes() -> list[onnx.NodeProto]:
+def _index_nodes(mask: str) -> list[onnx.NodeProto]:
     """`index`: the flat positions of real tokens, and the first position whatever the mask says
     (the packed tensor always has a row 0); `inverse`: for each flat position, its row in the
     packed tensor padded with one zero row, which padding positions read; `inverse_copy`: the
     same with padding reading row 0 instead; `padded_shape`: [batch, sequence, -1]."""
     steps: list[tuple[str, list[str], str, dict[str, int]]] = [
-        ("Shape", [MASK_INPUT], "mask_shape", {}),
+        ("Shape", [mask], "mask_shape", {}),
         ("Concat", ["mask_shape", "flat"], "padded_shape", {"axis": 0}),
-        ("Reshape", [MASK_INPUT, "flat"], "mask_flat", {}),
+        ("Reshape", [mask, "flat"], "mask_flat", {}),
         ("Cast", ["mask_flat"], "masked", {"to": TensorProto.BOOL}),
         ("Cast", ["masked"], "masked_i64", {"to": TensorProto.INT64}),
         ("ScatterElements", ["masked_i64", "zero", "one"], "real_i64", {"axis": 0}),
@@ -593,7 +595,7 @@ def _index_nodes() -> list[onnx.NodeProto]:
     for op, inputs, output, attributes in steps:
         node = helper.make_node(
             op,
-            [name if name == MASK_INPUT else _PREFIX + name for name in inputs],
+            [name if name == mask else _PREFIX + name for name in inputs],
             [_PREFIX + output],
             name=_PREFIX + output,
         )

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from bakeline.agents import serving
-from bakeline.agents.data import MASK, Dataset, Feeds
+from bakeline.agents.data import Dataset, Feeds
 from bakeline.agents.vetting import vet_or_raise
 
 Backend = Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"]
@@ -317,11 +317,12 @@ def run_outputs(
     batch's width is too."""
     parts: dict[str, list[np.ndarray]] = {}
     widths: list[int] = []
+    mask = dataset.mask_array
     for feeds in dataset.batches(batch_size):
-        widths.append(int(feeds[MASK].shape[1]) if MASK in feeds else 0)
+        widths.append(int(feeds[str(dataset.mask)].shape[1]) if mask is not None else 0)
         for name, value in runner(feeds).items():
             parts.setdefault(name, []).append(value)
-    full = int(dataset.inputs[MASK].shape[1]) if MASK in dataset.inputs else 0
+    full = int(mask.shape[1]) if mask is not None else 0
     return {
         name: _join(name, arrays, widths, full, name in token_level)
         for name, arrays in parts.items()

@@ -14,6 +14,9 @@ ranges are not a fiction:
   stage's `inputRoles` param) or inferred: a name saying mask or token_type/segment; an integer
   input the model looks up in an embedding table is tokens; an integer input shaped like a
   tokens input that the model never looks up is that input's mask.
+
+The same roles say which input is the attention mask of the job's own data too (`mask_input`):
+whatever its name, it trims batches and limits quality to real positions.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bakeline.agents.data import Dataset
+from bakeline.agents.data import MASK, Dataset
 from bakeline.checkpoints.manifest import TensorSpec
 
 Role = Literal["tokens", "mask", "segments", "values"]
@@ -74,6 +77,13 @@ def infer_roles(
             # Integer, never looked up, shaped like the tokens: what marks their real positions.
             roles[spec.name] = "mask" if len(spec.shape) in token_ranks else "tokens"
     return roles
+
+
+def mask_input(inputs: list[TensorSpec], roles: dict[str, Role]) -> str | None:
+    """The [batch, sequence] input whose role is the attention mask (Hugging Face's name first
+    where several are), or None: what trims batches and limits quality to real positions."""
+    found = [s.name for s in inputs if roles.get(s.name) == "mask" and len(s.shape) == 2]
+    return MASK if MASK in found else next(iter(found), None)
 
 
 def dimension_sizes(inputs: list[TensorSpec], hints: ModelHints) -> dict[str, int]:
@@ -132,7 +142,7 @@ def synthesize(
         else:
             array = rng.standard_normal(shape)
         arrays[spec.name] = np.ascontiguousarray(array.astype(dtype))
-    return Dataset({s.name: arrays[s.name] for s in inputs})
+    return Dataset({s.name: arrays[s.name] for s in inputs}, mask=mask_input(inputs, roles))
 
 
 # -- reading the hints from a model's graph --------------------------------------------------------

@@ -18,7 +18,7 @@ from bakeline.agents.checkpoint_io import (
     OutputCheckpoint,
 )
 from bakeline.agents.contract import InvalidInput, JobSpec, QualityMetric
-from bakeline.agents.data import MASK, Dataset, Feeds
+from bakeline.agents.data import Dataset, Feeds
 from bakeline.agents.hardware import usable_cpus
 from bakeline.agents.onnx_tools import export_onnx
 from bakeline.agents.quality import Gate, compare_outputs, default_gate
@@ -99,7 +99,7 @@ def score(
         for name, value in checkpoint.reference_outputs(split).items()
         if name in outputs or len(outputs) > 1
     }
-    return compare_outputs(outputs, reference, data.labels, data.inputs.get(MASK), tokens)
+    return compare_outputs(outputs, reference, data.labels, data.mask_array, tokens)
 
 
 def score_file(
@@ -216,7 +216,10 @@ def timing_batch(checkpoint: InputCheckpoint, batch_size: int) -> Feeds:
     if len(data) >= batch_size:
         return data.batch(0, batch_size)
     repeats = -(-batch_size // len(data))
-    tiled = Dataset({k: np.concatenate([v] * repeats)[:batch_size] for k, v in data.inputs.items()})
+    tiled = Dataset(
+        {k: np.concatenate([v] * repeats)[:batch_size] for k, v in data.inputs.items()},
+        mask=data.mask,
+    )
     return tiled.batch(0, batch_size)
 
 

@@ -24,7 +24,9 @@ Params:
   inputShapes ({input: [dims without batch]}): for user models whose shapes are not recorded;
     the job's spec.model.inputShapes, when set, wins.
   inputRoles ({input: tokens|mask|segments|values}): what synthetic data each input gets,
-    where inferring it from the graph and the names would guess wrong.
+    where inferring it from the graph and the names would guess wrong; the input whose role is
+    mask is the attention mask of the job's data too (batches trimmed, quality on real
+    positions, padding removal), whatever its name.
   dataset (path): a dataset file as quality.dataset takes it, for a custom Workflow; the job's
     quality.dataset, when set, wins.
   seed (int): synthetic data seed.
@@ -79,6 +81,7 @@ from bakeline.agents.synthetic import (
     Role,
     dimension_sizes,
     infer_roles,
+    mask_input,
     onnx_hints,
     program_hints,
     synthesize,
@@ -133,12 +136,12 @@ def _check_outputs(outputs: Outputs, what: str) -> None:
             raise InvalidInput(f"the model produces non-finite outputs on {what}{output}")
 
 
-def token_outputs(runner: OutputsRunner, feeds: Feeds) -> list[str]:
+def token_outputs(runner: OutputsRunner, feeds: Feeds, mask: str | None = MASK) -> list[str]:
     """The outputs whose second axis is the attention mask's sequence ([batch, sequence, ...]):
     run on `feeds` and on them one position wider (or narrower), padded, those that follow."""
-    if MASK not in feeds or feeds[MASK].ndim != 2:
+    if mask is None or mask not in feeds or feeds[mask].ndim != 2:
         return []
-    width = int(feeds[MASK].shape[1])
+    width = int(feeds[mask].shape[1])
     base = runner(feeds)
     for other in (width + 1, width - 1):
         if other < 1:
@@ -168,12 +171,16 @@ def token_outputs(runner: OutputsRunner, feeds: Feeds) -> list[str]:
 
 
 def output_specs(
-    probe: Outputs, declared: list[TensorSpec], tokens: list[str], inputs: list[TensorSpec]
+    probe: Outputs,
+    declared: list[TensorSpec],
+    tokens: list[str],
+    inputs: list[TensorSpec],
+    mask: str | None = MASK,
 ) -> list[TensorSpec]:
     """Every output with its true shape: `batch` first, a token-level output's sequence named
     as the mask input's, other dims as the graph names them (dynamic) or as the probe ran."""
     sequence = next(
-        (spec.shape[1] for spec in inputs if spec.name == MASK and len(spec.shape) > 1),
+        (spec.shape[1] for spec in inputs if spec.name == mask and len(spec.shape) > 1),
         "sequence",
     )
     same = declared if len(declared) == len(probe) else []
@@ -372,11 +379,12 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             calibration, evaluation, facts = _job_data(
                 dataset,
                 model.inputs,
+                model.calibration.mask,
                 tokenizer=model.files.get("tokenizer.json"),
                 max_length=int(model.facts.get("maxSequenceLength", 128)),
             )
             extra["facts"] = {**model.facts, **facts}
-        extra["tokens"] = token_outputs(runner, calibration.batch(0, 2))
+        extra["tokens"] = token_outputs(runner, calibration.batch(0, 2), calibration.mask)
         return artifact, "exported-program", calibration, evaluation, metrics, extra
 
     # -- user files -------------------------------------------------------------------------------
@@ -415,7 +423,12 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             raise
         except Exception as exc:  # what a damaged file makes the loaders raise
             raise InvalidInput(f"{path.name} does not load as {fmt}: {exc}") from exc
-        _refuse_static_sequence(inputs)
+        unknown = set(params.input_roles or {}) - {spec.name for spec in inputs}
+        if unknown:
+            raise InvalidInput(f"inputRoles names no input of the model: {sorted(unknown)}")
+        roles = infer_roles(inputs, hints, params.input_roles)
+        mask = mask_input(inputs, roles)
+        _refuse_static_sequence(inputs, mask)
         names = [spec.name for spec in inputs]
         try:
             runner = open_outputs(target, fmt, names)
@@ -430,12 +443,13 @@ class BakingCoordinator(Agent[CoordinatorParams]):
             calibration, evaluation, data_facts = _job_data(
                 dataset,
                 inputs,
+                mask,
                 tokenizer=folder.tokenizer if folder else None,
                 max_length=folder.max_length if folder else 128,
             )
             facts.update(data_facts)
         else:
-            calibration, evaluation = _synthetic_data(inputs, params, hints)
+            calibration, evaluation = _synthetic_data(inputs, params, hints, roles)
         try:
             probe = runner(calibration.batch(0, 2))
         except Exception as exc:
@@ -450,12 +464,12 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                     "output must have the batch first"
                 )
         try:
-            tokens = token_outputs(runner, calibration.batch(0, 2))
+            tokens = token_outputs(runner, calibration.batch(0, 2), mask)
         except Exception as exc:
             raise InvalidInput(
                 f"the {fmt} model does not run on its declared inputs: {exc}"
             ) from exc
-        outputs = output_specs(probe, outputs, tokens, inputs)
+        outputs = output_specs(probe, outputs, tokens, inputs, mask)
         metrics = {"parameters": float(sum(w.size for w in weights.values()))}
         extra: dict[str, Any] = {
             "runner": runner,
@@ -712,20 +726,20 @@ def _downloaded_from(source: dict[str, Any]) -> str | None:
     return address if address.startswith(("https://", "http://")) else None
 
 
-def _refuse_static_sequence(inputs: list[TensorSpec]) -> None:
+def _refuse_static_sequence(inputs: list[TensorSpec], mask_name: str | None) -> None:
     """Batches of padded text are cut to their longest sample (`Dataset.batch`), so a model
     exported at one sequence length would fail on the first shorter batch, deep in a later
     stage: say how to export it instead."""
-    mask = next((spec for spec in inputs if spec.name == MASK and len(spec.shape) == 2), None)
+    mask = next((spec for spec in inputs if spec.name == mask_name and len(spec.shape) == 2), None)
     if mask is None or not isinstance(mask.shape[1], int):
         return
     same = [spec.name for spec in inputs if len(spec.shape) == 2 and spec.shape[1] == mask.shape[1]]
     dynamic = ", ".join(f"'{name}': {{0: batch, 1: sequence}}" for name in same)
     raise InvalidInput(
-        f"the model is exported with a fixed sequence length of {mask.shape[1]} (input `{MASK}` "
-        f"is {mask.shape}): Bakeline runs padded text at each batch's own length, so export it "
-        "with a dynamic sequence: batch, sequence = torch.export.Dim('batch'), "
-        "torch.export.Dim('sequence'); torch.export.export(model, args, "
+        f"the model is exported with a fixed sequence length of {mask.shape[1]} (input "
+        f"`{mask.name}` is {mask.shape}): Bakeline runs padded text at each batch's own "
+        "length, so export it with a dynamic sequence: batch, sequence = "
+        "torch.export.Dim('batch'), torch.export.Dim('sequence'); torch.export.export(model, args, "
         f"dynamic_shapes={{{dynamic}}})"
     )
 
@@ -794,12 +808,14 @@ def _dataset_address(job_dataset: str | None, param: str | None) -> str | None:
 def _job_data(
     address: str,
     inputs: list[TensorSpec],
+    mask: str | None,
     tokenizer: Path | None = None,
     max_length: int = 128,
 ) -> tuple[Dataset, Dataset, dict[str, str]]:
-    """The job's dataset in the model's dtypes, split into calibration and evaluation."""
+    """The job's dataset in the model's dtypes, split into calibration and evaluation; `mask`
+    names the input whose role is the attention mask."""
     names = [spec.name for spec in inputs]
-    data, sha256 = read_dataset(address, names, tokenizer, max_length)
+    data, sha256 = read_dataset(address, names, tokenizer, max_length, mask)
     data = conform(data, {spec.name: spec.dtype for spec in inputs})
     calibration, evaluation = split(data)
     labelled = "labelled" if data.labels is not None else "unlabelled"
@@ -814,15 +830,11 @@ def _job_data(
 
 
 def _synthetic_data(
-    inputs: list[TensorSpec], params: CoordinatorParams, hints: ModelHints
+    inputs: list[TensorSpec], params: CoordinatorParams, hints: ModelHints, roles: dict[str, Role]
 ) -> tuple[Dataset, Dataset]:
     """Synthetic data from the signature, shaped as real inputs: enough to calibrate ranges
     and time the model at its real shapes; it says nothing of quality (a job that cares names
     a dataset)."""
-    unknown = set(params.input_roles or {}) - {spec.name for spec in inputs}
-    if unknown:
-        raise InvalidInput(f"inputRoles names no input of the model: {sorted(unknown)}")
-    roles = infer_roles(inputs, hints, params.input_roles)
     sizes = dimension_sizes(inputs, hints)
     log("synthetic inputs", roles=roles, sizes=sizes, vocab=hints.vocab)
     rng = np.random.default_rng(params.seed)

@@ -62,7 +62,13 @@ from bakeline.agents.onnx_tools import (
 from bakeline.agents.padding import Unpadded, remove_padding
 from bakeline.agents.quality import named_metrics, worst, worst_output
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
-from bakeline.agents.stages.common import batch_sizes, export_to_onnx, relative_latency, score_file
+from bakeline.agents.stages.common import (
+    batch_sizes,
+    data_split,
+    export_to_onnx,
+    relative_latency,
+    score_file,
+)
 from bakeline.agents.timing import Stopwatch
 
 
@@ -114,8 +120,9 @@ class GraphOptimizer(Agent[GraphParams]):
                     ort_offline_optimize(folded_path, paths[name], params.level)
             unpadded: dict[str, Unpadded] = {}
             if params.remove_padding != "off":
+                mask = data_split(source, "calibration").mask
                 for name in list(paths):
-                    packed = remove_padding(onnx.load(str(paths[name])))
+                    packed = remove_padding(onnx.load(str(paths[name])), mask)
                     if packed is not None:
                         paths[name + UNPADDED] = save(packed.model, Path(tmp) / f"{name}-u.onnx")
                         unpadded[name + UNPADDED] = packed

@@ -200,3 +200,53 @@ def test_a_fixed_sequence_length_is_refused_saying_how_to_export_it(
     torch.export.save(program, str(path))
     with pytest.raises(InvalidInput, match=r"fixed sequence length of 12 .*1: sequence\}"):
         run_stage("BakingCoordinator", tmp_path / "out", job=_job(path, sha256_file(path)))
+
+
+class _TokenEncoder(torch.nn.Module):
+    """Token-level outputs; its mask is an input named `valid` (no "mask" in the name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+
+    def forward(self, input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.embed(input_ids) * valid.unsqueeze(-1).float()
+        return result
+
+
+def test_the_attention_mask_is_found_by_role_whatever_its_name(
+    tmp_path: Path, run_stage: StageRunner
+) -> None:
+    path = tmp_path / "encoder.pt2"
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    ids, valid = torch.ones(2, 6, dtype=torch.int64), torch.ones(2, 6, dtype=torch.int64)
+    dims = {"input_ids": {0: batch, 1: sequence}, "valid": {0: batch, 1: sequence}}
+    program = torch.export.export(_TokenEncoder().eval(), (ids, valid), dynamic_shapes=dims)
+    torch.export.save(program, str(path))
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(2, 10, 12)
+    lengths[0] = 12  # the dataset is padded to 12; most batches are shorter
+    marks = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
+    data = tmp_path / "data.npz"
+    np.savez(data, input_ids=rng.integers(1, 50, (12, 12)) * marks, valid=marks)
+    result = run_stage(
+        "BakingCoordinator",
+        tmp_path / "out",
+        params={"dataset": data.as_uri()},
+        job=_job(path, sha256_file(path)),
+    )
+    checkpoint = open_input(tmp_path / "out")
+    evaluation = checkpoint.dataset("evaluation.safetensors")
+    assert evaluation.mask == "valid"  # recorded with the data, read by every later stage
+    first = evaluation.batch(0, 2)  # trimmed to its own longest sample
+    assert first["valid"].shape[1] == int(first["valid"].sum(axis=1).max()) < 12
+    # Its output follows the mask's sequence: token-level, so quality counts real positions.
+    assert result.manifest.attributes["tokenOutputs"] == ["output"]
+    np.savez(data, input_ids=rng.integers(1, 50, (12, 12)), valid=1 - marks)  # left-padded
+    with pytest.raises(InvalidInput, match=r"valid must be right-padded"):
+        run_stage(
+            "BakingCoordinator",
+            tmp_path / "again",
+            params={"dataset": data.as_uri()},
+            job=_job(path, sha256_file(path)),
+        )

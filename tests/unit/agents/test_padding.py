@@ -240,3 +240,25 @@ def test_the_unpadded_graph_quantizes_with_onnx_runtime(
         np.linalg.norm(quantized, axis=1) * np.linalg.norm(reference, axis=1)
     )
     assert cosine.min() > 0.98
+
+
+def test_the_mask_is_found_by_the_name_its_role_was_given(
+    tmp_path: Path, plain: onnx.ModelProto
+) -> None:
+    """A model whose attention mask is another input (`valid` here): the import stage finds it
+    by role and hands its name on; the rewrite reads that input, and no other."""
+    model = onnx.ModelProto()
+    model.CopyFrom(plain)
+    for value in model.graph.input:
+        if value.name == "attention_mask":
+            value.name = "valid"
+    for node in model.graph.node:
+        node.input[:] = ["valid" if name == "attention_mask" else name for name in node.input]
+    assert remove_padding(model) is None  # no input named attention_mask
+    unpadded = remove_padding(model, "valid")
+    assert unpadded is not None
+    feeds = _feeds([2, 6, 3])
+    renamed = {"input_ids": feeds["input_ids"], "valid": feeds["attention_mask"]}
+    expected = _outputs(model, tmp_path / "padded.onnx", renamed)
+    actual = _outputs(unpadded.model, tmp_path / "unpadded.onnx", renamed)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
