@@ -43,8 +43,8 @@ class Dataset:
 
     def batch(self, start: int, stop: int) -> Feeds:
         feeds = {name: array[start:stop] for name, array in self.inputs.items()}
-        mask = feeds.get(self.mask) if self.mask else None
-        if mask is not None and mask.ndim == 2:
+        if self.mask_array is not None:
+            mask = feeds[str(self.mask)]
             # Cut the columns no sample of this batch uses (dataset-wide padding).
             width = max(1, int(mask.sum(axis=1).max()))
             feeds = {

@@ -5,9 +5,11 @@ ExportedProgram.
 Nothing reaches the hub (`HF_HUB_OFFLINE`) and no code of the model's runs: the configuration
 is the vetted config.json's dict handed to the config class transformers registers for its
 `model_type`, the model is the class transformers itself defines (the first of
-`config.architectures` it knows, else `AutoModel`), built empty with `trust_remote_code=False`,
-and its weights are the raw numbers of model.safetensors, or of the shards its index names
-(`safetensors.torch.load_file`). Text and image models: a text model's graph takes
+`config.architectures` it knows, else `AutoModel`), loaded by transformers' own
+`from_pretrained` (`use_safetensors`, `trust_remote_code=False`) from a scratch folder that
+holds links to the vetted config.json and weight files alone (model.safetensors, or the shards
+its index names), so that transformers' renamings between a checkpoint's names and its modules'
+apply and no other file of the folder is read. Text and image models: a text model's graph takes
 `input_ids` and, where the forward accepts them, `attention_mask` and `token_type_ids`, all
 dynamic in batch and sequence; an image model's takes `pixel_values` (channels, height and
 width from the job's inputShapes or the config's num_channels and image_size), dynamic in
@@ -154,15 +156,15 @@ def build(
             model, loading = loaded  # with output_loading_info, a (model, info) pair
     except Exception as exc:
         raise InvalidInput(f"transformers cannot build a {model_type} model: {exc}") from exc
+    architecture = type(model).__name__
     missing = sorted(loading.get("missing_keys") or [])
     if missing:  # transformers would leave them random
         files = vetted.weights
         raise InvalidInput(
             f"{files[0] + ' lacks' if len(files) == 1 else f'the {len(files)} shards lack'} "
-            f"{len(missing)} of {type(model).__name__}'s weights ({', '.join(missing[:3])}): "
+            f"{len(missing)} of {architecture}'s weights ({', '.join(missing[:3])}): "
             "save the whole model with save_pretrained"
         )
-    architecture = type(model).__name__
     if model.main_input_name not in ("input_ids", IMAGE_INPUT):
         raise InvalidInput(
             f"{architecture} takes {model.main_input_name}: only text (input_ids) and image "

@@ -22,6 +22,7 @@ from bakeline.agents.runtimes import load_exported_program
 from bakeline.agents.stages.coordinator import _stage_folder
 from bakeline.agents.vetting import MAX_CONFIG_BYTES, VettingError, vet_huggingface_folder
 from bakeline.checkpoints.manifest import sha256_tree
+from support.user_models import build_huggingface_image_folder
 
 TYPES = frozenset(huggingface.model_types())
 
@@ -290,19 +291,9 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
 def test_an_image_model_builds_with_its_configured_size_and_exports_at_any_batch(
     tmp_path: Path,
 ) -> None:
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import ViTForImageClassification
 
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=16,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    config.num_labels = 3  # a PretrainedConfig attribute, not a typed argument
-    folder = _save(ViTForImageClassification(config), tmp_path / "tiny-vit")
+    folder, _ = build_huggingface_image_folder(tmp_path)  # its config: image_size 16
     model = huggingface.build(folder, vet_huggingface_folder(folder, TYPES))
     assert (model.inputs, model.image, model.architecture) == (
         ["pixel_values"],
