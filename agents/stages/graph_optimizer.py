@@ -126,12 +126,13 @@ class GraphOptimizer(Agent[GraphParams]):
                     if packed is not None:
                         paths[name + UNPADDED] = save(packed.model, Path(tmp) / f"{name}-u.onnx")
                         unpadded[name + UNPADDED] = packed
-            chosen, relative = choose_graph(ctx, source, paths, params)
+            chosen, relative, scores = choose_graph(ctx, source, paths, params)
             out.add_copy(paths[chosen], artifact, "model")
             final = onnx.load(str(out.path(artifact)))
+            # A rewrite was scored as it was checked against the bound; plain was not.
+            quality = scores.get(chosen) or _score(paths[chosen], source)
         fused_graph = chosen.startswith("fused")
         before, after = op_histogram(raw), op_histogram(final)
-        quality = score_file(out.directory / artifact, "onnx", source, "calibration", limit=64)
         metrics = {
             "nodesBefore": float(sum(before.values())),
             "nodesAfter": float(sum(after.values())),
@@ -204,54 +205,58 @@ def checked_mask_fills(
     softened, count = soften_masks(copy.deepcopy(model))
     if not count:
         return model, 0
-    deviation = beyond_bound(save(softened, tmp / "softened.onnx"), source, params)
-    if deviation is not None:
+    deviation = _score(save(softened, tmp / "softened.onnx"), source)
+    if beyond_bound(deviation, params):
         log("softened attention masks deviate: not kept", **deviation, level="warning")
         return model, 0
     return softened, count
 
 
-def beyond_bound(
-    path: Path, source: InputCheckpoint, params: GraphParams
-) -> dict[str, float] | None:
-    """How the rewritten graph at `path` deviates from the reference on calibration data, where
-    that is beyond maxAbsError (per unit of the output's scale); None where it holds."""
-    deviation = score_file(path, "onnx", source, "calibration", limit=64)
-    return deviation if worst(deviation, "scaledError") > params.max_abs_error else None
+def _score(path: Path, source: InputCheckpoint) -> dict[str, float]:
+    """How the graph at `path` deviates from the reference on calibration data."""
+    return score_file(path, "onnx", source, "calibration", limit=64)
+
+
+def beyond_bound(deviation: dict[str, float], params: GraphParams) -> bool:
+    """Whether a rewrite's deviation (`_score`) is beyond maxAbsError, per unit of the
+    output's scale."""
+    return worst(deviation, "scaledError") > params.max_abs_error
 
 
 def choose_graph(
     ctx: StageContext, source: InputCheckpoint, paths: dict[str, Path], params: GraphParams
-) -> tuple[str, dict[str, float]]:
+) -> tuple[str, dict[str, float], dict[str, dict[str, float]]]:
     """The rewrite to keep: among those the params allow that stay within maxAbsError of the
     reference, the fastest on this node at the job's batch sizes (timed only where there is a
-    choice left). Returns its name and each timed candidate's relative latency."""
+    choice left). Returns its name, each timed candidate's relative latency, and the deviation
+    of each rewrite it scored (not plain's, which is never refused)."""
     allowed = list(paths)
     if params.fusions == "on" and any(n.startswith("fused") for n in allowed):
         allowed = [n for n in allowed if n.startswith("fused")]
     if params.remove_padding == "on" and any(n.endswith(UNPADDED) for n in allowed):
         allowed = [n for n in allowed if n.endswith(UNPADDED)]
     within: list[str] = []
+    scores: dict[str, dict[str, float]] = {}
     for name in allowed:
         if name == "plain":
             within.append(name)
             continue
-        deviation = beyond_bound(paths[name], source, params)
-        if deviation is not None:
-            log(f"{name} graph deviates: not kept", **deviation, level="warning")
+        scores[name] = _score(paths[name], source)
+        if beyond_bound(scores[name], params):
+            log(f"{name} graph deviates: not kept", **scores[name], level="warning")
         else:
             within.append(name)
     if not within:
-        return "plain", {}
+        return "plain", {}, scores
     if len(within) == 1:
-        return within[0], {}
+        return within[0], {}, scores
     sizes = batch_sizes(ctx.job, None)
     with Stopwatch() as timing:
         relative = relative_latency(
             {n: paths[n] for n in within}, source, sizes, params.timing_runs
         )
     log("graph rewrites timed", seconds=timing.seconds, relative=relative)
-    return min(within, key=relative.__getitem__), relative
+    return min(within, key=relative.__getitem__), relative, scores
 
 
 def _ratio(relative: dict[str, float], chosen: str, rewrite: str) -> float:

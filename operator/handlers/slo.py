@@ -125,9 +125,6 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
     decision = slo.decide_budget_policy(reports, policy.spec.budget_policy, frozen_since, now)
     freeze = decision.freeze is not None
     worst = min(reports, key=lambda r: r.budget_remaining, default=None)
-    for lane in lanes:
-        _apply_to_lane(kube, obj, lane, decision, worst, now)
-    fold_ledger(kube, namespace, now, ledger)
 
     status = dict(obj.get("status") or {})
     status["observedGeneration"] = meta.get("generation")
@@ -167,6 +164,11 @@ def reconcile_slo(kube: Kube, obj: dict[str, Any], now: float, every: float) -> 
         event = condition_event(obj.get("status") or {}, status, LANES_FOUND)
         if event is not None:
             kube.post_event(obj, *event)
+    # The lanes change after the policy's status is written: whoever sees a lane frozen by this
+    # policy finds the policy already saying why (its state, burn rates and budget).
+    for lane in lanes:
+        _apply_to_lane(kube, obj, lane, decision, worst, now)
+    fold_ledger(kube, namespace, now, ledger)
     return every
 
 
