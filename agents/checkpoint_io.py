@@ -51,6 +51,9 @@ TOKEN_OUTPUTS = "tokenOutputs"  # noqa: S105 - an attribute name
 TOKENIZER = "tokenizer.json"
 ROLE_MODEL = "model"
 ROLE_REPORT = "report"
+ROLE_TOKENIZER = "tokenizer"
+# How an image model's images become its input (a Hugging Face preprocessor_config.json).
+ROLE_PREPROCESSOR = "preprocessor"
 
 EXTENSIONS: dict[str, str] = {
     "exported-program": ".pt2",

@@ -1087,6 +1087,8 @@ _HF_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 # Read as JSON or text only, and shipped with the model (tokenizer.json tokenizes text data).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 HF_TEXT_FILES = ("vocab.txt",)
+# Read as JSON only: how an image model preprocesses images (image files in a dataset).
+HF_PREPROCESSOR = "preprocessor_config.json"
 # Weights (or state) that only a pickle loader reads: never read here, whatever their name.
 _PICKLED = re.compile(r"(^|/)[^/]*\.(bin|pt|pth|pkl|pickle|ckpt)$")
 # safetensors dtypes and their element sizes in bytes.
@@ -1128,6 +1130,10 @@ class VettedFolder:
     @property
     def tokenizer(self) -> str | None:
         return "tokenizer.json" if "tokenizer.json" in self.files else None
+
+    @property
+    def preprocessor(self) -> str | None:
+        return HF_PREPROCESSOR if HF_PREPROCESSOR in self.files else None
 
 
 def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFolder:
@@ -1196,6 +1202,9 @@ def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFo
         if relative in present:
             _hf_text(name, folder / relative, MAX_JSON_BYTES)
             files.append(relative)
+    if HF_PREPROCESSOR in present:
+        _vet_preprocessor(name, folder / HF_PREPROCESSOR)
+        files.append(HF_PREPROCESSOR)
     ignored = [f"{relative} (a pickle: never unpickled)" for relative in pickled]
     ignored += [
         f"{relative} (code: never imported)"
@@ -1271,6 +1280,18 @@ def _refuse_remote_code(name: str, entry: str, document: dict[str, Any]) -> None
                 entry,
                 f"declares {key}, which names custom code: refused; {_NEVER_REMOTE_CODE}",
             )
+
+
+def _vet_preprocessor(name: str, path: Path) -> None:
+    """A JSON object naming no custom code, and transformers' own classes only."""
+    document = _hf_json(name, path, MAX_CONFIG_BYTES)
+    if not isinstance(document, dict):
+        raise VettingError(name, HF_PREPROCESSOR, "is not a JSON object")
+    _refuse_remote_code(name, HF_PREPROCESSOR, document)
+    for key in ("image_processor_type", "feature_extractor_type", "processor_class"):
+        value = document.get(key)
+        if value is not None and not (isinstance(value, str) and re.fullmatch(_NAME, value)):
+            raise VettingError(name, HF_PREPROCESSOR, f"has a {key} that is not a class name")
 
 
 def _vet_hf_config(name: str, path: Path, model_types: frozenset[str]) -> dict[str, Any]:

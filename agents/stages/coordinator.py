@@ -39,6 +39,7 @@ tokenizer where the model has one.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ from bakeline.agents.checkpoint_io import (
     CALIBRATION,
     EVALUATION,
     REFERENCE,
+    ROLE_PREPROCESSOR,
+    ROLE_TOKENIZER,
     TOKEN_OUTPUTS,
     artifact_name,
     reference_arrays,
@@ -63,6 +66,7 @@ from bakeline.agents.checkpoint_io import (
 from bakeline.agents.contract import InvalidInput, Outcome, StageParams
 from bakeline.agents.data import MASK, Dataset, Feeds, save_arrays
 from bakeline.agents.datasets import conform, read_dataset, split
+from bakeline.agents.images import ImageReading
 from bakeline.agents.logs import log
 from bakeline.agents.onnx_tools import _dynamic_shapes
 from bakeline.agents.runtimes import (
@@ -88,6 +92,7 @@ from bakeline.agents.synthetic import (
 )
 from bakeline.agents.timing import Stopwatch
 from bakeline.agents.vetting import (
+    HF_PREPROCESSOR,
     HF_TEXT_FILES,
     HF_TOKENIZER_FILES,
     vet_huggingface_folder,
@@ -102,8 +107,13 @@ from bakeline.checkpoints.manifest import (
 )
 from bakeline.contract import REFERENCE_ACCURACY, SYNTHETIC_INPUTS
 
-# A Hugging Face folder's files shipped with the model (role tokenizer).
+# A Hugging Face folder's files shipped with the model: role tokenizer, and role preprocessor
+# (how an image model's images become its input).
 TOKENIZER_FILES = frozenset(HF_TOKENIZER_FILES + HF_TEXT_FILES)
+SHIPPED_FILES = {
+    **dict.fromkeys(TOKENIZER_FILES, ROLE_TOKENIZER),
+    HF_PREPROCESSOR: ROLE_PREPROCESSOR,
+}
 
 
 class CoordinatorParams(StageParams):
@@ -273,7 +283,9 @@ class BakingCoordinator(Agent[CoordinatorParams]):
         out.add(EVALUATION, "evaluation")
         out.add(REFERENCE, "reference")
         for relative, source in extra.pop("files").items():
-            role = "tokenizer" if "tokenizer" in relative or relative in TOKENIZER_FILES else "data"
+            role = SHIPPED_FILES.get(
+                relative, ROLE_TOKENIZER if "tokenizer" in relative else "data"
+            )
             if source == out.directory / relative:  # a Hugging Face folder's, put in place
                 out.add(relative, role)
             else:
@@ -446,6 +458,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 mask,
                 tokenizer=folder.tokenizer if folder else None,
                 max_length=folder.max_length if folder else 128,
+                images=folder.images if folder else None,
             )
             facts.update(data_facts)
         else:
@@ -504,6 +517,7 @@ class _Folder:
     max_length: int
     ignored: tuple[str, ...]
     facts: str
+    images: ImageReading | None = None  # an image model's preprocessing, where it ships one
 
 
 def _stage_file(
@@ -605,7 +619,7 @@ def _stage_folder(
         )
         files = {}
         for relative in vetted.files:
-            if relative in TOKENIZER_FILES:
+            if relative in SHIPPED_FILES:
                 shutil.copyfile(staged / relative, directory / relative)
                 files[relative] = directory / relative
     except BaseException:
@@ -619,6 +633,13 @@ def _stage_folder(
         max_length=model.max_length,
         ignored=vetted.ignored,
         facts=f"{vetted.config['model_type']}, {model.architecture}",
+        images=(
+            ImageReading(
+                json.loads(files[HF_PREPROCESSOR].read_text()), vetted.config, model.image[0]
+            )
+            if model.image and HF_PREPROCESSOR in files
+            else None
+        ),
     )
     return target, "exported-program", actual, folder
 
@@ -811,11 +832,13 @@ def _job_data(
     mask: str | None,
     tokenizer: Path | None = None,
     max_length: int = 128,
+    images: ImageReading | None = None,
 ) -> tuple[Dataset, Dataset, dict[str, str]]:
     """The job's dataset in the model's dtypes, split into calibration and evaluation; `mask`
-    names the input whose role is the attention mask."""
+    names the input whose role is the attention mask, `images` how an image model reads image
+    files."""
     names = [spec.name for spec in inputs]
-    data, sha256 = read_dataset(address, names, tokenizer, max_length, mask)
+    data, sha256 = read_dataset(address, names, tokenizer, max_length, mask, images)
     data = conform(data, {spec.name: spec.dtype for spec in inputs})
     calibration, evaluation = split(data)
     labelled = "labelled" if data.labels is not None else "unlabelled"

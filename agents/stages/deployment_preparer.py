@@ -23,11 +23,19 @@ from typing import Any
 from pydantic import Field
 
 from bakeline.agents import AGENT_VERSION, serving
-from bakeline.agents.checkpoint_io import ROLE_REPORT, TOKEN_OUTPUTS, TOKENIZER, InputCheckpoint
+from bakeline.agents.checkpoint_io import (
+    ROLE_PREPROCESSOR,
+    ROLE_REPORT,
+    ROLE_TOKENIZER,
+    TOKEN_OUTPUTS,
+    TOKENIZER,
+    InputCheckpoint,
+)
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
 from bakeline.agents.quality import worst, worst_output
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import open_model, runtime_config, score
+from bakeline.agents.vetting import HF_PREPROCESSOR
 from bakeline.contract import QUALITY_VERIFIED, SYNTHETIC_INPUTS
 
 RUNTIME = "runtime.json"
@@ -300,6 +308,11 @@ def model_card(
     ]
     if (source.directory / TOKENIZER).exists():
         lines.append("Tokenize with `tokenizer.json` (tokenizers library), padding to the longest.")
+    if (source.directory / HF_PREPROCESSOR).exists():
+        lines.append(
+            f"Preprocess images with `{HF_PREPROCESSOR}` (transformers' AutoImageProcessor), as "
+            "the evaluation data was."
+        )
     lines += _serving_on_kserve(source, runtime)
     data = evaluation_data(source)
     if data:
@@ -343,7 +356,8 @@ class DeploymentPreparer(Agent[DeploymentParams]):
         out = ctx.output(source)
         artifact = source.manifest.artifact
         out.add_copy(source.artifact, artifact, "model")
-        roles = ("tokenizer", ROLE_REPORT) if params.include_reports else ("tokenizer",)
+        shipped = (ROLE_TOKENIZER, ROLE_PREPROCESSOR)
+        roles = (*shipped, ROLE_REPORT) if params.include_reports else shipped
         out.carry_forward(roles=roles)
         out.path(RUNTIME).write_text(json.dumps(runtime.dump(), indent=2))
         out.add(RUNTIME, "runtime")

@@ -30,6 +30,7 @@ MEDIA_TYPES = {
     "model": "application/vnd.bakeline.model.v1",
     "runtime-config": "application/vnd.bakeline.runtime-config.v1+json",
     "tokenizer": "application/vnd.bakeline.tokenizer.v1",
+    "preprocessor": "application/vnd.bakeline.preprocessor.v1+json",
     "report": "application/vnd.bakeline.report.v1+json",
     "readme": "text/markdown",
     "loader": "text/x-python",

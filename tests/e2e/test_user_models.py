@@ -35,6 +35,7 @@ from bakeline.agents.quantize import float_layers
 from bakeline.checkpoints.manifest import sha256_path
 from support.user_models import (
     build_huggingface_folder,
+    build_huggingface_image_files,
     build_huggingface_image_folder,
     build_sharded_huggingface_folder,
 )
@@ -336,6 +337,14 @@ CASES = [
         {"model": {"format": "huggingface"}},
     ),
     Case("huggingface-image", build_huggingface_image_folder, ["logits"]),
+    # PNG and JPEG files in folders named by the config's labels, preprocessed by the folder's
+    # preprocessor_config.json: accuracy against the original's classes.
+    Case(
+        "huggingface-image-files",
+        build_huggingface_image_files,
+        ["logits"],
+        {"quality": {"metric": "accuracy"}},
+    ),
 ]
 
 
@@ -409,6 +418,12 @@ def test_a_users_model_bakes_or_is_refused_at_import_saying_what_to_change(
     precision = str(result.get("precision"))
     left = float_layers(onnx.load(str(artifact)))
     assert not left or "fp32" in precision or "fp16" in precision, (precision, left)
+    # How the model's images become its input ships with it, and the model card says so.
+    if (model / "preprocessor_config.json").exists():
+        assert (package / "preprocessor_config.json").read_bytes() == (
+            model / "preprocessor_config.json"
+        ).read_bytes()
+        assert "preprocessor_config.json" in (package / "README.md").read_text()
     _record(
         case.name,
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -136,3 +137,75 @@ def build_huggingface_image_folder(folder: Path) -> tuple[Path, Path | None]:
     images = rng.normal(0, 1, (60, 3, 16, 16)).astype(np.float32)
     np.savez(folder / "images.npz", pixel_values=images)
     return directory, folder / "images.npz"
+
+
+# How the tiny ViT preprocesses images, as the Hub's ViT folders say it (a legacy feature
+# extractor's name, which transformers maps to its image processor).
+TINY_VIT_PREPROCESSOR = {
+    "feature_extractor_type": "ViTFeatureExtractor",
+    "do_resize": True,
+    "size": 16,
+    "resample": 2,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+TINY_VIT_LABELS = [f"shade-{i}" for i in range(10)]
+
+
+def image_files(count: int, seed: int = 9) -> list[tuple[str, bytes]]:
+    """`count` smooth images of several sizes and modes as PNG or JPEG bytes, with a file
+    name each (alternating formats)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(count):
+        height, width = int(rng.integers(12, 41)), int(rng.integers(12, 41))
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        image = image.convert(("RGB", "RGBA", "L")[i % 3])
+        kind = "PNG" if i % 2 == 0 else "JPEG"
+        if kind == "JPEG" and image.mode == "RGBA":
+            image = image.convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, kind, **({"progressive": True} if i % 4 == 1 else {}))
+        files.append((f"img-{i:03d}.{'png' if kind == 'PNG' else 'jpg'}", buffer.getvalue()))
+    return files
+
+
+def build_huggingface_image_files(folder: Path) -> tuple[Path, Path | None]:
+    """The tiny ViT with a preprocessor_config.json and labels of its own, and a zip of PNG
+    and JPEG images of several sizes, each in the folder of the label the model gives it: the
+    labels a baked model must agree with, read through the label names of its config."""
+    import zipfile
+
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTForImageClassification
+
+    directory, _ = build_huggingface_image_folder(folder)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config["id2label"] = dict(enumerate(TINY_VIT_LABELS))
+    config["label2id"] = {name: i for i, name in enumerate(TINY_VIT_LABELS)}
+    config_path.write_text(json.dumps(config, indent=2))
+    (directory / "preprocessor_config.json").write_text(json.dumps(TINY_VIT_PREPROCESSOR))
+    processor = AutoImageProcessor.from_pretrained(directory, backend="pil")
+    model = ViTForImageClassification.from_pretrained(directory)
+    model.train(False)
+    files = image_files(180)
+    opened = [Image.open(io.BytesIO(data)).convert("RGB") for _, data in files]
+    pixels = torch.from_numpy(processor(images=opened, return_tensors="np")["pixel_values"])
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    # A random model's classes are near ties; the images it is surest of (the widest margin
+    # between its two best classes) are the ones int8 should not flip, whatever the CPU.
+    top = logits.topk(2, dim=-1)
+    margin = (top.values[:, 0] - top.values[:, 1]).tolist()
+    kept = sorted(sorted(range(len(files)), key=lambda i: -margin[i])[:60])
+    archive = folder / "images.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        for i in kept:
+            name, data = files[i]
+            writer.writestr(f"{TINY_VIT_LABELS[int(top.indices[i, 0])]}/{name}", data)
+    return directory, archive
