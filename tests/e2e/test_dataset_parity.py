@@ -2,8 +2,9 @@
 the user's dataset gives the same verdict, quality and evidence from `bakeline run` (the
 files beside the job) as from the operator, with model and dataset in ConfigMaps in one job
 and on a PersistentVolumeClaim in another; so does a Hugging Face folder on a claim, and a bake
-with no data of the user's says "unverified" in the cluster as `bakeline run` does. The agents
-are the real ones, in pods the node harness runs."""
+with no data of the user's says "unverified" in the cluster as `bakeline run` does, and an
+image model's folder on a claim judged on a zip of image files in a ConfigMap. The agents are
+the real ones, in pods the node harness runs."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ from bakeline.engine.result import UNVERIFIED_NOTE
 from controlplane import ControlPlane
 from support.kube import apply, get, wait_for
 from support.node_harness import NodeHarness
-from support.user_models import SmallCnn, build_huggingface_folder
+from support.user_models import (
+    SmallCnn,
+    build_huggingface_folder,
+    build_huggingface_image_files,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -174,7 +179,7 @@ def test_a_users_dataset_gives_one_verdict_from_bakeline_run_a_configmap_and_a_c
         assert imported["phase"] == "Succeeded", imported
 
 
-def test_a_hugging_face_folder_on_a_claim_and_a_bake_without_data_mean_the_same_on_both_paths(
+def test_hugging_face_folders_on_a_claim_and_a_bake_without_data_mean_the_same_on_both_paths(
     cluster: ControlPlane,
     namespace: str,
     node: NodeHarness,
@@ -195,6 +200,15 @@ def test_a_hugging_face_folder_on_a_claim_and_a_bake_without_data_mean_the_same_
     local_model = {"url": {"url": f"file://{model}", "sha256": sha256_file(model)}}
     synthetic = _bakeline_run(_job("cnn-no-data", local_model, "builtin"), tmp_path / "synthetic")
     assert synthetic["result"]["qualityVerified"] is False
+    (tmp_path / "vit").mkdir()
+    vit, pictures = build_huggingface_image_files(tmp_path / "vit")
+    assert pictures is not None
+    local_vit = {"url": {"url": f"file://{vit}", "sha256": sha256_path(vit)}}
+    accurate = {"metric": "accuracy", "threshold": 0.8}
+    vit_job = _job("vit-images", local_vit, pictures.as_uri())
+    vit_job["spec"]["quality"].update(accurate)
+    images = _bakeline_run(vit_job, tmp_path / "vit")
+    assert images["phase"] == "Succeeded", images.get("reason")
 
     _user_setup(cluster, namespace, repo_root)
     on_claim = _claim(cluster, namespace, node)
@@ -202,7 +216,12 @@ def test_a_hugging_face_folder_on_a_claim_and_a_bake_without_data_mean_the_same_
     (on_claim / "data").mkdir()
     shutil.copy(text, on_claim / "data" / text.name)
     _file_in_config_map(cluster, namespace, "user-model", model)
+    shutil.copytree(vit, on_claim / "models" / vit.name)
+    _file_in_config_map(cluster, namespace, "user-images", pictures)
     claimed = {"pvc": {"claimName": CLAIM, "path": f"models/{folder.name}"}}
+    vit_claimed = {"pvc": {"claimName": CLAIM, "path": f"models/{vit.name}"}}
+    vit_job = _job("vit-images", vit_claimed, f"configmap/user-images/{pictures.name}")
+    vit_job["spec"]["quality"].update(accurate)
     in_config_map = {"configMap": {"name": "user-model", "key": model.name}}
     jobs = {
         "bert-pvc": (
@@ -210,6 +229,7 @@ def test_a_hugging_face_folder_on_a_claim_and_a_bake_without_data_mean_the_same_
             hf,
         ),
         "cnn-no-data": (_job("cnn-no-data", in_config_map, "builtin"), synthetic),
+        "vit-images": (vit_job, images),
     }
     for job, _ in jobs.values():
         apply(cluster, job, namespace)
