@@ -309,8 +309,10 @@ class Quality(WireModel):
         "file://PATH or a path relative to the job file, or an https:// address, downloaded "
         "(`bakeline run`). The file is "
         "safetensors or npz (arrays keyed by input name, optional __labels__; never "
-        "unpickled) or JSON lines (text, for a model with a tokenizer, or token ids by input "
-        "name, optional label); every third sample calibrates, the rest evaluate. Datasets "
+        "unpickled), JSON lines (text, for a model with a tokenizer, or token ids by input "
+        "name, optional label) or, for a Hugging Face image model with a "
+        "preprocessor_config.json, a zip of PNG and JPEG images (labelled by folder: a class "
+        "index or a label2id name); every third sample calibrates, the rest evaluate. Datasets "
         "by s3:// or oci:// are not fetched yet and are refused.",
     )
     metric: QualityMetric = Field(
