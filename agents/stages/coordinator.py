@@ -840,6 +840,7 @@ def _job_data(
     names = [spec.name for spec in inputs]
     data, sha256 = read_dataset(address, names, tokenizer, max_length, mask, images)
     data = conform(data, {spec.name: spec.dtype for spec in inputs})
+    _check_shapes(inputs, data, images)
     calibration, evaluation = split(data)
     labelled = "labelled" if data.labels is not None else "unlabelled"
     facts = {
@@ -850,6 +851,28 @@ def _job_data(
     }
     log("read the job's dataset", samples=len(data), sha256=sha256, labelled=labelled)
     return calibration, evaluation, facts
+
+
+def _check_shapes(inputs: list[TensorSpec], data: Dataset, images: ImageReading | None) -> None:
+    """Each input's static dimensions (past the batch) are the dataset's, or the job is refused
+    saying which differ and what sets them, before a probe fails on them."""
+    for spec in inputs:
+        got = list(data.inputs[spec.name].shape[1:])
+        want = spec.shape[1:]
+        if len(got) != len(want) or any(
+            isinstance(w, int) and w != g for w, g in zip(want, got, strict=False)
+        ):
+            shown = "x".join(str(w) if isinstance(w, int) else "any" for w in want)
+            where = (
+                " (the images as preprocessor_config.json prepares them: its size must be the "
+                "model's, or set spec.model.inputShapes to it)"
+                if images is not None
+                else ""
+            )
+            raise InvalidInput(
+                f"the dataset's {spec.name} is {'x'.join(map(str, got))} per sample{where}, but "
+                f"the model takes {shown}"
+            )
 
 
 def _synthetic_data(

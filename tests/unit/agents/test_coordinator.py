@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import load_arrays
 from bakeline.agents.pipeline import Chain, StageRunner
 from bakeline.agents.vetting import vet_model_file
-from bakeline.checkpoints.manifest import sha256_file
+from bakeline.checkpoints.manifest import sha256_file, sha256_path
+from support.user_models import TINY_VIT_PREPROCESSOR, build_huggingface_image_files
 
 
 def test_checkpoint_zero_holds_model_data_and_references(digits_chain: Chain) -> None:
@@ -249,4 +251,32 @@ def test_the_attention_mask_is_found_by_role_whatever_its_name(
             tmp_path / "again",
             params={"dataset": data.as_uri()},
             job=_job(path, sha256_file(path)),
+        )
+
+
+def test_an_image_model_imports_its_image_files_and_refuses_them_at_another_size(
+    tmp_path: Path, run_stage: StageRunner
+) -> None:
+    folder, archive = build_huggingface_image_files(tmp_path)
+    assert archive is not None
+    job = _job(folder, sha256_path(folder))
+    result = run_stage(
+        "BakingCoordinator", tmp_path / "out", params={"dataset": archive.as_uri()}, job=job
+    )
+    assert result.outcome.metrics["syntheticInputs"] == 0.0
+    assert result.outcome.metrics["referenceAccuracy"] == 1.0  # folders read as its labels
+    checkpoint = open_input(tmp_path / "out")
+    evaluation = checkpoint.dataset("evaluation.safetensors")
+    assert evaluation.inputs["pixel_values"].shape == (40, 3, 16, 16)
+    assert (tmp_path / "out" / "preprocessor_config.json").exists()
+    # A processor that prepares 32x32 for a model of 16x16: said before any probe fails on it.
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({**TINY_VIT_PREPROCESSOR, "size": 32})
+    )
+    with pytest.raises(InvalidInput, match=r"pixel_values is 3x32x32 per sample \(the images"):
+        run_stage(
+            "BakingCoordinator",
+            tmp_path / "again",
+            params={"dataset": archive.as_uri()},
+            job=_job(folder, sha256_path(folder)),
         )
