@@ -14,9 +14,10 @@ resizes, crops, rescales and normalizes exactly as the model was trained to see.
 without one has no declared preprocessing, and an archive of images is refused for it: its
 data is the preprocessed arrays (npz or safetensors).
 
-Labels come from folders: `CLASS/IMAGE.png` is labelled CLASS, where CLASS is a class index
-(`3`) or a label of the model's config (`label2id`, Hugging Face's); images at the archive's
-top level are unlabelled. Labelled and unlabelled images do not mix.
+Labels come from folders: `CLASS/IMAGE.png` (at any depth) is labelled CLASS, where CLASS is a
+class index (`3`) or a label of the model's config (`label2id`, Hugging Face's); images at the
+archive's top level, or all in one folder that names no class (a zipped folder of images), are
+unlabelled. Labelled and unlabelled images do not mix.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bakeline.agents.data import LABELS
 SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_PIXELS = 40_000_000  # per image, from its header; Pillow itself warns past ~89 M
 MAX_IMAGES = 100_000
+MAX_IMAGE_BYTES = 256 * 1024**2  # one file, inflated, before it is read
 MAX_ARRAY_BYTES = 2 * 1024**3  # what the preprocessed images may fill, as any dataset
 BATCH = 32  # images preprocessed at once: bounds what decoded images hold in memory
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,16 +145,21 @@ def decode(name: str, data: bytes, mode: str) -> Any:
         raise InvalidInput(f"image {name} does not decode as {kind}: {exc}") from exc
 
 
+def _class(folder: str, labels: Mapping[str, int]) -> int | None:
+    if folder in labels:
+        return labels[folder]
+    return int(folder) if folder.isdigit() else None
+
+
 def label_of(member: str, labels: Mapping[str, int]) -> int | None:
     """The class of an archive member: its folder's name, a class index or a config label."""
     parent = PurePosixPath(member).parent
     if parent == PurePosixPath("."):
         return None
     folder = parent.name
-    if folder in labels:
-        return labels[folder]
-    if folder.isdigit():
-        return int(folder)
+    found = _class(folder, labels)
+    if found is not None:
+        return found
     known = ", ".join(sorted(labels)[:8]) or "none"
     raise InvalidInput(
         f"image {member} is in folder {folder!r}, which is neither a class index nor a label "
@@ -173,7 +180,17 @@ def read_image_archive(
     images = sorted((m for m in members if not m.is_dir()), key=lambda m: m.filename)
     if len(images) > MAX_IMAGES:
         raise InvalidInput(f"dataset {path.name} holds {len(images)} images; limit {MAX_IMAGES}")
-    labels = [label_of(m.filename, reading.labels) for m in images]
+    parents = {PurePosixPath(m.filename).parent for m in images}
+    if len(parents) == 1 and _class(next(iter(parents)).name, reading.labels) is None:
+        labels: list[int | None] = [None] * len(images)  # one folder of images, no class
+    else:
+        labels = [label_of(m.filename, reading.labels) for m in images]
+    large = next((m for m in images if m.file_size > MAX_IMAGE_BYTES), None)
+    if large is not None:
+        raise InvalidInput(
+            f"image {large.filename} inflates to {large.file_size} bytes; the limit is "
+            f"{MAX_IMAGE_BYTES} per image"
+        )
     if any(label is None for label in labels) and any(label is not None for label in labels):
         raise InvalidInput(
             f"dataset {path.name} has images in class folders and images at its top level: "

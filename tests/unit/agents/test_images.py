@@ -119,10 +119,17 @@ def _processor_folder(folder: Path) -> Path:
     return folder
 
 
-def test_images_at_the_top_level_are_unlabelled(tmp_path: Path) -> None:
-    members = {name: data for name, data in image_files(6)}
+@pytest.mark.parametrize("folder", ["", "photos/", "shoot/photos/"])
+def test_images_at_the_top_level_or_in_one_folder_naming_no_class_are_unlabelled(
+    tmp_path: Path, folder: str
+) -> None:
+    members = {folder + name: data for name, data in image_files(6)}
     data, _ = read_dataset(_zip(tmp_path / "d.zip", members), ["pixel_values"], images=READING)
     assert data.labels is None and len(data) == 6
+    # One folder that names a class labels them all.
+    members = {"shoot/shade-4/" + name: data for name, data in image_files(6)}
+    data, _ = read_dataset(_zip(tmp_path / "e.zip", members), ["pixel_values"], images=READING)
+    assert data.labels is not None and data.labels.tolist() == [4] * 6
 
 
 @pytest.mark.parametrize(
