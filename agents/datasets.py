@@ -8,9 +8,10 @@ mounted read-only). The format is told by the bytes, not the name:
   read with the safetensors library (a JSON header and raw numbers: nothing to execute).
 - **npz** (numpy's zip of arrays): the same keys; read with `allow_pickle=False`, so an object
   array (a pickle inside) is refused, and members bigger than `MAX_BYTES` are refused unread.
-- **a zip of PNG or JPEG images**, for a model that declares how it preprocesses images (a
-  Hugging Face folder's preprocessor_config.json): each image vetted from its header before it
-  is decoded, labelled by its folder (`bakeline.agents.images`).
+- **a zip of PNG or JPEG images, or of WAV clips**, for a model that declares how it prepares
+  them (a Hugging Face folder's preprocessor_config.json): each file vetted from its header
+  before it is decoded, labelled by its folder (`bakeline.agents.archives`, `.images`,
+  `.audio`).
 - **JSON lines**: one object a line, either `{"text": "..."}` (tokenized with the model's
   tokenizer: only a model that ships one, such as the builtin minilm-l6) or token ids and any
   other inputs by name (`{"input_ids": [...], "attention_mask": [...]}`), right-padded here;
@@ -33,9 +34,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from safetensors.numpy import load_file
 
+from bakeline.agents.archives import MediaReading, media_kind, read_archive
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.data import LABELS, MASK, Dataset
-from bakeline.agents.images import ImageReading, is_image_member, read_image_archive
 
 # A dataset is read into memory whole: a bound on what one file may make us allocate.
 MAX_BYTES = 2 * 1024**3
@@ -45,7 +46,7 @@ LABEL = "label"
 ACCEPTED = (
     "safetensors or npz (arrays keyed by the model's input names, optional __labels__), "
     "JSON lines (text for a model with a tokenizer, or token ids per input name), or a zip of "
-    "PNG or JPEG images (for a model with a preprocessor_config.json)"
+    "PNG or JPEG images or of WAV clips (for a model with a preprocessor_config.json)"
 )
 
 
@@ -83,11 +84,11 @@ def read_dataset(
     tokenizer: Path | None = None,
     max_length: int = 128,
     mask: str | None = MASK,
-    images: ImageReading | None = None,
+    media: MediaReading | None = None,
 ) -> tuple[Dataset, str]:
     """The dataset at `address` with the model's inputs in order, and its sha256. `mask` is the
     input whose role is the attention mask (`synthetic.mask_input`), where the model has one;
-    `images` how the model reads image files, where it declares that."""
+    `media` how the model reads media files (images, audio), where it declares that."""
     path, expected = dataset_location(address)
     path = _one_file(path)
     if not path.is_file():
@@ -106,7 +107,7 @@ def read_dataset(
     if kind == "safetensors":
         arrays = _safetensors(path)
     elif kind == "zip":
-        arrays = _zip(path, input_names, images)
+        arrays = _zip(path, input_names, media)
     elif kind == "jsonl":
         arrays = _jsonl(raw, input_names, tokenizer, max_length, mask)
     elif kind == "pickle":
@@ -148,8 +149,9 @@ def _safetensors(path: Path) -> dict[str, np.ndarray]:
         raise InvalidInput(f"dataset {path.name} does not read as safetensors: {exc}") from exc
 
 
-def _zip(path: Path, input_names: list[str], images: ImageReading | None) -> dict[str, np.ndarray]:
-    """An npz (every member a .npy) or a zip of images (every member an image or a folder)."""
+def _zip(path: Path, input_names: list[str], media: MediaReading | None) -> dict[str, np.ndarray]:
+    """An npz (every member a .npy) or a zip of media files (every member an image, or every
+    member a WAV clip)."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
@@ -158,23 +160,23 @@ def _zip(path: Path, input_names: list[str], images: ImageReading | None) -> dic
     total = sum(m.file_size for m in members)
     if total > MAX_BYTES:  # a zip bomb is refused before anything is inflated
         raise InvalidInput(f"dataset {path.name} inflates to {total} bytes; limit {MAX_BYTES}")
-    files = [m for m in members if not m.is_dir()]
-    if files and all(m.filename.endswith(".npy") for m in files):
+    names = [m.filename for m in members if not m.is_dir()]
+    if names and all(name.endswith(".npy") for name in names):
         return _npz(path)
-    if files and all(is_image_member(m.filename) for m in files):
-        if images is None:
+    kind = media_kind(names)
+    if kind is not None:
+        if media is None or media.kind != kind:
             raise InvalidInput(
-                f"dataset {path.name} is a zip of images, but this model declares no image "
-                "preprocessing (a Hugging Face folder's preprocessor_config.json): give its "
-                "preprocessed inputs as npz or safetensors"
+                f"dataset {path.name} is a zip of {kind}, but this model declares no "
+                f"preprocessing of {kind} (a Hugging Face folder's preprocessor_config.json): "
+                "give its prepared inputs as npz or safetensors"
             )
-        return read_image_archive(path, members, input_names, images)
-    names = [m.filename for m in files]
-    stray = [n for n in names if not n.endswith(".npy") and not is_image_member(n)]
-    holds = stray[0][:120] if stray else ("arrays and images both" if names else "no file")
+        return read_archive(path, members, input_names, media)
+    stray = [n for n in names if not n.endswith(".npy") and media_kind([n]) is None]
+    holds = stray[0][:120] if stray else ("files of several kinds" if names else "no file")
     raise InvalidInput(
-        f"dataset {path.name} is a zip of neither arrays (npz: every member .npy) nor images "
-        f"(every member .png, .jpg or .jpeg): it holds {holds}"
+        f"dataset {path.name} is a zip of neither arrays (npz: every member .npy) nor media "
+        f"(every member .png, .jpg or .jpeg, or every member .wav): it holds {holds}"
     )
 
 

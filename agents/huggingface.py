@@ -9,11 +9,13 @@ is the vetted config.json's dict handed to the config class transformers registe
 `from_pretrained` (`use_safetensors`, `trust_remote_code=False`) from a scratch folder that
 holds links to the vetted config.json and weight files alone (model.safetensors, or the shards
 its index names), so that transformers' renamings between a checkpoint's names and its modules'
-apply and no other file of the folder is read. Text and image models: a text model's graph takes
-`input_ids` and, where the forward accepts them, `attention_mask` and `token_type_ids`, all
-dynamic in batch and sequence; an image model's takes `pixel_values` (channels, height and
-width from the job's inputShapes or the config's num_channels and image_size), dynamic in
-batch. Either returns every tensor of the model's output by its field name
+apply and no other file of the folder is read. Text, image and audio models: a text model's
+graph takes `input_ids` and, where the forward accepts them, `attention_mask` and
+`token_type_ids`, all dynamic in batch and sequence; an image model's takes `pixel_values`
+(channels, height and width from the job's inputShapes or the config's num_channels and
+image_size), dynamic in batch; a waveform model's (wav2vec2, HuBERT, WavLM ...) takes
+`input_values` (samples from the job's inputShapes, else one second at its feature extractor's
+rate), dynamic in batch. Each returns every tensor of the model's output by its field name
 (`last_hidden_state`, `pooler_output`, `logits`).
 """
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +34,7 @@ from typing import Any
 
 import torch
 
+from bakeline.agents.audio import DEFAULT_RATE
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.vetting import HF_CONFIG, HF_WEIGHTS_INDEX, VettedFolder
 
@@ -39,6 +44,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 IMAGE_INPUT = "pixel_values"  # an image model's one input: batch x channels x height x width
+AUDIO_INPUT = "input_values"  # a waveform model's one input: batch x samples
 # Where neither config nor tokenizer says how long a text may be.
 DEFAULT_MAX_LENGTH = 512
 
@@ -57,12 +63,18 @@ class HuggingFaceModel:
     architecture: str
     max_length: int  # the longest sequence to tokenize to
     image: tuple[int, int, int] | None = None  # an image model's input: channels, height, width
+    audio: int | None = None  # a waveform model's input: samples
+
+    @property
+    def signal(self) -> tuple[int, ...] | None:
+        """An image or audio model's one input's dims past the batch, all static."""
+        return self.image if self.image is not None else (self.audio,) if self.audio else None
 
     def example(self) -> dict[str, torch.Tensor]:
         """Two samples of the model's inputs: what it is exported on and checked against."""
-        if self.image is not None:
+        if self.signal is not None:
             noise = torch.Generator().manual_seed(0)
-            return {IMAGE_INPUT: torch.randn((2, *self.image), generator=noise)}
+            return {self.inputs[0]: torch.randn((2, *self.signal), generator=noise)}
         return {
             "input_ids": torch.ones((2, 8), dtype=torch.int64),
             "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3]),
@@ -106,6 +118,17 @@ class _ImageOutputs(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         return _tensors(self.model(pixel_values=pixel_values, return_dict=True))
+
+
+class _AudioOutputs(torch.nn.Module):
+    """A waveform model taking input_values alone, with a dict of its tensor outputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _tensors(self.model(input_values=input_values, return_dict=True))
 
 
 def build(
@@ -165,17 +188,22 @@ def build(
             f"{len(missing)} of {architecture}'s weights ({', '.join(missing[:3])}): "
             "save the whole model with save_pretrained"
         )
-    if model.main_input_name not in ("input_ids", IMAGE_INPUT):
+    if model.main_input_name not in ("input_ids", IMAGE_INPUT, AUDIO_INPUT):
         raise InvalidInput(
-            f"{architecture} takes {model.main_input_name}: only text (input_ids) and image "
-            f"({IMAGE_INPUT}) models are imported from a Hugging Face folder so far; export it "
-            "with torch.export.save and bake the .pt2"
+            f"{architecture} takes {model.main_input_name}: only text (input_ids), image "
+            f"({IMAGE_INPUT}) and waveform ({AUDIO_INPUT}) models are imported from a Hugging "
+            "Face folder so far; export it with torch.export.save and bake the .pt2"
         )
     model = model.float().eval()
     if model.main_input_name == IMAGE_INPUT:
         image = _image_dims(config, architecture, dict(input_shapes or {}))
         return HuggingFaceModel(
             _ImageOutputs(model), [IMAGE_INPUT], architecture, DEFAULT_MAX_LENGTH, image
+        )
+    if model.main_input_name == AUDIO_INPUT:
+        samples = _audio_samples(folder, vetted, config, architecture, dict(input_shapes or {}))
+        return HuggingFaceModel(
+            _AudioOutputs(model), [AUDIO_INPUT], architecture, DEFAULT_MAX_LENGTH, audio=samples
         )
     accepted = inspect.signature(model.forward).parameters
     # Positional, in this order (the exported graph's inputs are the wrapper's arguments): the
@@ -226,6 +254,55 @@ def _image_dims(
     )
 
 
+def _audio_samples(
+    folder: Path,
+    vetted: VettedFolder,
+    config: Any,
+    architecture: str,
+    input_shapes: dict[str, list[int]],
+) -> int:
+    """A waveform model's input length: spec.model.inputShapes' input_values, else one second
+    at its feature extractor's sampling rate; at least what its convolutions take in."""
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if not kernels or not strides:
+        raise InvalidInput(
+            f"{architecture} takes {AUDIO_INPUT} that are not a waveform (a spectrogram model): "
+            "only waveform models (wav2vec2, HuBERT, WavLM ...) are imported from a Hugging "
+            "Face folder so far; export it with torch.export.save and bake the .pt2"
+        )
+    # The feature encoder's receptive field: the shortest clip it makes one frame of.
+    shortest = kernels[0] + sum(
+        (k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernels) if i > 0
+    )
+    example = f"{{{AUDIO_INPUT}: [16000]}}"
+    if set(input_shapes) - {AUDIO_INPUT}:
+        raise InvalidInput(
+            f"spec.model.inputShapes names {sorted(input_shapes)}, but {architecture} takes "
+            f"{AUDIO_INPUT} alone: give its samples, e.g. {example}"
+        )
+    given = input_shapes.get(AUDIO_INPUT)
+    if given is not None:
+        if len(given) != 1:
+            raise InvalidInput(
+                f"spec.model.inputShapes.{AUDIO_INPUT} is {given}: a waveform model's input is "
+                f"[samples] without the batch, e.g. {example}"
+            )
+        samples = given[0]
+    else:
+        rate = DEFAULT_RATE
+        if vetted.preprocessor is not None:
+            declared = json.loads((folder / vetted.preprocessor).read_text()).get("sampling_rate")
+            rate = declared if isinstance(declared, int) and declared > 0 else DEFAULT_RATE
+        samples = rate
+    if samples < shortest:
+        said = "spec.model.inputShapes gives" if given is not None else "one second is"
+        raise InvalidInput(
+            f"{architecture} takes {AUDIO_INPUT} of {shortest} samples at least (its feature "
+            f"encoder's receptive field); {said} {samples}"
+        )
+    return samples
+
+
 @contextlib.contextmanager
 def _vetted_only(folder: Path, vetted: VettedFolder) -> Iterator[Path]:
     """A scratch folder holding links to the vetted config.json and weight files alone."""
@@ -243,12 +320,12 @@ def export(model: HuggingFaceModel, example: dict[str, Any], target: Path) -> No
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=model.max_length)
     shapes: dict[str, dict[int, Any]] = {
-        name: {0: batch} if model.image else {0: batch, 1: sequence} for name in model.inputs
+        name: {0: batch} if model.signal else {0: batch, 1: sequence} for name in model.inputs
     }
     try:
         program = torch.export.export(model.module, args, dynamic_shapes=shapes)
     except Exception as exc:
-        dynamic = "batch" if model.image else "batch and sequence"
+        dynamic = "batch" if model.signal else "batch and sequence"
         raise InvalidInput(
             f"{model.architecture} does not export with torch.export at a dynamic {dynamic}: {exc}"
         ) from exc

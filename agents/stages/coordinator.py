@@ -52,6 +52,8 @@ import torch
 from pydantic import Field
 
 from bakeline.agents import huggingface
+from bakeline.agents.archives import MediaReading
+from bakeline.agents.audio import AudioReading
 from bakeline.agents.builtins import BUILTINS, BuiltinModel
 from bakeline.agents.checkpoint_io import (
     CALIBRATION,
@@ -108,7 +110,7 @@ from bakeline.checkpoints.manifest import (
 from bakeline.contract import REFERENCE_ACCURACY, SYNTHETIC_INPUTS
 
 # A Hugging Face folder's files shipped with the model: role tokenizer, and role preprocessor
-# (how an image model's images become its input).
+# (how an image or audio model's files become its input).
 TOKENIZER_FILES = frozenset(HF_TOKENIZER_FILES + HF_TEXT_FILES)
 SHIPPED_FILES = {
     **dict.fromkeys(TOKENIZER_FILES, ROLE_TOKENIZER),
@@ -458,7 +460,7 @@ class BakingCoordinator(Agent[CoordinatorParams]):
                 mask,
                 tokenizer=folder.tokenizer if folder else None,
                 max_length=folder.max_length if folder else 128,
-                images=folder.images if folder else None,
+                media=folder.media if folder else None,
             )
             facts.update(data_facts)
         else:
@@ -517,7 +519,7 @@ class _Folder:
     max_length: int
     ignored: tuple[str, ...]
     facts: str
-    images: ImageReading | None = None  # an image model's preprocessing, where it ships one
+    media: MediaReading | None = None  # an image or audio model's preprocessing, if shipped
 
 
 def _stage_file(
@@ -633,15 +635,24 @@ def _stage_folder(
         max_length=model.max_length,
         ignored=vetted.ignored,
         facts=f"{vetted.config['model_type']}, {model.architecture}",
-        images=(
-            ImageReading(
-                json.loads(files[HF_PREPROCESSOR].read_text()), vetted.config, model.image[0]
-            )
-            if model.image and HF_PREPROCESSOR in files
-            else None
-        ),
+        media=_media(model, vetted.config, files.get(HF_PREPROCESSOR)),
     )
     return target, "exported-program", actual, folder
+
+
+def _media(
+    model: huggingface.HuggingFaceModel, config: dict[str, Any], preprocessor: Path | None
+) -> MediaReading | None:
+    """How an image or audio model prepares media files, where its folder says
+    (preprocessor_config.json)."""
+    if preprocessor is None:
+        return None
+    settings = json.loads(preprocessor.read_text())
+    if model.image:
+        return ImageReading(settings, config, model.image[0])
+    if model.audio:
+        return AudioReading(settings, config, model.audio)
+    return None
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}
@@ -832,15 +843,15 @@ def _job_data(
     mask: str | None,
     tokenizer: Path | None = None,
     max_length: int = 128,
-    images: ImageReading | None = None,
+    media: MediaReading | None = None,
 ) -> tuple[Dataset, Dataset, dict[str, str]]:
     """The job's dataset in the model's dtypes, split into calibration and evaluation; `mask`
-    names the input whose role is the attention mask, `images` how an image model reads image
-    files."""
+    names the input whose role is the attention mask, `media` how an image or audio model
+    reads media files."""
     names = [spec.name for spec in inputs]
-    data, sha256 = read_dataset(address, names, tokenizer, max_length, mask, images)
+    data, sha256 = read_dataset(address, names, tokenizer, max_length, mask, media)
     data = conform(data, {spec.name: spec.dtype for spec in inputs})
-    _check_shapes(inputs, data, images)
+    _check_shapes(inputs, data, media)
     calibration, evaluation = split(data)
     labelled = "labelled" if data.labels is not None else "unlabelled"
     facts = {
@@ -853,7 +864,7 @@ def _job_data(
     return calibration, evaluation, facts
 
 
-def _check_shapes(inputs: list[TensorSpec], data: Dataset, images: ImageReading | None) -> None:
+def _check_shapes(inputs: list[TensorSpec], data: Dataset, media: MediaReading | None) -> None:
     """Each input's static dimensions (past the batch) are the dataset's, or the job is refused
     saying which differ and what sets them, before a probe fails on them."""
     for spec in inputs:
@@ -864,9 +875,9 @@ def _check_shapes(inputs: list[TensorSpec], data: Dataset, images: ImageReading 
         ):
             shown = "x".join(str(w) if isinstance(w, int) else "any" for w in want)
             where = (
-                " (the images as preprocessor_config.json prepares them: its size must be the "
-                "model's, or set spec.model.inputShapes to it)"
-                if images is not None
+                f" (the {media.kind} as preprocessor_config.json prepares them: its size must "
+                "be the model's, or set spec.model.inputShapes to it)"
+                if media is not None
                 else ""
             )
             raise InvalidInput(

@@ -32,6 +32,7 @@ from bakeline.agents.checkpoint_io import (
     InputCheckpoint,
 )
 from bakeline.agents.contract import GateFailed, Outcome, StageParams
+from bakeline.agents.huggingface import AUDIO_INPUT
 from bakeline.agents.quality import worst, worst_output
 from bakeline.agents.stages.base import Agent, StageContext, StageResult, register
 from bakeline.agents.stages.common import open_model, runtime_config, score
@@ -309,9 +310,13 @@ def model_card(
     if (source.directory / TOKENIZER).exists():
         lines.append("Tokenize with `tokenizer.json` (tokenizers library), padding to the longest.")
     if (source.directory / HF_PREPROCESSOR).exists():
+        audio = [t.name for t in m.inputs] == [AUDIO_INPUT]
+        what, loader = (
+            ("clips", "AutoFeatureExtractor") if audio else ("images", "AutoImageProcessor")
+        )
         lines.append(
-            f"Preprocess images with `{HF_PREPROCESSOR}` (transformers' AutoImageProcessor), as "
-            "the evaluation data was."
+            f"Prepare {what} with `{HF_PREPROCESSOR}` (transformers' {loader}), as the "
+            "evaluation data was."
         )
     lines += _serving_on_kserve(source, runtime)
     data = evaluation_data(source)

@@ -185,8 +185,9 @@ class ModelSpec(WireModel):
     format: ModelFormat = Field(
         default="auto",
         description="Format of the model: exported-program (torch.export .pt2), torchscript, "
-        "onnx, or huggingface (a model directory of a text or image model: config.json of an "
-        "architecture transformers knows, model.safetensors or its shards, tokenizer files; "
+        "onnx, or huggingface (a model directory of a text, image or waveform model: "
+        "config.json of an architecture transformers knows, model.safetensors or its shards, "
+        "tokenizer files, preprocessor_config.json; "
         "never trust_remote_code); auto detects it from the file's bytes, or a folder with "
         "config.json. Pickled files are never loaded.",
     )
@@ -199,8 +200,9 @@ class ModelSpec(WireModel):
         description="Each input's dims without the batch, by input name, e.g. {image: [3, 224, "
         "224]}: needed for a TorchScript file (which records no shapes) and for a Hugging Face "
         "image model whose config gives no image_size ({pixel_values: [3, 224, 224]}, which "
-        "also wins over the config's), and fixing the dynamic dims of the synthetic inputs of "
-        "any other model.",
+        "also wins over the config's); a Hugging Face waveform model's clip length "
+        "({input_values: [16000]}; one second at its feature extractor's rate otherwise); and "
+        "fixing the dynamic dims of the synthetic inputs of any other model.",
     )
 
     cel_rules = (
@@ -310,9 +312,10 @@ class Quality(WireModel):
         "(`bakeline run`). The file is "
         "safetensors or npz (arrays keyed by input name, optional __labels__; never "
         "unpickled), JSON lines (text, for a model with a tokenizer, or token ids by input "
-        "name, optional label) or, for a Hugging Face image model with a "
-        "preprocessor_config.json, a zip of PNG and JPEG images (labelled by folder: a class "
-        "index or a label2id name); every third sample calibrates, the rest evaluate. Datasets "
+        "name, optional label) or, for a Hugging Face image or waveform model with a "
+        "preprocessor_config.json, a zip of PNG and JPEG images or of WAV clips (labelled by "
+        "folder: a class index or a label2id name); every third sample calibrates, the rest "
+        "evaluate. Datasets "
         "by s3:// or oci:// are not fetched yet and are refused.",
     )
     metric: QualityMetric = Field(

@@ -34,6 +34,8 @@ from torch import nn
 from bakeline.agents.quantize import float_layers
 from bakeline.checkpoints.manifest import sha256_path
 from support.user_models import (
+    AUDIO_SAMPLES,
+    build_huggingface_audio_files,
     build_huggingface_folder,
     build_huggingface_image_files,
     build_huggingface_image_folder,
@@ -344,6 +346,17 @@ CASES = [
         build_huggingface_image_files,
         ["logits"],
         {"quality": {"metric": "accuracy"}},
+    ),
+    # WAV clips (8-, 16- and 24-bit, mono and stereo) in folders named by the config's labels,
+    # prepared by the folder's feature extractor: accuracy against the original's classes.
+    Case(
+        "huggingface-audio-files",
+        build_huggingface_audio_files,
+        ["logits"],
+        {
+            "quality": {"metric": "accuracy"},
+            "model": {"inputShapes": {"input_values": [AUDIO_SAMPLES]}},
+        },
     ),
 ]
 

@@ -209,3 +209,129 @@ def build_huggingface_image_files(folder: Path) -> tuple[Path, Path | None]:
             name, data = files[i]
             writer.writestr(f"{TINY_VIT_LABELS[int(top.indices[i, 0])]}/{name}", data)
     return directory, archive
+
+
+TINY_WAV2VEC2_EXTRACTOR = {
+    "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+    "feature_size": 1,
+    "sampling_rate": 16000,
+    "padding_value": 0.0,
+    "do_normalize": True,
+    "return_attention_mask": False,
+}
+TINY_WAV2VEC2_LABELS = ["yes", "no", "up", "down"]
+
+
+def wav_bytes(clip: np.ndarray, rate: int, width: int = 2, channels: int = 1) -> bytes:
+    """`clip` (floats in [-1, 1]) as a PCM WAV file written by the standard library's wave
+    module: `width` bytes a sample, the clip repeated on each of `channels`."""
+    import wave
+
+    scale = 2 ** (8 * width - 1) - 1
+    ints = np.round(np.clip(clip, -1, 1) * scale).astype(np.int64)
+    frames = np.repeat(ints[:, None], channels, axis=1).reshape(-1)
+    if width == 1:
+        raw = (frames + 128).astype(np.uint8).tobytes()
+    elif width == 3:
+        raw = b"".join(int(v).to_bytes(3, "little", signed=True) for v in frames)
+    else:
+        raw = frames.astype(f"<i{width}").tobytes()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(channels)
+        writer.setsampwidth(width)
+        writer.setframerate(rate)
+        writer.writeframes(raw)
+    return buffer.getvalue()
+
+
+def audio_clips(
+    count: int, rate: int = 16000, seed: int = 10, samples: int = 16000
+) -> list[tuple[str, bytes]]:
+    """`count` clips of half to one and a half times `samples` (tones and noise), as WAV files
+    of several widths and channel counts, with a file name each."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(count):
+        length = int(rng.integers(samples // 2, samples * 3 // 2))
+        t = np.arange(length) / rate
+        tone = np.sin(2 * np.pi * rng.uniform(100, 2000) * t) * rng.uniform(0.1, 0.8)
+        clip = tone + rng.normal(0, rng.uniform(0.01, 0.2), length)
+        width, channels = (2, 1) if i % 3 else ((1, 2) if i % 2 else (3, 1))
+        files.append((f"clip-{i:03d}.wav", wav_bytes(clip, rate, width, channels)))
+    return files
+
+
+AUDIO_SAMPLES = 8000  # half a second at 16 kHz: the job's inputShapes.input_values
+
+
+def build_huggingface_audio_files(folder: Path) -> tuple[Path, Path | None]:
+    """A tiny wav2vec2 keyword classifier as save_pretrained writes it, with its feature
+    extractor's preprocessor_config.json and labels of its own, and a zip of WAV clips, each
+    in the folder of the label the model gives it at AUDIO_SAMPLES (the clips it is surest
+    of)."""
+    import zipfile
+
+    from transformers import (
+        AutoFeatureExtractor,
+        Wav2Vec2Config,
+        Wav2Vec2ForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    directory = folder / "tiny-wav2vec2"
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+        id2label=dict(enumerate(TINY_WAV2VEC2_LABELS)),
+        label2id={name: i for i, name in enumerate(TINY_WAV2VEC2_LABELS)},
+    )
+    model = Wav2Vec2ForSequenceClassification(config)
+    model.train(False)
+    model.save_pretrained(directory, safe_serialization=True)
+    (directory / "preprocessor_config.json").write_text(json.dumps(TINY_WAV2VEC2_EXTRACTOR))
+    extractor = AutoFeatureExtractor.from_pretrained(directory)
+    files = audio_clips(150, samples=AUDIO_SAMPLES)
+    import wave
+
+    clips: list[np.ndarray] = []
+    for _, data in files:
+        with wave.open(io.BytesIO(data)) as reader:
+            width, channels = reader.getsampwidth(), reader.getnchannels()
+            raw = reader.readframes(reader.getnframes())
+        ints: np.ndarray
+        if width == 1:
+            ints = np.frombuffer(raw, np.uint8).astype(np.float64) - 128
+        elif width == 3:
+            padded = np.zeros((len(raw) // 3, 4), np.uint8)
+            padded[:, 1:] = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+            ints = padded.view("<i4").reshape(-1).astype(np.float64) / 256
+        else:
+            ints = np.frombuffer(raw, f"<i{width}").astype(np.float64)
+        clips.append(ints.reshape(-1, channels).mean(axis=1) / 2 ** (8 * width - 1))
+    values = extractor(
+        clips,
+        sampling_rate=16000,
+        padding="max_length",
+        max_length=AUDIO_SAMPLES,
+        truncation=True,
+        return_tensors="pt",
+    )["input_values"]
+    with torch.no_grad():
+        logits = model(input_values=values).logits
+    top = logits.topk(2, dim=-1)
+    margin = (top.values[:, 0] - top.values[:, 1]).tolist()
+    kept = sorted(sorted(range(len(files)), key=lambda i: -margin[i])[:60])
+    archive = folder / "clips.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        for i in kept:
+            name, data = files[i]
+            writer.writestr(f"{TINY_WAV2VEC2_LABELS[int(top.indices[i, 0])]}/{name}", data)
+    return directory, archive

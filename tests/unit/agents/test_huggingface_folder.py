@@ -337,19 +337,39 @@ def test_an_image_model_without_a_configured_size_needs_input_shapes(tmp_path: P
 
 
 def test_a_model_of_another_input_is_refused_saying_what_is_imported(tmp_path: Path) -> None:
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from transformers import ASTConfig, ASTForAudioClassification, WhisperConfig, WhisperModel
 
-    config = Wav2Vec2Config(
+    whisper = WhisperConfig(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_mel_bins=8,
+        max_source_positions=16,
+        max_target_positions=16,
+        vocab_size=100,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+        suppress_tokens=[],
+        begin_suppress_tokens=[],
+    )
+    folder = _save(WhisperModel(whisper), tmp_path / "tiny-whisper")
+    with pytest.raises(InvalidInput, match=r"takes input_features: only text .* and waveform"):
+        huggingface.build(folder, vet_huggingface_folder(folder, TYPES))
+    # input_values that are a spectrogram, not a waveform: named as such.
+    spectrogram = ASTConfig(
         hidden_size=16,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
-        conv_dim=(8, 8),
-        conv_stride=(5, 2),
-        conv_kernel=(10, 3),
-        num_conv_pos_embeddings=4,
-        num_conv_pos_embedding_groups=2,
+        max_length=32,
+        num_mel_bins=32,
     )
-    folder = _save(Wav2Vec2Model(config), tmp_path / "tiny-wav2vec2")
-    with pytest.raises(InvalidInput, match=r"takes input_values: only text .* and image"):
+    folder = _save(ASTForAudioClassification(spectrogram), tmp_path / "tiny-ast")
+    with pytest.raises(InvalidInput, match=r"not a waveform \(a spectrogram model\)"):
         huggingface.build(folder, vet_huggingface_folder(folder, TYPES))

@@ -65,7 +65,7 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_any_decoder_sees_i
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a))
     address = _zip(tmp_path / "bomb.zip", {f"shade-0/{i}.png": bytes(data) for i in range(4)})
     with pytest.raises(InvalidInput, match=r"declares 50000x50000 pixels; the limit"):
-        read_dataset(address, ["pixel_values"], images=READING)
+        read_dataset(address, ["pixel_values"], media=READING)
     assert opened == []
 
 
@@ -98,7 +98,7 @@ def test_images_are_preprocessed_by_the_models_processor_and_labelled_by_folder(
     members = {
         f"{'shade-2' if i % 2 else '7'}/{name}": data for i, (name, data) in enumerate(files)
     }
-    data, sha256 = read_dataset(_zip(tmp_path / "d.zip", members), ["pixel_values"], images=READING)
+    data, sha256 = read_dataset(_zip(tmp_path / "d.zip", members), ["pixel_values"], media=READING)
     assert len(sha256) == 64
     order = sorted(members)
     processor = AutoImageProcessor.from_pretrained(_processor_folder(tmp_path / "p"), backend="pil")
@@ -124,11 +124,11 @@ def test_images_at_the_top_level_or_in_one_folder_naming_no_class_are_unlabelled
     tmp_path: Path, folder: str
 ) -> None:
     members = {folder + name: data for name, data in image_files(6)}
-    data, _ = read_dataset(_zip(tmp_path / "d.zip", members), ["pixel_values"], images=READING)
+    data, _ = read_dataset(_zip(tmp_path / "d.zip", members), ["pixel_values"], media=READING)
     assert data.labels is None and len(data) == 6
     # One folder that names a class labels them all.
     members = {"shoot/shade-4/" + name: data for name, data in image_files(6)}
-    data, _ = read_dataset(_zip(tmp_path / "e.zip", members), ["pixel_values"], images=READING)
+    data, _ = read_dataset(_zip(tmp_path / "e.zip", members), ["pixel_values"], media=READING)
     assert data.labels is not None and data.labels.tolist() == [4] * 6
 
 
@@ -136,10 +136,10 @@ def test_images_at_the_top_level_or_in_one_folder_naming_no_class_are_unlabelled
     ("layout", "reading", "says"),
     [
         ({"cat/a.png": 1, "dog/b.png": 1}, READING, "folder 'cat', which is neither"),
-        ({"a.png": 1, "shade-1/b.png": 1}, READING, "class folders and images at its top"),
-        ({"a.png": 1, "b.npy": 0}, READING, "neither arrays .* nor images"),
+        ({"a.png": 1, "shade-1/b.png": 1}, READING, "files in class folders and files at its top"),
+        ({"a.png": 1, "b.npy": 0}, READING, "neither arrays .* nor media"),
         ({"a.png": 1, "notes.txt": 0}, READING, "it holds notes.txt"),
-        ({"a.png": 1, "b.png": 1}, None, "declares no image preprocessing"),
+        ({"a.png": 1, "b.png": 1}, None, "declares no preprocessing of images"),
     ],
 )
 def test_archives_a_model_cannot_read_as_images_are_refused_saying_why(
@@ -148,13 +148,13 @@ def test_archives_a_model_cannot_read_as_images_are_refused_saying_why(
     png = _png(8, 8)
     members = {name: png if is_image else b"x" for name, is_image in layout.items()}
     with pytest.raises(InvalidInput, match=says):
-        read_dataset(_zip(tmp_path / "d.zip", members), ["pixel_values"], images=reading)
+        read_dataset(_zip(tmp_path / "d.zip", members), ["pixel_values"], media=reading)
 
 
 def test_a_model_of_several_inputs_is_told_to_give_arrays(tmp_path: Path) -> None:
     members = {name: data for name, data in image_files(4)}
-    with pytest.raises(InvalidInput, match="takes 2 inputs"):
-        read_dataset(_zip(tmp_path / "d.zip", members), ["a", "b"], images=READING)
+    with pytest.raises(InvalidInput, match="images, but the model takes 2 inputs"):
+        read_dataset(_zip(tmp_path / "d.zip", members), ["a", "b"], media=READING)
 
 
 def test_the_preprocessor_config_is_vetted_with_the_folder(tmp_path: Path) -> None:
