@@ -230,18 +230,9 @@ def _image_dims(
     else the config's num_channels and image_size; refused where neither says."""
     channels = getattr(config, "num_channels", 3)
     example = f"{{{IMAGE_INPUT}: [{channels}, 224, 224]}}"
-    if set(input_shapes) - {IMAGE_INPUT}:
-        raise InvalidInput(
-            f"spec.model.inputShapes names {sorted(input_shapes)}, but {architecture} takes "
-            f"{IMAGE_INPUT} alone: give its dims (channels, height, width), e.g. {example}"
-        )
-    given = input_shapes.get(IMAGE_INPUT)
+    dims = ("channels", "height", "width")
+    given = _declared(input_shapes, IMAGE_INPUT, dims, architecture, example)
     if given is not None:
-        if len(given) != 3:
-            raise InvalidInput(
-                f"spec.model.inputShapes.{IMAGE_INPUT} is {given}: an image model's input is "
-                f"[channels, height, width] without the batch, e.g. {example}"
-            )
         return given[0], given[1], given[2]
     size = getattr(config, "image_size", None)
     if isinstance(size, int) and not isinstance(size, bool):
@@ -252,6 +243,29 @@ def _image_dims(
         f"config.json gives {architecture} no image_size: set spec.model.inputShapes to the "
         f"images' dims (channels, height, width), e.g. inputShapes: {example}"
     )
+
+
+def _declared(
+    input_shapes: dict[str, list[int]],
+    name: str,
+    dims: tuple[str, ...],
+    architecture: str,
+    example: str,
+) -> list[int] | None:
+    """spec.model.inputShapes' dims for a model of one input, `name`, where given: one for
+    each of `dims`; refused where it names another input or gives another count."""
+    if set(input_shapes) - {name}:
+        raise InvalidInput(
+            f"spec.model.inputShapes names {sorted(input_shapes)}, but {architecture} takes "
+            f"{name} alone: give its dims ({', '.join(dims)}), e.g. {example}"
+        )
+    given = input_shapes.get(name)
+    if given is not None and len(given) != len(dims):
+        raise InvalidInput(
+            f"spec.model.inputShapes.{name} is {given}: {architecture}'s input is "
+            f"[{', '.join(dims)}] without the batch, e.g. {example}"
+        )
+    return given
 
 
 def _audio_samples(
@@ -275,18 +289,8 @@ def _audio_samples(
         (k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernels) if i > 0
     )
     example = f"{{{AUDIO_INPUT}: [16000]}}"
-    if set(input_shapes) - {AUDIO_INPUT}:
-        raise InvalidInput(
-            f"spec.model.inputShapes names {sorted(input_shapes)}, but {architecture} takes "
-            f"{AUDIO_INPUT} alone: give its samples, e.g. {example}"
-        )
-    given = input_shapes.get(AUDIO_INPUT)
+    given = _declared(input_shapes, AUDIO_INPUT, ("samples",), architecture, example)
     if given is not None:
-        if len(given) != 1:
-            raise InvalidInput(
-                f"spec.model.inputShapes.{AUDIO_INPUT} is {given}: a waveform model's input is "
-                f"[samples] without the batch, e.g. {example}"
-            )
         samples = given[0]
     else:
         rate = DEFAULT_RATE

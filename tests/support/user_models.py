@@ -178,7 +178,6 @@ def build_huggingface_image_files(folder: Path) -> tuple[Path, Path | None]:
     """The tiny ViT with a preprocessor_config.json and labels of its own, and a zip of PNG
     and JPEG images of several sizes, each in the folder of the label the model gives it: the
     labels a baked model must agree with, read through the label names of its config."""
-    import zipfile
 
     from PIL import Image
     from transformers import AutoImageProcessor, ViTForImageClassification
@@ -198,17 +197,25 @@ def build_huggingface_image_files(folder: Path) -> tuple[Path, Path | None]:
     pixels = torch.from_numpy(processor(images=opened, return_tensors="np")["pixel_values"])
     with torch.no_grad():
         logits = model(pixel_values=pixels).logits
-    # A random model's classes are near ties; the images it is surest of (the widest margin
-    # between its two best classes) are the ones int8 should not flip, whatever the CPU.
+    return directory, zip_by_surest_class(folder / "images.zip", files, logits, TINY_VIT_LABELS)
+
+
+def zip_by_surest_class(
+    archive: Path, files: list[tuple[str, bytes]], logits: torch.Tensor, labels: list[str]
+) -> Path:
+    """The 60 files a model is surest of, each in the folder of the label it gives it. A
+    random model's classes are near ties; those with the widest margin between its two best
+    classes are the ones int8 should not flip, whatever the CPU."""
+    import zipfile
+
     top = logits.topk(2, dim=-1)
     margin = (top.values[:, 0] - top.values[:, 1]).tolist()
     kept = sorted(sorted(range(len(files)), key=lambda i: -margin[i])[:60])
-    archive = folder / "images.zip"
     with zipfile.ZipFile(archive, "w") as writer:
         for i in kept:
             name, data = files[i]
-            writer.writestr(f"{TINY_VIT_LABELS[int(top.indices[i, 0])]}/{name}", data)
-    return directory, archive
+            writer.writestr(f"{labels[int(top.indices[i, 0])]}/{name}", data)
+    return archive
 
 
 TINY_WAV2VEC2_EXTRACTOR = {
@@ -270,7 +277,6 @@ def build_huggingface_audio_files(folder: Path) -> tuple[Path, Path | None]:
     extractor's preprocessor_config.json and labels of its own, and a zip of WAV clips, each
     in the folder of the label the model gives it at AUDIO_SAMPLES (the clips it is surest
     of)."""
-    import zipfile
 
     from transformers import (
         AutoFeatureExtractor,
@@ -326,12 +332,4 @@ def build_huggingface_audio_files(folder: Path) -> tuple[Path, Path | None]:
     )["input_values"]
     with torch.no_grad():
         logits = model(input_values=values).logits
-    top = logits.topk(2, dim=-1)
-    margin = (top.values[:, 0] - top.values[:, 1]).tolist()
-    kept = sorted(sorted(range(len(files)), key=lambda i: -margin[i])[:60])
-    archive = folder / "clips.zip"
-    with zipfile.ZipFile(archive, "w") as writer:
-        for i in kept:
-            name, data = files[i]
-            writer.writestr(f"{TINY_WAV2VEC2_LABELS[int(top.indices[i, 0])]}/{name}", data)
-    return directory, archive
+    return directory, zip_by_surest_class(folder / "clips.zip", files, logits, TINY_WAV2VEC2_LABELS)
