@@ -18,8 +18,10 @@ import json
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,17 +37,30 @@ MAX_ARRAY_BYTES = 2 * 1024**3  # what the prepared samples may fill, as any data
 BATCH = 32  # files decoded and prepared at once
 
 
-class MediaReading(Protocol):
-    """How a model reads one kind of media file: the kind, its label names, and a batch of
-    (member name, bytes) made into the model's input."""
+@dataclass(frozen=True)
+class MediaReading:
+    """How a Hugging Face model reads one kind of media file: its vetted preprocessor config
+    and model config (the processor's class where the first does not name it; the label
+    names). Each kind (images.ImageReading, audio.AudioReading) names its kind and its
+    transformers loader, and makes a batch of (member name, bytes) into the model's input."""
+
+    preprocessor: dict[str, Any]
+    config: dict[str, Any]
+    kind: ClassVar[str]
+    loader: ClassVar[str]  # AutoImageProcessor, AutoFeatureExtractor
+    options: ClassVar[tuple[tuple[str, str], ...]] = ()  # more arguments to from_pretrained
 
     @property
-    def kind(self) -> str: ...
+    def labels(self) -> dict[str, int]:
+        return config_labels(self.config)
 
-    @property
-    def labels(self) -> dict[str, int]: ...
+    @cached_property
+    def processor(self) -> Any:
+        """transformers' processor of the model, built once per reading."""
+        return hf_processor(self.loader, self.preprocessor, self.config, **dict(self.options))
 
-    def prepare(self, files: list[tuple[str, bytes]]) -> np.ndarray: ...
+    def prepare(self, files: list[tuple[str, bytes]]) -> np.ndarray:
+        raise NotImplementedError
 
 
 def media_kind(names: list[str]) -> str | None:
@@ -128,7 +143,7 @@ def read_archive(
             chunk = files[start : start + BATCH]
             batches.append(reading.prepare([(m.filename, archive.read(m)) for m in chunk]))
             total = batches[0][0].nbytes * len(files)
-            if total > MAX_ARRAY_BYTES:
+            if start == 0 and total > MAX_ARRAY_BYTES:  # every sample prepares to one size
                 raise InvalidInput(
                     f"dataset {path.name}'s {len(files)} files prepare to {total} bytes; the "
                     f"limit is {MAX_ARRAY_BYTES}"

@@ -15,13 +15,13 @@ model was trained, then pads or truncates it to the model's input length.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from bakeline.agents.archives import config_labels, hf_processor
+from bakeline.agents.archives import MediaReading
 from bakeline.agents.contract import InvalidInput
 
 MAX_CHANNELS = 8
@@ -116,30 +116,23 @@ def decode(name: str, data: bytes) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(frames, dtype=np.float32), header.rate
 
 
+def sampling_rate(preprocessor: Mapping[str, Any] | None) -> int:
+    """The rate a feature extractor config declares (`sampling_rate`), else DEFAULT_RATE."""
+    rate = (preprocessor or {}).get("sampling_rate")
+    return rate if isinstance(rate, int) and rate > 0 else DEFAULT_RATE
+
+
 @dataclass(frozen=True)
-class AudioReading:
-    """How a model reads audio: its vetted feature extractor config, its model config (the
-    extractor's class where the first does not name it; the label names) and the samples its
-    input takes."""
+class AudioReading(MediaReading):
+    """How a model reads audio (`MediaReading`), and the samples its input takes."""
 
-    preprocessor: dict[str, Any]
-    config: dict[str, Any]
     samples: int
-    kind: str = "audio"
-
-    @property
-    def labels(self) -> dict[str, int]:
-        return config_labels(self.config)
+    kind = "audio"
+    loader = "AutoFeatureExtractor"
 
     @property
     def rate(self) -> int:
-        rate = self.preprocessor.get("sampling_rate", DEFAULT_RATE)
-        return rate if isinstance(rate, int) else DEFAULT_RATE
-
-    @cached_property
-    def extractor(self) -> Any:
-        """transformers' feature extractor."""
-        return hf_processor("AutoFeatureExtractor", self.preprocessor, self.config)
+        return sampling_rate(self.preprocessor)
 
     def prepare(self, files: list[tuple[str, bytes]]) -> np.ndarray:
         """A batch of WAV files as the model's input_values: normalized by the extractor,
@@ -153,7 +146,7 @@ class AudioReading:
                     f"{self.rate} Hz: resample the clips (nothing is resampled here)"
                 )
             clips.append(clip)
-        out = self.extractor(
+        out = self.processor(
             clips,
             sampling_rate=self.rate,
             padding="max_length",

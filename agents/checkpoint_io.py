@@ -52,7 +52,7 @@ TOKENIZER = "tokenizer.json"
 ROLE_MODEL = "model"
 ROLE_REPORT = "report"
 ROLE_TOKENIZER = "tokenizer"
-# How an image model's images become its input (a Hugging Face preprocessor_config.json).
+# How an image or waveform model's media files become its input (preprocessor_config.json).
 ROLE_PREPROCESSOR = "preprocessor"
 
 EXTENSIONS: dict[str, str] = {

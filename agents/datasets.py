@@ -126,7 +126,8 @@ def read_dataset(
 
 
 def sniff(raw: bytes) -> str:
-    """What the bytes are: safetensors, zip (npz, or images), jsonl, pickle, npy or unknown."""
+    """What the bytes are: safetensors, zip (npz, or media files), jsonl, pickle, npy or
+    unknown."""
     if raw[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     if raw[:6] == b"\x93NUMPY":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
 import os
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bakeline.agents.audio import DEFAULT_RATE
+from bakeline.agents.audio import sampling_rate
 from bakeline.agents.contract import InvalidInput
 from bakeline.agents.vetting import HF_CONFIG, HF_WEIGHTS_INDEX, VettedFolder
 
@@ -201,7 +200,7 @@ def build(
             _ImageOutputs(model), [IMAGE_INPUT], architecture, DEFAULT_MAX_LENGTH, image
         )
     if model.main_input_name == AUDIO_INPUT:
-        samples = _audio_samples(folder, vetted, config, architecture, dict(input_shapes or {}))
+        samples = _audio_samples(vetted, config, architecture, dict(input_shapes or {}))
         return HuggingFaceModel(
             _AudioOutputs(model), [AUDIO_INPUT], architecture, DEFAULT_MAX_LENGTH, audio=samples
         )
@@ -269,7 +268,6 @@ def _declared(
 
 
 def _audio_samples(
-    folder: Path,
     vetted: VettedFolder,
     config: Any,
     architecture: str,
@@ -290,14 +288,7 @@ def _audio_samples(
     )
     example = f"{{{AUDIO_INPUT}: [16000]}}"
     given = _declared(input_shapes, AUDIO_INPUT, ("samples",), architecture, example)
-    if given is not None:
-        samples = given[0]
-    else:
-        rate = DEFAULT_RATE
-        if vetted.preprocessor is not None:
-            declared = json.loads((folder / vetted.preprocessor).read_text()).get("sampling_rate")
-            rate = declared if isinstance(declared, int) and declared > 0 else DEFAULT_RATE
-        samples = rate
+    samples = given[0] if given is not None else sampling_rate(vetted.processing)
     if samples < shortest:
         said = "spec.model.inputShapes gives" if given is not None else "one second is"
         raise InvalidInput(

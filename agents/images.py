@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from bakeline.agents.archives import config_labels, hf_processor
+from bakeline.agents.archives import MediaReading
 from bakeline.agents.contract import InvalidInput
 
 MAX_PIXELS = 40_000_000  # per image, from its header; Pillow itself warns past ~89 M
@@ -35,29 +34,18 @@ _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
 @dataclass(frozen=True)
-class ImageReading:
-    """How a model reads images: its vetted image processor config, its model config (the
-    processor's class where the first does not name it; the label names) and the channels its
-    input takes."""
+class ImageReading(MediaReading):
+    """How a model reads images (`MediaReading`), and the channels its input takes."""
 
-    preprocessor: dict[str, Any]
-    config: dict[str, Any]
     channels: int = 3
-    kind: str = "images"
-
-    @property
-    def labels(self) -> dict[str, int]:
-        return config_labels(self.config)
+    kind = "images"
+    loader = "AutoImageProcessor"
+    options = (("backend", "pil"),)
 
     @property
     def mode(self) -> str:
         """The Pillow mode the model's channels mean: one channel is grayscale."""
         return "L" if self.channels == 1 else "RGB"
-
-    @cached_property
-    def processor(self) -> Any:
-        """transformers' image processor, Pillow backend."""
-        return hf_processor("AutoImageProcessor", self.preprocessor, self.config, backend="pil")
 
     def prepare(self, files: list[tuple[str, bytes]]) -> np.ndarray:
         """A batch of image files as the model's pixel_values."""

@@ -1087,7 +1087,7 @@ _HF_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 # Read as JSON or text only, and shipped with the model (tokenizer.json tokenizes text data).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 HF_TEXT_FILES = ("vocab.txt",)
-# Read as JSON only: how an image model preprocesses images (image files in a dataset).
+# Read as JSON only: how an image or waveform model prepares its inputs from media files.
 HF_PREPROCESSOR = "preprocessor_config.json"
 # Weights (or state) that only a pickle loader reads: never read here, whatever their name.
 _PICKLED = re.compile(r"(^|/)[^/]*\.(bin|pt|pth|pkl|pickle|ckpt)$")
@@ -1126,6 +1126,8 @@ class VettedFolder:
     # The safetensors files the weights are read from: model.safetensors, or every shard its
     # index names (each vetted, no tensor in two).
     weights: tuple[str, ...] = field(default=(HF_WEIGHTS,))
+    # preprocessor_config.json as vetting parsed it, where the folder has one.
+    processing: dict[str, Any] | None = None
 
     @property
     def tokenizer(self) -> str | None:
@@ -1202,8 +1204,9 @@ def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFo
         if relative in present:
             _hf_text(name, folder / relative, MAX_JSON_BYTES)
             files.append(relative)
+    processing = None
     if HF_PREPROCESSOR in present:
-        _vet_preprocessor(name, folder / HF_PREPROCESSOR)
+        processing = _vet_preprocessor(name, folder / HF_PREPROCESSOR)
         files.append(HF_PREPROCESSOR)
     ignored = [f"{relative} (a pickle: never unpickled)" for relative in pickled]
     ignored += [
@@ -1211,7 +1214,7 @@ def vet_huggingface_folder(folder: Path, model_types: Iterable[str]) -> VettedFo
         for relative in sorted(present)
         if relative.endswith(".py")
     ]
-    return VettedFolder(config, tuple(files), tuple(ignored + unread), weights)
+    return VettedFolder(config, tuple(files), tuple(ignored + unread), weights, processing)
 
 
 def _vet_shards(name: str, folder: Path, present: set[str]) -> tuple[str, ...]:
@@ -1282,7 +1285,7 @@ def _refuse_remote_code(name: str, entry: str, document: dict[str, Any]) -> None
             )
 
 
-def _vet_preprocessor(name: str, path: Path) -> None:
+def _vet_preprocessor(name: str, path: Path) -> dict[str, Any]:
     """A JSON object naming no custom code, and transformers' own classes only."""
     document = _hf_json(name, path, MAX_CONFIG_BYTES)
     if not isinstance(document, dict):
@@ -1292,6 +1295,7 @@ def _vet_preprocessor(name: str, path: Path) -> None:
         value = document.get(key)
         if value is not None and not (isinstance(value, str) and re.fullmatch(_NAME, value)):
             raise VettingError(name, HF_PREPROCESSOR, f"has a {key} that is not a class name")
+    return document
 
 
 def _vet_hf_config(name: str, path: Path, model_types: frozenset[str]) -> dict[str, Any]:

@@ -39,7 +39,6 @@ tokenizer where the model has one.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -97,6 +96,7 @@ from bakeline.agents.vetting import (
     HF_PREPROCESSOR,
     HF_TEXT_FILES,
     HF_TOKENIZER_FILES,
+    VettedFolder,
     vet_huggingface_folder,
     vet_model_file,
 )
@@ -635,23 +635,20 @@ def _stage_folder(
         max_length=model.max_length,
         ignored=vetted.ignored,
         facts=f"{vetted.config['model_type']}, {model.architecture}",
-        media=_media(model, vetted.config, files.get(HF_PREPROCESSOR)),
+        media=_media(model, vetted),
     )
     return target, "exported-program", actual, folder
 
 
-def _media(
-    model: huggingface.HuggingFaceModel, config: dict[str, Any], preprocessor: Path | None
-) -> MediaReading | None:
+def _media(model: huggingface.HuggingFaceModel, vetted: VettedFolder) -> MediaReading | None:
     """How an image or audio model prepares media files, where its folder says
-    (preprocessor_config.json)."""
-    if preprocessor is None:
+    (preprocessor_config.json, as vetting parsed it)."""
+    if vetted.processing is None:
         return None
-    settings = json.loads(preprocessor.read_text())
     if model.image:
-        return ImageReading(settings, config, model.image[0])
+        return ImageReading(vetted.processing, vetted.config, model.image[0])
     if model.audio:
-        return AudioReading(settings, config, model.audio)
+        return AudioReading(vetted.processing, vetted.config, model.audio)
     return None
 
 

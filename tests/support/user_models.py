@@ -206,15 +206,20 @@ def zip_by_surest_class(
     """The 60 files a model is surest of, each in the folder of the label it gives it. A
     random model's classes are near ties; those with the widest margin between its two best
     classes are the ones int8 should not flip, whatever the CPU."""
-    import zipfile
-
     top = logits.topk(2, dim=-1)
     margin = (top.values[:, 0] - top.values[:, 1]).tolist()
     kept = sorted(sorted(range(len(files)), key=lambda i: -margin[i])[:60])
+    members = {f"{labels[int(top.indices[i, 0])]}/{files[i][0]}": files[i][1] for i in kept}
+    return write_zip(archive, members)
+
+
+def write_zip(archive: Path, members: dict[str, bytes]) -> Path:
+    """A zip holding `members` (name: bytes), as a user's zip tool would write it."""
+    import zipfile
+
     with zipfile.ZipFile(archive, "w") as writer:
-        for i in kept:
-            name, data = files[i]
-            writer.writestr(f"{labels[int(top.indices[i, 0])]}/{name}", data)
+        for name, data in members.items():
+            writer.writestr(name, data)
     return archive
 
 

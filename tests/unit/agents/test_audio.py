@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import wave
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from support.user_models import (
     audio_clips,
     build_huggingface_audio_files,
     wav_bytes,
+    write_zip,
 )
 
 READING = AudioReading(
@@ -39,10 +39,7 @@ TYPES = huggingface.model_types()
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> str:
-    with zipfile.ZipFile(path, "w") as writer:
-        for name, data in members.items():
-            writer.writestr(name, data)
-    return path.as_uri()
+    return write_zip(path, members).as_uri()
 
 
 @pytest.mark.parametrize(("width", "channels"), [(1, 1), (2, 1), (2, 2), (3, 1), (4, 3)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from support.user_models import (
     TINY_VIT_PREPROCESSOR,
     build_huggingface_image_files,
     image_files,
+    write_zip,
 )
 
 READING = ImageReading(
@@ -37,10 +37,7 @@ READING = ImageReading(
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> str:
-    with zipfile.ZipFile(path, "w") as writer:
-        for name, data in members.items():
-            writer.writestr(name, data)
-    return path.as_uri()
+    return write_zip(path, members).as_uri()
 
 
 def _png(width: int, height: int) -> bytes:
